@@ -1,0 +1,1 @@
+"""stalign.bench (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""stalign.im (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""stalign.io (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""stalign.models (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""stalign.pairs (see docs/architecture.md)."""

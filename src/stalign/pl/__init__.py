@@ -1,0 +1,1 @@
+"""stalign.pl (see docs/architecture.md)."""

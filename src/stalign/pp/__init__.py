@@ -1,0 +1,1 @@
+"""stalign.pp (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""stalign.tl (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""stalign.train (see docs/architecture.md)."""
