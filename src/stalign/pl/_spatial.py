@@ -1,0 +1,3 @@
+"""Plots (placeholder until implemented)."""
+
+__all__: list[str] = []
