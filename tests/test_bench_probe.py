@@ -1,0 +1,122 @@
+"""HEST protocol on hand-made data where the answer is known."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from stalign.bench import gene_prediction, hest_gene_panel, pathway_prediction, pearson_columns
+
+
+def _linear_counts(n=300, d=20, g=8, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    W = rng.normal(size=(d, g))
+    log_expr = 1.5 + 0.3 * (X @ W) / np.sqrt(d) + noise * rng.normal(size=(n, g))
+    counts = np.round(np.expm1(np.clip(log_expr, 0, None)) * 20)
+    groups = np.repeat(["p0", "p1", "p2"], n // 3)
+    return X, counts, groups
+
+
+def test_pearson_columns_matches_numpy_and_flags_constants():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
+    r = pearson_columns(a, b)
+    for j in range(3):
+        assert r[j] == pytest.approx(np.corrcoef(a[:, j], b[:, j])[0, 1], abs=1e-12)
+    a[:, 1] = 4.0
+    assert np.isnan(pearson_columns(a, b)[1])
+
+
+def test_gene_panel_rule():
+    rng = np.random.default_rng(0)
+    n = 200
+    Y = np.zeros((n, 5))
+    Y[:, 0] = rng.poisson(5, n)  # expressed everywhere, moderate variance
+    Y[:15, 1] = 1000  # huge variance but detected in 7.5 % of spots -> dropped
+    Y[:, 2] = rng.poisson(50, n) * (rng.random(n) < 0.5)  # 50 %, high log variance
+    Y[:21, 3] = 3  # 10.5 % of spots -> kept
+    Y[:, 4] = 7  # constant -> kept but zero variance, ranked last
+    idx = hest_gene_panel(Y, n_genes=50)
+    assert 1 not in idx
+    assert set(idx) == {0, 2, 3, 4}
+    assert idx[0] == 2 and idx[-1] == 4
+    assert list(hest_gene_panel(Y, n_genes=2)) == list(idx[:2])
+    with pytest.raises(ValueError, match="min_spot_fraction"):
+        hest_gene_panel(Y, min_spot_fraction=1.5)
+    with pytest.raises(ValueError, match="no gene is detected"):
+        hest_gene_panel(np.zeros((10, 3)))
+
+
+def test_linear_signal_is_recovered_and_independent_is_not():
+    X, counts, groups = _linear_counts()
+    res = gene_prediction(X, sp.csr_matrix(counts), groups)
+    assert res.mean > 0.9
+    assert len(res.per_fold) == 3
+    assert res.per_target.shape[0] == 3 * counts.shape[1]
+    # protocol details: alpha = 100 / (dim * n_genes), PCA capped by dim
+    assert (res.per_fold["n_components"] == 20).all()
+    assert np.allclose(res.per_fold["alpha"], 100 / (20 * counts.shape[1]))
+    rng = np.random.default_rng(5)
+    res0 = gene_prediction(rng.normal(size=X.shape), counts, groups)
+    assert abs(res0.mean) < 0.15
+
+
+def test_targets_are_log1p_of_panel_and_headline_is_mean_over_folds():
+    X, counts, groups = _linear_counts(seed=3)
+    names = [f"g{j}" for j in range(counts.shape[1])]
+    res = gene_prediction(X, counts, groups, gene_names=names, n_genes=3)
+    cols = [names.index(t) for t in res.target_names]
+    assert len(cols) == 3
+    np.testing.assert_allclose(res.targets, np.log1p(counts[:, cols]))
+    per_fold = res.per_target.groupby("fold")["pearson"].mean().to_numpy()
+    assert res.mean == pytest.approx(per_fold.mean())
+    assert res.std == pytest.approx(per_fold.std(ddof=0))
+
+
+def test_leave_one_patient_out_folds_are_exact():
+    X, counts, groups = _linear_counts(n=90)
+    res = gene_prediction(X, counts, groups)
+    assert res.per_fold["test_groups"].tolist() == ["p0", "p1", "p2"]
+    assert res.per_fold["n_test"].tolist() == [30, 30, 30]
+    assert res.per_fold["n_train"].tolist() == [60, 60, 60]
+    assert not np.isnan(res.predictions).any()
+    # the prediction for a patient must not depend on that patient's own targets
+    counts2 = counts.copy()
+    counts2[groups == "p0"] = counts2[groups == "p0"][::-1]
+    res2 = gene_prediction(
+        X,
+        counts2,
+        groups,
+        genes=res.target_names,
+        gene_names=[f"gene_{j}" for j in range(counts.shape[1])],
+    )
+    np.testing.assert_allclose(res.predictions[groups == "p0"], res2.predictions[groups == "p0"])
+
+
+def test_ridge_cv_mlp_and_per_sample():
+    X, counts, groups = _linear_counts(n=240, seed=2)
+    samples = np.array([f"{g}_{i % 2}" for i, g in enumerate(groups)])
+    rcv = gene_prediction(X, counts, groups, samples=samples, probe="ridge_cv")
+    assert rcv.mean > 0.9
+    assert rcv.per_fold["alpha"].notna().all()
+    assert set(rcv.per_sample["sample"]) == set(samples)
+    assert "per_sample_pearson_mean" in rcv.summary()
+    mlp = gene_prediction(X, counts, groups, probe="mlp", random_state=0)
+    assert mlp.mean > 0.6
+
+
+def test_pathway_prediction_dataframe_and_errors():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 10))
+    scores = pd.DataFrame(X[:, :4] @ rng.normal(size=(4, 3)), columns=["A", "B", "C"])
+    groups = np.repeat(["a", "b"], 60)
+    res = pathway_prediction(X, scores, groups)
+    assert res.target_names == ["A", "B", "C"]
+    assert res.mean > 0.95
+    with pytest.raises(ValueError, match="at least 2 distinct groups"):
+        pathway_prediction(X, scores, np.zeros(120))
+    with pytest.raises(ValueError, match="120 rows but Y has 100"):
+        pathway_prediction(X, scores.iloc[:100], groups)
+    with pytest.raises(ValueError, match="probe must be one of"):
+        pathway_prediction(X, scores, groups, probe="svm")
