@@ -29,3 +29,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present beside the repository")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def _mob_adata_cached():
+    from stalign.io import read_legacy_st
+
+    return read_legacy_st(EXAMPLES / "mob" / "MOB1")
+
+
+@pytest.fixture
+def mob_adata(_mob_adata_cached):
+    """MOB1 read with ``stalign.io.read_legacy_st`` (a fresh copy per test; read once)."""
+    return _mob_adata_cached.copy()
