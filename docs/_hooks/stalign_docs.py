@@ -1,0 +1,203 @@
+"""MkDocs hook: pages generated from the code at build time.
+
+* ``<!-- stalign:cli -->`` in a page is replaced by the CLI reference rendered
+  from :func:`stalign.cli.build_parser` (every sub-command, nested ones too).
+* ``<!-- stalign:keys -->`` is replaced by a table of the AnnData keys parsed
+  from ``src/stalign/_keys.py`` (name, value, meaning, grouped by owner).
+* ``<!-- stalign:manifest-readme -->`` is replaced by ``data/manifests/README.md``
+  when it exists.
+* The notebooks in ``notebooks/*.ipynb`` are added to the site as pages
+  ``notebooks/<name>/`` and to the ``Tutorials`` nav section (rendered by
+  mkdocs-jupyter, never executed).
+
+Nothing is written into the source tree; the build stays reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from pathlib import Path
+
+from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File, Files
+
+log = logging.getLogger("mkdocs.hooks.stalign_docs")
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = REPO / "notebooks"
+KEYS_FILE = REPO / "src" / "stalign" / "_keys.py"
+MANIFEST_README = REPO / "data" / "manifests" / "README.md"
+HELP_WIDTH = 100
+
+
+# --- CLI reference -------------------------------------------------------------------
+def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Return ``(name, sub-parser)`` for each sub-command of ``parser`` (no aliases)."""
+    out = []
+    for action in parser._actions:  # argparse has no public API for this
+        if isinstance(action, argparse._SubParsersAction):
+            seen: set[int] = set()
+            for name, sub in action.choices.items():
+                if id(sub) not in seen:
+                    seen.add(id(sub))
+                    out.append((name, sub))
+    return out
+
+
+def _render_parser(parser: argparse.ArgumentParser, level: int) -> list[str]:
+    lines = [f"{'#' * level} `{parser.prog}`", ""]
+    if parser.description:
+        lines += [parser.description.strip(), ""]
+    lines += ["```text", parser.format_help().rstrip(), "```", ""]
+    for _, sub in _subcommands(parser):
+        lines += _render_parser(sub, min(level + 1, 6))
+    return lines
+
+
+def render_cli_reference() -> str:
+    """Return the markdown CLI reference for the whole ``stalign`` parser."""
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(HELP_WIDTH)  # deterministic wrapping of argparse help
+    try:
+        from stalign.cli import build_parser
+
+        parser = build_parser()
+        subs = _subcommands(parser)
+        lines = ["| command | summary |", "|---|---|"]
+        for name, sub in subs:
+            summary = (sub.description or "").strip().splitlines()
+            anchor = re.sub(r"[^a-z0-9]+", "-", sub.prog.lower()).strip("-")
+            lines.append(f"| [`{name}`](#{anchor}) | {summary[0] if summary else ''} |")
+        if not subs:
+            lines = ["*No sub-commands are registered yet.*"]
+        lines.append("")
+        lines += _render_parser(parser, 2)
+        return "\n".join(lines)
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
+
+
+def _escape_md(text: str) -> str:
+    """Escape characters that markdown would read as links or table cells."""
+    return text.replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
+
+
+# --- AnnData keys --------------------------------------------------------------------
+_SECTION = re.compile(r"^# -+ (?P<title>.+?) -*$")
+_SUBSECTION = re.compile(r"^# (?P<title>[a-z]+\[.+)$")
+_CONST = re.compile(r'^(?P<name>[A-Z][A-Z0-9_]*)\s*=\s*"(?P<value>[^"]*)"\s*(?:#\s*(?P<doc>.*))?$')
+
+
+def render_keys_table(path: Path = KEYS_FILE) -> str:
+    """Return markdown tables of the constants in ``_keys.py``, one per owner section."""
+    lines: list[str] = []
+    header = ["| constant | key | meaning |", "|---|---|---|"]
+    need_header = True
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if m := _SECTION.match(line):
+            lines += ["", f"### {m['title'][0].upper()}{m['title'][1:]}", ""]
+            need_header = True
+        elif m := _SUBSECTION.match(line):
+            lines += ["", f"`{m['title']}`:", ""]
+            need_header = True
+        elif m := _CONST.match(line):
+            if need_header:
+                lines += header
+                need_header = False
+            doc = _escape_md(m["doc"] or "")
+            lines.append(f"| `{m['name']}` | `{m['value']}` | {doc} |")
+    return "\n".join(lines).strip() + "\n"
+
+
+# --- tutorials -----------------------------------------------------------------------
+def _notebook_title(path: Path) -> str:
+    """Return the first markdown heading of a notebook, else its file name."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return path.stem
+
+
+def tutorial_nav() -> list[dict[str, str]]:
+    """Return nav entries ``{title: notebooks/<name>.ipynb}`` for ``notebooks/*.ipynb``."""
+    return [
+        {_notebook_title(nb): f"{NOTEBOOKS.name}/{nb.name}"}
+        for nb in sorted(NOTEBOOKS.glob("*.ipynb"))
+    ]
+
+
+# --- docstring warnings --------------------------------------------------------------
+# Cosmetic layout notes from griffe that do not change what the page says. They
+# are demoted to INFO (visible with ``mkdocs build -v``); every other docstring
+# warning (e.g. a documented parameter that does not exist) still fails --strict.
+COSMETIC_GRIFFE_WARNINGS = ("Confusing indentation for continuation line",)
+
+
+class _DemoteCosmetic(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and any(
+            text in record.getMessage() for text in COSMETIC_GRIFFE_WARNINGS
+        ):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+# --- mkdocs events -------------------------------------------------------------------
+def on_config(config):
+    """Fill the ``Tutorials`` nav section; demote cosmetic docstring warnings."""
+    griffe_log = logging.getLogger("mkdocs.plugins.griffe")
+    if not any(isinstance(f, _DemoteCosmetic) for f in griffe_log.filters):
+        griffe_log.addFilter(_DemoteCosmetic())
+    for entry in config.nav or []:
+        if isinstance(entry, dict) and "Tutorials" in entry:
+            items = entry["Tutorials"] if isinstance(entry["Tutorials"], list) else []
+            entry["Tutorials"] = [*items, *tutorial_nav()]
+    return config
+
+
+@event_priority(100)  # before mkdocs-jupyter wraps the notebook files
+def on_files(files: Files, config) -> Files:
+    """Add ``notebooks/*.ipynb`` to the site as pages ``notebooks/<name>/``."""
+    for nb in sorted(NOTEBOOKS.glob("*.ipynb")):
+        # a real File rooted at the repository (mkdocs-jupyter cannot wrap
+        # File.generated(...) objects: their abs_src_path is lost)
+        files.append(
+            File(
+                f"{NOTEBOOKS.name}/{nb.name}",
+                src_dir=str(REPO),
+                dest_dir=config.site_dir,
+                use_directory_urls=config.use_directory_urls,
+            )
+        )
+    return files
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """Replace the ``<!-- stalign:... -->`` markers with generated content."""
+    if "<!-- stalign:cli -->" in markdown:
+        markdown = markdown.replace("<!-- stalign:cli -->", render_cli_reference())
+    if "<!-- stalign:keys -->" in markdown:
+        markdown = markdown.replace("<!-- stalign:keys -->", render_keys_table())
+    if "<!-- stalign:manifest-readme -->" in markdown:
+        if MANIFEST_README.is_file():
+            text = MANIFEST_README.read_text(encoding="utf-8")
+            # demote headings so the page keeps one h1
+            text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE)
+            # relative links in that README point into the repository, not the site
+            text = re.sub(r"\[([^\]]+)\]\((?!https?://|#)[^)]+\)", r"`\1`", text)
+        else:
+            text = "*`data/manifests/README.md` is not in this checkout yet.*"
+        markdown = markdown.replace("<!-- stalign:manifest-readme -->", text)
+    return markdown

@@ -1,0 +1,100 @@
+"""The documentation site builds with warnings as errors and covers the code."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+API_MODULES = ("io", "im", "pp", "tl", "pairs", "models", "train", "bench", "pl")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """Build the site once with ``mkdocs build --strict`` into a temporary folder."""
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr[-6000:]}")
+    return out
+
+
+def _html(site: Path, page: str) -> str:
+    path = site / page / "index.html"
+    assert path.is_file(), f"{page} was not built"
+    return path.read_text(encoding="utf-8")
+
+
+def _subcommand_progs(parser) -> list[str]:
+    import argparse
+
+    progs = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                progs.append(sub.prog)
+                progs += _subcommand_progs(sub)
+    return progs
+
+
+def test_every_cli_command_is_documented(site):
+    from stalign.cli import build_parser
+
+    html = _html(site, "reference/cli")
+    assert "usage: stalign" in html
+    for prog in _subcommand_progs(build_parser()):
+        assert f"<code>{prog}</code>" in html, f"'{prog}' missing from the CLI reference"
+
+
+def test_every_anndata_key_is_documented(site):
+    from stalign import _keys
+
+    html = _html(site, "concepts/anndata-keys")
+    consts = {n: v for n, v in vars(_keys).items() if n.isupper() and isinstance(v, str)}
+    assert consts, "no key constants found in stalign._keys"
+    for name, value in consts.items():
+        row = re.search(rf"<code>{name}</code></td>\s*<td><code>{re.escape(value)}</code>", html)
+        assert row, f"_keys.{name} = {value!r} is missing from the AnnData keys page"
+
+
+@pytest.mark.parametrize("module", API_MODULES)
+def test_public_api_is_documented(site, module):
+    mod = importlib.import_module(f"stalign.{module}")
+    html = _html(site, f"api/{module}")
+    assert f'id="stalign.{module}"' in html
+    for name in getattr(mod, "__all__", []):
+        assert f'id="stalign.{module}.{name}"' in html, f"stalign.{module}.{name} undocumented"
+
+
+def test_tutorials_are_in_the_site(site):
+    notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
+    for nb in notebooks:
+        html = _html(site, f"notebooks/{nb.stem}")
+        assert "jupyter-wrapper" in html or "jp-Notebook" in html, f"{nb.name} not rendered"
+    index = (site / "index.html").read_text(encoding="utf-8")
+    for nb in notebooks:
+        assert f"notebooks/{nb.stem}/" in index, f"{nb.name} is not in the navigation"
+
+
+def test_manifest_page_lists_every_column(site):
+    from stalign.pairs._manifest import MANIFEST_COLUMNS, PLATFORMS
+
+    html = _html(site, "reference/manifest")
+    for column in MANIFEST_COLUMNS:
+        assert f"<code>{column}</code>" in html, f"manifest column {column!r} undocumented"
+    for platform in PLATFORMS:
+        assert f"<code>{platform}</code>" in html, f"platform {platform!r} undocumented"
