@@ -1,6 +1,329 @@
-"""Pathway scoring (owned by the pathway capability)."""
+"""``score_pathways``: genes → pathway activity per spot (ssGSEA, AUCell-style, z-score)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .. import _keys
+from ..pp._genes import match_gene_sets
+from ._genesets import GeneSetsLike, load_gene_sets
+from ._scoring import (
+    CORREL_NORM_TYPES,
+    SAMPLE_NORM_METHODS,
+    GeneMoments,
+    SetMatrices,
+    aucell_chunk,
+    iter_row_chunks,
+    ssgsea_chunk,
+)
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("ssgsea", "aucell", "zscore")
 
 
-def score_pathways(*args, **kwargs):
-    """Not implemented yet."""
-    raise NotImplementedError("stalign.tl.score_pathways is not implemented yet")
+def score_pathways(
+    adata: AnnData,
+    gene_sets: GeneSetsLike = "hallmark",
+    *,
+    method: Literal["ssgsea", "aucell", "zscore"] = "ssgsea",
+    layer: str | None = None,
+    min_genes: int = 5,
+    max_genes: int | None = None,
+    gene_column: str | None = None,
+    organism: str = "Human",
+    weight: float = 0.25,
+    sample_norm_method: str = "rank",
+    correl_norm_type: str = "rank",
+    ssgsea_norm: bool = True,
+    auc_max_rank: float = 0.05,
+    normalize: bool = True,
+    target_sum: float = 1e4,
+    smooth: bool = False,
+    smooth_kwargs: Mapping[str, Any] | None = None,
+    chunk_size: int = 2000,
+    progress: bool | None = None,
+    key_added: str = _keys.PATHWAY_SCORES,
+    copy: bool = False,
+) -> AnnData | None:
+    """Score gene sets (pathways) in every spot.
+
+    Parameters
+    ----------
+    adata
+        AnnData with spots in rows; ``.X`` (or ``.layers[layer]``) holds raw counts
+        (sparse or dense; a backed AnnData is read chunk by chunk).
+    gene_sets
+        ``"hallmark"`` (bundled MSigDB Hallmark v7.5.1, default), ``"reactome"`` or
+        ``"wikipathways"`` (bundled, opt-in), a GMT path, a ``{name: [genes]}`` dict, or an
+        Enrichr library name fetched with ``gseapy.get_library`` (needs the network).
+    method
+        ``"ssgsea"``: single-sample GSEA, identical to ``gseapy.ssgsea`` on the same
+        matrix. ``"aucell"``: AUCell-style recovery AUC of the set in the top
+        ``auc_max_rank`` genes. ``"zscore"``: mean over set genes of per-gene z-scores
+        (across spots) after library-size normalisation and ``log1p`` (scanpy).
+    layer
+        Read values from ``.layers[layer]`` instead of ``.X``.
+    min_genes
+        Drop sets with fewer genes found in the data (one warning lists them).
+    max_genes
+        Drop sets with more genes found (``None``: no limit; gseapy's default is 500).
+    gene_column
+        ``var`` column (or ``"var_names"``) with the identifiers to match; by default
+        symbols come from ``var['gene_symbols']`` / ``feature_name`` / …, then
+        ``var_names``; Ensembl gene sets match ``var['gene_ids']``. Symbols are matched
+        case-insensitively (mouse ``Gapdh`` ↔ human ``GAPDH``).
+    organism
+        Organism for Enrichr libraries.
+    weight
+        ssGSEA weight exponent on the ranking metric (gseapy ``weight``).
+    sample_norm_method
+        ssGSEA per-spot normalisation: ``"rank"`` (``10000 * rank / n_genes``),
+        ``"log_rank"``, ``"log"`` or ``"custom"`` (values as they are); gseapy semantics.
+    correl_norm_type
+        ``"rank"`` or ``"zscore"`` (gseapy ``correl_norm_type``; gseapy's ``"symrank"`` is
+        a no-op in its Rust core, so it is not offered).
+    ssgsea_norm
+        Divide ssGSEA scores by ``max - min`` over all spots and sets (gseapy's ``NES``);
+        ``False`` keeps the raw enrichment scores (gseapy's ``ES``).
+    auc_max_rank
+        AUCell: genes ranked below this are ignored; a fraction of the number of genes
+        (``< 1``) or an absolute number of ranks (``>= 1``).
+    normalize
+        z-score: normalise counts per spot to ``target_sum`` and ``log1p`` first (set
+        ``False`` when the input is already log-normalised).
+    target_sum
+        z-score: counts per spot after library-size normalisation.
+    smooth
+        Average every spot's scores with its spatial neighbours (row-normalised
+        ``I + A``). Uses ``obsp['spatial_connectivities']`` when present, otherwise
+        builds the graph with :func:`squidpy.gr.spatial_neighbors` (not stored).
+    smooth_kwargs
+        Keyword arguments for :func:`squidpy.gr.spatial_neighbors` (e.g.
+        ``{"coord_type": "grid", "n_neighs": 6}`` for Visium).
+    chunk_size
+        Spots per chunk; memory is bounded by it, results do not depend on it.
+    progress
+        Show a tqdm progress bar (default: when there are more than 10 chunks).
+    key_added
+        Key in ``.obsm`` and ``.uns`` for the results.
+    copy
+        Return a copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None``, or a copy of ``adata`` when ``copy=True``. Writes
+
+    ``.obsm[key_added]``
+        ``pd.DataFrame`` (spots × kept pathways, ``float64``), index = ``obs_names``.
+    ``.uns[key_added]['params']``
+        The parameters above, plus ``n_genes`` and the matched ``gene_column``.
+    ``.uns[key_added]['coverage']``
+        Dict of columns, one row per input set: ``pathway``, ``n_total``, ``n_found``,
+        ``fraction``, ``kept`` and ``missing`` (``;``-joined genes not in the data).
+    ``.uns[key_added]['genes']``
+        Dict ``{kept pathway: ;-joined var_names of its genes found in the data}``.
+    """
+    if method not in METHODS:
+        msg = f"method must be one of {METHODS}, found {method!r}"
+        raise ValueError(msg)
+    if sample_norm_method is None:
+        sample_norm_method = "custom"
+    if sample_norm_method not in SAMPLE_NORM_METHODS:
+        msg = (
+            f"sample_norm_method must be one of {SAMPLE_NORM_METHODS}, found {sample_norm_method!r}"
+        )
+        raise ValueError(msg)
+    if correl_norm_type is None:
+        correl_norm_type = "rank"
+    if correl_norm_type not in CORREL_NORM_TYPES:
+        msg = f"correl_norm_type must be one of {CORREL_NORM_TYPES}, found {correl_norm_type!r}"
+        raise ValueError(msg)
+    if not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        msg = f"chunk_size must be a positive integer, found {chunk_size!r}"
+        raise ValueError(msg)
+    if weight < 0:
+        msg = f"weight must be >= 0, found {weight}"
+        raise ValueError(msg)
+    if auc_max_rank <= 0:
+        msg = (
+            f"auc_max_rank must be > 0 (fraction of genes or number of ranks), found {auc_max_rank}"
+        )
+        raise ValueError(msg)
+    if copy and adata.isbacked:
+        msg = "copy=True is not supported for a backed AnnData; load it or use copy=False"
+        raise ValueError(msg)
+    if layer is not None and layer not in adata.layers:
+        msg = f"layer={layer!r} is not in adata.layers (available: {list(adata.layers)})"
+        raise KeyError(msg)
+
+    adata = adata.copy() if copy else adata
+    x = adata.layers[layer] if layer is not None else adata.X
+    if x is None:
+        msg = "adata.X is empty; pass layer=... with the counts"
+        raise ValueError(msg)
+    n_spots, n_genes = adata.shape
+
+    sets_dict = load_gene_sets(gene_sets, organism=organism)
+    match = match_gene_sets(
+        adata.var, sets_dict, min_genes=min_genes, max_genes=max_genes, gene_column=gene_column
+    )
+    sets = SetMatrices(match.indices, n_genes)
+    names = match.names
+    logger.info(
+        "scoring %d gene sets (%s, matched on %s) in %d spots × %d genes",
+        len(names),
+        method,
+        match.source,
+        n_spots,
+        n_genes,
+    )
+
+    n_chunks = max(1, math.ceil(n_spots / chunk_size))
+    show = progress if progress is not None else n_chunks > 10
+    scores = np.empty((n_spots, len(names)), dtype=np.float64)
+
+    def chunks(desc: str):
+        from tqdm.auto import tqdm
+
+        it = iter_row_chunks(x, chunk_size)
+        for start, stop, chunk in tqdm(it, total=n_chunks, desc=desc, disable=not show):
+            if not np.isfinite(chunk.data).all():
+                where = f"layers[{layer!r}]" if layer is not None else "X"
+                msg = f"adata.{where} has NaN or infinite values in spots {start}:{stop}"
+                raise ValueError(msg)
+            yield start, stop, chunk
+
+    if method == "ssgsea":
+        for start, stop, chunk in chunks("ssGSEA"):
+            scores[start:stop] = ssgsea_chunk(
+                chunk,
+                sets,
+                weight=weight,
+                sample_norm_method=sample_norm_method,
+                correl_norm_type=correl_norm_type,
+            )
+        if ssgsea_norm and scores.size:
+            finite = scores[np.isfinite(scores)]
+            span = float(finite.max() - finite.min()) if finite.size else 0.0
+            if span > 0:
+                scores /= span
+    elif method == "aucell":
+        max_rank = (
+            max(1, math.ceil(auc_max_rank * n_genes)) if auc_max_rank < 1 else int(auc_max_rank)
+        )
+        max_rank = min(max_rank, n_genes)
+        for start, stop, chunk in chunks("AUCell"):
+            scores[start:stop] = aucell_chunk(chunk, sets, max_rank=max_rank)
+    else:
+        _zscore(chunks, sets, scores, normalize=normalize, target_sum=target_sum, layer=layer)
+
+    if smooth:
+        scores = _smooth(adata, scores, smooth_kwargs)
+
+    adata.obsm[key_added] = pd.DataFrame(scores, index=adata.obs_names.copy(), columns=names)
+    params = {
+        "gene_sets": gene_sets if isinstance(gene_sets, str) else type(gene_sets).__name__,
+        "method": method,
+        "layer": layer,
+        "min_genes": min_genes,
+        "max_genes": max_genes,
+        "gene_column": match.source,
+        "id_type": match.id_type,
+        "n_genes": n_genes,
+        "chunk_size": chunk_size,
+        "smooth": smooth,
+        "smooth_kwargs": dict(smooth_kwargs or {}),
+    }
+    if method == "ssgsea":
+        params.update(
+            weight=weight,
+            sample_norm_method=sample_norm_method,
+            correl_norm_type=correl_norm_type,
+            ssgsea_norm=ssgsea_norm,
+        )
+    elif method == "aucell":
+        params.update(auc_max_rank=auc_max_rank, max_rank=max_rank)
+    else:
+        params.update(normalize=normalize, target_sum=target_sum)
+    coverage = match.coverage.reset_index()
+    var_names = np.asarray(adata.var_names)
+    adata.uns[key_added] = {
+        "params": _h5ad_safe(params),
+        "coverage": {c: coverage[c].to_numpy() for c in coverage.columns},
+        "genes": {n: ";".join(var_names[i]) for n, i in zip(names, match.indices, strict=True)},
+    }
+    return adata if copy else None
+
+
+def _zscore(chunks, sets: SetMatrices, scores: np.ndarray, *, normalize, target_sum, layer):
+    """Two passes: per-gene mean/std over spots, then mean z-score of the set genes."""
+    from ..pp._normalize import lognorm_matrix
+
+    def prepared(desc):
+        for start, stop, chunk in chunks(desc):
+            if normalize:
+                if chunk.data.size and chunk.data.min() < 0:
+                    where = f"layers[{layer!r}]" if layer is not None else "X"
+                    msg = (
+                        f"method='zscore' with normalize=True expects raw counts but adata.{where} "
+                        "has negative values; pass normalize=False for normalised input"
+                    )
+                    raise ValueError(msg)
+                chunk = sp.csr_matrix(lognorm_matrix(chunk, target_sum=target_sum))
+            yield start, stop, chunk
+
+    moments = GeneMoments.empty(sets.n_genes)
+    for _, _, chunk in prepared("z-score (1/2)"):
+        moments.update(chunk)
+    sd = moments.std(ddof=1)
+    sd[sd == 0] = 1.0  # constant genes contribute z = 0 (as scanpy.pp.scale)
+    weights = sets.member.multiply(1.0 / sd[:, None]).tocsr()  # (genes, sets)
+    weights = weights.multiply(1.0 / sets.k[None, :]).tocsr()
+    offset = np.asarray(weights.T @ moments.mean).ravel()
+    for start, stop, chunk in prepared("z-score (2/2)"):
+        scores[start:stop] = np.asarray((chunk @ weights).todense()) - offset[None, :]
+
+
+def _smooth(adata: AnnData, scores: np.ndarray, smooth_kwargs) -> np.ndarray:
+    """Row-normalised ``(I + A) @ scores`` over the squidpy spatial graph."""
+    conn = adata.obsp.get("spatial_connectivities") if not smooth_kwargs else None
+    if conn is None:
+        if _keys.SPATIAL not in adata.obsm:
+            msg = "smooth=True needs spot coordinates in adata.obsm['spatial']"
+            raise ValueError(msg)
+        import squidpy as sq
+
+        tmp = AnnData(
+            obs=pd.DataFrame(index=adata.obs_names.copy()),
+            obsm={_keys.SPATIAL: np.asarray(adata.obsm[_keys.SPATIAL])},
+        )
+        sq.gr.spatial_neighbors(tmp, **dict(smooth_kwargs or {}))
+        conn = tmp.obsp["spatial_connectivities"]
+    a = sp.csr_matrix(conn, dtype=np.float64)
+    a = (a != 0).astype(np.float64) + sp.identity(a.shape[0], format="csr")
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    return np.asarray(sp.diags(1.0 / deg) @ a @ scores)
+
+
+def _h5ad_safe(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Make a params dict writable to .h5ad (no ``None``; nested dicts kept)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if v is None:
+            out[k] = "None"
+        elif isinstance(v, Mapping):
+            out[k] = _h5ad_safe(v)
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,292 @@
+"""Gene-identifier harmonisation: symbols / Ensembl ids, mouse → human by case."""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .. import _keys
+
+logger = logging.getLogger(__name__)
+
+#: var columns searched (in order) for gene symbols
+SYMBOL_COLUMNS: tuple[str, ...] = (
+    _keys.GENE_SYMBOLS,
+    "feature_name",
+    "gene_name",
+    "gene_symbol",
+    "symbol",
+    "name",
+)
+#: var columns searched (in order) for Ensembl / platform ids
+ID_COLUMNS: tuple[str, ...] = (_keys.GENE_IDS, "gene_id", "ensembl_id", "feature_id")
+
+_ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$", re.IGNORECASE)
+
+
+def looks_like_ensembl(names: Iterable[str], *, min_fraction: float = 0.5) -> bool:
+    """Return True when at least ``min_fraction`` of ``names`` look like Ensembl gene ids.
+
+    Parameters
+    ----------
+    names
+        Gene identifiers.
+    min_fraction
+        Fraction of identifiers that must match ``ENS[species]G<digits>[.version]``.
+
+    Returns
+    -------
+    Whether the identifiers are (mostly) Ensembl gene ids.
+    """
+    names = [str(n) for n in names]
+    if not names:
+        return False
+    hits = sum(bool(_ENSEMBL_RE.match(n)) for n in names)
+    return hits / len(names) >= min_fraction
+
+
+def normalize_gene_keys(names: Iterable[str], *, id_type: str) -> np.ndarray:
+    """Return matching keys: upper-case symbols, or Ensembl ids without version suffix.
+
+    Upper-casing symbols is the usual mouse → human ortholog approximation
+    (``Gapdh`` → ``GAPDH``).
+
+    Parameters
+    ----------
+    names
+        Gene identifiers.
+    id_type
+        ``"symbol"`` or ``"ensembl"``.
+
+    Returns
+    -------
+    Array of ``str`` keys, same length and order as ``names``.
+    """
+    keys = pd.Index([str(n) for n in names]).str.strip().str.upper()
+    if id_type == "ensembl":
+        keys = keys.str.replace(r"\.\d+$", "", regex=True)
+    elif id_type != "symbol":
+        msg = f"id_type must be 'symbol' or 'ensembl', found {id_type!r}"
+        raise ValueError(msg)
+    return np.asarray(keys, dtype=object)
+
+
+def gene_keys(
+    var: pd.DataFrame, *, id_type: str = "symbol", gene_column: str | None = None
+) -> tuple[np.ndarray, str]:
+    """Pick the ``var`` column holding identifiers of ``id_type`` and return matching keys.
+
+    Parameters
+    ----------
+    var
+        ``adata.var``.
+    id_type
+        ``"symbol"`` (looks in ``gene_symbols``, ``feature_name``, ``gene_name``, …, then
+        ``var_names`` unless they are Ensembl ids) or ``"ensembl"`` (``gene_ids``,
+        ``gene_id``, …, then ``var_names`` if they are Ensembl ids).
+    gene_column
+        Use this ``var`` column (or ``"var_names"``) instead of searching.
+
+    Returns
+    -------
+    ``(keys, source)`` where ``keys`` are the normalised identifiers per gene and
+    ``source`` names the column used.
+    """
+    if gene_column is not None:
+        if gene_column == "var_names":
+            values = var.index
+        elif gene_column in var.columns:
+            values = var[gene_column]
+        else:
+            msg = (
+                f"gene_column={gene_column!r} is not a column of adata.var; "
+                f"available: {list(var.columns)} or 'var_names'"
+            )
+            raise KeyError(msg)
+        return normalize_gene_keys(values.astype(str), id_type=id_type), gene_column
+
+    candidates = SYMBOL_COLUMNS if id_type == "symbol" else ID_COLUMNS
+    for col in candidates:
+        if col in var.columns:
+            values = var[col].astype(str)
+            if id_type == "symbol" and looks_like_ensembl(values):
+                continue
+            if id_type == "ensembl" and not looks_like_ensembl(values):
+                continue
+            return normalize_gene_keys(values, id_type=id_type), col
+    names_are_ensembl = looks_like_ensembl(var.index)
+    if (id_type == "symbol") != names_are_ensembl:
+        return normalize_gene_keys(var.index, id_type=id_type), "var_names"
+    if id_type == "symbol":
+        msg = (
+            "the gene sets use gene symbols but adata.var_names look like Ensembl ids "
+            f"(e.g. {list(var.index[:3])}) and adata.var has no symbol column (looked for "
+            f"{list(SYMBOL_COLUMNS)}); add the symbols as adata.var['gene_symbols'] "
+            "or pass gene_column='<your column>'"
+        )
+    else:
+        msg = (
+            "the gene sets use Ensembl ids but neither adata.var_names nor a var column "
+            f"({list(ID_COLUMNS)}) holds Ensembl ids; pass gene_column='<your column>' "
+            "or use symbol gene sets"
+        )
+    raise ValueError(msg)
+
+
+@dataclass
+class GeneSetMatch:
+    """Gene sets matched to the genes of an AnnData.
+
+    Attributes
+    ----------
+    names
+        Kept set names (in input order).
+    indices
+        For each kept set, the sorted ``var`` positions of its genes.
+    coverage
+        One row per input set: ``n_total``, ``n_found``, ``fraction``, ``kept``,
+        ``missing`` (``;``-joined genes not found).
+    id_type
+        ``"symbol"`` or ``"ensembl"``.
+    source
+        The ``var`` column (or ``"var_names"``) the genes were matched on.
+    """
+
+    names: list[str]
+    indices: list[np.ndarray]
+    coverage: pd.DataFrame
+    id_type: str
+    source: str
+    dropped: list[str] = field(default_factory=list)
+
+    def membership(self, n_genes: int, dtype: type = np.float64) -> np.ndarray:
+        """Return the dense ``(n_genes, n_sets)`` 0/1 membership matrix."""
+        m = np.zeros((n_genes, len(self.names)), dtype=dtype)
+        for j, idx in enumerate(self.indices):
+            m[idx, j] = 1
+        return m
+
+
+def match_gene_sets(
+    var: pd.DataFrame,
+    gene_sets: Mapping[str, Sequence[str]],
+    *,
+    min_genes: int = 5,
+    max_genes: int | None = None,
+    gene_column: str | None = None,
+) -> GeneSetMatch:
+    """Match gene sets to ``var`` (symbols or Ensembl ids; case-insensitive symbols).
+
+    Identifier type is detected from the gene sets (Ensembl when most genes look
+    like ``ENS…G…``, symbols otherwise). Each set gene maps to the first ``var``
+    row with the same key. Sets with fewer than ``min_genes`` (or more than
+    ``max_genes``) genes found are dropped with one warning listing them.
+
+    Parameters
+    ----------
+    var
+        ``adata.var``.
+    gene_sets
+        ``{set name: [genes]}``.
+    min_genes
+        Minimum number of genes found for a set to be kept.
+    max_genes
+        Maximum number of genes found (``None``: no limit).
+    gene_column
+        ``var`` column (or ``"var_names"``) to match on; searched when ``None``.
+
+    Returns
+    -------
+    A :class:`GeneSetMatch`.
+    """
+    if min_genes < 1:
+        msg = f"min_genes must be >= 1, found {min_genes}"
+        raise ValueError(msg)
+    if max_genes is not None and max_genes < min_genes:
+        msg = f"max_genes ({max_genes}) must be >= min_genes ({min_genes})"
+        raise ValueError(msg)
+    all_genes = [g for genes in gene_sets.values() for g in genes]
+    id_type = "ensembl" if looks_like_ensembl(all_genes) else "symbol"
+    keys, source = gene_keys(var, id_type=id_type, gene_column=gene_column)
+    n_vars = len(keys)
+    key_series = pd.Series(np.arange(n_vars), index=pd.Index(keys))
+    n_dup = int(key_series.index.duplicated().sum())
+    if n_dup:
+        logger.info(
+            "%d genes share a %s key with an earlier gene (case-insensitive); the first one "
+            "is used for gene-set membership",
+            n_dup,
+            id_type,
+        )
+    position = key_series[~key_series.index.duplicated(keep="first")].to_dict()
+
+    rows = []
+    names: list[str] = []
+    indices: list[np.ndarray] = []
+    dropped: list[str] = []
+    any_overlap = False
+    for name, genes in gene_sets.items():
+        set_keys = list(dict.fromkeys(normalize_gene_keys(genes, id_type=id_type)))
+        found = sorted({position[k] for k in set_keys if k in position})
+        missing = [k for k in set_keys if k not in position]
+        n_found = len(found)
+        any_overlap |= n_found > 0
+        keep = n_found >= min_genes and n_found < n_vars
+        if max_genes is not None and n_found > max_genes:
+            keep = False
+        rows.append(
+            {
+                "n_total": len(set_keys),
+                "n_found": n_found,
+                "fraction": n_found / len(set_keys) if set_keys else 0.0,
+                "kept": keep,
+                "missing": ";".join(missing),
+            }
+        )
+        if keep:
+            names.append(str(name))
+            indices.append(np.asarray(found, dtype=np.int64))
+        else:
+            dropped.append(f"{name} ({n_found}/{len(set_keys)})")
+    coverage = pd.DataFrame(rows, index=pd.Index([str(n) for n in gene_sets], name="pathway"))
+
+    if not any_overlap:
+        sample_sets = next(iter(gene_sets.values()))
+        msg = (
+            f"no gene of any gene set was found in the data: matched {id_type} keys from "
+            f"adata.var[{source!r}] (e.g. {list(keys[:3])}) against set genes "
+            f"(e.g. {list(sample_sets)[:3]}). Check that the data carry gene symbols "
+            "(adata.var['gene_symbols']) or pass gene_column=..."
+        )
+        raise ValueError(msg)
+    if not names:
+        best = coverage.sort_values("n_found", ascending=False).head(3)
+        msg = (
+            f"no gene set has at least min_genes={min_genes} genes in the data"
+            + (f" and at most max_genes={max_genes}" if max_genes is not None else "")
+            + "; best coverage: "
+            + ", ".join(f"{n} {r.n_found}/{r.n_total}" for n, r in best.iterrows())
+            + ". Lower min_genes or use another collection."
+        )
+        raise ValueError(msg)
+    if dropped:
+        limit = f" or more than max_genes={max_genes}" if max_genes is not None else ""
+        msg = (
+            f"dropped {len(dropped)} of {len(gene_sets)} gene sets with fewer than "
+            f"min_genes={min_genes} genes{limit} in the data (found/total): {', '.join(dropped)}"
+        )
+        warnings.warn(msg, UserWarning, stacklevel=3)
+    return GeneSetMatch(
+        names=names,
+        indices=indices,
+        coverage=coverage,
+        id_type=id_type,
+        source=source,
+        dropped=dropped,
+    )
