@@ -1,1 +1,39 @@
-"""stalign.pairs (see docs/architecture.md)."""
+"""Curated (H&E patch, expression, pathway) pairs: manifest, build, store, torch dataset.
+
+* :func:`read_manifest` — validate a sample manifest (every bad row, with its line).
+* :func:`build_pairs` — manifest → sharded, resumable store (``stalign build-pairs``).
+* :func:`merge_pairs` — finished shards → ``index.json`` + QC report
+  (``stalign merge-pairs``).
+* :class:`PairsDataset` — the store as a torch ``Dataset``; :func:`split_by_patient`.
+
+The store layout is described in ``docs/architecture.md``.
+"""
+
+from ._augment import Augment
+from ._build import BuildResult, build_pairs, merge_pairs, parse_shard, shard_samples
+from ._codec import decode_jpeg, encode_jpeg, psnr
+from ._manifest import PLATFORMS, ManifestError, Sample, read_manifest
+from ._params import PairsParams
+from ._report import write_qc_report
+from ._store import PatchWriter, patches_digest, read_index
+
+__all__ = [
+    "PLATFORMS",
+    "Augment",
+    "BuildResult",
+    "ManifestError",
+    "PairsParams",
+    "PatchWriter",
+    "Sample",
+    "build_pairs",
+    "decode_jpeg",
+    "encode_jpeg",
+    "merge_pairs",
+    "parse_shard",
+    "patches_digest",
+    "psnr",
+    "read_index",
+    "read_manifest",
+    "shard_samples",
+    "write_qc_report",
+]

@@ -1,0 +1,93 @@
+"""Parameters of a pairs build (one frozen dataclass, recorded in every shard)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PairsParams"]
+
+
+@dataclass(frozen=True)
+class PairsParams:
+    """Everything that determines a shard's content.
+
+    Attributes
+    ----------
+    mpp
+        Target µm per pixel of the patches (HEST: 0.5).
+    size_px
+        Patch side, px (HEST: 224). The field of view is ``mpp * size_px`` µm.
+    tissue_threshold
+        Minimum tissue fraction of a patch, in [0, 1], to keep its spot.
+    gene_sets
+        Gene-set collection for :func:`stalign.tl.score_pathways` (name such as
+        ``"hallmark"`` or a GMT path), or ``None`` to skip pathway scores.
+    method
+        Pathway scoring method passed to :func:`stalign.tl.score_pathways`.
+    min_genes
+        Minimum genes of a set found in the panel for it to be scored.
+    gene_panel
+        Genes whose counts are stored: ``"all"``, ``"hvg:N"`` (the N most
+        variable genes of each sample) or a path to a text file with one gene
+        per line. Pathway scores always use every gene of the sample.
+    use_in_tissue
+        Also drop spots the platform calls outside tissue (``obs['in_tissue']``).
+    jpeg
+        Store patches as JPEG streams instead of raw uint8 arrays.
+    jpeg_quality
+        JPEG quality (1–100) when ``jpeg``.
+    thumbnail_px
+        Longest side of the QC thumbnail, px.
+    """
+
+    mpp: float = 0.5
+    size_px: int = 224
+    tissue_threshold: float = 0.5
+    gene_sets: str | None = "hallmark"
+    method: str = "ssgsea"
+    min_genes: int = 5
+    gene_panel: str = "all"
+    use_in_tissue: bool = True
+    jpeg: bool = False
+    jpeg_quality: int = 90
+    thumbnail_px: int = 512
+
+    def __post_init__(self) -> None:
+        if not (self.mpp > 0):
+            msg = f"mpp must be a positive number of µm per pixel, got {self.mpp!r}"
+            raise ValueError(msg)
+        if int(self.size_px) != self.size_px or self.size_px < 8:
+            msg = f"size_px must be an integer >= 8 px, got {self.size_px!r}"
+            raise ValueError(msg)
+        if not 0.0 <= self.tissue_threshold <= 1.0:
+            msg = f"tissue_threshold must be in [0, 1], got {self.tissue_threshold!r}"
+            raise ValueError(msg)
+        if not 1 <= self.jpeg_quality <= 100:
+            msg = f"jpeg_quality must be in 1..100, got {self.jpeg_quality!r}"
+            raise ValueError(msg)
+        panel = self.gene_panel
+        if panel != "all" and not panel.startswith("hvg:") and not Path(panel).is_file():
+            msg = (
+                f"gene_panel must be 'all', 'hvg:N' or a file with one gene per line; "
+                f"got {panel!r} (no such file)"
+            )
+            raise ValueError(msg)
+        if panel.startswith("hvg:"):
+            try:
+                n = int(panel[4:])
+            except ValueError:
+                n = 0
+            if n < 1:
+                msg = f"gene_panel 'hvg:N' needs a positive integer N, got {panel!r}"
+                raise ValueError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the parameters, plus the SHA-256 of a gene-panel file's content."""
+        d = asdict(self)
+        if self.gene_panel not in ("all",) and not self.gene_panel.startswith("hvg:"):
+            d["gene_panel_sha256"] = hashlib.sha256(Path(self.gene_panel).read_bytes()).hexdigest()
+            d["gene_panel"] = f"file:{Path(self.gene_panel).name}"
+        return d

@@ -1,0 +1,194 @@
+"""The QC report of a pairs store: ``qc/report.md`` (+ ``report.html``) and its figures."""
+
+from __future__ import annotations
+
+import html
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._utils import atomic_path, atomic_write_text
+from ._store import QC_DIR, SPOTS_CSV, THUMBNAIL_PNG, read_success, sample_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["write_qc_report"]
+
+
+def _load_spots(out: Path, sid: str) -> pd.DataFrame:
+    df = pd.read_csv(sample_dir(out, sid) / SPOTS_CSV, index_col=0, keep_default_na=False)
+    df["kept"] = df["kept"].astype(str).str.lower().isin(["true", "1"])
+    return df
+
+
+def _savefig(fig: Any, path: Path) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png", metadata={"Software": None})
+
+
+def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
+    """Write ``OUT/qc/report.md``, ``report.html`` and the QC figures.
+
+    Figures: ``qc/<sample_id>_spots.png`` (kept/dropped spots on the H&E),
+    ``qc/counts_per_spot.png``, ``qc/tissue_fraction.png``.
+
+    Parameters
+    ----------
+    out
+        Root of the pairs store.
+    index
+        The content of ``index.json`` (as built by :func:`merge_pairs`).
+
+    Returns
+    -------
+    Path
+        ``OUT/qc/report.md``.
+    """
+    from PIL import Image
+
+    from .. import pl
+
+    out = Path(out)
+    qc = out / QC_DIR
+    qc.mkdir(parents=True, exist_ok=True)
+    params = index["params"]
+    spots: dict[str, pd.DataFrame] = {}
+    rows = []
+    for s in index["samples"]:
+        sid = s["sample_id"]
+        df = _load_spots(out, sid)
+        spots[sid] = df
+        rec = read_success(out, sid) or {}
+        thumb = np.asarray(Image.open(sample_dir(out, sid) / THUMBNAIL_PNG).convert("RGB"))
+        scale = float(rec.get("thumbnail", {}).get("scale", 1.0))
+        spot_um = rec.get("spot_diameter_um")
+        mpp0 = rec.get("mpp_level0")
+        spot_px = float(spot_um) / float(mpp0) / scale if spot_um and mpp0 else None
+        fig = pl.qc_spots(
+            thumb,
+            df,
+            scale=scale,
+            spot_diameter_px=max(1.5, spot_px) if spot_px else None,
+            title=f"{sid} ({s['patient_id']}): {s['n_pairs']} of {s['n_spots']} spots kept",
+        )
+        _savefig(fig, qc / f"{sid}_spots.png")
+        kept = df[df["kept"]]
+        rows.append(
+            {
+                "sample": sid,
+                "patient": s["patient_id"],
+                "platform": s["platform"],
+                "spots": s["n_spots"],
+                "pairs": s["n_pairs"],
+                "kept %": f"{100.0 * s['n_pairs'] / max(1, s['n_spots']):.0f}",
+                **{f"drop: {k}": v for k, v in s.get("dropped", {}).items()},
+                "median counts (kept)": f"{kept['total_counts'].median():.0f}",
+                "median tissue (kept)": f"{kept['tissue_fraction'].median():.2f}",
+                "genes": s["n_genes"],
+                "pathways": s["n_pathways"],
+            }
+        )
+    if spots:
+        _savefig(pl.qc_counts_histogram(spots), qc / "counts_per_spot.png")
+        _savefig(
+            pl.qc_tissue_histogram(spots, threshold=params.get("tissue_threshold")),
+            qc / "tissue_fraction.png",
+        )
+    table = pd.DataFrame(rows)
+    fov = float(params["mpp"]) * int(params["size_px"])
+    md = [
+        "# Pairs QC report",
+        "",
+        f"{index['n_pairs']} pairs from {index['n_samples']} samples; "
+        f"{len(index['failed'])} failed, {len(index['missing'])} missing.",
+        "",
+        f"Patches: {params['size_px']} px at {params['mpp']} µm/px ({fov:.0f} µm field of "
+        f"view), tissue threshold {params['tissue_threshold']}, "
+        f"{'JPEG q' + str(params['jpeg_quality']) if params['jpeg'] else 'raw uint8'}; "
+        f"gene panel `{params['gene_panel']}`; pathway scores: "
+        f"{params['gene_sets'] or 'none'} ({params['method']}), "
+        f"{len(index['pathways'])} pathways scored in every sample; "
+        f"{len(index['genes'])} genes in the union of panels.",
+        "",
+        "## Samples",
+        "",
+        table.to_markdown(index=False) if len(table) and _has_tabulate() else _md_table(table),
+        "",
+    ]
+    if index["failed"]:
+        md += ["## Failed samples", ""]
+        md += [f"- **{sid}**: {reason}" for sid, reason in index["failed"].items()]
+        md += [""]
+    if index["missing"]:
+        md += ["## Missing samples (no shard yet)", "", ", ".join(index["missing"]), ""]
+    if spots:
+        md += [
+            "## Distributions",
+            "",
+            "![counts per spot](counts_per_spot.png)",
+            "",
+            "![tissue fraction](tissue_fraction.png)",
+            "",
+            "## Spots on the H&E",
+            "",
+            "Green: kept; orange: patch below the tissue threshold; grey: outside the "
+            "platform's tissue call; red: patch window leaves the image; purple: no counts.",
+            "",
+        ]
+        md += [f"![{sid}]({sid}_spots.png)" for sid in spots]
+        md += [""]
+    text = "\n".join(md)
+    path = qc / "report.md"
+    atomic_write_text(path, text)
+    atomic_write_text(qc / "report.html", _html(text, table, index))
+    return path
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _md_table(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "(no finished samples)"
+    cols = [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in table.iterrows():
+        lines.append("| " + " | ".join(str(v) for v in r.to_numpy()) + " |")
+    return "\n".join(lines)
+
+
+def _html(markdown_text: str, table: pd.DataFrame, index: dict[str, Any]) -> str:
+    """Render the report as dependency-free HTML (tables and images)."""
+    body = []
+    for line in markdown_text.splitlines():
+        if line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("!["):
+            alt, src = line[2:].split("](", 1)
+            body.append(f'<img alt="{html.escape(alt)}" src="{html.escape(src[:-1])}">')
+        elif line.startswith("|"):
+            continue  # the samples table is rendered below from the DataFrame
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+        if line == "## Samples" and not table.empty:
+            body.append(table.to_html(index=False, border=0))
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Pairs QC report</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+        "table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;"
+        "border-bottom:1px solid #ddd}img{max-width:100%}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )

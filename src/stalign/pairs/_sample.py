@@ -1,0 +1,374 @@
+"""Build one shard: read a sample, extract patches, score pathways, write the files."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import _keys as K
+from ._manifest import Sample
+from ._params import PairsParams
+from ._store import (
+    PAIRS_H5AD,
+    PATCHES_H5,
+    SPOTS_CSV,
+    THUMBNAIL_PNG,
+    PatchWriter,
+    commit_shard,
+    new_shard_tmpdir,
+    sample_dir,
+)
+
+logger = logging.getLogger(__name__)
+
+#: reasons a spot is dropped, in the order they are checked (spots.csv ``reason``)
+DROP_REASONS = ("outside_image", "not_in_tissue_call", "low_tissue", "no_counts")
+PAIRS_UNS = "stalign_pairs"  # uns key of pairs.h5ad: JSON string with sample + params
+
+
+class SampleError(RuntimeError):
+    """A sample could not be turned into pairs; the message says why."""
+
+
+def _read(sample: Sample) -> Any:
+    """Read a manifest row with the platform's reader ``stalign.io.read_<platform>``.
+
+    Falls back to ``stalign.io.read(path, platform=...)`` for platforms without a
+    dedicated reader function.
+    """
+    from .. import io as st_io
+
+    kwargs: dict[str, Any] = {}
+    if sample.image:
+        kwargs["image"] = sample.image
+    if sample.mpp:
+        kwargs["mpp"] = sample.mpp
+    reader = getattr(st_io, f"read_{sample.platform}", None)
+    if reader is None:
+        generic = getattr(st_io, "read", None)
+        if generic is None:
+            msg = (
+                f"sample {sample.sample_id}: no reader for platform {sample.platform!r} "
+                f"(expected stalign.io.read_{sample.platform} or stalign.io.read)"
+            )
+            raise SampleError(msg)
+        return generic(sample.path, platform=sample.platform, **kwargs)
+    return reader(sample.path, **kwargs)
+
+
+def _counts(adata: Any) -> Any:
+    import scipy.sparse as sp
+
+    X = adata.layers[K.COUNTS_LAYER] if K.COUNTS_LAYER in adata.layers else adata.X
+    return sp.csr_matrix(X, dtype=np.float32)
+
+
+def _panel_genes(adata: Any, panel: str) -> list[str]:
+    """Return the var_names kept by ``panel`` ('all', 'hvg:N' or a gene-list file)."""
+    names = list(adata.var_names)
+    if panel == "all":
+        return names
+    if panel.startswith("hvg:"):
+        import scanpy as sc
+
+        n = int(panel[4:])
+        if n >= adata.n_vars:
+            return names
+        tmp = sc.AnnData(_counts(adata))
+        tmp.var_names = adata.var_names
+        sc.pp.normalize_total(tmp, target_sum=1e4)
+        sc.pp.log1p(tmp)
+        sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat")
+        hv = tmp.var["highly_variable"].to_numpy()
+        return [g for g, keep in zip(names, hv, strict=True) if keep]
+    wanted = [
+        line.strip()
+        for line in Path(panel).read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    lookup = {g.upper(): g for g in names}
+    if K.GENE_IDS in adata.var:
+        for g, gid in zip(names, adata.var[K.GENE_IDS].astype(str), strict=True):
+            lookup.setdefault(gid.upper().split(".")[0], g)
+    found = list(dict.fromkeys(lookup[w.upper()] for w in wanted if w.upper() in lookup))
+    if not found:
+        msg = (
+            f"gene panel {panel}: none of its {len(wanted)} genes is in the sample "
+            f"(e.g. panel {wanted[:3]} vs sample {names[:3]})"
+        )
+        raise SampleError(msg)
+    return found
+
+
+def _thumbnail(adata: Any, mpp0: float, longest_px: int) -> tuple[np.ndarray, dict[str, float]]:
+    """Down-sampled H&E of the whole image and the transform from level-0 px to it."""
+    from .. import im
+
+    slide = im.open_image(adata)
+    w, h = int(slide.width), int(slide.height)
+    scale = max(w, h) / float(longest_px)  # level-0 px per thumbnail px
+    if scale < 1:
+        scale = 1.0
+    tw, th = max(1, round(w / scale)), max(1, round(h / scale))
+    side = max(tw, th)
+    patch = slide.read_patch(w / 2.0, h / 2.0, size_px=side, mpp=mpp0 * scale)
+    ox = (side - tw) // 2
+    oy = (side - th) // 2
+    thumb = np.ascontiguousarray(patch[oy : oy + th, ox : ox + tw])
+    return thumb, {"scale": scale, "width": w, "height": h}
+
+
+def _png_bytes(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def build_sample(
+    sample: Sample,
+    params: PairsParams,
+    out: str | Path,
+    *,
+    fingerprint: str,
+    progress_position: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build and commit the shard ``OUT/samples/<sample_id>``.
+
+    Parameters
+    ----------
+    sample
+        A validated manifest row.
+    params
+        Build parameters.
+    out
+        Root of the pairs store.
+    fingerprint
+        :func:`~stalign.pairs._store.params_fingerprint` of the build, recorded in
+        ``_SUCCESS`` so a resumed build with other parameters is refused.
+    progress_position, progress
+        Position of this sample's tqdm bar (one per worker) and whether to show it.
+
+    Returns
+    -------
+    dict
+        The ``_SUCCESS`` record (counts, pathways, checksums, timings).
+
+    Raises
+    ------
+    SampleError
+        No spot survives QC (e.g. all coordinates miss the image), or a gene
+        panel matches nothing.
+    """
+    from tqdm.auto import tqdm
+
+    from .. import im, tl
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    bar = None
+    writer = None
+    try:
+        adata = _read(sample)
+        meta = adata.uns.get(K.STALIGN, {})
+        mpp0 = meta.get(K.MPP)
+        if not mpp0:
+            msg = (
+                f"sample {sample.sample_id}: the image's µm/px is unknown; "
+                "set the 'mpp' column of the manifest"
+            )
+            raise SampleError(msg)
+        mpp0 = float(mpp0)
+        timings["read"] = round(time.perf_counter() - t0, 3)
+        t = time.perf_counter()
+
+        counts = _counts(adata)
+        total = np.asarray(counts.sum(axis=1)).ravel()
+        n_genes = np.diff(counts.indptr)
+        n = adata.n_obs
+        in_tissue_call = (
+            adata.obs[K.IN_TISSUE].to_numpy(bool)
+            if (params.use_in_tissue and K.IN_TISSUE in adata.obs)
+            else np.ones(n, bool)
+        )
+        in_image = np.zeros(n, bool)
+        tissue_fraction = np.zeros(n, np.float32)
+        xy = np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64)[:, :2]
+
+        # patches stream from the image straight into the shard (bounded memory)
+        tmp = new_shard_tmpdir(out, sample.sample_id)
+        writer = PatchWriter(
+            tmp / PATCHES_H5,
+            size_px=params.size_px,
+            mpp=params.mpp,
+            encoding="jpeg" if params.jpeg else "raw",
+            jpeg_quality=params.jpeg_quality,
+        )
+        bar = tqdm(
+            total=n,
+            desc=f"{sample.sample_id:>10}",
+            unit="spot",
+            position=progress_position,
+            leave=False,
+            disable=not progress,
+        )
+        for batch in im.iter_patches(adata, mpp=params.mpp, size_px=params.size_px, progress=False):
+            sl = slice(batch.start, batch.start + len(batch))
+            in_image[sl] = batch.in_image
+            tissue_fraction[sl] = batch.tissue_fraction
+            ok = (
+                batch.in_image
+                & (batch.tissue_fraction >= params.tissue_threshold)
+                & in_tissue_call[sl]
+                & (total[sl] > 0)
+            )
+            writer.append(batch.images[ok], batch.topleft[ok], list(batch.barcodes[ok]))
+            bar.update(len(batch))
+        writer.close()
+        timings["patches"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+
+        reason = np.full(n, "", dtype=object)
+        for name, bad in (
+            ("no_counts", total <= 0),
+            ("low_tissue", tissue_fraction < params.tissue_threshold),
+            ("not_in_tissue_call", ~in_tissue_call),
+            ("outside_image", ~in_image),
+        ):  # the last assignment wins: each spot reports the first reason of DROP_REASONS
+            reason[bad] = name
+        keep = reason == ""
+        if not in_image.any():
+            lo, hi = xy.min(axis=0), xy.max(axis=0)
+            msg = (
+                f"sample {sample.sample_id}: the coordinates miss the image: none of "
+                f"{n} patch windows lies inside it (spot x in [{lo[0]:.0f}, "
+                f"{hi[0]:.0f}], y in [{lo[1]:.0f}, {hi[1]:.0f}] level-0 px)"
+            )
+            raise SampleError(msg)
+        if not keep.any():
+            counts_by = pd.Series(reason).value_counts().to_dict()
+            msg = f"sample {sample.sample_id}: no spot passed QC (dropped: {counts_by})"
+            raise SampleError(msg)
+
+        kept = adata[keep].copy()
+        barcodes = [str(b) for b in kept.obs_names]
+        pathway_names: list[str] = []
+        pathway_uns: dict[str, Any] = {}
+        if params.gene_sets:
+            tl.score_pathways(
+                kept,
+                params.gene_sets,
+                method=params.method,
+                min_genes=params.min_genes,
+                key_added=K.PATHWAY_SCORES,
+            )
+            scores = kept.obsm[K.PATHWAY_SCORES]
+            pathway_names = [str(c) for c in scores.columns]
+            pathway_uns = {"params": kept.uns.get(K.PATHWAY_SCORES, {}).get("params", {})}
+        timings["pathways"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+
+        genes = _panel_genes(adata, params.gene_panel)
+        window0 = params.size_px * params.mpp / mpp0  # patch side in level-0 px
+        pairs_obs = pd.DataFrame(
+            {
+                "sample_id": sample.sample_id,
+                "patient_id": sample.patient_id,
+                "organ": sample.organ,
+                "species": sample.species,
+                "platform": sample.platform,
+                K.TISSUE_FRACTION: tissue_fraction[keep].astype(np.float32),
+                "total_counts": total[keep].astype(np.float32),
+                "n_genes_by_counts": n_genes[keep].astype(np.int32),
+            },
+            index=pd.Index(barcodes),
+        )
+        for col in ("sample_id", "patient_id", "organ", "species", "platform"):
+            pairs_obs[col] = pairs_obs[col].astype("category")
+        gene_idx = adata.var_names.get_indexer(genes)
+        pairs = _anndata(
+            counts[np.flatnonzero(keep)][:, gene_idx],
+            obs=pairs_obs,
+            var=adata.var.iloc[gene_idx].copy(),
+        )
+        pairs.obsm[K.SPATIAL] = xy[keep]
+        if params.gene_sets:
+            pairs.obsm[K.PATHWAY_SCORES] = (
+                kept.obsm[K.PATHWAY_SCORES].loc[barcodes].astype(np.float32)
+            )
+        info = {
+            "sample": sample.to_dict(),
+            "params": params.to_dict(),
+            "params_fingerprint": fingerprint,
+            "mpp_level0": mpp0,
+            "pathways": pathway_names,
+            "pathway_scores": pathway_uns,
+        }
+        pairs.uns[PAIRS_UNS] = json.dumps(info, sort_keys=True, default=str)
+        pairs.write_h5ad(tmp / PAIRS_H5AD)
+
+        spots = pd.DataFrame(
+            {
+                "x": xy[:, 0],
+                "y": xy[:, 1],
+                "total_counts": total,
+                "n_genes_by_counts": n_genes,
+                K.IN_TISSUE: in_tissue_call,
+                K.PATCH_IN_IMAGE: in_image,
+                K.TISSUE_FRACTION: tissue_fraction,
+                "kept": keep,
+                "reason": reason,
+            },
+            index=pd.Index(adata.obs_names.astype(str), name="barcode"),
+        )
+        spots.to_csv(tmp / SPOTS_CSV, float_format="%.6g", lineterminator="\n")
+
+        thumb, thumb_info = _thumbnail(adata, mpp0, params.thumbnail_px)
+        (tmp / THUMBNAIL_PNG).write_bytes(_png_bytes(thumb))
+        timings["write"] = round(time.perf_counter() - t, 3)
+
+        record = {
+            "format": "stalign-pairs-shard",
+            "sample_id": sample.sample_id,
+            "patient_id": sample.patient_id,
+            "sample": sample.to_dict(),
+            "params_fingerprint": fingerprint,
+            "n_spots": int(n),
+            "n_pairs": int(keep.sum()),
+            "n_genes": len(genes),
+            "genes": genes,
+            "pathways": pathway_names,
+            "dropped": {r: int((reason == r).sum()) for r in DROP_REASONS},
+            "mpp_level0": mpp0,
+            "spot_diameter_um": meta.get(K.SPOT_DIAMETER_UM),
+            "patch": {"mpp": params.mpp, "size_px": params.size_px, "window_level0_px": window0},
+            "thumbnail": thumb_info,
+        }
+        # timings vary from run to run: kept out of _SUCCESS (checksummed content)
+        commit_shard(tmp, sample_dir(out, sample.sample_id), record)
+        record["timings_s"] = {**timings, "total": round(time.perf_counter() - t0, 3)}
+        return record
+    finally:
+        if writer is not None:
+            writer.close()
+        if bar is not None:
+            bar.close()
+
+
+def _anndata(X: Any, *, obs: pd.DataFrame, var: pd.DataFrame) -> Any:
+    import anndata as ad
+
+    var = var.copy()
+    for col in var.columns:  # object columns of mixed types do not round-trip in h5ad
+        if var[col].dtype == object:
+            var[col] = var[col].astype(str)
+    return ad.AnnData(X=X, obs=obs, var=var)
