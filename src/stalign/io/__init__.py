@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._image import ImageInfo, image_info
 from ._legacy_st import estimate_mpp_from_grid, find_legacy_st_files, read_legacy_st
 from ._mpp import MppMismatchWarning, reconcile_mpp
+from ._visium import read_visium, read_visium_hd
 
 __all__ = [
     "ImageInfo",
@@ -19,5 +20,7 @@ __all__ = [
     "find_legacy_st_files",
     "image_info",
     "read_legacy_st",
+    "read_visium",
+    "read_visium_hd",
     "reconcile_mpp",
 ]
