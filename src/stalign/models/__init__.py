@@ -1,1 +1,34 @@
-"""stalign.models (see docs/architecture.md)."""
+"""Image encoders: registry, LoRA adapters (peft) and export (see docs/architecture.md).
+
+>>> from stalign import models
+>>> enc = models.create_encoder("vit_tiny_patch16_224", img_size=112)  # random init
+>>> enc = models.add_lora(enc, r=8, alpha=16)
+"""
+
+from ._encoder import Encoder, create_encoder, load_state_dict_file
+from ._export import export, export_adapter, export_timm, load_exported
+from ._lora import LoraSummary, add_lora, count_parameters, lora_target_names
+from ._registry import (
+    EncoderConfig,
+    get_encoder_config,
+    list_encoders,
+    register_encoder,
+)
+
+__all__ = [
+    "Encoder",
+    "EncoderConfig",
+    "LoraSummary",
+    "add_lora",
+    "count_parameters",
+    "create_encoder",
+    "export",
+    "export_adapter",
+    "export_timm",
+    "get_encoder_config",
+    "list_encoders",
+    "load_exported",
+    "load_state_dict_file",
+    "lora_target_names",
+    "register_encoder",
+]

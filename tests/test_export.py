@@ -1,0 +1,107 @@
+"""Export round trip: the merged timm directory loads with timm alone, in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from stalign import models
+
+_CHILD = r"""
+import sys, json
+import numpy as np, torch, timm
+model = timm.create_model("local-dir:" + sys.argv[1], pretrained=True).eval()
+cfg = timm.data.resolve_data_config({}, model=model)
+mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+x = torch.from_numpy(np.load(sys.argv[2]))
+with torch.no_grad():
+    out = model((x - mean) / std)
+np.save(sys.argv[3], out.numpy())
+print(json.dumps({"stalign_imported": any(m.startswith("stalign") for m in sys.modules),
+                  "input_size": list(cfg["input_size"])}))
+"""
+
+
+def _trained_like_encoder():
+    torch.manual_seed(0)
+    enc = models.create_encoder("vit_tiny_patch16_224", img_size=64)
+    models.add_lora(enc, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():  # pretend training moved the adapters
+        for name, p in enc.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    enc.set_normalization([0.71, 0.55, 0.69], [0.18, 0.21, 0.16])  # cohort statistics
+    return enc.eval()
+
+
+def test_export_roundtrip_in_fresh_process(tmp_path):
+    enc = _trained_like_encoder()
+    written = models.export(enc, tmp_path / "export")
+    cfg = json.loads((written["timm"] / "config.json").read_text())
+    assert cfg["architecture"] == "vit_tiny_patch16_224" and cfg["num_classes"] == 0
+    assert np.allclose(cfg["pretrained_cfg"]["mean"], [0.71, 0.55, 0.69])
+    assert (written["timm"] / "model.safetensors").is_file()
+    assert not any("lora" in k for k in _safetensor_keys(written["timm"] / "model.safetensors"))
+
+    x = torch.rand(4, 3, 64, 64)
+    np.save(tmp_path / "x.npy", x.numpy())
+    with torch.no_grad():
+        expected = enc(x).numpy()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(written["timm"]),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["stalign_imported"] is False and info["input_size"] == [3, 64, 64]
+    got = np.load(tmp_path / "y.npy")
+    assert np.abs(got - expected).max() <= 1e-5
+    # the adapters changed the function, so the merge is what is being tested
+    with torch.no_grad():
+        enc.peft_model.disable_adapter_layers()
+        without = enc(x).numpy()
+        enc.peft_model.enable_adapter_layers()
+    assert np.abs(without - expected).max() > 1e-3
+    # stalign's own loader gives the same embeddings too
+    again = models.load_exported(written["timm"])
+    with torch.no_grad():
+        assert np.abs(again(x).numpy() - expected).max() <= 1e-5
+
+
+def test_adapter_export_reloads_with_peft(tmp_path):
+    from peft import PeftModel
+
+    enc = _trained_like_encoder()
+    path = models.export_adapter(enc, tmp_path / "adapter")
+    assert (path / "adapter_config.json").is_file() and (
+        path / "adapter_model.safetensors"
+    ).is_file()
+    torch.manual_seed(0)  # the same random base weights
+    fresh = models.create_encoder("vit_tiny_patch16_224", img_size=64)
+    fresh.set_normalization(*enc.normalization)
+    fresh.model = PeftModel.from_pretrained(fresh.model, str(path)).base_model.model
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), enc(x))
+
+
+def _safetensor_keys(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return list(f.keys())
