@@ -7,15 +7,23 @@ Core functions take plain arrays, so any embedding can be scored the same way::
 """
 
 from ._genes import hest_gene_panel
+from ._mil import MarkerResult, marker_prediction
 from ._probe import ProbeResult, gene_prediction, pathway_prediction, pearson_columns
 from ._retrieval import RetrievalResult, retrieval
+from ._tasks import MarkerTask, bags_from_task, region_tasks, slide_task
 
 __all__ = [
+    "MarkerResult",
+    "MarkerTask",
     "ProbeResult",
     "RetrievalResult",
+    "bags_from_task",
     "gene_prediction",
     "hest_gene_panel",
+    "marker_prediction",
     "pathway_prediction",
     "pearson_columns",
+    "region_tasks",
     "retrieval",
+    "slide_task",
 ]
