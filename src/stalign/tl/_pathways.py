@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -306,7 +307,9 @@ def _smooth(adata: AnnData, scores: np.ndarray, smooth_kwargs) -> np.ndarray:
             obs=pd.DataFrame(index=adata.obs_names.copy()),
             obsm={_keys.SPATIAL: np.asarray(adata.obsm[_keys.SPATIAL])},
         )
-        sq.gr.spatial_neighbors(tmp, **dict(smooth_kwargs or {}))
+        with warnings.catch_warnings():  # squidpy >= 1.8 deprecates the generic entry point
+            warnings.simplefilter("ignore", FutureWarning)
+            sq.gr.spatial_neighbors(tmp, **dict(smooth_kwargs or {}))
         conn = tmp.obsp["spatial_connectivities"]
     a = sp.csr_matrix(conn, dtype=np.float64)
     a = (a != 0).astype(np.float64) + sp.identity(a.shape[0], format="csr")
