@@ -22,6 +22,7 @@ __all__ = [
     "Augment",
     "BuildResult",
     "ManifestError",
+    "PairsDataset",
     "PairsParams",
     "PatchWriter",
     "Sample",
@@ -35,5 +36,17 @@ __all__ = [
     "read_index",
     "read_manifest",
     "shard_samples",
+    "split_by_patient",
     "write_qc_report",
 ]
+
+_LAZY = {"PairsDataset", "split_by_patient"}  # need torch: imported on first use
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import _dataset
+
+        return getattr(_dataset, name)
+    msg = f"module 'stalign.pairs' has no attribute {name!r}"
+    raise AttributeError(msg)

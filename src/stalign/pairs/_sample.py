@@ -270,6 +270,7 @@ def build_sample(
                 method=params.method,
                 min_genes=params.min_genes,
                 key_added=K.PATHWAY_SCORES,
+                progress=False,
             )
             scores = kept.obsm[K.PATHWAY_SCORES]
             pathway_names = [str(c) for c in scores.columns]
