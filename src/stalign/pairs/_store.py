@@ -351,7 +351,8 @@ def patches_digest(path: str | os.PathLike) -> str:
         for i in range(f["img"].shape[0]):
             digest.update(np.ascontiguousarray(read_patch(f, i)).tobytes())
         digest.update(np.asarray(f["coords"][:]).tobytes())
-        digest.update(np.asarray(f["barcode"][:]).tobytes())
+        for b in f["barcode"][:, 0]:  # vlen strings: hash the text, not object pointers
+            digest.update((b.decode() if isinstance(b, bytes) else str(b)).encode() + b"\0")
     return digest.hexdigest()
 
 
