@@ -6,6 +6,7 @@ Core functions take plain arrays, so any embedding can be scored the same way::
     print(res.mean, res.std)
 """
 
+from ._features import color_histogram, downsampled_pixels, encoder_features, squidpy_features
 from ._genes import hest_gene_panel
 from ._mil import MarkerResult, marker_prediction
 from ._probe import ProbeResult, gene_prediction, pathway_prediction, pearson_columns
@@ -18,6 +19,9 @@ __all__ = [
     "ProbeResult",
     "RetrievalResult",
     "bags_from_task",
+    "color_histogram",
+    "downsampled_pixels",
+    "encoder_features",
     "gene_prediction",
     "hest_gene_panel",
     "marker_prediction",
@@ -26,4 +30,5 @@ __all__ = [
     "region_tasks",
     "retrieval",
     "slide_task",
+    "squidpy_features",
 ]
