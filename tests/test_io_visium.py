@@ -127,7 +127,8 @@ def test_missing_scalefactors(heart):
             r"missing \['spot_diameter_fullres'\]",
         ),
         (
-            '{"spot_diameter_fullres": -3, "tissue_hires_scalef": 0.15, "tissue_lowres_scalef": 0.05}',
+            '{"spot_diameter_fullres": -3, "tissue_hires_scalef": 0.15, '
+            '"tissue_lowres_scalef": 0.05}',
             r"'spot_diameter_fullres' to be a positive number, found -3",
         ),
     ],

@@ -30,6 +30,7 @@ IMAGE_PATH = "image_path"  # str | None: level-0 H&E image on disk (absolute pat
 MPP = "mpp"  # float: µm per level-0 pixel of the image that obsm['spatial'] refers to
 MPP_SOURCE = "mpp_source"  # str: how MPP was obtained (user, scalefactors, spot_pitch, ...)
 SPOT_DIAMETER_UM = "spot_diameter_um"  # float: physical spot/bin/cell diameter (µm)
+X_IS_COUNTS = "x_is_counts"  # bool (generic .h5ad only): False when X is not raw counts
 IN_TISSUE = "in_tissue"  # obs: bool, the platform's own under-tissue call
 ARRAY_ROW = "array_row"  # obs: int
 ARRAY_COL = "array_col"  # obs: int

@@ -4,23 +4,38 @@ Each reader returns raw integer counts in ``.X`` and ``.layers['counts']``,
 ``var['gene_ids']``/``var['gene_symbols']``, ``obsm['spatial']`` in level-0 pixels of
 the H&E image, ``uns['spatial'][library_id]`` (squidpy layout) and ``uns['stalign']``
 (``mpp``, ``mpp_source``, ``image_path``, ``platform``, ``spot_diameter_um``).
+
+``read(path)`` detects the platform from the layout; the platform readers are
+``read_visium``, ``read_visium_hd``, ``read_xenium``, ``read_legacy_st``, ``read_hest``
+and ``read_h5ad``.
 """
 
 from __future__ import annotations
 
+from ._h5ad import find_hest_files, read_h5ad, read_hest
 from ._image import ImageInfo, image_info
 from ._legacy_st import estimate_mpp_from_grid, find_legacy_st_files, read_legacy_st
 from ._mpp import MppMismatchWarning, reconcile_mpp
+from ._read import PLATFORMS, detect_platform, read
 from ._visium import read_visium, read_visium_hd
+from ._xenium import read_alignment_matrix, read_xenium
 
 __all__ = [
+    "PLATFORMS",
     "ImageInfo",
     "MppMismatchWarning",
+    "detect_platform",
     "estimate_mpp_from_grid",
+    "find_hest_files",
     "find_legacy_st_files",
     "image_info",
+    "read",
+    "read_alignment_matrix",
+    "read_h5ad",
+    "read_hest",
     "read_legacy_st",
     "read_visium",
     "read_visium_hd",
+    "read_xenium",
     "reconcile_mpp",
 ]

@@ -100,7 +100,10 @@ def read_positions(path: Path) -> pd.DataFrame:
         raise ValueError(msg) from e
     missing = [c for c in _POSITION_COLUMNS if c not in tab.columns]
     if missing:
-        msg = f"{path}: expected columns {_POSITION_COLUMNS}, missing {missing} (found {list(tab.columns)})"
+        msg = (
+            f"{path}: expected columns {_POSITION_COLUMNS}, missing {missing} "
+            f"(found {list(tab.columns)})"
+        )
         raise ValueError(msg)
     for c in _POSITION_COLUMNS[1:]:
         if not pd.api.types.is_numeric_dtype(tab[c]):
