@@ -54,7 +54,16 @@ def test_iter_patches_batches_equal_extract_and_are_bounded(mob_adata):
     np.testing.assert_allclose(
         np.concatenate([b.tissue_fraction for b in batches]), sub.obs[K.TISSUE_FRACTION]
     )
+    spatial = list(
+        im.iter_patches(sub, mpp=4.0, size_px=16, batch_size=64, order="spatial", progress=False)
+    )
+    idx = np.concatenate([b.index for b in spatial])
+    assert sorted(idx.tolist()) == list(range(150)) and idx.tolist() != list(range(150))
+    placed = np.empty_like(full)
+    placed[idx] = np.concatenate([b.images for b in spatial])
+    np.testing.assert_array_equal(placed, full)
     b0 = batches[0]
+    np.testing.assert_array_equal(b0.index, np.arange(64))
     half0 = 16 * 4.0 / sub.uns["stalign"]["mpp"] / 2
     np.testing.assert_allclose(b0.topleft, b0.coords - half0)
 

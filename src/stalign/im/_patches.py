@@ -27,7 +27,10 @@ class PatchBatch:
     Attributes
     ----------
     start
-        Position of the first patch in the full sequence (``obs_names`` order).
+        With ``order='obs'``: position of the first patch in ``obs_names`` order (the
+        batch covers ``start:start + len(batch)``); ``-1`` with ``order='spatial'``.
+    index
+        ``(b,)`` positions of the patches in ``obs_names`` (or ``coords``) order.
     barcodes
         ``(b,)`` barcodes (str).
     images
@@ -44,6 +47,7 @@ class PatchBatch:
     """
 
     start: int
+    index: np.ndarray
     barcodes: np.ndarray
     images: np.ndarray
     coords: np.ndarray
@@ -104,6 +108,7 @@ def iter_patches(
     batch_size: int = 256,
     saturation_threshold: float | None = None,
     spatial_key: str = K.SPATIAL,
+    order: str = "obs",
     progress: bool = True,
 ) -> Iterator[PatchBatch]:
     """Yield patches centred on spots in batches (memory bounded by ``batch_size``).
@@ -133,19 +138,27 @@ def iter_patches(
         (:func:`stalign.im.tissue_threshold`), computed once.
     spatial_key
         ``obsm`` key of the spot centres.
+    order
+        ``'obs'``: batches follow ``obs_names`` (or ``coords``) order. ``'spatial'``:
+        spots are visited band by band across the slide (serpentine), so decoded
+        tiles are reused from the cache — much faster on large slides whose spots
+        are not stored in spatial order; place results with ``PatchBatch.index``.
     progress
         Show a tqdm progress bar.
 
     Yields
     ------
     PatchBatch
-        In ``obs_names`` (or ``coords``) order.
+        One batch of at most ``batch_size`` patches.
     """
     from tqdm.auto import tqdm
 
     size_px = _check_size(size_px)
     mpp = _check_positive(mpp, "mpp")
     batch_size = _check_size(batch_size, "batch_size")
+    if order not in ("obs", "spatial"):
+        msg = f"order must be 'obs' or 'spatial', got {order!r}"
+        raise ValueError(msg)
     if adata is not None:
         coords = _spot_coords(adata, spatial_key)
         barcodes = np.asarray(adata.obs_names.astype(str))
@@ -180,23 +193,44 @@ def iter_patches(
         )
         half0 = size_px * mpp / slide.mpp / 2.0  # half patch side in level-0 px
         n = len(coords)
+        perm = _spatial_order(coords, 2 * half0) if order == "spatial" else None
         with tqdm(total=n, desc="patches", unit="patch", disable=not progress) as bar:
             for start in range(0, n, batch_size):
-                c = coords[start : start + batch_size]
+                idx = np.arange(start, min(start + batch_size, n))
+                if perm is not None:
+                    idx = perm[idx]
+                c = coords[idx]
                 imgs, inside = slide.read_patches(c, size_px=size_px, mpp=mpp)
                 yield PatchBatch(
-                    start=start,
-                    barcodes=barcodes[start : start + batch_size],
+                    start=start if perm is None else -1,
+                    index=idx,
+                    barcodes=barcodes[idx],
                     images=imgs,
                     coords=c,
                     topleft=c - half0,
                     in_image=inside,
-                    tissue_fraction=tissue_fraction(imgs, thr),
+                    tissue_fraction=_tissue_fraction_parallel(slide, imgs, thr),
                 )
                 bar.update(len(c))
     finally:
         if owns:
             slide.close()
+
+
+def _tissue_fraction_parallel(slide: SlideImage, imgs: np.ndarray, thr: float) -> np.ndarray:
+    """:func:`tissue_fraction` over chunks of a batch on the slide's thread pool."""
+    if len(imgs) < 16:
+        return tissue_fraction(imgs, thr)
+    chunks = np.array_split(np.arange(len(imgs)), 4)
+    parts = slide._pool().map(lambda ix: tissue_fraction(imgs[ix[0] : ix[-1] + 1], thr), chunks)
+    return np.concatenate(list(parts))
+
+
+def _spatial_order(coords: np.ndarray, band: float) -> np.ndarray:
+    """Serpentine order: bands of height ``band`` (level-0 px), alternating x direction."""
+    row = np.floor((coords[:, 1] - coords[:, 1].min()) / max(band, 1.0)).astype(np.int64)
+    x = np.where(row % 2 == 0, coords[:, 0], -coords[:, 0])
+    return np.lexsort((x, row))
 
 
 def extract_patches(
@@ -274,10 +308,10 @@ def extract_patches(
             batch_size=batch_size,
             saturation_threshold=thr,
             spatial_key=spatial_key,
+            order="spatial",
             progress=progress,
         ):
-            sl = slice(b.start, b.start + len(b))
-            out[sl], inside[sl], frac[sl] = b.images, b.in_image, b.tissue_fraction
+            out[b.index], inside[b.index], frac[b.index] = b.images, b.in_image, b.tissue_fraction
         image_mpp = slide.mpp
     finally:
         if owns:

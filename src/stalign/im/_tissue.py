@@ -24,8 +24,9 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     ``(max - min) / max`` per pixel; black pixels (zero padding) have saturation 0.
     """
     rgb = np.asarray(rgb)
-    mx = rgb.max(axis=-1).astype(np.float32)
-    mn = rgb.min(axis=-1).astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx = np.maximum(np.maximum(r, g), b).astype(np.float32)
+    mn = np.minimum(np.minimum(r, g), b).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.where(mx > 0, (mx - mn) / mx, 0.0)
     return (s * 255.0).astype(np.float32)
@@ -62,7 +63,9 @@ def tissue_threshold(image: SlideImage, *, thumbnail_size: int = 1024) -> float:
     return max(float(threshold_otsu(s, nbins=256)), _MIN_THRESHOLD)
 
 
-def tissue_fraction(patches: np.ndarray, threshold: float, *, stride: int = 2) -> np.ndarray:
+def tissue_fraction(
+    patches: np.ndarray, threshold: float, *, stride: int | None = None
+) -> np.ndarray:
     """Fraction of tissue pixels (saturation > ``threshold``) in each patch.
 
     Parameters
@@ -73,12 +76,22 @@ def tissue_fraction(patches: np.ndarray, threshold: float, *, stride: int = 2) -
         Saturation threshold (0–255), e.g. from :func:`tissue_threshold`.
     stride
         Evaluate every ``stride``-th pixel in each direction (speed; 1 = all).
+        Default: ``max(1, side // 64)``, i.e. at least a 64×64 sample grid.
 
     Returns
     -------
     ``(n,)`` float32 in ``[0, 1]`` (a scalar array for a single patch).
     """
     patches = np.asarray(patches)
+    if stride is None:
+        stride = max(1, min(patches.shape[-3:-1]) // 64)
     sub = patches[..., ::stride, ::stride, :]
-    s = saturation(sub)
-    return (s > threshold).mean(axis=(-2, -1)).astype(np.float32)
+    r, g, b = sub[..., 0], sub[..., 1], sub[..., 2]
+    mx = np.maximum(np.maximum(r, g), b)
+    mn = np.minimum(np.minimum(r, g), b)
+    # saturation * 255 > threshold  <=>  (max - min) * 255 > threshold * max  (max > 0);
+    # integer/float32 arithmetic on channel planes: ~20× faster than saturation()
+    spread = (mx - mn).astype(np.float32)
+    spread *= 255.0
+    tissue = spread > np.float32(threshold) * mx
+    return tissue.mean(axis=(-2, -1), dtype=np.float32)
