@@ -45,6 +45,13 @@ PATCHES = "patches"  # uns: dict with the patch parameters (mpp, size_px, thresh
 PATHWAY_SCORES = "pathway_scores"  # obsm: DataFrame spots × pathways; uns: params/coverage
 EMBEDDING_PREFIX = "X_"  # obsm: f"X_{encoder_name}" (n, dim) float32
 
+# --- written by stalign.pairs (samples/<id>/pairs.h5ad of a pairs store) ----------
+SAMPLE_ID = "sample_id"  # obs: category, the manifest's sample_id
+PATIENT_ID = "patient_id"  # obs: category, the manifest's patient_id (splits never cut it)
+TOTAL_COUNTS = "total_counts"  # obs: float, raw counts of the spot (all genes)
+N_GENES_BY_COUNTS = "n_genes_by_counts"  # obs: int, genes with counts > 0
+PAIRS_INFO = "stalign_pairs"  # uns: JSON string with the sample row and build parameters
+
 
 def embedding_key(encoder_name: str) -> str:
     """Return the ``obsm`` key for embeddings of ``encoder_name`` (``X_<name>``)."""

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 #: reasons a spot is dropped, in the order they are checked (spots.csv ``reason``)
 DROP_REASONS = ("outside_image", "not_in_tissue_call", "low_tissue", "no_counts")
-PAIRS_UNS = "stalign_pairs"  # uns key of pairs.h5ad: JSON string with sample + params
+PAIRS_UNS = K.PAIRS_INFO  # uns key of pairs.h5ad: JSON string with sample + params
 
 
 class SampleError(RuntimeError):
@@ -282,14 +282,14 @@ def build_sample(
         window0 = params.size_px * params.mpp / mpp0  # patch side in level-0 px
         pairs_obs = pd.DataFrame(
             {
-                "sample_id": sample.sample_id,
-                "patient_id": sample.patient_id,
+                K.SAMPLE_ID: sample.sample_id,
+                K.PATIENT_ID: sample.patient_id,
                 "organ": sample.organ,
                 "species": sample.species,
                 "platform": sample.platform,
                 K.TISSUE_FRACTION: tissue_fraction[keep].astype(np.float32),
-                "total_counts": total[keep].astype(np.float32),
-                "n_genes_by_counts": n_genes[keep].astype(np.int32),
+                K.TOTAL_COUNTS: total[keep].astype(np.float32),
+                K.N_GENES_BY_COUNTS: n_genes[keep].astype(np.int32),
             },
             index=pd.Index(barcodes),
         )
