@@ -1,3 +1,90 @@
-"""Plots (placeholder until implemented)."""
+"""Training curves: contrastive loss and validation retrieval against chance."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["training_curves"]
+
+
+def training_curves(
+    history: pd.DataFrame | str | os.PathLike,
+    *,
+    save: str | os.PathLike | None = None,
+    title: str | None = None,
+):
+    """Plot the loss (train and validation) and validation retrieval over steps.
+
+    Parameters
+    ----------
+    history
+        ``FitResult.history`` or the path of a run's ``log.csv``.
+    save
+        Write the figure there (PNG, 150 dpi).
+    title
+        Figure title.
+
+    Returns
+    -------
+    The matplotlib ``Figure``.
+    """
+    import matplotlib
+
+    if save is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not isinstance(history, pd.DataFrame):
+        path = Path(history)
+        if not path.is_file():
+            msg = f"training_curves: log file {str(path)!r} does not exist"
+            raise FileNotFoundError(msg)
+        history = pd.read_csv(path)
+    if "step" not in history.columns:
+        msg = f"training_curves: history needs a 'step' column, got {list(history.columns)}"
+        raise ValueError(msg)
+    fig, (ax_loss, ax_ret) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for col, label, style in (("train_loss", "train", "-"), ("val_loss", "validation", "o-")):
+        if col in history.columns:
+            d = history[["step", col]].dropna()
+            if len(d):
+                ax_loss.plot(d["step"], d[col], style, label=label, ms=3)
+    ax_loss.set_xlabel("optimiser step")
+    ax_loss.set_ylabel("symmetric InfoNCE loss")
+    ax_loss.legend(frameon=False)
+    ax_loss.set_title("contrastive loss")
+    plotted = False
+    for k, color in ((1, "tab:blue"), (5, "tab:orange"), (10, "tab:green")):
+        col = f"val_recall@{k}"
+        if col in history.columns:
+            d = history[["step", col, f"val_chance@{k}"]].dropna()
+            if len(d):
+                ax_ret.plot(d["step"], 100 * d[col], "o-", color=color, ms=3, label=f"recall@{k}")
+                ax_ret.axhline(
+                    100 * d[f"val_chance@{k}"].iloc[-1],
+                    color=color,
+                    ls=":",
+                    lw=1,
+                    label=f"chance@{k}",
+                )
+                plotted = True
+    if plotted:
+        ax_ret.set_xlabel("optimiser step")
+        ax_ret.set_ylabel("image → profile recall (%)")
+        ax_ret.legend(frameon=False, fontsize=8, ncol=2)
+        ax_ret.set_title("validation retrieval")
+    else:
+        ax_ret.text(
+            0.5, 0.5, "no validation set", ha="center", va="center", transform=ax_ret.transAxes
+        )
+        ax_ret.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if save is not None:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save, dpi=150)
+    return fig

@@ -1,1 +1,49 @@
-"""stalign.train (see docs/architecture.md)."""
+"""Contrastive alignment of an image encoder with molecular profiles (see docs/architecture.md).
+
+>>> from stalign.train import TrainConfig, fit
+>>> result = fit(TrainConfig(encoder="vit_tiny_patch16_224", epochs=5), train_ds, val_ds)
+"""
+
+from ._checkpoint import build_model, latest_checkpoint, load_model, save_checkpoint
+from ._config import TrainConfig
+from ._data import (
+    GlobalBatchSampler,
+    TensorPairsDataset,
+    augment_batch,
+    collate_pairs,
+    crop_batch,
+    image_statistics,
+    pathway_statistics,
+)
+from ._example import mob_example_pairs
+from ._fit import FitResult, evaluate, fit
+from ._loss import contrastive_loss, gather_features, pathway_soft_targets
+from ._metrics import retrieval_metrics
+from ._model import AlignmentModel, ImageTower, MolecularTower, ProjectionHead
+
+__all__ = [
+    "AlignmentModel",
+    "FitResult",
+    "GlobalBatchSampler",
+    "ImageTower",
+    "MolecularTower",
+    "ProjectionHead",
+    "TensorPairsDataset",
+    "TrainConfig",
+    "augment_batch",
+    "build_model",
+    "collate_pairs",
+    "contrastive_loss",
+    "crop_batch",
+    "evaluate",
+    "fit",
+    "gather_features",
+    "image_statistics",
+    "latest_checkpoint",
+    "load_model",
+    "mob_example_pairs",
+    "pathway_soft_targets",
+    "pathway_statistics",
+    "retrieval_metrics",
+    "save_checkpoint",
+]

@@ -1,0 +1,213 @@
+"""Checkpoints: ``model.safetensors`` + ``config.json`` + ``model.json`` + ``state.json``
+(+ ``optimizer.pt`` and per-rank ``rng_rank<r>.pt`` for exact resume)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._utils import atomic_path, atomic_write_text
+from ._config import TrainConfig
+from ._model import AlignmentModel, ImageTower, MolecularTower
+
+__all__ = ["build_model", "latest_checkpoint", "load_model", "save_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+META_FILE = "model.json"
+STATE_FILE = "state.json"
+OPTIM_FILE = "optimizer.pt"
+
+
+def build_model(
+    config: TrainConfig,
+    n_pathways: int,
+    *,
+    image_mean: list[float] | None = None,
+    image_std: list[float] | None = None,
+    pathway_mean: np.ndarray | None = None,
+    pathway_std: np.ndarray | None = None,
+    input_px: int | None = None,
+) -> AlignmentModel:
+    """Create the alignment model that ``config`` describes (encoder, LoRA, towers)."""
+    from ..models import add_lora, create_encoder
+
+    encoder = create_encoder(
+        config.encoder,
+        pretrained=config.pretrained,
+        checkpoint_path=config.checkpoint_path,
+        img_size=input_px,
+        **config.encoder_kwargs,
+    )
+    if image_mean is not None and image_std is not None:
+        encoder.set_normalization(image_mean, image_std)
+    if config.lora:
+        add_lora(
+            encoder,
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+            last_n_blocks=config.lora_last_n_blocks,
+        )
+    else:
+        for p in encoder.parameters():
+            p.requires_grad_(True)
+    image_tower = ImageTower(encoder, config.proj_dim, config.hidden_dim)
+    mol = MolecularTower(
+        n_pathways,
+        config.proj_dim,
+        config.hidden_dim,
+        mean=pathway_mean,
+        std=pathway_std,
+        dropout=config.mol_dropout,
+    )
+    return AlignmentModel(
+        image_tower,
+        mol,
+        temperature=config.temperature,
+        learn_temperature=config.learn_temperature,
+    )
+
+
+def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG a training step touches."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "numpy": torch.from_numpy(
+            np.frombuffer(json.dumps(_np_state()).encode(), dtype=np.uint8).copy()
+        ),
+        "python": torch.from_numpy(
+            np.frombuffer(json.dumps(random.getstate()).encode(), dtype=np.uint8).copy()
+        ),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _np_state() -> list[Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    name, keys, pos, has_gauss, cached = json.loads(bytes(state["numpy"].numpy()).decode())
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    py = json.loads(bytes(state["python"].numpy()).decode())
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    model: AlignmentModel,
+    config: TrainConfig,
+    meta: dict[str, Any],
+    state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory (atomically per file; ``state.json`` last)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    _save_safetensors(model.state_dict(), d / MODEL_FILE)
+    config.to_json(d / CONFIG_FILE)
+    atomic_write_text(d / META_FILE, json.dumps(meta, indent=2) + "\n")
+    if optimizer_state is not None:
+        with atomic_path(d / OPTIM_FILE) as tmp:
+            torch.save(optimizer_state, tmp)
+    if state is not None:
+        atomic_write_text(d / STATE_FILE, json.dumps(state, indent=2) + "\n")
+    return d
+
+
+def save_rng(directory: str | os.PathLike, rank: int, generator: torch.Generator) -> None:
+    """Write this rank's RNG states next to a checkpoint."""
+    with atomic_path(Path(directory) / f"rng_rank{rank}.pt") as tmp:
+        torch.save(rng_state(generator), tmp)
+
+
+def load_rng(directory: str | os.PathLike, rank: int, generator: torch.Generator) -> None:
+    """Restore this rank's RNG states from a checkpoint."""
+    path = Path(directory) / f"rng_rank{rank}.pt"
+    if not path.is_file():
+        msg = f"checkpoint {str(directory)!r} has no RNG state for rank {rank} ({path.name})"
+        raise FileNotFoundError(msg)
+    set_rng_state(torch.load(path, weights_only=True), generator)
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete ``checkpoints/step_*`` directory (with ``state.json``), if any."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
+    """Delete all but the ``keep`` newest step checkpoints."""
+    root = Path(output_dir) / "checkpoints"
+    done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_model(checkpoint: str | os.PathLike, *, device: str = "cpu") -> AlignmentModel:
+    """Rebuild the trained :class:`AlignmentModel` from a checkpoint directory.
+
+    ``checkpoint`` is a ``checkpoints/step_*`` directory, a run's ``best/`` directory,
+    or a run's ``output_dir`` (then ``best/`` or the latest step is used).
+
+    Raises
+    ------
+    FileNotFoundError
+        No checkpoint files in ``checkpoint``.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(checkpoint)
+    if not (path / MODEL_FILE).is_file():
+        cands = [path / "best", latest_checkpoint(path)]
+        found = [c for c in cands if c is not None and (c / MODEL_FILE).is_file()]
+        if not found:
+            msg = (
+                f"{str(path)!r} is not a stalign training checkpoint: no {MODEL_FILE} in it, "
+                "in best/ or in checkpoints/step_*"
+            )
+            raise FileNotFoundError(msg)
+        path = found[0]
+    config = TrainConfig.from_file(path / CONFIG_FILE).replace(
+        pretrained=False, resume=None, checkpoint_path=None
+    )
+    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    model = build_model(config, int(meta["n_pathways"]), input_px=meta.get("input_px"))
+    state = load_file(str(path / MODEL_FILE), device="cpu")
+    model.load_state_dict(state)
+    model.pathway_names = meta.get("pathway_names")  # type: ignore[attr-defined]
+    model.meta = meta  # type: ignore[attr-defined]
+    return model.to(device).eval()
