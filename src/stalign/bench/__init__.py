@@ -6,6 +6,7 @@ Core functions take plain arrays, so any embedding can be scored the same way::
     print(res.mean, res.std)
 """
 
+from ._evaluate import EvaluationResult, evaluate, load_pairs_arrays, parse_encoder_spec
 from ._features import color_histogram, downsampled_pixels, encoder_features, squidpy_features
 from ._genes import hest_gene_panel
 from ._mil import MarkerResult, marker_prediction
@@ -14,6 +15,7 @@ from ._retrieval import RetrievalResult, retrieval
 from ._tasks import MarkerTask, bags_from_task, region_tasks, slide_task
 
 __all__ = [
+    "EvaluationResult",
     "MarkerResult",
     "MarkerTask",
     "ProbeResult",
@@ -22,9 +24,12 @@ __all__ = [
     "color_histogram",
     "downsampled_pixels",
     "encoder_features",
+    "evaluate",
     "gene_prediction",
     "hest_gene_panel",
+    "load_pairs_arrays",
     "marker_prediction",
+    "parse_encoder_spec",
     "pathway_prediction",
     "pearson_columns",
     "region_tasks",

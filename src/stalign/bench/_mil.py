@@ -191,6 +191,7 @@ def marker_prediction(
     groups,
     *,
     seeds: Sequence[int] = (0,),
+    test_groups: Sequence[str] | None = None,
     pca_dim: int | None = 64,
     epochs: int = 40,
     lr: float = 1e-3,
@@ -218,6 +219,9 @@ def marker_prediction(
         ``(n_bags,)`` patient of each bag; one fold per patient.
     seeds
         Training seeds (the run is repeated per seed; MIL is stochastic).
+    test_groups
+        A single fixed split instead of leave-one-patient-out: these patients are
+        the test set, the others the training set.
     pca_dim
         PCA components on instances (``None``: scaling only).
     epochs, lr, weight_decay, hidden, attn, dropout, batch_size
@@ -253,12 +257,19 @@ def marker_prediction(
         msg = f"patient-level CV needs >= 2 patients, found {uniq}"
         raise ValueError(msg)
 
+    if test_groups is None:
+        splits = [(np.flatnonzero(g == u), np.flatnonzero(g != u), u) for u in uniq]
+    else:
+        test = [str(t) for t in test_groups]
+        if not test or [t for t in test if t not in uniq] or len(set(test)) == len(uniq):
+            msg = f"test_groups must name some but not all of the patients {uniq}, got {test}"
+            raise ValueError(msg)
+        m = np.isin(g, test)
+        splits = [(np.flatnonzero(m), np.flatnonzero(~m), "+".join(test))]
     scores = np.full((len(seeds), nb), np.nan)
     rows = []
     for si, seed in enumerate(seeds):
-        for fi, u in enumerate(uniq):
-            te = np.flatnonzero(g == u)
-            tr = np.flatnonzero(g != u)
+        for fi, (te, tr, u) in enumerate(splits):
             if np.unique(y[tr]).size < 2:
                 logger.warning("fold %s: training bags hold one class only; skipped", u)
                 rows.append(_row(seed, fi, u, tr, te, y, float("nan")))

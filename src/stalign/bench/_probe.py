@@ -158,9 +158,19 @@ def _check_xy(X, Y, groups, samples) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return X, Yd, g, s
 
 
-def _folds(groups: np.ndarray, folds: str | int) -> list[tuple[np.ndarray, np.ndarray, str]]:
+def _folds(
+    groups: np.ndarray, folds: str | int, test_groups: Sequence[str] | None = None
+) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """Return (train_idx, test_idx, test_group_label) per fold."""
     uniq = list(dict.fromkeys(groups.tolist()))  # order of first appearance
+    if test_groups is not None:
+        test = [str(t) for t in test_groups]
+        unknown = [t for t in test if t not in uniq]
+        if unknown or not test or len(set(test)) == len(uniq):
+            msg = f"test_groups must name some but not all of the groups {uniq}, got {test}"
+            raise ValueError(msg)
+        mask = np.isin(groups, test)
+        return [(np.flatnonzero(~mask), np.flatnonzero(mask), "+".join(test))]
     if folds == "lopo":
         return [(np.flatnonzero(groups != u), np.flatnonzero(groups == u), u) for u in uniq]
     if isinstance(folds, int | np.integer) and not isinstance(folds, bool):
@@ -171,9 +181,9 @@ def _folds(groups: np.ndarray, folds: str | int) -> list[tuple[np.ndarray, np.nd
         # deterministic round-robin assignment of groups to folds
         out = []
         for f in range(k):
-            test_groups = uniq[f::k]
-            mask = np.isin(groups, test_groups)
-            out.append((np.flatnonzero(~mask), np.flatnonzero(mask), "+".join(test_groups)))
+            fold_groups = uniq[f::k]
+            mask = np.isin(groups, fold_groups)
+            out.append((np.flatnonzero(~mask), np.flatnonzero(mask), "+".join(fold_groups)))
         return out
     msg = f"folds must be 'lopo' or an int >= 2, got {folds!r}"
     raise ValueError(msg)
@@ -279,6 +289,7 @@ def _run(
     probe: str,
     pca_dim: int | None,
     folds: str | int,
+    test_groups: Sequence[str] | None,
     alphas: Sequence[float] | None,
     max_iter: int,
     random_state: int,
@@ -294,7 +305,7 @@ def _run(
     inner = s if s is not None else g
     preds = np.full(Y.shape, np.nan)
     rows_t, rows_f, rows_s = [], [], []
-    for fi, (tr, te, label) in enumerate(_folds(g, folds)):
+    for fi, (tr, te, label) in enumerate(_folds(g, folds, test_groups)):
         Xtr, Xte = _reduce(X[tr], X[te], pca_dim, random_state)
         p, alpha = _fit_predict(
             probe,
@@ -355,7 +366,7 @@ def _run(
             **params,
             "probe": probe,
             "pca_dim": pca_dim,
-            "folds": folds,
+            "folds": folds if test_groups is None else f"test={list(test_groups)}",
             "random_state": random_state,
         },
     )
@@ -379,6 +390,7 @@ def gene_prediction(
     min_spot_fraction: float = 0.1,
     pca_dim: int | None = 256,
     folds: str | int = "lopo",
+    test_groups: Sequence[str] | None = None,
     alphas: Sequence[float] | None = None,
     max_iter: int = 1000,
     random_state: int = 0,
@@ -431,6 +443,9 @@ def gene_prediction(
     folds
         ``"lopo"`` (leave one patient out) or ``k`` group folds (patients assigned
         round-robin in order of first appearance).
+    test_groups
+        A single fixed split instead of ``folds``: these patients are the test set,
+        the others the training set (e.g. patients an aligned encoder never saw).
     alphas
         Grid for ``ridge_cv`` (default ``10**-3 … 10**5``).
     max_iter
@@ -486,6 +501,7 @@ def gene_prediction(
         probe=probe,
         pca_dim=pca_dim,
         folds=folds,
+        test_groups=test_groups,
         alphas=alphas,
         max_iter=max_iter,
         random_state=random_state,
@@ -510,6 +526,7 @@ def pathway_prediction(
     probe: Probe = "ridge",
     pca_dim: int | None = 256,
     folds: str | int = "lopo",
+    test_groups: Sequence[str] | None = None,
     alphas: Sequence[float] | None = None,
     max_iter: int = 1000,
     random_state: int = 0,
@@ -533,7 +550,7 @@ def pathway_prediction(
         ``(n_spots,)`` patient id of each spot.
     pathway_names
         Column names (taken from a DataFrame's columns when omitted).
-    samples, probe, pca_dim, folds, alphas, max_iter, random_state, mlp_hidden
+    samples, probe, pca_dim, folds, test_groups, alphas, max_iter, random_state, mlp_hidden
         As in :func:`gene_prediction`.
 
     Returns
@@ -566,6 +583,7 @@ def pathway_prediction(
         probe=probe,
         pca_dim=pca_dim,
         folds=folds,
+        test_groups=test_groups,
         alphas=alphas,
         max_iter=max_iter,
         random_state=random_state,

@@ -1,0 +1,163 @@
+"""Markdown report of :func:`stalign.bench.evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .._utils import atomic_write_text
+
+__all__ = ["write_report"]
+
+_TASK_TEXT = {
+    "genes": "Gene expression (HEST ridge probe, Pearson per gene averaged over the panel)",
+    "pathways": "Pathway scores (HEST ridge probe, Pearson per pathway averaged)",
+    "retrieval": "Retrieval: predicted profile → measured profile among the spots of its section",
+}
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    if np.isnan(mean):
+        return "n/a"
+    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+
+
+def _md(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _task_table(table: pd.DataFrame, task: str) -> str:
+    t = table[table["task"] == task].copy()
+    t["value"] = [_fmt(m, s, n) for m, s, n in zip(t["mean"], t["std"], t["n"], strict=True)]
+    wide = t.pivot_table(
+        index="features", columns="metric", values="value", aggfunc="first", sort=False
+    )
+    order = list(dict.fromkeys(t["features"]))
+    wide = wide.reindex(order).reset_index()
+    wide.columns.name = None
+    return _md(wide)
+
+
+def _verdict(table: pd.DataFrame, task: str, base: str, aligned: str, metric: str) -> str:
+    t = table[(table["task"] == task) & (table["metric"] == metric)].set_index("features")
+    if base not in t.index or aligned not in t.index:
+        return ""
+    a, b = t.loc[base], t.loc[aligned]
+    d = b["mean"] - a["mean"]
+    noise = float(np.nanmax([a["std"], b["std"], 0.0]))
+    if np.isnan(d):
+        return f"- {task}: undefined."
+    if abs(d) <= noise:
+        word = "no clear difference (the change is within the spread over folds/seeds)"
+    elif d > 0:
+        word = "aligned is better"
+    else:
+        word = "aligned is WORSE"
+    return (
+        f"- **{task}** ({metric}): {base} {a['mean']:.3f} → {aligned} {b['mean']:.3f} "
+        f"(Δ = {d:+.3f}; largest sd {noise:.3f}): {word}."
+    )
+
+
+def write_report(out: Path, table: pd.DataFrame, params: dict, figs: dict[str, str]) -> Path:
+    """Write ``out/report.md`` from the summary table and the figure paths; return it."""
+    base, aligned = params["baseline"], params["aligned"]
+    lines = [
+        "# stalign evaluation report",
+        "",
+        f"Pairs store: `{params['pairs_dir']}` — {params['n_spots']} spots, samples "
+        f"{', '.join(params['samples'])}, patients {', '.join(params['patients'])}.",
+        f"Split: {params['split']}. Seeds: {params['seeds']}. Probes: {params['probes']}.",
+        "",
+        "Encoders: " + ", ".join(f"**{k}** (`{v}`)" for k, v in params["encoders"].items()),
+        "Reference features in the same run: "
+        + ", ".join(params["references"])
+        + f" (random encoder: `{params['random_encoder']}`, a new init per seed).",
+        "",
+        "Values are mean ± sd over folds × seeds (a deterministic feature set runs once "
+        "per fold). Measured numbers, not selected: whatever they are.",
+        "",
+        "## Verdict (baseline vs aligned)",
+        "",
+    ]
+    for task, metric in (
+        ("genes", "pearson"),
+        ("pathways", "pearson"),
+        ("retrieval", "recall@5"),
+        ("retrieval", "profile_corr"),
+    ):
+        v = _verdict(table, task, base, aligned, metric)
+        if v:
+            lines.append(v)
+    markers = [t for t in dict.fromkeys(table["task"]) if t.startswith("marker ")]
+    for t in markers:
+        v = _verdict(table, t, base, aligned, "roc_auc")
+        if v:
+            lines.append(v)
+    lines += [""]
+    for task in dict.fromkeys(table["task"]):
+        if task.startswith("marker "):
+            continue
+        head = _TASK_TEXT.get(task.split(" ")[0], task)
+        lines += [f"## {task}", "", head + ".", "", _task_table(table, task), ""]
+        if task == "genes":
+            lines += [
+                f"![per-gene Pearson]({figs['scatter_genes']})",
+                "",
+                f"![maps]({figs['maps_genes']})",
+                "",
+            ]
+        if task == "pathways":
+            lines += [
+                f"![per-pathway Pearson]({figs['scatter_pathways']})",
+                "",
+                f"![maps]({figs['maps_pathways']})",
+                "",
+            ]
+        if task == "retrieval":
+            lines += [
+                "Exact-match retrieval is harsh where neighbouring spots share near-identical "
+                "profiles; `profile_corr` gives graded credit (Pearson between the retrieved "
+                "and the true profile; the `chance` row is a random pick).",
+                "",
+                f"![retrieval]({figs['retrieval']})",
+                "",
+            ]
+    if markers:
+        lines += [
+            "## Marker prediction (attention-MIL)",
+            "",
+            f"Task: {params['marker_task']}. {params['n_bags']} regions. "
+            "Gated ABMIL, ROC-AUC on held-out patients.",
+            "",
+        ]
+        sub = table[table["task"].isin(markers)].copy()
+        sub["value"] = [
+            _fmt(m, s, n) for m, s, n in zip(sub["mean"], sub["std"], sub["n"], strict=True)
+        ]
+        wide = sub.pivot_table(
+            index="features", columns="task", values="value", aggfunc="first", sort=False
+        )
+        wide = wide.reindex(list(dict.fromkeys(sub["features"]))).reset_index()
+        wide.columns.name = None
+        lines += [_md(wide), ""]
+    lines += [
+        "## Gene panel",
+        "",
+        ", ".join(params["gene_panel"]),
+        "",
+        "Files: `summary.csv` (this table), `runs.csv` (every fold and seed), "
+        "`per_target_genes.csv`, `per_target_pathways.csv`, `results.json`.",
+        "",
+        "A shuffled-pair control (the same training with image/profile pairs shuffled) "
+        "belongs in the same run: pass it as another encoder (`shuffled=EXPORT_DIR`).",
+        "",
+    ]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
