@@ -196,9 +196,14 @@ def crop_batch(
     jitter_px: int,
     out_px: int | None,
     generator: torch.Generator | None = None,
+    slot: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Crop ``(B, 3, H, W)`` to ``H - 2 * jitter_px`` (random offsets, or centred without a
-    generator) and resize to ``out_px`` when given."""
+    """Crop ``(B, 3, H, W)`` to ``H - 2 * jitter_px`` and resize to ``out_px`` if given.
+
+    Offsets are random with a ``generator``, centred without. ``slot=(offset, total)``
+    draws the random numbers for a global batch of ``total`` images and uses rows
+    ``offset:offset + B`` (so DDP ranks reproduce a single process exactly).
+    """
     b, _, h, w = images.shape
     crop_h, crop_w = h - 2 * jitter_px, w - 2 * jitter_px
     if crop_h <= 0 or crop_w <= 0:
@@ -209,7 +214,9 @@ def crop_batch(
     elif generator is None:
         out = images[:, :, jitter_px : jitter_px + crop_h, jitter_px : jitter_px + crop_w]
     else:
-        offs = torch.randint(0, 2 * jitter_px + 1, (b, 2), generator=generator).tolist()
+        start, total = slot if slot is not None else (0, b)
+        offs = torch.randint(0, 2 * jitter_px + 1, (total, 2), generator=generator)
+        offs = offs[start : start + b].tolist()
         out = torch.stack(
             [images[i, :, dy : dy + crop_h, dx : dx + crop_w] for i, (dy, dx) in enumerate(offs)]
         )
@@ -221,18 +228,24 @@ def crop_batch(
 
 
 def augment_batch(
-    images: torch.Tensor, generator: torch.Generator, *, color_jitter: float = 0.1
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    color_jitter: float = 0.1,
+    slot: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Random flips, 90° rotations and ± ``color_jitter`` brightness/contrast per image.
 
     The random draws come from ``generator`` (CPU), so runs are reproducible and
-    resumable; the arithmetic runs on ``images.device``.
+    resumable; the arithmetic runs on ``images.device``. ``slot`` as in :func:`crop_batch`.
     """
     b = images.shape[0]
-    flip = torch.rand(b, generator=generator) < 0.5
-    rot = torch.randint(0, 4, (b,), generator=generator)
-    bright = 1 + (torch.rand(b, generator=generator) * 2 - 1) * color_jitter
-    contrast = 1 + (torch.rand(b, generator=generator) * 2 - 1) * color_jitter
+    start, total = slot if slot is not None else (0, b)
+    sl = slice(start, start + b)
+    flip = (torch.rand(total, generator=generator) < 0.5)[sl]
+    rot = torch.randint(0, 4, (total,), generator=generator)[sl]
+    bright = (1 + (torch.rand(total, generator=generator) * 2 - 1) * color_jitter)[sl]
+    contrast = (1 + (torch.rand(total, generator=generator) * 2 - 1) * color_jitter)[sl]
     out = images.clone()
     if flip.any():
         idx = flip.nonzero().flatten().to(images.device)

@@ -164,14 +164,15 @@ def _prepare(
     config: TrainConfig,
     device: torch.device,
     generator: torch.Generator | None,
+    slot: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Crop (random with ``generator``, centred without), resize, augment."""
     images = images.to(device, non_blocking=True)
     images = crop_batch(
-        images, jitter_px=config.jitter_px, out_px=config.img_size, generator=generator
+        images, jitter_px=config.jitter_px, out_px=config.img_size, generator=generator, slot=slot
     )
     if generator is not None and config.augment:
-        images = augment_batch(images, generator, color_jitter=config.color_jitter)
+        images = augment_batch(images, generator, color_jitter=config.color_jitter, slot=slot)
     return images
 
 
@@ -397,7 +398,8 @@ def _fit(
     eval_every = config.eval_every_steps or steps_per_epoch
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps))
-    generator = torch.Generator().manual_seed(config.seed * 7919 + rank)
+    # the same stream on every rank: each draws for the global batch and takes its slice
+    generator = torch.Generator().manual_seed(config.seed * 7919)
 
     step, micro_done = 0, 0  # micro_done: micro-batches consumed in the current epoch
     best_metric: float | None = None
@@ -488,7 +490,10 @@ def _fit(
         )
         accum = 0
         for batch in loader:
-            images = _prepare(batch["image"], config, device, generator)
+            local = batch["image"].shape[0]
+            images = _prepare(
+                batch["image"], config, device, generator, slot=(rank * local, local * world)
+            )
             pathways = batch["pathways"].to(device, non_blocking=True)
             sync = accum + 1 == config.grad_accum_steps
             ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
