@@ -1,0 +1,259 @@
+"""The end-to-end workflow: build pairs → align (LoRA, contrastive) → export → evaluate.
+
+:func:`run_pipeline` is what ``stalign demo`` (the README's main job) runs on the
+bundled mouse olfactory bulb sections: train on one animal, evaluate on the other,
+always against the encoder the alignment started from and a shuffled-pair control
+(see ``SCIENCE-NOTES``: without pretrained weights the gain is small, so an honest
+report needs several seeds, a control and simple baselines in the same run).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_MANIFEST = REPO_ROOT / "data" / "manifests" / "examples.csv"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of :func:`run_pipeline` (defaults: the MOB demo, ~10 min on 2 CPU cores).
+
+    Attributes
+    ----------
+    manifest
+        Sample manifest (``data/manifests`` schema).
+    train_patients, test_patients
+        Patient ids used to align the encoder / to evaluate it (never seen in training).
+    mpp, size_px
+        Patch geometry: µm per pixel and side in px. MOB's H&E is ~4.4 µm/px, so the
+        demo reads patches at native resolution (64 px ≈ 280 µm of tissue) rather than
+        up-sampling 224 px at 0.5 µm/px.
+    gene_sets, method
+        Pathway collection and scoring method (:func:`stalign.tl.score_pathways`).
+    encoder, img_size
+        Registry / timm name of the image encoder and its input side (px).
+    epochs, batch_size, lr
+        Training schedule (AdamW, cosine).
+    seeds
+        One aligned model per seed.
+    shuffled_control
+        Also train on image/pathway pairs shuffled across spots (the control whose
+        result says how much of any gain comes from training alone).
+    eval_seeds
+        Seeds of the stochastic evaluation parts (random encoders, MIL).
+    """
+
+    manifest: str = str(EXAMPLE_MANIFEST)
+    train_patients: tuple[str, ...] = ("mouse1",)
+    test_patients: tuple[str, ...] = ("mouse2",)
+    mpp: float = 4.4
+    size_px: int = 64
+    gene_sets: str = "hallmark"
+    method: str = "ssgsea"
+    encoder: str = "vit_tiny_patch16_224"
+    img_size: int = 112
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 1e-3
+    seeds: tuple[int, ...] = (0, 1)
+    shuffled_control: bool = True
+    eval_seeds: tuple[int, ...] = (0, 1)
+    workers: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as a JSON-serialisable dict."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class PipelineResult:
+    """Paths written by :func:`run_pipeline` and the headline numbers."""
+
+    out: Path
+    pairs_dir: Path
+    report: Path
+    exports: dict[str, Path] = field(default_factory=dict)
+    training: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class ShuffledPairs:
+    """A view of a pairs dataset whose pathway profiles are permuted across spots.
+
+    Images stay in place; ``pathways`` of item ``i`` comes from item ``perm[i]``. This is
+    the shuffled-pair control: same images, same profiles, no true correspondence.
+    """
+
+    def __init__(self, dataset: Any, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.perm = np.random.default_rng(seed).permutation(len(dataset))
+        self.pathway_names = getattr(dataset, "pathway_names", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = dict(self.dataset[i])
+        item["pathways"] = self.dataset[int(self.perm[i])]["pathways"]
+        return item
+
+
+def _without_lora(encoder: Any) -> Any:
+    """Return a copy of a LoRA-wrapped encoder whose adapters are zeroed (= its base model).
+
+    LoRA keeps the base weights frozen, so the encoder an alignment started from is the
+    trained one with every ``lora_B`` set to zero; merging then gives the base weights
+    bit for bit, with the same colour normalisation as the aligned export.
+    """
+    import torch
+
+    base = copy.deepcopy(encoder)
+    with torch.no_grad():
+        for name, param in base.named_parameters():
+            if "lora_B" in name:
+                param.zero_()
+    return base
+
+
+def run_pipeline(
+    out: str | os.PathLike, config: PipelineConfig | None = None, *, progress: bool = True
+) -> PipelineResult:
+    """Build pairs, align an encoder, export it and evaluate it against its baseline.
+
+    Parameters
+    ----------
+    out
+        Output directory. Written: ``pairs/`` (the pairs store and its QC report),
+        ``train/<run>/`` (config, log, curves, checkpoints), ``exports/<run>/``
+        (merged timm model + peft adapter), ``exports/baseline_seed<s>/`` (the
+        encoder each alignment started from, same normalisation), ``eval/``
+        (``report.md`` with tables and figures), ``pipeline.json``.
+    config
+        Settings (default: :class:`PipelineConfig`).
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    :class:`PipelineResult` with the paths and the time spent per stage (s).
+    """
+    from . import bench, models, pairs, train
+
+    config = config or PipelineConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+
+    # 1. curate ------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    pairs_dir = out / "pairs"
+    logger.info("building pairs from %s into %s", config.manifest, pairs_dir)
+    pairs.build_pairs(
+        config.manifest,
+        pairs_dir,
+        mpp=config.mpp,
+        size_px=config.size_px,
+        gene_sets=config.gene_sets,
+        method=config.method,
+        workers=config.workers,
+        progress=progress,
+    )
+    seconds["build_pairs"] = time.perf_counter() - t0
+
+    train_ds = pairs.PairsDataset(pairs_dir, patients=list(config.train_patients))
+    val_ds = pairs.PairsDataset(pairs_dir, patients=list(config.test_patients))
+
+    # 2. align (one run per seed, plus the shuffled-pair control) ------------------------
+    runs: list[tuple[str, int, bool]] = [(f"aligned_seed{s}", s, False) for s in config.seeds]
+    if config.shuffled_control:
+        runs.append((f"shuffled_seed{config.seeds[0]}", config.seeds[0], True))
+    exports: dict[str, Path] = {}
+    training: dict[str, dict[str, Any]] = {}
+    for name, seed, shuffled in runs:
+        t0 = time.perf_counter()
+        tcfg = train.TrainConfig(
+            encoder=config.encoder,
+            img_size=config.img_size,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=seed,
+            output_dir=str(out / "train" / name),
+            progress=progress,
+        )
+        data = ShuffledPairs(train_ds, seed=seed) if shuffled else train_ds
+        logger.info("training %s (%d train / %d val pairs)", name, len(data), len(val_ds))
+        result = train.fit(tcfg, data, val_ds)
+        encoder = result.model.image_tower.encoder
+        exports[name] = models.export(encoder, out / "exports" / name)["timm"]
+        if not shuffled:
+            base_name = f"baseline_seed{seed}"
+            exports[base_name] = models.export(
+                _without_lora(encoder), out / "exports" / base_name, adapter=False
+            )["timm"]
+        history = result.history
+        val_rows = [r for r in history if r.get("val_loss") not in (None, "")]
+        training[name] = {
+            "steps": result.steps,
+            "best_val_recall@5": result.best_metric,
+            "first_val": val_rows[0] if val_rows else None,
+            "last_val": val_rows[-1] if val_rows else None,
+            "curves_png": str(result.curves_png) if result.curves_png else None,
+        }
+        seconds[f"train_{name}"] = time.perf_counter() - t0
+
+    # 3. evaluate on the held-out patients ------------------------------------------------
+    t0 = time.perf_counter()
+    encoders: dict[str, str] = {}
+    for s in config.seeds:
+        encoders[f"baseline (seed {s})"] = str(exports[f"baseline_seed{s}"])
+    if config.shuffled_control:
+        encoders[f"shuffled control (seed {config.seeds[0]})"] = str(
+            exports[f"shuffled_seed{config.seeds[0]}"]
+        )
+    for s in config.seeds:
+        encoders[f"aligned (seed {s})"] = str(exports[f"aligned_seed{s}"])
+    evaluation = bench.evaluate(
+        pairs_dir,
+        encoders,
+        out=out / "eval",
+        test_patients=list(config.test_patients),
+        random_encoder=config.encoder,
+        image_size=config.img_size,
+        seeds=list(config.eval_seeds),
+        progress=progress,
+    )
+    seconds["evaluate"] = time.perf_counter() - t0
+
+    report = Path(getattr(evaluation, "report", out / "eval" / "report.md"))
+    result = PipelineResult(
+        out=out,
+        pairs_dir=pairs_dir,
+        report=report,
+        exports=exports,
+        training=training,
+        seconds=seconds,
+    )
+    summary = {
+        "config": config.to_dict(),
+        "training": training,
+        "exports": {k: str(v) for k, v in exports.items()},
+        "report": str(report),
+        "seconds": seconds,
+    }
+    (out / "pipeline.json").write_text(json.dumps(summary, indent=2, default=str))
+    return result
