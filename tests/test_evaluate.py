@@ -53,13 +53,18 @@ def test_evaluate_cli_writes_report_with_figures(small_store, tiny_export, tmp_p
             "--out",
             str(out),
             "--references",
-            "histogram,pixels",
+            "pixels",
+            "--n-markers",
+            "0",
+            "1",
             "--image-size",
             "32",
             "--seeds",
             "0",
             "--mil-epochs",
             "5",
+            "--threads",
+            "1",
             "--no-progress",
         ]
     )
@@ -77,7 +82,7 @@ def test_evaluate_cli_writes_report_with_figures(small_store, tiny_export, tmp_p
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
         assert f"figures/{fig}.png" in report
     table = pd.read_csv(out / "summary.csv")
-    for feats in ("colour histogram", "8×8 pixels", "aligned"):
+    for feats in ("8×8 pixels", "aligned"):
         sub = table[table["features"] == feats]
         assert {"genes", "pathways", "retrieval"} <= set(sub["task"])
         g = sub[(sub["task"] == "genes")]["mean"].iloc[0]

@@ -52,7 +52,9 @@ def _verdict(table: pd.DataFrame, task: str, base: str, aligned: str, metric: st
     noise = float(np.nanmax([a["std"], b["std"], 0.0]))
     if np.isnan(d):
         return f"- {task}: undefined."
-    if abs(d) <= noise:
+    if a["n"] <= 1 and b["n"] <= 1:
+        word = "single value each (no folds/seeds spread to judge the difference by)"
+    elif abs(d) <= noise:
         word = "no clear difference (the change is within the spread over folds/seeds)"
     elif d > 0:
         word = "aligned is better"

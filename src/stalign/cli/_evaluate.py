@@ -57,8 +57,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated spot probes: ridge (HEST), ridge_cv, mlp (default ridge)",
     )
     p.add_argument("--marker-genes", nargs="+", default=None, help="marker genes for the MIL")
+    p.add_argument(
+        "--n-markers",
+        type=int,
+        nargs=2,
+        default=[2, 2],
+        metavar=("GENES", "PATHWAYS"),
+        help="number of default MIL marker tasks: genes and pathways (default 2 2)",
+    )
     p.add_argument("--mil-epochs", type=int, default=30, help="ABMIL epochs (default 30)")
     p.add_argument("--batch-size", type=int, default=64, help="patches per forward pass")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="cap BLAS/torch threads (1 is fastest on small shared CPU machines)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run)
 
@@ -78,8 +92,11 @@ def _run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         probes=[q.strip() for q in args.probes.split(",") if q.strip()],
         marker_genes=args.marker_genes,
+        n_marker_genes=args.n_markers[0],
+        n_marker_pathways=args.n_markers[1],
         mil_epochs=args.mil_epochs,
         batch_size=args.batch_size,
+        threads=args.threads,
         progress=not args.no_progress,
     )
     print(f"report: {res.report}")
