@@ -1,9 +1,140 @@
-"""CLI sub-commands (placeholder until implemented)."""
+"""``stalign encoders``, ``stalign embed`` and ``stalign export``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands to ``subparsers``."""
+    """Add ``encoders``, ``embed`` and ``export`` to ``subparsers``."""
+    p = subparsers.add_parser("encoders", help="list the registered image encoders")
+    p.add_argument("--json", action="store_true", help="print the full configs as JSON")
+    p.set_defaults(func=run_encoders)
+
+    p = subparsers.add_parser(
+        "embed",
+        help="embed patches with an encoder into an .h5 (pairs) or .obsm (h5ad)",
+        description="Memory-bounded batch embedding (see stalign.tl.embed).",
+    )
+    p.add_argument(
+        "--encoder",
+        required=True,
+        help="encoder name, training run/checkpoint directory or export directory",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pairs", help="pairs store directory")
+    src.add_argument("--h5ad", help="AnnData with an H&E image (stalign.io output)")
+    p.add_argument("--out", required=True, help=".h5 for --pairs, .h5ad for --h5ad")
+    p.add_argument("--samples", nargs="+", help="pairs: restrict to these samples")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--key-added", help="h5ad: obsm key (default X_<encoder>)")
+    p.add_argument("--image-size", type=int, help="resize patches to this many px")
+    p.add_argument("--mpp", type=float, help="h5ad: patch resolution in µm/px")
+    p.add_argument("--size-px", type=int, help="h5ad: patch side in px")
+    p.add_argument(
+        "--projected",
+        action="store_true",
+        help="training checkpoint: use the projection head (aligned space)",
+    )
+    p.add_argument("--pretrained", action="store_true")
+    p.add_argument("--checkpoint-path", help="local weights for a named encoder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.set_defaults(func=run_embed)
+
+    p = subparsers.add_parser(
+        "export",
+        help="export a trained encoder: merged timm model dir and/or the LoRA adapter",
+        description=(
+            "Writes OUT/timm (config.json + model.safetensors, loadable with "
+            "timm.create_model('local-dir:OUT/timm', pretrained=True)) and OUT/adapter "
+            "(peft save_pretrained)."
+        ),
+    )
+    p.add_argument("checkpoint", help="training run directory or checkpoint directory")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-merged", action="store_true", help="skip the merged timm model")
+    p.add_argument("--no-adapter", action="store_true", help="skip the LoRA adapter")
+    p.set_defaults(func=run_export)
+
+
+def run_encoders(args: argparse.Namespace) -> int:
+    """Print the registry."""
+    from ..models import get_encoder_config, list_encoders
+
+    cfgs = [get_encoder_config(n) for n in list_encoders()]
+    if args.json:
+        print(json.dumps([c.to_dict() for c in cfgs], indent=2, default=str))
+        return 0
+    head = f"{'name':<22} {'architecture':<30} {'dim':>5} {'px':>4} {'µm/px':>6} {'gated':>5}  licence / hub"
+    print(head)
+    for c in cfgs:
+        mpp = f"{c.mpp:g}" if c.mpp else "-"
+        print(
+            f"{c.name:<22} {c.architecture:<30} {c.embed_dim:>5} {c.input_size:>4} {mpp:>6} "
+            f"{'yes' if c.gated else 'no':>5}  {c.licence} / {c.hf_hub_id or '-'}"
+        )
+    print("\nAny timm architecture name works too (e.g. resnet10t).")
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """Run ``stalign embed``."""
+    from ..tl import embed
+    from ..tl._embed import resolve_encoder
+
+    encoder, _, _ = resolve_encoder(
+        args.encoder,
+        projected=args.projected,
+        pretrained=args.pretrained,
+        checkpoint_path=args.checkpoint_path,
+    )
+    common = dict(batch_size=args.batch_size, image_size=args.image_size, device=args.device)
+    if args.pairs:
+        from ..pairs import PairsDataset
+
+        ds = PairsDataset(args.pairs, samples=args.samples)
+        out = embed(ds, encoder, out=args.out, num_workers=args.num_workers, **common)
+        print(f"wrote {len(ds)} embeddings to {out}")
+        return 0
+    import anndata as ad
+
+    path = Path(args.h5ad)
+    if not path.is_file():
+        msg = f"--h5ad {str(path)!r} does not exist"
+        raise FileNotFoundError(msg)
+    adata = ad.read_h5ad(path)
+    embed(
+        adata,
+        encoder,
+        key_added=args.key_added,
+        mpp=args.mpp,
+        size_px=args.size_px,
+        out=args.out,
+        **common,
+    )
+    print(f"wrote {adata.n_obs} embeddings to {args.out}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Run ``stalign export``."""
+    from ..models import export
+    from ..train import load_model
+
+    model = load_model(args.checkpoint)
+    written = export(
+        model.image_tower.encoder, args.out, merged=not args.no_merged, adapter=not args.no_adapter
+    )
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    if "timm" in written:
+        print(
+            "load it with timm alone:\n"
+            "  import timm\n"
+            f"  model = timm.create_model('local-dir:{written['timm']}', pretrained=True).eval()\n"
+            "  cfg = timm.data.resolve_data_config({}, model=model)  # mean/std = cohort statistics"
+        )
+    return 0

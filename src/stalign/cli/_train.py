@@ -1,9 +1,158 @@
-"""CLI sub-commands (placeholder until implemented)."""
+"""``stalign train``: contrastive LoRA alignment on a pairs store."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+
+logger = logging.getLogger(__name__)
+
+# flag → TrainConfig field (type from the dataclass default)
+_FLAGS = {
+    "encoder": str,
+    "epochs": int,
+    "max_steps": int,
+    "batch_size": int,
+    "lr": float,
+    "img_size": int,
+    "lora_r": int,
+    "lora_alpha": float,
+    "seed": int,
+    "device": str,
+    "num_workers": int,
+    "eval_every_steps": int,
+    "checkpoint_every_steps": int,
+    "early_stopping_patience": int,
+    "checkpoint_path": str,
+    "amp": str,
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands to ``subparsers``."""
+    """Add ``train`` to ``subparsers``."""
+    p = subparsers.add_parser(
+        "train",
+        help="align an image encoder with pathway profiles (contrastive, LoRA)",
+        description=(
+            "Train on a pairs store written by `stalign build-pairs`. Settings come from "
+            "--config (JSON/YAML, TrainConfig fields), then flags, then --set KEY=VALUE. "
+            "Under torchrun the run is distributed (DDP)."
+        ),
+    )
+    p.add_argument("--pairs", required=True, help="pairs store directory (with index.json)")
+    p.add_argument(
+        "--out", required=True, help="output directory (checkpoints, log.csv, curves.png)"
+    )
+    p.add_argument("--config", help="JSON or YAML file of TrainConfig settings")
+    p.add_argument("--train-samples", nargs="+", help="sample ids to train on")
+    p.add_argument("--val-samples", nargs="+", help="sample ids to validate on")
+    p.add_argument("--val-patients", nargs="+", help="patient ids to validate on (others train)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="fraction of patients held out when no explicit split is given",
+    )
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument(
+        "--pretrained", action="store_true", help="load the encoder's pretrained weights"
+    )
+    p.add_argument("--resume", help="'auto' or a checkpoint directory")
+    for name, typ in _FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other TrainConfig field (value parsed as JSON when possible)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            msg = f"--set expects KEY=VALUE, got {item!r}"
+            raise ValueError(msg)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def build_config(args: argparse.Namespace):
+    """TrainConfig from --config, flags and --set (later wins)."""
+    from ..train import TrainConfig
+
+    base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
+    for name in _FLAGS:
+        v = getattr(args, name)
+        if v is not None:
+            base[name] = v
+    if args.pretrained:
+        base["pretrained"] = True
+    if args.resume:
+        base["resume"] = args.resume
+    if args.no_progress:
+        base["progress"] = False
+    base.update(_parse_set(args.set))
+    base["output_dir"] = args.out
+    return TrainConfig.from_dict(base)
+
+
+def _datasets(args: argparse.Namespace):
+    from ..pairs import PairsDataset, read_index
+
+    index = read_index(args.pairs)
+    samples = {s["sample_id"]: s["patient_id"] for s in index["samples"]}
+    if args.train_samples or args.val_samples:
+        train_s = args.train_samples or [s for s in samples if s not in (args.val_samples or [])]
+        val_s = args.val_samples or []
+    elif args.val_patients:
+        val_s = [s for s, p in samples.items() if p in set(args.val_patients)]
+        if not val_s:
+            msg = (
+                f"--val-patients {args.val_patients}: no sample of {args.pairs} has these patients"
+            )
+            raise ValueError(msg)
+        train_s = [s for s in samples if s not in val_s]
+    else:
+        fr = {"train": 1 - args.val_fraction, "val": args.val_fraction}
+        train = PairsDataset(
+            args.pairs, split="train", split_fractions=fr, split_seed=args.split_seed
+        )
+        val = PairsDataset(args.pairs, split="val", split_fractions=fr, split_seed=args.split_seed)
+        return train, (val if len(val) else None)
+    train = PairsDataset(args.pairs, samples=train_s)
+    val = PairsDataset(args.pairs, samples=val_s, pathways=train.pathway_names) if val_s else None
+    return train, val
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``stalign train``."""
+    from ..train import fit
+
+    config = build_config(args)
+    train, val = _datasets(args)
+    logger.info("training on %d pairs, validating on %d", len(train), len(val) if val else 0)
+    result = fit(config, train, val)
+    summary = {
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "best_val_recall@5": result.best_metric,
+        "stopped_early": result.stopped_early,
+        "output_dir": str(result.output_dir),
+    }
+    if len(result.history):
+        last = result.history.dropna(subset=["val_loss"]) if "val_loss" in result.history else []
+        if len(last):
+            summary["first_val_loss"] = float(last["val_loss"].iloc[0])
+            summary["last_val_loss"] = float(last["val_loss"].iloc[-1])
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,178 @@
+"""tl.embed and the train / embed / export / encoders commands on a small real MOB store."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import stalign as st
+from stalign.cli import main
+
+MANIFEST_COLS = "sample_id,patient_id,organ,species,platform,path,image,mpp,source,license"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, mob_dir):
+    from stalign.pairs import build_pairs, merge_pairs
+
+    root = tmp_path_factory.mktemp("train_store")
+    rows = [
+        f"{s},{p},olfactory_bulb,mus_musculus,legacy_st,{mob_dir / f'{s}.tsv.gz'},"
+        f"{mob_dir / f'{s}.jpg'},,test,MIT"
+        for s, p in (("MOB1", "mouse1"), ("MOB3", "mouse2"))
+    ]
+    (root / "manifest.csv").write_text("\n".join([MANIFEST_COLS, *rows]) + "\n")
+    build_pairs(
+        root / "manifest.csv", root / "pairs", mpp=4.7, size_px=40, progress=False, report=False
+    )
+    merge_pairs(root / "pairs", report=False)
+    return root / "pairs"
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder():
+    torch.manual_seed(0)
+    return st.models.create_encoder("vit_tiny_patch16_224", img_size=32, depth=2)
+
+
+def test_embed_adata_writes_obsm_in_obs_order(mob_adata, tiny_encoder):
+    adata = mob_adata[:50].copy()
+    st.tl.embed(adata, tiny_encoder, batch_size=16, mpp=4.4, size_px=48, progress=False)
+    key = "X_vit_tiny_patch16_224"
+    assert adata.obsm[key].shape == (50, 192) and adata.obsm[key].dtype == np.float32
+    assert adata.uns[key]["params"]["size_px"] == 48
+    # the same as embedding the patches directly, row for row
+    patches = st.im.extract_patches(adata, mpp=4.4, size_px=48)
+    direct = st.tl.embed(patches, tiny_encoder, batch_size=50, progress=False)
+    np.testing.assert_allclose(adata.obsm[key], direct, atol=1e-5)
+    assert np.abs(direct[0] - direct[1]).max() > 0  # different patches, different embeddings
+    with pytest.raises(ValueError, match="batch_size"):
+        st.tl.embed(adata, tiny_encoder, batch_size=0)
+    with pytest.raises(ValueError, match="uint8"):
+        st.tl.embed(np.zeros((2, 8, 8, 3), np.float32), tiny_encoder)
+
+
+def test_embed_dataset_to_h5_is_batch_size_independent(store, tiny_encoder, tmp_path):
+    ds = st.pairs.PairsDataset(store, samples=["MOB1"])
+    full = st.tl.embed(ds, tiny_encoder, batch_size=len(ds), progress=False)
+    path = st.tl.embed(ds, tiny_encoder, batch_size=7, out=tmp_path / "e.h5", progress=False)
+    with h5py.File(path) as f:
+        np.testing.assert_allclose(f["embeddings"][:], full, atol=1e-5)
+        assert [b.decode() for b in f["barcode"][:3]] == [ds[i]["barcode"] for i in range(3)]
+        assert f.attrs["encoder"] == "vit_tiny_patch16_224"
+
+
+def test_cli_train_export_embed_roundtrip(store, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "train",
+            "--pairs",
+            str(store),
+            "--out",
+            str(out),
+            "--val-samples",
+            "MOB3",
+            "--encoder",
+            "vit_tiny_patch16_224",
+            "--img-size",
+            "32",
+            "--batch-size",
+            "32",
+            "--max-steps",
+            "4",
+            "--eval-every-steps",
+            "2",
+            "--set",
+            'encoder_kwargs={"depth": 2}',
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 4 and summary["best_step"] in (2, 4)
+    assert (out / "curves.png").is_file() and (out / "log.csv").is_file()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["encoder_kwargs"] == {"depth": 2} and cfg["max_steps"] == 4
+
+    assert main(["export", str(out), "--out", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "timm" / "model.safetensors").is_file()
+    assert (tmp_path / "exp" / "adapter" / "adapter_config.json").is_file()
+    exported = st.models.load_exported(tmp_path / "exp" / "timm")
+    trained = st.train.load_model(out)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), trained.image_tower.encoder(x), atol=1e-5, rtol=0)
+
+    assert (
+        main(
+            [
+                "embed",
+                "--encoder",
+                str(out),
+                "--pairs",
+                str(store),
+                "--samples",
+                "MOB3",
+                "--out",
+                str(tmp_path / "emb.h5"),
+                "--projected",
+            ]
+        )
+        == 0
+    )
+    with h5py.File(tmp_path / "emb.h5") as f:
+        assert f["embeddings"].shape[1] == 128  # the aligned projection space
+
+    h5ad = tmp_path / "mob.h5ad"
+    a = st.io.read_legacy_st(_mob(store))
+    a[:20].copy().write_h5ad(h5ad)
+    assert (
+        main(
+            [
+                "embed",
+                "--encoder",
+                str(tmp_path / "exp" / "timm"),
+                "--h5ad",
+                str(h5ad),
+                "--out",
+                str(tmp_path / "mob_emb.h5ad"),
+                "--mpp",
+                "4.4",
+                "--size-px",
+                "40",
+            ]
+        )
+        == 0
+    )
+    assert ad.read_h5ad(tmp_path / "mob_emb.h5ad").obsm["X_vit_tiny_patch16_224"].shape == (20, 192)
+
+
+def _mob(store):
+    import csv
+
+    manifest = store.parent / "manifest.csv"
+    row = next(csv.DictReader(manifest.open()))
+    return row["path"].removesuffix(".tsv.gz")
+
+
+def test_cli_errors_and_encoders(tmp_path, capsys):
+    assert main(["encoders"]) == 0
+    assert "virchow2" in capsys.readouterr().out
+    assert main(["train", "--pairs", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 1
+    assert "index.json" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "e")]) == 1
+    assert "not a stalign training checkpoint" in capsys.readouterr().err
