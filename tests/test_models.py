@@ -128,7 +128,7 @@ def test_checkpoint_path_loads_local_weights(tmp_path, suffix):
 
 
 def test_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.safetensors"):
         models.create_encoder("resnet10t", checkpoint_path=tmp_path / "missing.safetensors")
     from safetensors.torch import save_file
 
@@ -180,7 +180,7 @@ def test_add_lora_last_n_blocks_and_convnet():
     out.sum().backward()
     grads = [p.grad for n, p in cnn.named_parameters() if "lora_A" in n]
     assert grads and all(g is not None for g in grads)
-    with pytest.raises(ValueError, match="no nn.Linear"):
+    with pytest.raises(ValueError, match=r"no nn\.Linear"):
         models.add_lora(models.create_encoder("resnet10t"), target_modules=["nothing_here"])
     with pytest.raises(ValueError, match="r > 0"):
         models.add_lora(models.create_encoder("resnet10t"), r=0)

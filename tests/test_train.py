@@ -86,7 +86,7 @@ def test_config_json_yaml_roundtrip(tmp_path):
     assert TrainConfig.from_file(tmp_path / "c.yaml").epochs == 3
     with pytest.raises(ValueError, match="unknown settings"):
         TrainConfig.from_dict({"learning_rate": 1})
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.json"):
         TrainConfig.from_file(tmp_path / "nope.json")
 
 

@@ -68,7 +68,10 @@ def run_encoders(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([c.to_dict() for c in cfgs], indent=2, default=str))
         return 0
-    head = f"{'name':<22} {'architecture':<30} {'dim':>5} {'px':>4} {'µm/px':>6} {'gated':>5}  licence / hub"
+    head = (
+        f"{'name':<22} {'architecture':<30} {'dim':>5} {'px':>4} {'µm/px':>6} {'gated':>5}"
+        "  licence / hub"
+    )
     print(head)
     for c in cfgs:
         mpp = f"{c.mpp:g}" if c.mpp else "-"

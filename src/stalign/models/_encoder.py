@@ -182,7 +182,8 @@ def _in_hf_cache(repo_id: str) -> bool:
 def _offline_message(cfg: EncoderConfig, reason: str) -> str:
     gated = (
         f" The weights are gated ({cfg.licence}): accept the licence on "
-        f"https://huggingface.co/{cfg.hf_hub_id} and log in (`huggingface-cli login`) before downloading."
+        f"https://huggingface.co/{cfg.hf_hub_id} and log in (`huggingface-cli login`) "
+        "before downloading."
         if cfg.gated
         else ""
     )

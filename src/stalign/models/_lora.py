@@ -157,7 +157,10 @@ def add_lora(
         msg = f"add_lora: encoder {encoder.name!r} already has LoRA adapters"
         raise ValueError(msg)
     if int(r) <= 0 or float(alpha) <= 0 or not 0 <= float(dropout) < 1:
-        msg = f"add_lora: need r > 0, alpha > 0 and 0 <= dropout < 1; got r={r}, alpha={alpha}, dropout={dropout}"
+        msg = (
+            f"add_lora: need r > 0, alpha > 0 and 0 <= dropout < 1; got r={r}, "
+            f"alpha={alpha}, dropout={dropout}"
+        )
         raise ValueError(msg)
     patterns = tuple(target_modules) if target_modules is not None else encoder.config.lora_targets
     names = lora_target_names(

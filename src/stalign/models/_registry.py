@@ -125,7 +125,10 @@ class EncoderConfig:
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         object.__setattr__(self, "block_containers", tuple(self.block_containers))
         if len(self.mean) != 3 or len(self.std) != 3:
-            msg = f"EncoderConfig {self.name!r}: mean and std need 3 values, got {self.mean}, {self.std}"
+            msg = (
+                f"EncoderConfig {self.name!r}: mean and std need 3 values, got "
+                f"{self.mean}, {self.std}"
+            )
             raise ValueError(msg)
         if any(s <= 0 for s in self.std):
             msg = f"EncoderConfig {self.name!r}: std must be > 0, got {self.std}"
@@ -137,7 +140,10 @@ class EncoderConfig:
             )
             raise ValueError(msg)
         if self.pooling not in ("default", "cls_mean"):
-            msg = f"EncoderConfig {self.name!r}: pooling must be 'default' or 'cls_mean', got {self.pooling!r}"
+            msg = (
+                f"EncoderConfig {self.name!r}: pooling must be 'default' or 'cls_mean', "
+                f"got {self.pooling!r}"
+            )
             raise ValueError(msg)
 
     def replace(self, **changes: Any) -> EncoderConfig:
@@ -158,7 +164,10 @@ class EncoderConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            msg = f"EncoderConfig.from_dict: unknown fields {sorted(unknown)}; expected a subset of {sorted(names)}"
+            msg = (
+                f"EncoderConfig.from_dict: unknown fields {sorted(unknown)}; expected a "
+                f"subset of {sorted(names)}"
+            )
             raise ValueError(msg)
         return cls(**d)
 
@@ -173,7 +182,10 @@ def register_encoder(fn: Callable[[], EncoderConfig]) -> Callable[[], EncoderCon
     """
     cfg = fn()
     if not isinstance(cfg, EncoderConfig):
-        msg = f"register_encoder: {fn.__name__}() must return an EncoderConfig, got {type(cfg).__name__}"
+        msg = (
+            f"register_encoder: {fn.__name__}() must return an EncoderConfig, got "
+            f"{type(cfg).__name__}"
+        )
         raise TypeError(msg)
     if cfg.name in _REGISTRY:
         msg = f"register_encoder: an encoder named {cfg.name!r} is already registered"
@@ -300,7 +312,7 @@ def uni2_h() -> EncoderConfig:
 
 @register_encoder
 def virchow2() -> EncoderConfig:
-    """Virchow2 (Paige), ViT-H/14, 4 register tokens; embedding = [class token, mean patch token]."""
+    """Virchow2 (Paige), ViT-H/14, 4 registers; embedding = [class token, mean patch token]."""
     return EncoderConfig(
         name="virchow2",
         architecture="vit_huge_patch14_224",
@@ -321,7 +333,9 @@ def virchow2() -> EncoderConfig:
             "no_embed_class": True,
             **_SWIGLU,
         },
-        notes="embedding concatenates the class token (1280) and the mean of the patch tokens (1280)",
+        notes=(
+            "embedding concatenates the class token (1280) and the mean of the patch tokens (1280)"
+        ),
     )
 
 

@@ -194,7 +194,10 @@ def embed(
         native = float(adata.uns.get(K.STALIGN, {}).get(K.MPP) or 0) or None
         mpp = mpp or getattr(cfg, "mpp", None) or native
         if mpp is None:
-            msg = "embed: the AnnData has no uns['stalign']['mpp'] and the encoder no native µm/px; pass mpp="
+            msg = (
+                "embed: the AnnData has no uns['stalign']['mpp'] and the encoder no "
+                "native µm/px; pass mpp="
+            )
             raise ValueError(msg)
         size_px = size_px or image_size or 224
         n = adata.n_obs

@@ -1,5 +1,8 @@
-"""Checkpoints: ``model.safetensors`` + ``config.json`` + ``model.json`` + ``state.json``
-(+ ``optimizer.pt`` and per-rank ``rng_rank<r>.pt`` for exact resume)."""
+"""Training checkpoints.
+
+A checkpoint directory holds ``model.safetensors``, ``config.json``, ``model.json`` and
+``state.json`` (+ ``optimizer.pt`` and per-rank ``rng_rank<r>.pt`` for exact resume).
+"""
 
 from __future__ import annotations
 
@@ -106,7 +109,7 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
 
 
 def _np_state() -> list[Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (restore global state)
     return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
 
 
@@ -115,7 +118,9 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["generator"])
     name, keys, pos, has_gauss, cached = json.loads(bytes(state["numpy"].numpy()).decode())
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    np.random.set_state(  # noqa: NPY002
+        (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+    )
     py = json.loads(bytes(state["python"].numpy()).decode())
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
@@ -161,7 +166,7 @@ def load_rng(directory: str | os.PathLike, rank: int, generator: torch.Generator
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete ``checkpoints/step_*`` directory (with ``state.json``), if any."""
+    """Return the newest complete ``checkpoints/step_*`` directory (with ``state.json``), if any."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return None

@@ -290,7 +290,10 @@ class TrainConfig:
             msg = f"could not parse training config {str(path)!r}: {e}"
             raise ValueError(msg) from e
         if not isinstance(data, dict):
-            msg = f"training config {str(path)!r}: expected a mapping of settings, got {type(data).__name__}"
+            msg = (
+                f"training config {str(path)!r}: expected a mapping of settings, got "
+                f"{type(data).__name__}"
+            )
             raise ValueError(msg)
         return cls.from_dict(data)
 

@@ -117,7 +117,7 @@ class TensorPairsDataset(Dataset):
         }
 
     def subset(self, indices: Sequence[int]) -> TensorPairsDataset:
-        """A new dataset of the given rows."""
+        """Return a new dataset of the given rows."""
         idx = list(indices)
         return TensorPairsDataset(
             self.images[idx],
@@ -163,10 +163,16 @@ class GlobalBatchSampler:
         shuffle: bool = True,
     ) -> None:
         if batch_size % world_size:
-            msg = f"batch_size={batch_size} is not divisible by the number of processes ({world_size})"
+            msg = (
+                f"batch_size={batch_size} is not divisible by the number of processes "
+                f"({world_size})"
+            )
             raise ValueError(msg)
         if n < batch_size:
-            msg = f"the training set has {n} pairs, fewer than one batch of {batch_size}; lower batch_size"
+            msg = (
+                f"the training set has {n} pairs, fewer than one batch of {batch_size}; "
+                "lower batch_size"
+            )
             raise ValueError(msg)
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
@@ -176,7 +182,7 @@ class GlobalBatchSampler:
         return self.n // self.batch_size
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This rank's index lists for ``epoch``."""
+        """Return this rank's index lists for ``epoch``."""
         if self.shuffle:
             g = torch.Generator().manual_seed(int(self.seed) * 100_003 + int(epoch))
             perm = torch.randperm(self.n, generator=g).tolist()

@@ -67,7 +67,10 @@ def mob_example_pairs(
     names: list[str] | None = None
     for sec in sections:
         if not (mob_dir / f"{sec}.tsv.gz").is_file() and not (mob_dir / f"{sec}.tsv").is_file():
-            msg = f"mob_example_pairs: section {sec!r} not found in {str(mob_dir)!r} (expected {sec}.tsv[.gz])"
+            msg = (
+                f"mob_example_pairs: section {sec!r} not found in {str(mob_dir)!r} "
+                f"(expected {sec}.tsv[.gz])"
+            )
             raise FileNotFoundError(msg)
         adata = io.read_legacy_st(mob_dir / sec)
         tl.score_pathways(adata, gene_sets, method=method, progress=False)

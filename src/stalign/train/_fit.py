@@ -110,12 +110,12 @@ def _device(config: TrainConfig, world: int) -> torch.device:
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (third-party code may use it)
     torch.manual_seed(seed)
 
 
 def _schedule(config: TrainConfig, total_steps: int):
-    warmup = int(round(config.warmup_fraction * total_steps))
+    warmup = round(config.warmup_fraction * total_steps)
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -200,7 +200,7 @@ def evaluate(
     *,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Validation contrastive loss and image→profile retrieval on ``dataset``.
+    """Compute the validation contrastive loss and image→profile retrieval on ``dataset``.
 
     The loss is averaged over batches of ``config.batch_size`` drawn in a fixed random
     order (comparable to the training loss); retrieval ranks each spot's profile
@@ -329,7 +329,10 @@ def _fit(
     elif config.resume not in (None, "auto"):
         resume_dir = Path(config.resume)
         if not (resume_dir / STATE_FILE).is_file():
-            msg = f"cannot resume from {str(resume_dir)!r}: {STATE_FILE} is missing (incomplete checkpoint?)"
+            msg = (
+                f"cannot resume from {str(resume_dir)!r}: {STATE_FILE} is missing "
+                "(incomplete checkpoint?)"
+            )
             raise FileNotFoundError(msg)
     if resume_dir is not None:
         saved = TrainConfig.from_file(resume_dir / "config.json").replace(resume=None)

@@ -66,7 +66,10 @@ def contrastive_loss(
     Scalar: mean of the image→profile and profile→image cross-entropies.
     """
     if image_emb.shape != pathway_emb.shape or image_emb.ndim != 2:
-        msg = f"contrastive_loss: shapes {tuple(image_emb.shape)} and {tuple(pathway_emb.shape)} differ"
+        msg = (
+            f"contrastive_loss: shapes {tuple(image_emb.shape)} and "
+            f"{tuple(pathway_emb.shape)} differ"
+        )
         raise ValueError(msg)
     logits = logit_scale.exp() * image_emb.float() @ pathway_emb.float().T
     if targets is None:
