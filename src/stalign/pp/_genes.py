@@ -28,6 +28,7 @@ SYMBOL_COLUMNS: tuple[str, ...] = (
 ID_COLUMNS: tuple[str, ...] = (_keys.GENE_IDS, "gene_id", "ensembl_id", "feature_id")
 
 _ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$", re.IGNORECASE)
+_ENSEMBL_LINE_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(?:\.\d+)?$", re.IGNORECASE | re.MULTILINE)
 
 
 def looks_like_ensembl(names: Iterable[str], *, min_fraction: float = 0.5) -> bool:
@@ -47,7 +48,8 @@ def looks_like_ensembl(names: Iterable[str], *, min_fraction: float = 0.5) -> bo
     names = [str(n) for n in names]
     if not names:
         return False
-    hits = sum(bool(_ENSEMBL_RE.match(n)) for n in names)
+    # one regex scan over the joined names (C speed) instead of one match per name
+    hits = len(_ENSEMBL_LINE_RE.findall("\n".join(n.replace("\n", " ") for n in names)))
     return hits / len(names) >= min_fraction
 
 
@@ -231,10 +233,14 @@ def match_gene_sets(
     indices: list[np.ndarray] = []
     dropped: list[str] = []
     any_overlap = False
+    # normalise every distinct set gene once (not once per set)
+    distinct = list(dict.fromkeys(all_genes))
+    key_of = dict(zip(distinct, normalize_gene_keys(distinct, id_type=id_type), strict=True))
     for name, genes in gene_sets.items():
-        set_keys = list(dict.fromkeys(normalize_gene_keys(genes, id_type=id_type)))
-        found = sorted({position[k] for k in set_keys if k in position})
-        missing = [k for k in set_keys if k not in position]
+        set_keys = list(dict.fromkeys(key_of[g] for g in genes))
+        hits = [position.get(k, -1) for k in set_keys]
+        found = sorted({h for h in hits if h >= 0})
+        missing = [k for k, h in zip(set_keys, hits, strict=True) if h < 0]
         n_found = len(found)
         any_overlap |= n_found > 0
         keep = n_found >= min_genes and n_found < n_vars

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -115,6 +116,12 @@ def _from_gseapy(name: str, organism: str) -> dict[str, list[str]]:
     return {str(k): list(dict.fromkeys(map(str, v))) for k, v in lib.items()}
 
 
+@functools.lru_cache(maxsize=len(BUNDLED_GENE_SETS))
+def _read_bundled(name: str) -> dict[str, tuple[str, ...]]:
+    """Parse a bundled GMT once per process (immutable values; callers copy)."""
+    return {k: tuple(v) for k, v in read_gmt(bundled_gmt_path(name)).items()}
+
+
 def load_gene_sets(gene_sets: GeneSetsLike, *, organism: str = "Human") -> dict[str, list[str]]:
     """Resolve ``gene_sets`` into a ``{set name: [genes]}`` dict.
 
@@ -147,7 +154,7 @@ def load_gene_sets(gene_sets: GeneSetsLike, *, organism: str = "Human") -> dict[
         return read_gmt(gene_sets)
     if isinstance(gene_sets, str):
         if gene_sets.lower() in BUNDLED_GENE_SETS:
-            return read_gmt(bundled_gmt_path(gene_sets))
+            return {k: list(v) for k, v in _read_bundled(gene_sets.lower()).items()}
         if gene_sets.lower().endswith(".gmt") or os.sep in gene_sets or Path(gene_sets).exists():
             return read_gmt(gene_sets)
         return _from_gseapy(gene_sets, organism)

@@ -20,10 +20,12 @@ from ._scoring import (
     CORREL_NORM_TYPES,
     SAMPLE_NORM_METHODS,
     GeneMoments,
-    SetMatrices,
+    SetIndex,
     aucell_chunk,
     iter_row_chunks,
     ssgsea_chunk,
+    zscore_chunk,
+    zscore_weights,
 )
 
 logger = logging.getLogger(__name__)
@@ -177,7 +179,7 @@ def score_pathways(
     match = match_gene_sets(
         adata.var, sets_dict, min_genes=min_genes, max_genes=max_genes, gene_column=gene_column
     )
-    sets = SetMatrices(match.indices, n_genes)
+    sets = SetIndex(match.indices, n_genes)
     names = match.names
     logger.info(
         "scoring %d gene sets (%s, matched on %s) in %d spots × %d genes",
@@ -265,33 +267,26 @@ def score_pathways(
     return adata if copy else None
 
 
-def _zscore(chunks, sets: SetMatrices, scores: np.ndarray, *, normalize, target_sum, layer):
+def _zscore(chunks, sets: SetIndex, scores: np.ndarray, *, normalize, target_sum, layer):
     """Two passes: per-gene mean/std over spots, then mean z-score of the set genes."""
-    from ..pp._normalize import lognorm_matrix
 
-    def prepared(desc):
+    def checked(desc):
         for start, stop, chunk in chunks(desc):
-            if normalize:
-                if chunk.data.size and chunk.data.min() < 0:
-                    where = f"layers[{layer!r}]" if layer is not None else "X"
-                    msg = (
-                        f"method='zscore' with normalize=True expects raw counts but adata.{where} "
-                        "has negative values; pass normalize=False for normalised input"
-                    )
-                    raise ValueError(msg)
-                chunk = sp.csr_matrix(lognorm_matrix(chunk, target_sum=target_sum))
+            if normalize and chunk.data.size and chunk.data.min() < 0:
+                where = f"layers[{layer!r}]" if layer is not None else "X"
+                msg = (
+                    f"method='zscore' with normalize=True expects raw counts but adata.{where} "
+                    "has negative values; pass normalize=False for normalised input"
+                )
+                raise ValueError(msg)
             yield start, stop, chunk
 
-    moments = GeneMoments.empty(sets.n_genes)
-    for _, _, chunk in prepared("z-score (1/2)"):
+    moments = GeneMoments(sets, normalize=normalize, target_sum=target_sum)
+    for _, _, chunk in checked("z-score (1/2)"):
         moments.update(chunk)
-    sd = moments.std(ddof=1)
-    sd[sd == 0] = 1.0  # constant genes contribute z = 0 (as scanpy.pp.scale)
-    weights = sets.member.multiply(1.0 / sd[:, None]).tocsr()  # (genes, sets)
-    weights = weights.multiply(1.0 / sets.k[None, :]).tocsr()
-    offset = np.asarray(weights.T @ moments.mean).ravel()
-    for start, stop, chunk in prepared("z-score (2/2)"):
-        scores[start:stop] = np.asarray((chunk @ weights).todense()) - offset[None, :]
+    weights = zscore_weights(moments)
+    for start, stop, chunk in checked("z-score (2/2)"):
+        scores[start:stop] = zscore_chunk(chunk, moments, weights)
 
 
 def _smooth(adata: AnnData, scores: np.ndarray, smooth_kwargs) -> np.ndarray:

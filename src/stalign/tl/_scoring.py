@@ -1,17 +1,18 @@
-"""Vectorised, chunked pathway-scoring kernels (ssGSEA, AUCell-style, z-score).
+"""Chunked pathway scoring (ssGSEA, AUCell-style, z-score) on CSR chunks of spots.
 
-All kernels work on CSR chunks of spots: implicit zeros form one tied block whose
-contribution is computed in closed form, so only the stored non-zeros are sorted.
-No Python loop runs over spots or gene sets.
+The per-spot work runs in the numba kernels of :mod:`._pathway_kernels`: implicit
+zeros form one tied block whose contribution is computed in closed form, so only the
+stored non-zeros are sorted. No Python loop runs over spots or gene sets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+
+from . import _pathway_kernels as _k
 
 SAMPLE_NORM_METHODS = ("rank", "log_rank", "log", "custom")
 CORREL_NORM_TYPES = ("rank", "zscore")
@@ -22,7 +23,8 @@ def iter_row_chunks(x, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matri
 
     ``x`` may be a NumPy array, any SciPy sparse matrix, an AnnData backed sparse
     dataset or an h5py dataset: only ``x[start:stop]`` is read per chunk, so memory
-    stays bounded by ``chunk_size``. Chunks have sorted indices and no stored zeros.
+    stays bounded by ``chunk_size``. Chunks have sorted indices and no duplicates
+    (stored zeros may remain; the kernels skip them).
     """
     if sp.issparse(x) and not isinstance(x, sp.csr_matrix | sp.csr_array):
         x = sp.csr_matrix(x)
@@ -34,96 +36,65 @@ def iter_row_chunks(x, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matri
             chunk = sp.csr_matrix(block, dtype=np.float64, copy=True)
         else:
             chunk = sp.csr_matrix(np.asarray(block, dtype=np.float64))
-        chunk.sum_duplicates()
-        chunk.eliminate_zeros()
-        chunk.sort_indices()
+        chunk.sum_duplicates()  # also sorts indices; no-op when already canonical
         yield start, stop, chunk
 
 
-@dataclass
-class _RowRanks:
-    """Per stored entry of a CSR chunk: its rank among the row's stored entries."""
+class SetIndex:
+    """Gene-set membership in the compact forms the kernels need (built once per call).
 
-    row: np.ndarray  # row of each entry (original CSR order)
-    pos: np.ndarray  # 0-based ordinal rank, ascending value, ties by column
-    first: np.ndarray  # 0-based rank of the first entry of its tie run
-    last: np.ndarray  # 0-based rank of the last entry of its tie run
-    nnz_row: np.ndarray  # stored entries per row
-    n_neg_row: np.ndarray  # stored negative entries per row
-
-
-def _rank_rows(chunk: sp.csr_matrix) -> _RowRanks:
-    """Rank the stored values of every row (ascending; ties broken by column)."""
-    n_rows, n_cols = chunk.shape
-    indptr = chunk.indptr.astype(np.int64)
-    nnz_row = np.diff(indptr)
-    row = np.repeat(np.arange(n_rows, dtype=np.int64), nnz_row)
-    v = chunk.data
-    nnz = v.size
-    if nnz == 0:
-        e = np.empty(0, dtype=np.int64)
-        return _RowRanks(row, e, e, e, nnz_row, np.zeros(n_rows, dtype=np.int64))
-    col = chunk.indices.astype(np.int64)
-    vmin, vmax = float(v.min()), float(v.max())
-    integer = vmin >= 0 and vmax < 2**20 and np.array_equal(v, np.round(v))
-    if integer and n_rows * (vmax + 1) * n_cols < 2**62:
-        key = (row * int(vmax + 1) + v.astype(np.int64)) * n_cols + col
-        order = np.argsort(key)
-    else:  # stable: ties keep CSR (column) order
-        order = np.lexsort((v, row))
-    sv = v[order]
-    srow = row[order]
-    idx = np.arange(nnz, dtype=np.int64)
-    pos_sorted = idx - indptr[srow]
-    new_run = np.empty(nnz, dtype=bool)
-    new_run[0] = True
-    new_run[1:] = (srow[1:] != srow[:-1]) | (sv[1:] != sv[:-1])
-    run_start = np.maximum.accumulate(np.where(new_run, idx, 0))
-    end_run = np.empty(nnz, dtype=bool)
-    end_run[-1] = True
-    end_run[:-1] = new_run[1:]
-    run_end = np.minimum.accumulate(np.where(end_run, idx, nnz)[::-1])[::-1]
-    pos = np.empty(nnz, dtype=np.int64)
-    first = np.empty(nnz, dtype=np.int64)
-    last = np.empty(nnz, dtype=np.int64)
-    pos[order] = pos_sorted
-    first[order] = run_start - indptr[srow]
-    last[order] = run_end - indptr[srow]
-    n_neg_row = np.bincount(row[v < 0], minlength=n_rows).astype(np.int64)
-    return _RowRanks(row, pos, first, last, nnz_row, n_neg_row)
-
-
-def _like(chunk: sp.csr_matrix, data: np.ndarray) -> sp.csr_matrix:
-    """CSR with ``chunk``'s structure and new ``data``."""
-    return sp.csr_matrix((data, chunk.indices, chunk.indptr), shape=chunk.shape)
-
-
-class SetMatrices:
-    """Gene-set membership in the forms the kernels need (built once per call)."""
+    Parameters
+    ----------
+    indices
+        For each set, the sorted, unique gene (column) positions of its members.
+    n_genes
+        Number of genes (columns).
+    """
 
     def __init__(self, indices: list[np.ndarray], n_genes: int):
-        n_sets = len(indices)
-        rows = np.concatenate(indices) if indices else np.empty(0, dtype=np.int64)
-        cols = np.repeat(np.arange(n_sets), [len(i) for i in indices])
+        sizes = np.array([len(i) for i in indices], dtype=np.int64)
+        genes = np.concatenate(indices).astype(np.int64) if indices else np.empty(0, np.int64)
+        set_of = np.repeat(np.arange(len(indices), dtype=np.int64), sizes)
         self.n_genes = n_genes
-        self.member = sp.csr_matrix(
-            (np.ones(rows.size), (rows, cols)), shape=(n_genes, n_sets), dtype=np.float64
-        )
-        self.k = np.array([len(i) for i in indices], dtype=np.float64)
-        # sum over set genes of (g + 1), for the ordinal ranks of tied zeros
-        self.sum_g1 = np.array([(i + 1).sum() for i in indices], dtype=np.float64)
-        # greater[h, s] = #{g in s : g > h}; only needed at stored columns
-        dense = self.member.toarray()
-        self.greater = np.ascontiguousarray(self.k[None, :] - np.cumsum(dense, axis=0))
+        self.n_sets = len(indices)
+        self.k = sizes.astype(np.float64)
+        #: sorted unique member genes; sets as positions into it (CSR over sets)
+        self.u_genes, self.set_u = np.unique(genes, return_inverse=True)
+        self.set_u = self.set_u.astype(np.int64)
+        self.set_ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        #: CSR over genes: the sets each gene belongs to (for the z-score kernel)
+        order = np.argsort(genes, kind="stable")
+        self.gene_sets = set_of[order]
+        self.gene_ptr = np.searchsorted(genes[order], np.arange(n_genes + 1)).astype(np.int64)
+        self.is_member = np.zeros(n_genes, dtype=bool)
+        self.is_member[self.u_genes] = True
+        self._gene_order = order
 
-    def dot(self, chunk: sp.csr_matrix, data: np.ndarray) -> np.ndarray:
-        """Return ``chunk_with(data) @ member`` as a dense ``(rows, sets)`` array."""
-        return np.asarray((_like(chunk, data) @ self.member).todense())
+    def gene_weights(self, per_pair: np.ndarray) -> np.ndarray:
+        """Reorder a per-(set, gene) array from set-major into the gene-major CSR order."""
+        return np.ascontiguousarray(per_pair[self._gene_order], dtype=np.float64)
+
+    def pair_genes(self) -> np.ndarray:
+        """Gene of every (set, gene) pair, set-major."""
+        return self.u_genes[self.set_u]
+
+    def pair_sets(self) -> np.ndarray:
+        """Set of every (set, gene) pair, set-major."""
+        return np.repeat(np.arange(self.n_sets), np.diff(self.set_ptr))
+
+
+def _csr_arrays(chunk: sp.csr_matrix):
+    """Return ``(data float64, indices int64, indptr int64)`` of a canonical CSR chunk."""
+    return (
+        np.ascontiguousarray(chunk.data, dtype=np.float64),
+        np.ascontiguousarray(chunk.indices, dtype=np.int64),
+        np.ascontiguousarray(chunk.indptr, dtype=np.int64),
+    )
 
 
 def ssgsea_chunk(
     chunk: sp.csr_matrix,
-    sets: SetMatrices,
+    sets: SetIndex,
     *,
     weight: float = 0.25,
     sample_norm_method: str = "rank",
@@ -134,79 +105,27 @@ def ssgsea_chunk(
     gseapy (Rust core) ranks each spot's normalised values in descending order with a
     stable sort reversed (ties: later genes first), weights ``|metric| ** weight`` and
     returns ``sum_S w r / sum_S w - (n(n+1)/2 - sum_S r) / (n - k)`` with ``r`` the
-    ascending ordinal rank (1-based). Here the ranks of the implicit zeros are summed
-    in closed form.
+    ascending ordinal rank (1-based), i.e. the sum of the running enrichment score.
+    Ranks of the implicit zeros (one tied block after the negatives, ordered by
+    column) are known in closed form.
     """
-    n = chunk.shape[1]
-    if sample_norm_method == "log":
-        # values <= 1 all become 1 before log(x + e): they tie with the zero block
-        chunk = chunk.copy()
-        chunk.data[chunk.data <= 1] = 0.0
-        chunk.eliminate_zeros()
-    rr = _rank_rows(chunk)
-    v = chunk.data
-    n_rows = chunk.shape[0]
-    n_zero = (n - rr.nnz_row).astype(np.float64)
-    n_neg = rr.n_neg_row.astype(np.float64)
-    pos_offset = np.where(v > 0, n_zero[rr.row], 0.0)
-    ordinal = rr.pos + 1.0 + pos_offset
-    avg_rank = (rr.first + rr.last) / 2.0 + 1.0 + pos_offset
-    avg_rank0 = n_neg + (n_zero + 1.0) / 2.0
-
-    if sample_norm_method == "rank":
-        metric = 10000.0 * avg_rank / n
-        metric0 = 10000.0 * avg_rank0 / n
-    elif sample_norm_method == "log_rank":
-        metric = np.log(10000.0 * avg_rank / n + np.e)
-        metric0 = np.log(10000.0 * avg_rank0 / n + np.e)
-    elif sample_norm_method == "log":
-        metric = np.log(v + np.e)
-        metric0 = np.full(n_rows, np.log(1.0 + np.e))
-    elif sample_norm_method == "custom":
-        metric = v.copy()
-        metric0 = np.zeros(n_rows)
-    else:  # pragma: no cover - validated by the caller
-        raise ValueError(sample_norm_method)
-
-    if weight > 0 and correl_norm_type == "zscore":
-        s1 = np.bincount(rr.row, weights=metric, minlength=n_rows) + n_zero * metric0
-        mean = s1 / n
-        dev = metric - mean[rr.row]
-        var = (np.bincount(rr.row, weights=dev * dev, minlength=n_rows)
-               + n_zero * (metric0 - mean) ** 2) / n  # fmt: skip
-        sd = np.sqrt(var)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            metric = dev / sd[rr.row]
-            metric0 = (metric0 - mean) / sd
-    w = np.abs(metric) ** weight
-    w0 = np.abs(metric0) ** weight
-
-    k = sets.k
-    ones = np.ones_like(v)
-    k_nz = sets.dot(chunk, ones)
-    k_zero = k[None, :] - k_nz
-    sum_w_nz = sets.dot(chunk, w)
-    sum_wo_nz = sets.dot(chunk, w * ordinal)
-    sum_o_nz = sets.dot(chunk, ordinal)
-    col = chunk.indices
-    # ordinal rank of a zero gene g: n_neg + (g + 1) - #(stored entries with column < g)
-    nz_before = (np.arange(v.size) - chunk.indptr[rr.row]).astype(np.float64)
-    sum_g1_nz = sets.dot(chunk, col + 1.0)
-    # sum over all g in S of #(stored entries before g) = sum over stored h of #{g in S: g > h}
-    before_all = np.asarray(_like(chunk, ones) @ sets.greater)
-    before_nz = sets.dot(chunk, nz_before)
-    zero_ord = (
-        n_neg[:, None] * k_zero + (sets.sum_g1[None, :] - sum_g1_nz) - (before_all - before_nz)
+    data, indices, indptr = _csr_arrays(chunk)
+    return _k.ssgsea_kernel(
+        data,
+        indices,
+        indptr,
+        chunk.shape[1],
+        _k.SAMPLE_NORM_CODES[sample_norm_method],
+        correl_norm_type == "zscore",
+        float(weight),
+        sets.u_genes,
+        sets.set_ptr,
+        sets.set_u,
+        sets.k,
     )
-    a = sum_wo_nz + w0[:, None] * zero_ord
-    b = sum_w_nz + w0[:, None] * k_zero
-    c = sum_o_nz + zero_ord
-    with np.errstate(divide="ignore", invalid="ignore"):
-        es = a / b - (n * (n + 1) / 2.0 - c) / (n - k[None, :])
-    return es
 
 
-def aucell_chunk(chunk: sp.csr_matrix, sets: SetMatrices, *, max_rank: int) -> np.ndarray:
+def aucell_chunk(chunk: sp.csr_matrix, sets: SetIndex, *, max_rank: int) -> np.ndarray:
     """AUCell-style recovery AUC ``(rows, sets)`` in [0, 1], ties credited by expectation.
 
     Genes are ranked by decreasing value (0-based rank ``r``); a set gene at rank
@@ -216,64 +135,73 @@ def aucell_chunk(chunk: sp.csr_matrix, sets: SetMatrices, *, max_rank: int) -> n
     expectation over random tie-breaking, so the score is deterministic and does not
     depend on gene order.
     """
-    n = chunk.shape[1]
-    kk = float(max_rank)
-    rr = _rank_rows(chunk)
-    v = chunk.data
-    n_zero = (n - rr.nnz_row).astype(np.float64)
-    n_pos = (rr.nnz_row - rr.n_neg_row).astype(np.float64)
-    greater = (rr.nnz_row[rr.row] - 1 - rr.last).astype(np.float64)
-    a = greater + np.where(v < 0, n_zero[rr.row], 0.0)
-    b = a + (rr.last - rr.first + 1)
-    credit = _block_credit(a, b, kk)
-    credit0 = _block_credit(n_pos, n_pos + n_zero, kk)
-    k_nz = sets.dot(chunk, np.ones_like(v))
-    auc = sets.dot(chunk, credit) + credit0[:, None] * (sets.k[None, :] - k_nz)
-    m = np.minimum(sets.k, kk)
-    max_auc = _tri(kk) - _tri(kk - m)
-    return auc / max_auc[None, :]
+    data, indices, indptr = _csr_arrays(chunk)
+    return _k.aucell_kernel(
+        data, indices, indptr, chunk.shape[1], int(max_rank), sets.u_genes, sets.set_ptr,
+        sets.set_u, sets.k,
+    )  # fmt: skip
 
 
-def _tri(x):
-    return x * (x + 1.0) / 2.0
-
-
-def _block_credit(a, b, kk: float):
-    """Mean of ``max(K - r, 0)`` over integer ranks ``r`` in ``[a, b)``."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    top = np.minimum(b, kk)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.where(a < kk, (_tri(kk - a) - _tri(kk - top)) / np.maximum(b - a, 1.0), 0.0)
-    return c
-
-
-@dataclass
 class GeneMoments:
-    """Running per-gene mean / M2 (Chan et al. parallel update)."""
+    """Per-gene sums of log-normalised values and of their squares, added chunk by chunk.
 
-    n: int
-    mean: np.ndarray
-    m2: np.ndarray
+    Only genes that belong to a set are accumulated. Rows are added in order, so the
+    result does not depend on the chunk size.
+    """
 
-    @classmethod
-    def empty(cls, n_genes: int) -> GeneMoments:
-        return cls(0, np.zeros(n_genes), np.zeros(n_genes))
+    def __init__(self, sets: SetIndex, *, normalize: bool, target_sum: float):
+        self.sets = sets
+        self.normalize = bool(normalize)
+        self.target_sum = float(target_sum)
+        self.n = 0
+        self.s1 = np.zeros(sets.n_genes)
+        self.s2 = np.zeros(sets.n_genes)
 
-    def update(self, x: sp.csr_matrix) -> None:
-        """Fold the rows of ``x`` into the running moments."""
-        nb = x.shape[0]
-        if nb == 0:
-            return
-        mean_b = np.asarray(x.sum(axis=0)).ravel() / nb
-        sq = np.asarray(x.multiply(x).sum(axis=0)).ravel()
-        m2_b = sq - nb * mean_b**2
-        n = self.n + nb
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * nb / n
-        self.m2 = self.m2 + m2_b + delta**2 * self.n * nb / n
-        self.n = n
+    def update(self, chunk: sp.csr_matrix) -> None:
+        """Fold the rows of ``chunk`` (raw counts, or values when not normalising)."""
+        data, indices, indptr = _csr_arrays(chunk)
+        _k.lognorm_gene_moments(
+            data, indices, indptr, self.normalize, self.target_sum, self.sets.is_member,
+            self.s1, self.s2,
+        )  # fmt: skip
+        self.n += chunk.shape[0]
+
+    def mean(self) -> np.ndarray:
+        """Per-gene mean over all spots added."""
+        return self.s1 / max(self.n, 1)
 
     def std(self, ddof: int = 1) -> np.ndarray:
         """Per-gene standard deviation."""
-        return np.sqrt(np.maximum(self.m2, 0.0) / max(self.n - ddof, 1))
+        m2 = self.s2 - self.s1 * self.mean()
+        return np.sqrt(np.maximum(m2, 0.0) / max(self.n - ddof, 1))
+
+
+def zscore_weights(moments: GeneMoments) -> tuple[np.ndarray, np.ndarray]:
+    """Per (gene, set) weights ``1 / (sd_g k_s)`` (gene-major) and per-set offsets.
+
+    ``mean_g (y_g - mu_g) / sd_g = sum_g y_g / (sd_g k) - sum_g mu_g / (sd_g k)``: the
+    first term needs only the stored entries, the second is one constant per set.
+    Constant genes (``sd = 0``) contribute ``z = 0`` (as ``scanpy.pp.scale``).
+    """
+    sets = moments.sets
+    sd = moments.std(ddof=1)
+    sd[sd == 0] = 1.0
+    genes, set_of = sets.pair_genes(), sets.pair_sets()
+    w = 1.0 / (sd[genes] * sets.k[set_of])
+    offset = np.bincount(set_of, weights=w * moments.mean()[genes], minlength=sets.n_sets)
+    return sets.gene_weights(w), offset
+
+
+def zscore_chunk(
+    chunk: sp.csr_matrix, moments: GeneMoments, weights: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """Mean over set genes of per-gene z-scores, ``(rows, sets)`` (see :func:`zscore_weights`)."""
+    sets = moments.sets
+    w, offset = weights
+    data, indices, indptr = _csr_arrays(chunk)
+    out = _k.lognorm_set_sums(
+        data, indices, indptr, moments.normalize, moments.target_sum, sets.n_sets,
+        sets.gene_ptr, sets.gene_sets, w,
+    )  # fmt: skip
+    out -= offset[None, :]
+    return out
