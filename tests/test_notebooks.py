@@ -74,9 +74,16 @@ def test_stripper_removes_outputs(tmp_path):
     assert clean.cells[0].source == "1 + 1"
 
 
+@pytest.fixture(scope="session")
+def tutorial_out(tmp_path_factory) -> Path:
+    """One results folder for all notebooks: 04 reuses the pairs store 03 built."""
+    return tmp_path_factory.mktemp("tutorials")
+
+
 @pytest.mark.slow
+@pytest.mark.xdist_group("notebooks")  # one worker, in file order (03 before 04)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, kernel_spec_dir, tmp_path):
+def test_notebook_runs(path, kernel_spec_dir, tutorial_out):
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
@@ -93,7 +100,7 @@ def test_notebook_runs(path, kernel_spec_dir, tmp_path):
         resources={"metadata": {"path": str(NOTEBOOK_DIR)}},  # cwd = notebooks/
     )
     # results go to a temporary folder instead of results/tutorials/
-    env = {**os.environ, "STALIGN_TUTORIAL_OUT": str(tmp_path), "MPLBACKEND": "agg"}
+    env = {**os.environ, "STALIGN_TUTORIAL_OUT": str(tutorial_out)}
     start = time.perf_counter()
     client.execute(env=env)
     elapsed = time.perf_counter() - start
