@@ -55,6 +55,13 @@ class PipelineConfig:
         result says how much of any gain comes from training alone).
     eval_seeds
         Seeds of the stochastic evaluation parts (random encoders, MIL).
+    references
+        Simple reference features evaluated in the same run (see
+        :func:`stalign.bench.evaluate`).
+    mil_epochs
+        Training epochs of the attention-MIL marker probe.
+    workers
+        Processes used to build the pairs.
     """
 
     manifest: str = str(EXAMPLE_MANIFEST)
@@ -72,6 +79,8 @@ class PipelineConfig:
     seeds: tuple[int, ...] = (0, 1)
     shuffled_control: bool = True
     eval_seeds: tuple[int, ...] = (0, 1)
+    references: tuple[str, ...] = ("histogram", "pixels", "squidpy", "random")
+    mil_epochs: int = 30
     workers: int = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,7 +215,11 @@ def run_pipeline(
                 _without_lora(encoder), out / "exports" / base_name, adapter=False
             )["timm"]
         history = result.history
-        val_rows = [r for r in history if r.get("val_loss") not in (None, "")]
+        val_rows = (
+            history.dropna(subset=["val_loss"]).to_dict("records")
+            if "val_loss" in history
+            else []
+        )
         training[name] = {
             "steps": result.steps,
             "best_val_recall@5": result.best_metric,
@@ -235,6 +248,8 @@ def run_pipeline(
         random_encoder=config.encoder,
         image_size=config.img_size,
         seeds=list(config.eval_seeds),
+        references=list(config.references),
+        mil_epochs=config.mil_epochs,
         progress=progress,
     )
     seconds["evaluate"] = time.perf_counter() - t0
