@@ -80,7 +80,43 @@ def part_a(threads: int) -> None:
 
 
 # --------------------------------------------------------------------------- (b) data
+POOL = 100_000
+
+
 def make_scale_data(path: Path, n_spots: int, n_genes: int = 20000, seed: int = 0) -> None:
+    """Write n_spots x n_genes counts resampled from real MOB spots to a backed .h5ad.
+
+    More than POOL spots: rows are drawn with replacement from the POOL-spot file
+    (generated first, see _make_pool), so generation stays a fast vectorised copy.
+    """
+    if n_spots <= POOL:
+        _make_pool(path, n_spots, n_genes, seed)
+        return
+    import anndata as ad
+    import h5py
+
+    pool_path = path.with_name(f"scale_{POOL}.h5ad")
+    if not pool_path.exists():
+        _make_pool(pool_path, POOL, n_genes, seed)
+    pool = ad.read_h5ad(pool_path)
+    x = sp.csr_matrix(pool.X)
+    rng = np.random.default_rng(seed + 1)
+    step = 20000
+    skel = ad.AnnData(X=x[rng.integers(0, POOL, size=min(step, n_spots))], var=pool.var)
+    skel.write_h5ad(path)
+    nnz, done = skel.X.nnz, skel.n_obs
+    with h5py.File(path, "a") as f:
+        xd = ad.io.sparse_dataset(f["X"])
+        while done < n_spots:
+            c = x[rng.integers(0, POOL, size=min(step, n_spots - done))]
+            xd.append(c)
+            nnz, done = nnz + c.nnz, done + c.shape[0]
+        del f["obs"]
+        ad.io.write_elem(f, "obs", pd.DataFrame(index=[f"s{i}" for i in range(n_spots)]))
+    print(f"    data: {n_spots} spots drawn from {pool_path.name}, {nnz / n_spots:.0f} nnz/spot")
+
+
+def _make_pool(path: Path, n_spots: int, n_genes: int, seed: int) -> None:
     """Write n_spots x n_genes counts resampled from real MOB spots to a backed .h5ad.
 
     Real part: the 1000 MOB genes of a randomly drawn real spot. Padding: each of the
@@ -167,13 +203,16 @@ def child(method: str, path: str, chunk_size: int) -> None:
     import stalign as st
 
     a = ad.read_h5ad(path, backed="r")
+    warm = a[:200].to_memory()  # compile / load the numba kernels outside the timing
+    st.tl.score_pathways(warm, "hallmark", method=method, progress=False)
     rss0 = _vm_hwm_gb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     st.tl.score_pathways(a, "hallmark", method=method, chunk_size=chunk_size, progress=False)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = _vm_hwm_gb()
     n_sets = a.obsm["pathway_scores"].shape[1]
-    print(json.dumps({"time_s": dt, "peak_rss_gb": peak, "rss_before_gb": rss0, "sets": n_sets}))
+    out = {"time_s": dt, "cpu_s": cpu, "peak_rss_gb": peak, "rss_before_gb": rss0, "sets": n_sets}
+    print(json.dumps(out))
 
 
 def part_b(n_spots: int, methods: list[str], chunk_size: int, regenerate: bool) -> None:
@@ -199,7 +238,8 @@ def part_b(n_spots: int, methods: list[str], chunk_size: int, regenerate: bool) 
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(
-            f"    {method:7s} {r['time_s']:8.1f} s   peak RSS {r['peak_rss_gb']:.2f} GB "
+            f"    {method:7s} wall {r['time_s']:7.1f} s  CPU {r['cpu_s']:7.1f} s  "
+            f"peak RSS {r['peak_rss_gb']:.2f} GB "
             f"(after imports + opening: {r['rss_before_gb']:.2f} GB), {r['sets']} sets"
         )
 

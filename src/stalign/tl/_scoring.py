@@ -7,6 +7,7 @@ stored non-zeros are sorted. No Python loop runs over spots or gene sets.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,7 +20,7 @@ CORREL_NORM_TYPES = ("rank", "zscore")
 
 
 def iter_row_chunks(x, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
-    """Yield ``(start, stop, chunk)`` with ``chunk`` a float64 CSR of rows ``start:stop``.
+    """Yield ``(start, stop, chunk)`` with ``chunk`` a CSR of rows ``start:stop``.
 
     ``x`` may be a NumPy array, any SciPy sparse matrix, an AnnData backed sparse
     dataset or an h5py dataset: only ``x[start:stop]`` is read per chunk, so memory
@@ -32,11 +33,10 @@ def iter_row_chunks(x, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matri
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
         block = x[start:stop]
-        if sp.issparse(block):
-            chunk = sp.csr_matrix(block, dtype=np.float64, copy=True)
-        else:
-            chunk = sp.csr_matrix(np.asarray(block, dtype=np.float64))
-        chunk.sum_duplicates()  # also sorts indices; no-op when already canonical
+        chunk = sp.csr_matrix(block) if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+        if not chunk.has_canonical_format:  # copy before sorting: never touch the input
+            chunk = chunk.copy()
+            chunk.sum_duplicates()
         yield start, stop, chunk
 
 
@@ -84,12 +84,44 @@ class SetIndex:
 
 
 def _csr_arrays(chunk: sp.csr_matrix):
-    """Return ``(data float64, indices int64, indptr int64)`` of a canonical CSR chunk."""
-    return (
-        np.ascontiguousarray(chunk.data, dtype=np.float64),
-        np.ascontiguousarray(chunk.indices, dtype=np.int64),
-        np.ascontiguousarray(chunk.indptr, dtype=np.int64),
-    )
+    """Return ``(data, indices, indptr)`` of a canonical CSR chunk, copied only if needed.
+
+    float32/float64 data and int32/int64 indices are passed as they are (the kernels
+    compute in float64); other dtypes are converted to float64 / int64.
+    """
+    data, idx = chunk.data, chunk.indices
+    if data.dtype not in (np.float32, np.float64):
+        data = data.astype(np.float64)
+    if idx.dtype not in (np.int32, np.int64):
+        idx = idx.astype(np.int64)
+    return data, idx, chunk.indptr.astype(np.int64)
+
+
+def _n_threads(n_rows: int) -> int:
+    """Threads for one chunk: all available cores, at most one per 256 rows."""
+    return max(1, min(os.cpu_count() or 1, n_rows // 256))
+
+
+def _run_threaded(kernel, chunk: sp.csr_matrix, *args) -> np.ndarray:
+    """Run a row kernel (it releases the GIL) on contiguous row blocks in threads.
+
+    Rows are independent, so the result does not depend on the number of threads.
+    """
+    data, indices, indptr = _csr_arrays(chunk)
+    n_rows = chunk.shape[0]
+    n_thr = _n_threads(n_rows)
+    if n_thr == 1:
+        return kernel(data, indices, indptr, *args)
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = np.linspace(0, n_rows, n_thr + 1).astype(int)
+
+    def part(b):
+        lo, hi = bounds[b], bounds[b + 1]
+        return kernel(data, indices, indptr[lo : hi + 1], *args)
+
+    with ThreadPoolExecutor(n_thr) as pool:
+        return np.concatenate(list(pool.map(part, range(n_thr))), axis=0)
 
 
 def ssgsea_chunk(
@@ -109,11 +141,9 @@ def ssgsea_chunk(
     Ranks of the implicit zeros (one tied block after the negatives, ordered by
     column) are known in closed form.
     """
-    data, indices, indptr = _csr_arrays(chunk)
-    return _k.ssgsea_kernel(
-        data,
-        indices,
-        indptr,
+    return _run_threaded(
+        _k.ssgsea_kernel,
+        chunk,
         chunk.shape[1],
         _k.SAMPLE_NORM_CODES[sample_norm_method],
         correl_norm_type == "zscore",
@@ -135,9 +165,8 @@ def aucell_chunk(chunk: sp.csr_matrix, sets: SetIndex, *, max_rank: int) -> np.n
     expectation over random tie-breaking, so the score is deterministic and does not
     depend on gene order.
     """
-    data, indices, indptr = _csr_arrays(chunk)
-    return _k.aucell_kernel(
-        data, indices, indptr, chunk.shape[1], int(max_rank), sets.u_genes, sets.set_ptr,
+    return _run_threaded(
+        _k.aucell_kernel, chunk, chunk.shape[1], int(max_rank), sets.u_genes, sets.set_ptr,
         sets.set_u, sets.k,
     )  # fmt: skip
 
@@ -198,9 +227,8 @@ def zscore_chunk(
     """Mean over set genes of per-gene z-scores, ``(rows, sets)`` (see :func:`zscore_weights`)."""
     sets = moments.sets
     w, offset = weights
-    data, indices, indptr = _csr_arrays(chunk)
-    out = _k.lognorm_set_sums(
-        data, indices, indptr, moments.normalize, moments.target_sum, sets.n_sets,
+    out = _run_threaded(
+        _k.lognorm_set_sums, chunk, moments.normalize, moments.target_sum, sets.n_sets,
         sets.gene_ptr, sets.gene_sets, w,
     )  # fmt: skip
     out -= offset[None, :]
