@@ -54,28 +54,35 @@ def part_a(threads: int) -> None:
     from stalign.tl._genesets import load_gene_sets
 
     sets = load_gene_sets("hallmark")
-    t_ours = t_ref = 0.0
+    mobs = read_mob()
+    t0 = time.perf_counter()
+    st.tl.score_pathways(mobs[0][:50].copy(), "hallmark", method="ssgsea")
+    t_first = time.perf_counter() - t0  # numba kernels compiled or loaded from cache
+    t_ours = t_ref = c_ours = c_ref = 0.0
     pearson, max_abs, n_spots = [], 0.0, 0
-    for a in read_mob():
+    for a in mobs:
         n_spots += a.n_obs
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         st.tl.score_pathways(a, "hallmark", method="ssgsea")
         t_ours += time.perf_counter() - t0
+        c_ours += time.process_time() - c0
         ours = a.obsm["pathway_scores"]
         df = pd.DataFrame(
             a.X.toarray().T, index=a.var["gene_symbols"].str.upper().to_numpy(), columns=a.obs_names
         )
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = gseapy.ssgsea(df, sets, min_size=5, max_size=100000, threads=threads)
         t_ref += time.perf_counter() - t0
+        c_ref += time.process_time() - c0
         ref = res.res2d.pivot(index="Name", columns="Term", values="NES").astype(float)
         ref = ref.loc[a.obs_names, ours.columns]
         pearson += [np.corrcoef(ours[c], ref[c])[0, 1] for c in ours.columns]
         max_abs = max(max_abs, float(np.abs(ours.to_numpy() - ref.to_numpy()).max()))
     print(f"(a) MOB1-4 under tissue: {n_spots} spots x 1000 genes, Hallmark ({ours.shape[1]} sets)")
-    print(f"    stalign ssgsea        {t_ours:8.2f} s")
-    print(f"    gseapy.ssgsea ({threads} thr) {t_ref:8.2f} s")
-    print(f"    speed-up              {t_ref / t_ours:8.1f} x")
+    print(f"    stalign ssgsea        wall {t_ours:8.3f} s   CPU {c_ours:8.3f} s")
+    print(f"    gseapy.ssgsea ({threads} thr) wall {t_ref:8.3f} s   CPU {c_ref:8.3f} s")
+    print(f"    speed-up              wall {t_ref / t_ours:8.1f} x   CPU {c_ref / c_ours:8.1f} x")
+    print(f"    (first stalign call in the process, 50 spots, excluded above: {t_first:.2f} s)")
     print(f"    agreement: min Pearson {min(pearson):.10f}, max abs diff {max_abs:.2e}")
 
 

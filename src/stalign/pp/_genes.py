@@ -28,6 +28,7 @@ SYMBOL_COLUMNS: tuple[str, ...] = (
 ID_COLUMNS: tuple[str, ...] = (_keys.GENE_IDS, "gene_id", "ensembl_id", "feature_id")
 
 _ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$", re.IGNORECASE)
+_VERSION_RE = re.compile(r"\.\d+$")
 _ENSEMBL_LINE_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(?:\.\d+)?$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -49,7 +50,10 @@ def looks_like_ensembl(names: Iterable[str], *, min_fraction: float = 0.5) -> bo
     if not names:
         return False
     # one regex scan over the joined names (C speed) instead of one match per name
-    hits = len(_ENSEMBL_LINE_RE.findall("\n".join(n.replace("\n", " ") for n in names)))
+    text = "\n".join(names)
+    if text.count("\n") != len(names) - 1:  # a name contains a newline
+        text = "\n".join(n.replace("\n", " ") for n in names)
+    hits = len(_ENSEMBL_LINE_RE.findall(text))
     return hits / len(names) >= min_fraction
 
 
@@ -70,13 +74,15 @@ def normalize_gene_keys(names: Iterable[str], *, id_type: str) -> np.ndarray:
     -------
     Array of ``str`` keys, same length and order as ``names``.
     """
-    keys = pd.Index([str(n) for n in names]).str.strip().str.upper()
-    if id_type == "ensembl":
-        keys = keys.str.replace(r"\.\d+$", "", regex=True)
-    elif id_type != "symbol":
+    if id_type not in ("symbol", "ensembl"):
         msg = f"id_type must be 'symbol' or 'ensembl', found {id_type!r}"
         raise ValueError(msg)
-    return np.asarray(keys, dtype=object)
+    keys = [str(n).strip().upper() for n in names]
+    if id_type == "ensembl":
+        keys = [_VERSION_RE.sub("", k) for k in keys]
+    out = np.empty(len(keys), dtype=object)
+    out[:] = keys
+    return out
 
 
 def gene_keys(
