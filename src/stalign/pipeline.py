@@ -46,6 +46,11 @@ class PipelineConfig:
         Pathway collection and scoring method (:func:`stalign.tl.score_pathways`).
     encoder, img_size
         Registry / timm name of the image encoder and its input side (px).
+    jitter_px
+        Random-crop jitter during training (px). The demo uses 0 so that training and
+        evaluation see exactly the same field of view (flips and 90° rotations remain).
+    lora_last_n_blocks
+        Put LoRA adapters only in the last N transformer blocks (``None``: all blocks).
     epochs, batch_size, lr
         Training schedule (AdamW, cosine).
     seeds
@@ -72,8 +77,10 @@ class PipelineConfig:
     gene_sets: str = "hallmark"
     method: str = "ssgsea"
     encoder: str = "vit_tiny_patch16_224"
-    img_size: int = 112
-    epochs: int = 15
+    img_size: int = 64
+    jitter_px: int = 0
+    lora_last_n_blocks: int | None = None
+    epochs: int = 5
     batch_size: int = 128
     lr: float = 1e-3
     seeds: tuple[int, ...] = (0, 1)
@@ -197,6 +204,8 @@ def run_pipeline(
         tcfg = train.TrainConfig(
             encoder=config.encoder,
             img_size=config.img_size,
+            jitter_px=config.jitter_px,
+            lora_last_n_blocks=config.lora_last_n_blocks,
             epochs=config.epochs,
             batch_size=config.batch_size,
             lr=config.lr,

@@ -24,6 +24,9 @@ __all__ = [
 class TensorPairsDataset(Dataset):
     """(patch, pathway profile) pairs held in memory, with ``PairsDataset``'s item layout.
 
+    Items are dicts ``{'image': float32 (3, H, W) in [0, 1], 'pathways': float32 (P,),
+    'index', 'sample_id', 'patient_id', 'barcode'}``.
+
     Parameters
     ----------
     images
@@ -34,9 +37,6 @@ class TensorPairsDataset(Dataset):
         Per-pair labels (default: ``"sample"``, ``"patient"``, the row number).
     pathway_names
         Names of the ``P`` columns.
-
-    Items are dicts ``{'image': float32 (3, H, W) in [0, 1], 'pathways': float32 (P,),
-    'index', 'sample_id', 'patient_id', 'barcode'}``.
     """
 
     def __init__(
