@@ -81,7 +81,7 @@ def tutorial_out(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("notebooks")  # one worker, in file order (03 before 04)
+@pytest.mark.xdist_group("notebooks")  # one worker, in file order (03, 04, then 05)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, kernel_spec_dir, tutorial_out):
     from jupyter_client.kernelspec import KernelSpecManager
@@ -99,8 +99,16 @@ def test_notebook_runs(path, kernel_spec_dir, tutorial_out):
         timeout=CELL_TIMEOUT_S,
         resources={"metadata": {"path": str(NOTEBOOK_DIR)}},  # cwd = notebooks/
     )
-    # results go to a temporary folder instead of results/tutorials/
-    env = {**os.environ, "STALIGN_TUTORIAL_OUT": str(tutorial_out)}
+    # results go to a temporary folder instead of results/tutorials/; one BLAS/torch
+    # thread per kernel: CI runs two test workers on two cores, and oversubscribed
+    # threads made tutorial 04 five times slower (207 s vs 43 s on a shared 2-core box)
+    env = {
+        **os.environ,
+        "STALIGN_TUTORIAL_OUT": str(tutorial_out),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
     start = time.perf_counter()
     client.execute(env=env)
     elapsed = time.perf_counter() - start
