@@ -40,6 +40,8 @@ case "$cmd" in
     ;;
   test)
     setup_env
+    # two pytest workers on two cores: one math thread each, or OpenMP oversubscribes
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
     exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
     ;;
   *)

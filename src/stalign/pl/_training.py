@@ -31,10 +31,6 @@ def training_curves(
     -------
     The matplotlib ``Figure``.
     """
-    import matplotlib
-
-    if save is not None:
-        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     if not isinstance(history, pd.DataFrame):
@@ -74,7 +70,7 @@ def training_curves(
     if plotted:
         ax_ret.set_xlabel("optimiser step")
         ax_ret.set_ylabel("image → profile recall (%)")
-        ax_ret.legend(frameon=False, fontsize=8, ncol=2)
+        ax_ret.legend(frameon=False, fontsize=8, ncol=2, loc="upper left", bbox_to_anchor=(1, 1))
         ax_ret.set_title("validation retrieval")
     else:
         ax_ret.text(

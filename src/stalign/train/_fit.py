@@ -602,10 +602,12 @@ def _fit(
         if (out_dir / "best").is_dir():
             result.best_checkpoint = out_dir / "best"
         if len(hist_df):
+            import matplotlib.pyplot as plt
+
             from ..pl import training_curves
 
             result.curves_png = out_dir / "curves.png"
-            training_curves(hist_df, save=result.curves_png)
+            plt.close(training_curves(hist_df, save=result.curves_png))
     if (
         config.early_stopping_patience is not None
         and result.best_checkpoint is not None
