@@ -36,7 +36,6 @@ def pipeline_run(tmp_path_factory, two_section_manifest):
         epochs=2,
         batch_size=64,
         seeds=(0,),
-        eval_seeds=(0,),
         references=("pixels",),
         mil_epochs=3,
     )
@@ -47,8 +46,9 @@ def test_pipeline_writes_report_exports_and_summary(pipeline_run):
     r = pipeline_run
     assert r.report.is_file()
     text = r.report.read_text()
-    assert "aligned (seed 0)" in text and "baseline (seed 0)" in text
-    assert "shuffled control" in text
+    assert "**aligned**" in text and "**baseline**" in text and "**shuffled control**" in text
+    assert "Alignment training (joint embedding space" in text
+    assert (r.report.parent / "figures" / "curves_aligned_seed0.png").is_file()
     for name in ("aligned_seed0", "baseline_seed0", "shuffled_seed0"):
         assert (r.exports[name] / "model.safetensors").is_file()
     summary = json.loads((r.out / "pipeline.json").read_text())

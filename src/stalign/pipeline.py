@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,12 +53,11 @@ class PipelineConfig:
     epochs, batch_size, lr
         Training schedule (AdamW, cosine).
     seeds
-        One aligned model per seed.
+        One aligned model (and one shuffled control) per seed; the evaluation's
+        stochastic parts (random encoders, MIL) use the same seeds.
     shuffled_control
         Also train on image/pathway pairs shuffled across spots (the control whose
         result says how much of any gain comes from training alone).
-    eval_seeds
-        Seeds of the stochastic evaluation parts (random encoders, MIL).
     references
         Simple reference features evaluated in the same run (see
         :func:`stalign.bench.evaluate`).
@@ -85,14 +83,15 @@ class PipelineConfig:
     lr: float = 1e-3
     seeds: tuple[int, ...] = (0, 1)
     shuffled_control: bool = True
-    eval_seeds: tuple[int, ...] = (0, 1)
     references: tuple[str, ...] = ("histogram", "pixels", "squidpy", "random")
     mil_epochs: int = 30
     workers: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-serialisable dict."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
 
 @dataclass
@@ -145,6 +144,67 @@ def _without_lora(encoder: Any) -> Any:
     return base
 
 
+def _training_summary(result: Any) -> dict[str, Any]:
+    """Summarise the validation numbers of one :func:`stalign.train.fit` run (joint space)."""
+    history = result.history
+    val = history.dropna(subset=["val_loss"]) if "val_loss" in history else history.iloc[:0]
+    summary: dict[str, Any] = {
+        "steps": result.steps,
+        "curves_png": str(result.curves_png) if result.curves_png else None,
+    }
+    if len(val):
+        first, last = val.iloc[0], val.iloc[-1]
+        summary |= {
+            "val_loss_first": float(first["val_loss"]),
+            "val_loss_last": float(last["val_loss"]),
+            "val_loss_min": float(val["val_loss"].min()),
+            "val_recall@5_first": float(first["val_recall@5"]),
+            "val_recall@5_last": float(last["val_recall@5"]),
+            "val_recall@5_best": float(val["val_recall@5"].max()),
+            "val_chance@5": float(last["val_chance@5"]),
+            "val_profile_r_last": float(last["val_profile_r"]),
+        }
+    return summary
+
+
+def _append_training_section(report: Path, training: dict[str, dict[str, Any]]) -> None:
+    """Add the joint-space validation numbers of every training run to ``report``."""
+    import shutil
+
+    figures = report.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "",
+        "## Alignment training (joint embedding space, held-out patients)",
+        "",
+        "Validation during training: the image tower's embedding of each held-out spot "
+        "retrieves the molecular tower's embedding of its own pathway profile among all "
+        "held-out spots. First / last = after the first / last epoch; the last epoch's "
+        "weights are the ones exported (no selection on the held-out patients).",
+        "",
+        "| run | steps | val loss first → last (min) | recall@5 first → last (best) "
+        "| chance@5 | retrieved-profile r (last) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, t in training.items():
+        if "val_loss_first" not in t:
+            continue
+        lines.append(
+            f"| {name} | {t['steps']} | {t['val_loss_first']:.3f} → {t['val_loss_last']:.3f} "
+            f"({t['val_loss_min']:.3f}) | {t['val_recall@5_first']:.4f} → "
+            f"{t['val_recall@5_last']:.4f} ({t['val_recall@5_best']:.4f}) | "
+            f"{t['val_chance@5']:.4f} | {t['val_profile_r_last']:.3f} |"
+        )
+    lines.append("")
+    for name, t in training.items():
+        if t.get("curves_png"):
+            target = figures / f"curves_{name}.png"
+            shutil.copyfile(t["curves_png"], target)
+            lines += [f"![{name} training curves](figures/{target.name})", ""]
+    with open(report, "a", encoding="utf-8") as fh:
+        fh.write("\n".join(lines))
+
+
 def run_pipeline(
     out: str | os.PathLike, config: PipelineConfig | None = None, *, progress: bool = True
 ) -> PipelineResult:
@@ -193,10 +253,10 @@ def run_pipeline(
     train_ds = pairs.PairsDataset(pairs_dir, patients=list(config.train_patients))
     val_ds = pairs.PairsDataset(pairs_dir, patients=list(config.test_patients))
 
-    # 2. align (one run per seed, plus the shuffled-pair control) ------------------------
+    # 2. align (one run per seed, and the shuffled-pair control with the same seeds) ------
     runs: list[tuple[str, int, bool]] = [(f"aligned_seed{s}", s, False) for s in config.seeds]
     if config.shuffled_control:
-        runs.append((f"shuffled_seed{config.seeds[0]}", config.seeds[0], True))
+        runs += [(f"shuffled_seed{s}", s, True) for s in config.seeds]
     exports: dict[str, Path] = {}
     training: dict[str, dict[str, Any]] = {}
     for name, seed, shuffled in runs:
@@ -223,32 +283,18 @@ def run_pipeline(
             exports[base_name] = models.export(
                 _without_lora(encoder), out / "exports" / base_name, adapter=False
             )["timm"]
-        history = result.history
-        val_rows = (
-            history.dropna(subset=["val_loss"]).to_dict("records")
-            if "val_loss" in history
-            else []
-        )
-        training[name] = {
-            "steps": result.steps,
-            "best_val_recall@5": result.best_metric,
-            "first_val": val_rows[0] if val_rows else None,
-            "last_val": val_rows[-1] if val_rows else None,
-            "curves_png": str(result.curves_png) if result.curves_png else None,
-        }
+        training[name] = _training_summary(result)
         seconds[f"train_{name}"] = time.perf_counter() - t0
 
     # 3. evaluate on the held-out patients ------------------------------------------------
     t0 = time.perf_counter()
-    encoders: dict[str, str] = {}
-    for s in config.seeds:
-        encoders[f"baseline (seed {s})"] = str(exports[f"baseline_seed{s}"])
+    # one label per role, one trained model per seed: mean ± sd is over trained models
+    encoders: dict[str, list[str]] = {
+        "baseline": [str(exports[f"baseline_seed{s}"]) for s in config.seeds]
+    }
     if config.shuffled_control:
-        encoders[f"shuffled control (seed {config.seeds[0]})"] = str(
-            exports[f"shuffled_seed{config.seeds[0]}"]
-        )
-    for s in config.seeds:
-        encoders[f"aligned (seed {s})"] = str(exports[f"aligned_seed{s}"])
+        encoders["shuffled control"] = [str(exports[f"shuffled_seed{s}"]) for s in config.seeds]
+    encoders["aligned"] = [str(exports[f"aligned_seed{s}"]) for s in config.seeds]
     evaluation = bench.evaluate(
         pairs_dir,
         encoders,
@@ -256,14 +302,15 @@ def run_pipeline(
         test_patients=list(config.test_patients),
         random_encoder=config.encoder,
         image_size=config.img_size,
-        seeds=list(config.eval_seeds),
+        seeds=list(config.seeds),
         references=list(config.references),
         mil_epochs=config.mil_epochs,
         progress=progress,
     )
     seconds["evaluate"] = time.perf_counter() - t0
 
-    report = Path(getattr(evaluation, "report", out / "eval" / "report.md"))
+    report = Path(evaluation.report)
+    _append_training_section(report, training)
     result = PipelineResult(
         out=out,
         pairs_dir=pairs_dir,

@@ -134,12 +134,22 @@ def _reference_features(name: str, patches: np.ndarray) -> np.ndarray:
     raise ValueError(msg)
 
 
-def _load_encoder(source: Any, *, image_size: int | None, seed: int):
-    """Load an export dir, or create a registry name with random weights."""
+def _load_encoder(source: Any, *, image_size: int | None, seed: int, seed_index: int = 0):
+    """Load an export dir, or create a registry name with random weights.
+
+    A list of sources holds one model per seed: seed number ``seed_index`` uses
+    ``source[seed_index]``, so the spread over seeds is the spread over trained models.
+    """
     import torch
 
     from .. import models
 
+    if isinstance(source, list | tuple):
+        # one trained model per seed (e.g. the aligned exports of seeds 0, 1, ...)
+        encoder, _ = _load_encoder(
+            source[seed_index % len(source)], image_size=image_size, seed=seed
+        )
+        return encoder, True
     if isinstance(source, torch.nn.Module):
         return source, False
     path = Path(str(source))
@@ -286,7 +296,9 @@ def evaluate(
     encoders
         ``"LABEL=SOURCE"`` strings (or a mapping label → source / ``Encoder``). SOURCE
         is a ``stalign export`` timm directory, or a registry / timm name created with
-        random weights (``pretrained=False``: nothing is downloaded). Order matters for
+        random weights (``pretrained=False``: nothing is downloaded). A list of sources
+        under one label holds one trained model per seed (seed ``i`` uses source ``i``),
+        so its mean ± sd is over independently trained models. Order matters for
         the figures: the first is the baseline, the last the aligned model.
     out
         Output directory: ``report.md``, ``summary.csv``, ``runs.csv``,
@@ -450,7 +462,9 @@ def _evaluate(
                 X = X if X is not None else _reference_features(src, data.patches)
             elif X is None or stochastic:
                 source = random_encoder if kind == "random" else src
-                enc, stochastic = _load_encoder(source, image_size=image_size, seed=seed)
+                enc, stochastic = _load_encoder(
+                    source, image_size=image_size, seed=seed, seed_index=si
+                )
                 X = encoder_features(enc, data.patches, batch_size=batch_size)
                 del enc
             first = si == 0
@@ -643,7 +657,7 @@ def _evaluate(
         "patients": sorted(set(patients)),
         "split": "leave one patient out"
         if test_patients is None
-        else f"train on {sorted(set(patients) - set(test_patients))}, "
+        else f"train on {sorted(str(p) for p in set(patients) - set(test_patients))}, "
         f"test on {list(test_patients)}",
         "seeds": list(seeds),
         "probes": list(probes),

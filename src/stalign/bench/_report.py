@@ -156,10 +156,14 @@ def write_report(out: Path, table: pd.DataFrame, params: dict, figs: dict[str, s
         "Files: `summary.csv` (this table), `runs.csv` (every fold and seed), "
         "`per_target_genes.csv`, `per_target_pathways.csv`, `results.json`.",
         "",
-        "A shuffled-pair control (the same training with image/profile pairs shuffled) "
-        "belongs in the same run: pass it as another encoder (`shuffled=EXPORT_DIR`).",
-        "",
     ]
+    if not any("shuffled" in label.lower() for label in params["encoders"]):
+        lines += [
+            "No shuffled-pair control in this run. It belongs in the same run (the same "
+            "training with image/profile pairs shuffled): pass it as another encoder "
+            "(`shuffled=EXPORT_DIR`).",
+            "",
+        ]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -31,7 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=d.img_size, help="encoder input side in px")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
-    p.add_argument("--eval-seeds", type=int, nargs="+", default=list(d.eval_seeds))
     p.add_argument(
         "--no-shuffled-control", action="store_true", help="skip the shuffled-pair control run"
     )
@@ -55,7 +54,6 @@ def _run(args: argparse.Namespace) -> int:
         img_size=args.img_size,
         epochs=args.epochs,
         seeds=tuple(args.seeds),
-        eval_seeds=tuple(args.eval_seeds),
         shuffled_control=not args.no_shuffled_control,
     )
     t0 = time.perf_counter()
