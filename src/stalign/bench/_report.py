@@ -66,6 +66,15 @@ def _verdict(table: pd.DataFrame, task: str, base: str, aligned: str, metric: st
     )
 
 
+def _verdicts(table: pd.DataFrame, base: str, aligned: str) -> list[str]:
+    """One verdict line per task: spot-level probes, retrieval, then marker tasks."""
+    pairs = [("genes", "pearson"), ("pathways", "pearson")]
+    pairs += [("retrieval", "recall@5"), ("retrieval", "profile_corr")]
+    pairs += [(t, "roc_auc") for t in dict.fromkeys(table["task"]) if t.startswith("marker ")]
+    lines = [_verdict(table, task, base, aligned, metric) for task, metric in pairs]
+    return [v for v in lines if v]
+
+
 def write_report(out: Path, table: pd.DataFrame, params: dict, figs: dict[str, str]) -> Path:
     """Write ``out/report.md`` from the summary table and the figure paths; return it."""
     base, aligned = params["baseline"], params["aligned"]
@@ -87,20 +96,19 @@ def write_report(out: Path, table: pd.DataFrame, params: dict, figs: dict[str, s
         "## Verdict (baseline vs aligned)",
         "",
     ]
-    for task, metric in (
-        ("genes", "pearson"),
-        ("pathways", "pearson"),
-        ("retrieval", "recall@5"),
-        ("retrieval", "profile_corr"),
-    ):
-        v = _verdict(table, task, base, aligned, metric)
-        if v:
-            lines.append(v)
     markers = [t for t in dict.fromkeys(table["task"]) if t.startswith("marker ")]
-    for t in markers:
-        v = _verdict(table, t, base, aligned, "roc_auc")
-        if v:
-            lines.append(v)
+    lines += _verdicts(table, base, aligned)
+    controls = [k for k in params["encoders"] if "shuffled" in k.lower() and k != aligned]
+    for control in controls:
+        lines += [
+            "",
+            f"## Verdict ({control} vs aligned)",
+            "",
+            "The same training with image/profile pairs shuffled: what training and "
+            "augmentation alone do. Alignment earns credit only where it beats this too.",
+            "",
+        ]
+        lines += _verdicts(table, control, aligned)
     lines += [""]
     for task in dict.fromkeys(table["task"]):
         if task.startswith("marker "):
