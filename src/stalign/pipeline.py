@@ -179,8 +179,8 @@ def _append_training_section(report: Path, training: dict[str, dict[str, Any]]) 
         "",
         "Validation during training: the image tower's embedding of each held-out spot "
         "retrieves the molecular tower's embedding of its own pathway profile among all "
-        "held-out spots. First / last = after the first / last epoch; the last epoch's "
-        "weights are the ones exported (no selection on the held-out patients).",
+        "held-out spots. First = before training, last = after the last epoch; the last "
+        "epoch's weights are the ones exported (no selection on the held-out patients).",
         "",
         "| run | steps | val loss first → last (min) | recall@5 first → last (best) "
         "| chance@5 | retrieved-profile r (last) |",

@@ -43,7 +43,7 @@ def training_curves(
         msg = f"training_curves: history needs a 'step' column, got {list(history.columns)}"
         raise ValueError(msg)
     fig, (ax_loss, ax_ret) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for col, label, style in (("train_loss", "train", "-"), ("val_loss", "validation", "o-")):
+    for col, label, style in (("train_loss", "train", ".-"), ("val_loss", "validation", "o-")):
         if col in history.columns:
             d = history[["step", col]].dropna()
             if len(d):

@@ -438,6 +438,16 @@ def _fit(
         out_dir.mkdir(parents=True, exist_ok=True)
         config.to_json(out_dir / "config.json")
 
+    if val_dataset is not None and step == 0 and is_main:
+        # the starting point, so the log and curves show what training changed
+        # (logged only: it never counts as a "best" checkpoint)
+        metrics = evaluate(model, val_dataset, config, device=device)
+        history.append({"step": 0, "epoch": 0.0, **metrics})
+        logger.info(
+            "step 0 (before training): %s",
+            ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "chance" not in k),
+        )
+
     def checkpoint(tag_step: int, micro: int) -> Path | None:
         if out_dir is None:
             return None
