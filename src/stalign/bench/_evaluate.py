@@ -345,16 +345,10 @@ def evaluate(
     kwargs = {k: v for k, v in locals().items() if k not in ("pairs_dir", "encoders", "threads")}
     if threads is None:
         return _evaluate(pairs_dir, encoders, **kwargs)
-    import torch
-    from threadpoolctl import threadpool_limits
+    from .._utils import limit_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        with threadpool_limits(limits=int(threads)):
-            return _evaluate(pairs_dir, encoders, **kwargs)
-    finally:
-        torch.set_num_threads(before)
+    with limit_threads(threads):
+        return _evaluate(pairs_dir, encoders, **kwargs)
 
 
 def _evaluate(

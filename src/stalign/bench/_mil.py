@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .._utils import limit_threads
+
 __all__ = ["MarkerResult", "marker_prediction"]
 
 logger = logging.getLogger(__name__)
@@ -108,43 +110,6 @@ def _pad(bags: list[np.ndarray]):
 
 
 def _train_predict(
-    train_bags,
-    y_train,
-    test_bags,
-    *,
-    seed,
-    epochs,
-    lr,
-    weight_decay,
-    hidden,
-    attn,
-    dropout,
-    batch_size,
-) -> np.ndarray:
-    import torch
-
-    threads = torch.get_num_threads()
-    # tiny matrices: one thread is faster than several (and kinder to shared machines)
-    torch.set_num_threads(1)
-    try:
-        return _train_predict_1(
-            train_bags,
-            y_train,
-            test_bags,
-            seed=seed,
-            epochs=epochs,
-            lr=lr,
-            weight_decay=weight_decay,
-            hidden=hidden,
-            attn=attn,
-            dropout=dropout,
-            batch_size=batch_size,
-        )
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_predict_1(
     train_bags,
     y_train,
     test_bags,
@@ -285,19 +250,21 @@ def marker_prediction(
                 out = pre[0].transform(b)
                 return pre[1].transform(out) if len(pre) > 1 else out
 
-            p = _train_predict(
-                [tf(bags[i]) for i in tr],
-                y[tr],
-                [tf(bags[i]) for i in te],
-                seed=int(seed),
-                epochs=epochs,
-                lr=lr,
-                weight_decay=weight_decay,
-                hidden=hidden,
-                attn=attn,
-                dropout=dropout,
-                batch_size=batch_size,
-            )
+            # tiny matrices: one thread is faster than several (and kinder to shared machines)
+            with limit_threads(1):
+                p = _train_predict(
+                    [tf(bags[i]) for i in tr],
+                    y[tr],
+                    [tf(bags[i]) for i in te],
+                    seed=int(seed),
+                    epochs=epochs,
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    hidden=hidden,
+                    attn=attn,
+                    dropout=dropout,
+                    batch_size=batch_size,
+                )
             scores[si, te] = p
             auc = roc_auc_score(y[te], p) if np.unique(y[te]).size == 2 else float("nan")
             if np.isnan(auc):
