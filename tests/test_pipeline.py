@@ -108,3 +108,14 @@ def test_shuffled_pairs_permutes_profiles_not_images():
     assert images == list(range(20))
     assert sorted(profiles) == list(range(20))
     assert profiles != list(range(20))
+
+
+def test_shuffled_pairs_reads_profiles_from_the_array(pipeline_run):
+    from stalign.pairs import PairsDataset
+
+    ds = PairsDataset(pipeline_run.pairs_dir, patients=["mouse1"])
+    shuffled = ShuffledPairs(ds, seed=1)
+    for i in (0, 5, len(ds) - 1):
+        j = int(shuffled.perm[i])
+        np.testing.assert_array_equal(shuffled[i]["image"].numpy(), ds[i]["image"].numpy())
+        np.testing.assert_array_equal(shuffled[i]["pathways"].numpy(), ds[j]["pathways"].numpy())

@@ -111,19 +111,28 @@ class ShuffledPairs:
 
     Images stay in place; ``pathways`` of item ``i`` comes from item ``perm[i]``. This is
     the shuffled-pair control: same images, same profiles, no true correspondence.
+    A dataset with a ``pathways`` array (:class:`stalign.pairs.PairsDataset`) serves the
+    permuted profile from it, without reading a second patch.
     """
 
     def __init__(self, dataset: Any, seed: int = 0) -> None:
         self.dataset = dataset
         self.perm = np.random.default_rng(seed).permutation(len(dataset))
         self.pathway_names = getattr(dataset, "pathway_names", None)
+        self._profiles = getattr(dataset, "pathways", None)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = dict(self.dataset[i])
-        item["pathways"] = self.dataset[int(self.perm[i])]["pathways"]
+        j = int(self.perm[i])
+        if self._profiles is None:
+            item["pathways"] = self.dataset[j]["pathways"]
+        else:
+            import torch
+
+            item["pathways"] = torch.from_numpy(self._profiles[j])
         return item
 
 
