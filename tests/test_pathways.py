@@ -46,9 +46,11 @@ def _score(a, *args, **kwargs):
 
 
 # --------------------------------------------------------------------------- ssGSEA vs gseapy
+# gseapy walks tied genes in column order: compare in ties="gseapy" mode (tie-free data
+# and the default mode: tests/test_pathways_ties.py)
 def test_ssgsea_matches_gseapy_on_mob(mob150):
     a = mob150.copy()
-    ours = _score(a, "hallmark", method="ssgsea")
+    ours = _score(a, "hallmark", method="ssgsea", ties="gseapy")
     assert ours.shape == (150, 40)  # 40 of 50 Hallmark sets have >= 5 genes in the panel
     ref = _gseapy_scores(a, load_gene_sets("hallmark")).loc[a.obs_names]
     assert set(ref.columns) == set(ours.columns)
@@ -62,7 +64,7 @@ def test_ssgsea_matches_gseapy_on_mob(mob150):
 
 def test_ssgsea_raw_es_matches_gseapy(mob150):
     a = mob150[:60].copy()
-    ours = _score(a, "hallmark", ssgsea_norm=False)
+    ours = _score(a, "hallmark", ssgsea_norm=False, ties="gseapy")
     ref = _gseapy_scores(a, load_gene_sets("hallmark"), values="ES").loc[a.obs_names]
     np.testing.assert_allclose(ours.to_numpy(), ref[ours.columns].to_numpy(), atol=1e-9)
 
@@ -83,7 +85,7 @@ def test_ssgsea_normalisation_options_match_gseapy(
     kw = dict(
         sample_norm_method=sample_norm_method, correl_norm_type=correl_norm_type, weight=weight
     )
-    ours = _score(a, "hallmark", **kw)
+    ours = _score(a, "hallmark", ties="gseapy", **kw)
     ref = _gseapy_scores(a, load_gene_sets("hallmark"), **kw).loc[a.obs_names, ours.columns]
     np.testing.assert_allclose(ours.to_numpy(), ref.to_numpy(), atol=1e-7)
 
@@ -214,6 +216,7 @@ def test_outputs_coverage_and_h5ad_roundtrip(mob150, tmp_path):
     assert row.n_total == 200 and 0 < row.n_found < 200
     assert len(row.missing.split(";")) == row.n_total - row.n_found
     assert uns["params"]["method"] == "ssgsea" and uns["params"]["gene_column"] == "gene_symbols"
+    assert uns["params"]["ties"] == "average"
     path = tmp_path / "out.h5ad"
     a.write_h5ad(path)
     back = ad.read_h5ad(path)
@@ -287,6 +290,10 @@ def test_errors(mob150):
         st.tl.score_pathways(a, layer="nope")
     with pytest.raises(ValueError, match="sample_norm_method"):
         st.tl.score_pathways(a, sample_norm_method="quantile")
+    with pytest.raises(ValueError, match="ties must be one of"):
+        st.tl.score_pathways(a, ties="first")
+    with pytest.raises(ValueError, match="method='ssgsea' only"):
+        st.tl.score_pathways(a, method="aucell", ties="gseapy")
     with pytest.raises(ValueError, match="chunk_size"):
         st.tl.score_pathways(a, chunk_size=0)
     with pytest.raises(ValueError, match="no gene set has at least min_genes=500"):

@@ -66,6 +66,8 @@ def _row_runs(v, m, run_val, run_start, run_len, run_of, slot, sv):
     for j in range(m):
         x = v[j]
         if not (x >= 1.0 and x < slot.size and x == np.floor(x)):
+            for t in range(q):  # leave the table clean for the next row
+                slot[int(run_val[t])] = -1
             q = -1
             break
         k = int(x)
@@ -190,11 +192,36 @@ def _run_weights(run_val, run_start, run_len, q, n, n_zero, n_neg, code, zscore,
 
 
 @njit(**_JIT)
-def ssgsea_kernel(data, indices, indptr, n, code, zscore, weight, u_genes, set_ptr, set_u, set_k):
+def _add_compensated(total, comp, x):
+    """Neumaier summation step: return ``(total + x, compensation)``.
+
+    The rounding error of every addition is carried in ``comp`` (add it at the end), so
+    a sum does not depend on the order of its terms beyond the last bit or two.
+    """
+    t = total + x
+    if abs(total) >= abs(x):
+        comp += (total - t) + x
+    else:
+        comp += (x - t) + total
+    return t, comp
+
+
+@njit(**_JIT)
+def ssgsea_kernel(
+    data, indices, indptr, n, code, zscore, weight, u_genes, set_ptr, set_u, set_k, tie_average
+):
     """Raw ssGSEA scores ``(rows, sets)`` of a CSR chunk (see ``_scoring.ssgsea_chunk``).
 
     Per set: ``sum w r / sum w - (n(n+1)/2 - sum r) / (n - k)`` over its genes, with
-    ``r`` the ascending ordinal rank (ties by column) and ``w`` the run weight.
+    ``w`` the run weight and ``r`` the ascending rank: ordinal with ties by column
+    (gseapy), or with ``tie_average`` the mean rank of the gene's tie run (the score is
+    linear in ``r``, so this is the mean score over all orders of the tied genes). With
+    ``tie_average``, a set whose genes all weigh 0 uses equal weights (gseapy: 0/0).
+
+    Computed as ``sum w c / sum w + sum c / (n - k)`` with centred ranks
+    ``c = r - (n + 1) / 2`` (the same value; ``c`` are multiples of 1/2, so ``sum c`` is
+    exact and a spot whose genes all tie scores exactly 0), the weighted sums with
+    compensated summation (the result does not depend on the order of the genes).
     """
     n_rows = indptr.size - 1
     n_sets = set_k.size
@@ -205,7 +232,7 @@ def ssgsea_kernel(data, indices, indptr, n, code, zscore, weight, u_genes, set_p
     slot = np.full(INT_TABLE_SIZE, -1, dtype=np.int32)
     r_u = np.empty(u_genes.size)
     w_u = np.empty(u_genes.size)
-    half = n * (n + 1) / 2.0
+    mid = (n + 1) / 2.0
     for i in range(n_rows):
         m = _load_row(data, indices, indptr[i], indptr[i + 1], v, c, code == 2)
         q = _row_runs(v, m, run_val, run_start, run_len, run_of, slot, sv)
@@ -216,13 +243,21 @@ def ssgsea_kernel(data, indices, indptr, n, code, zscore, weight, u_genes, set_p
                 n_neg += run_len[t]
         w0 = _run_weights(run_val, run_start, run_len, q, n, n_zero, n_neg, code, zscore,
                           weight, run_w)  # fmt: skip
-        # ordinal rank of each stored entry: ascending value, ties by column
-        seen[:q] = 0
-        for j in range(m):
-            t = run_of[j]
-            pos[j] = run_start[t] + seen[t] + 1 + (n_zero if run_val[t] > 0 else 0)
-            seen[t] += 1
-        # rank and weight of every set gene; zeros rank after the negatives, by column
+        if tie_average:
+            # mean ascending rank of each run; zeros rank after the negatives
+            for j in range(m):
+                t = run_of[j]
+                pos[j] = run_start[t] + (run_len[t] + 1) / 2.0 + (n_zero if run_val[t] > 0 else 0)
+                pos[j] -= mid
+        else:
+            # ordinal rank of each stored entry: ascending value, ties by column
+            seen[:q] = 0
+            for j in range(m):
+                t = run_of[j]
+                pos[j] = run_start[t] + seen[t] + 1 + (n_zero if run_val[t] > 0 else 0) - mid
+                seen[t] += 1
+        r0 = n_neg + (n_zero + 1) / 2.0 - mid
+        # rank and weight of every set gene
         j = 0
         for u in range(u_genes.size):
             g = u_genes[u]
@@ -232,18 +267,20 @@ def ssgsea_kernel(data, indices, indptr, n, code, zscore, weight, u_genes, set_p
                 r_u[u] = pos[j]
                 w_u[u] = run_w[run_of[j]]
             else:
-                r_u[u] = n_neg + g + 1 - j
+                r_u[u] = r0 if tie_average else n_neg + g + 1 - j - mid
                 w_u[u] = w0
         for s in range(n_sets):
-            a = 0.0
-            b = 0.0
-            rs = 0.0
+            a = a_c = b = b_c = rs = 0.0
             for p in range(set_ptr[s], set_ptr[s + 1]):
                 u = set_u[p]
-                a += w_u[u] * r_u[u]
-                b += w_u[u]
+                a, a_c = _add_compensated(a, a_c, w_u[u] * r_u[u])
+                b, b_c = _add_compensated(b, b_c, w_u[u])
                 rs += r_u[u]
-            out[i, s] = a / b - (half - rs) / (n - set_k[s])
+            a += a_c
+            b += b_c
+            if tie_average and not b > 0:
+                a, b = rs, set_k[s]  # all weights 0 (or undefined): equal weights
+            out[i, s] = a / b + rs / (n - set_k[s])
     return out
 
 

@@ -19,6 +19,7 @@ from ._genesets import GeneSetsLike, load_gene_sets
 from ._scoring import (
     CORREL_NORM_TYPES,
     SAMPLE_NORM_METHODS,
+    SSGSEA_TIES,
     GeneMoments,
     SetIndex,
     aucell_chunk,
@@ -47,6 +48,7 @@ def score_pathways(
     sample_norm_method: str = "rank",
     correl_norm_type: str = "rank",
     ssgsea_norm: bool = True,
+    ties: Literal["average", "gseapy"] = "average",
     auc_max_rank: float = 0.05,
     normalize: bool = True,
     target_sum: float = 1e4,
@@ -69,10 +71,13 @@ def score_pathways(
         ``"wikipathways"`` (bundled, opt-in), a GMT path, a ``{name: [genes]}`` dict, or an
         Enrichr library name fetched with ``gseapy.get_library`` (needs the network).
     method
-        ``"ssgsea"``: single-sample GSEA, identical to ``gseapy.ssgsea`` on the same
-        matrix. ``"aucell"``: AUCell-style recovery AUC of the set in the top
-        ``auc_max_rank`` genes. ``"zscore"``: mean over set genes of per-gene z-scores
-        (across spots) after library-size normalisation and ``log1p`` (scanpy).
+        ``"ssgsea"``: single-sample GSEA (gseapy's definition; tied genes as set by
+        ``ties``). ``"aucell"``: AUCell-style recovery AUC of the set in the top
+        ``auc_max_rank`` genes, tied genes credited by expectation. ``"zscore"``: mean
+        over set genes of per-gene z-scores (across spots) after library-size
+        normalisation and ``log1p`` (scanpy). All three give the same scores whatever the
+        order of the genes (columns) with the default ``ties="average"``; see the
+        "Pathway scores" concept page for ties on count data.
     layer
         Read values from ``.layers[layer]`` instead of ``.X``.
     min_genes
@@ -97,6 +102,14 @@ def score_pathways(
     ssgsea_norm
         Divide ssGSEA scores by ``max - min`` over all spots and sets (gseapy's ``NES``);
         ``False`` keeps the raw enrichment scores (gseapy's ``ES``).
+    ties
+        ssGSEA: rank of genes with tied values (on counts most genes of a spot tie, at 0,
+        1, 2 …). ``"average"`` (default): the mean rank of the tie, so the score equals
+        the mean over all orders of the tied genes and does not depend on the column
+        order; an all-zero spot scores 0. ``"gseapy"``: tied genes in column order,
+        identical to ``gseapy.ssgsea`` (scores change when the columns are reordered).
+        Without ties (after ``sample_norm_method``; ``"log"`` maps values below 1 to one
+        value) both agree with gseapy. Other methods only accept ``"average"``.
     auc_max_rank
         AUCell: genes ranked below this are ignored; a fraction of the number of genes
         (``< 1``) or an absolute number of ranks (``>= 1``).
@@ -128,7 +141,9 @@ def score_pathways(
     ``.obsm[key_added]``
         ``pd.DataFrame`` (spots × kept pathways, ``float64``), index = ``obs_names``.
     ``.uns[key_added]['params']``
-        The parameters above, plus ``n_genes`` and the matched ``gene_column``.
+        The parameters above, plus ``n_genes`` and the matched ``gene_column``;
+        ``ties`` records how tied genes were ranked (``"none (values, not ranks)"`` for
+        ``"zscore"``).
     ``.uns[key_added]['coverage']``
         Dict of columns, one row per input set: ``pathway``, ``n_total``, ``n_found``,
         ``fraction``, ``kept`` and ``missing`` (``;``-joined genes not in the data).
@@ -149,6 +164,15 @@ def score_pathways(
         correl_norm_type = "rank"
     if correl_norm_type not in CORREL_NORM_TYPES:
         msg = f"correl_norm_type must be one of {CORREL_NORM_TYPES}, found {correl_norm_type!r}"
+        raise ValueError(msg)
+    if ties not in SSGSEA_TIES:
+        msg = f"ties must be one of {SSGSEA_TIES}, found {ties!r}"
+        raise ValueError(msg)
+    if ties != "average" and method != "ssgsea":
+        msg = (
+            f"ties={ties!r} applies to method='ssgsea' only; method={method!r} "
+            "treats ties by expectation or by value (pass ties='average')"
+        )
         raise ValueError(msg)
     if not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
         msg = f"chunk_size must be a positive integer, found {chunk_size!r}"
@@ -213,6 +237,7 @@ def score_pathways(
                 weight=weight,
                 sample_norm_method=sample_norm_method,
                 correl_norm_type=correl_norm_type,
+                ties=ties,
             )
         if ssgsea_norm and scores.size:
             finite = scores[np.isfinite(scores)]
@@ -245,6 +270,7 @@ def score_pathways(
         "chunk_size": chunk_size,
         "smooth": smooth,
         "smooth_kwargs": dict(smooth_kwargs or {}),
+        "ties": ties if method != "zscore" else "none (values, not ranks)",
     }
     if method == "ssgsea":
         params.update(

@@ -17,6 +17,8 @@ from . import _pathway_kernels as _k
 
 SAMPLE_NORM_METHODS = ("rank", "log_rank", "log", "custom")
 CORREL_NORM_TYPES = ("rank", "zscore")
+#: how ssGSEA orders tied genes: mean rank of the tie (default) or gseapy's column order
+SSGSEA_TIES = ("average", "gseapy")
 
 
 def iter_row_chunks(x, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
@@ -131,16 +133,29 @@ def ssgsea_chunk(
     weight: float = 0.25,
     sample_norm_method: str = "rank",
     correl_norm_type: str = "rank",
+    ties: str = "average",
 ) -> np.ndarray:
-    """Raw ssGSEA enrichment scores ``(rows, sets)`` exactly as ``gseapy.ssgsea`` computes them.
+    """Raw ssGSEA enrichment scores ``(rows, sets)``.
 
-    gseapy (Rust core) ranks each spot's normalised values in descending order with a
-    stable sort reversed (ties: later genes first), weights ``|metric| ** weight`` and
-    returns ``sum_S w r / sum_S w - (n(n+1)/2 - sum_S r) / (n - k)`` with ``r`` the
-    ascending ordinal rank (1-based), i.e. the sum of the running enrichment score.
-    Ranks of the implicit zeros (one tied block after the negatives, ordered by
-    column) are known in closed form.
+    As in gseapy (Rust core), each spot's genes are ranked by their normalised value,
+    weighted ``|metric| ** weight`` (tied values share a metric) and the score is the
+    sum of the running enrichment score,
+    ``sum_S w r / sum_S w - (n(n+1)/2 - sum_S r) / (n - k)``, with ``r`` the ascending
+    rank (1-based) of a gene. Tied genes get their ``r``
+
+    - ``ties="average"``: the mean of the ranks their tie spans. The score is linear in
+      ``r``, so this equals the mean score over all orders of the tied genes and depends
+      on the values alone, not on the column order. A set whose genes all weigh 0 (e.g.
+      ``sample_norm_method="custom"`` and no counts) is scored with equal weights.
+    - ``ties="gseapy"``: ordinal ranks, tied genes in column order (gseapy's stable sort,
+      reversed): identical to ``gseapy.ssgsea`` on the same matrix.
+
+    Ranks of the implicit zeros (one tied block after the negatives) are known in
+    closed form, so only the stored non-zeros are sorted.
     """
+    if ties not in SSGSEA_TIES:
+        msg = f"ties must be one of {SSGSEA_TIES}, found {ties!r}"
+        raise ValueError(msg)
     return _run_threaded(
         _k.ssgsea_kernel,
         chunk,
@@ -152,6 +167,7 @@ def ssgsea_chunk(
         sets.set_ptr,
         sets.set_u,
         sets.k,
+        ties == "average",
     )
 
 
