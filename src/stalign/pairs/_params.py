@@ -29,6 +29,9 @@ class PairsParams:
         Pathway scoring method passed to :func:`stalign.tl.score_pathways`.
     min_genes
         Minimum genes of a set found in the panel for it to be scored.
+    ties
+        How ssGSEA ranks tied genes (``ties`` of :func:`stalign.tl.score_pathways`):
+        ``"average"`` makes the scores independent of the gene order.
     gene_panel
         Genes whose counts are stored: ``"all"``, ``"hvg:N"`` (the N most
         variable genes of each sample) or a path to a text file with one gene
@@ -49,6 +52,7 @@ class PairsParams:
     gene_sets: str | None = "hallmark"
     method: str = "ssgsea"
     min_genes: int = 5
+    ties: str = "average"
     gene_panel: str = "all"
     use_in_tissue: bool = True
     jpeg: bool = False

@@ -269,6 +269,7 @@ def build_sample(
                 params.gene_sets,
                 method=params.method,
                 min_genes=params.min_genes,
+                ties=params.ties,
                 key_added=K.PATHWAY_SCORES,
                 progress=False,
             )
