@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import warnings
@@ -181,6 +182,51 @@ class GeneSetMatch:
         return m
 
 
+@dataclass(frozen=True)
+class _PreparedSets:
+    """Gene sets as arrays: distinct normalised keys, and per set its keys' codes (CSR)."""
+
+    names: list[str]
+    id_type: str
+    keys: np.ndarray  # distinct normalised keys (object array)
+    codes: np.ndarray  # per entry: position in ``keys`` (sets concatenated, keys unique per set)
+    ptr: np.ndarray  # set ``j`` owns ``codes[ptr[j]:ptr[j + 1]]``
+
+
+def _prepared_sets(gene_sets: Mapping[str, Sequence[str]]) -> _PreparedSets:
+    """Normalise the gene sets; a collection (by content) is prepared once per process."""
+    try:
+        content = tuple((name, tuple(genes)) for name, genes in gene_sets.items())
+        hash(content)
+    except TypeError:  # unhashable entries: prepare without the cache
+        return _prepare_sets(tuple((n, tuple(map(str, g))) for n, g in gene_sets.items()))
+    return _prepare_sets(content)
+
+
+@functools.lru_cache(maxsize=8)
+def _prepare_sets(content: tuple[tuple[str, tuple[str, ...]], ...]) -> _PreparedSets:
+    all_genes = [g for _, genes in content for g in genes]
+    id_type = "ensembl" if looks_like_ensembl(all_genes) else "symbol"
+    distinct = list(dict.fromkeys(all_genes))
+    key_of = dict(zip(distinct, normalize_gene_keys(distinct, id_type=id_type), strict=True))
+    code_of: dict[str, int] = {}
+    codes: list[int] = []
+    ptr = [0]
+    for _, genes in content:
+        for k in dict.fromkeys(key_of[g] for g in genes):  # unique keys, in set order
+            codes.append(code_of.setdefault(k, len(code_of)))
+        ptr.append(len(codes))
+    keys = np.empty(len(code_of), dtype=object)
+    keys[:] = list(code_of)
+    return _PreparedSets(
+        names=[str(name) for name, _ in content],
+        id_type=id_type,
+        keys=keys,
+        codes=np.asarray(codes, dtype=np.int64),
+        ptr=np.asarray(ptr, dtype=np.int64),
+    )
+
+
 def match_gene_sets(
     var: pd.DataFrame,
     gene_sets: Mapping[str, Sequence[str]],
@@ -219,12 +265,13 @@ def match_gene_sets(
     if max_genes is not None and max_genes < min_genes:
         msg = f"max_genes ({max_genes}) must be >= min_genes ({min_genes})"
         raise ValueError(msg)
-    all_genes = [g for genes in gene_sets.values() for g in genes]
-    id_type = "ensembl" if looks_like_ensembl(all_genes) else "symbol"
+    prepared = _prepared_sets(gene_sets)
+    id_type = prepared.id_type
     keys, source = gene_keys(var, id_type=id_type, gene_column=gene_column)
     n_vars = len(keys)
-    key_series = pd.Series(np.arange(n_vars), index=pd.Index(keys))
-    n_dup = int(key_series.index.duplicated().sum())
+    index = pd.Index(keys)
+    first = ~index.duplicated(keep="first")
+    n_dup = int(n_vars - first.sum())
     if n_dup:
         logger.info(
             "%d genes share a %s key with an earlier gene (case-insensitive); the first one "
@@ -232,41 +279,45 @@ def match_gene_sets(
             n_dup,
             id_type,
         )
-    position = key_series[~key_series.index.duplicated(keep="first")].to_dict()
+    # var position of every distinct set key (-1: not in the data), then of every entry
+    hit = pd.Index(keys[first]).get_indexer(prepared.keys)
+    hit = np.where(hit >= 0, np.flatnonzero(first)[np.maximum(hit, 0)], -1)
+    entry_hit = hit[prepared.codes]
 
-    rows = []
     names: list[str] = []
     indices: list[np.ndarray] = []
     dropped: list[str] = []
-    any_overlap = False
-    # normalise every distinct set gene once (not once per set)
-    distinct = list(dict.fromkeys(all_genes))
-    key_of = dict(zip(distinct, normalize_gene_keys(distinct, id_type=id_type), strict=True))
-    for name, genes in gene_sets.items():
-        set_keys = list(dict.fromkeys(key_of[g] for g in genes))
-        hits = [position.get(k, -1) for k in set_keys]
-        found = sorted({h for h in hits if h >= 0})
-        missing = [k for k, h in zip(set_keys, hits, strict=True) if h < 0]
-        n_found = len(found)
-        any_overlap |= n_found > 0
-        keep = n_found >= min_genes and n_found < n_vars
-        if max_genes is not None and n_found > max_genes:
-            keep = False
-        rows.append(
-            {
-                "n_total": len(set_keys),
-                "n_found": n_found,
-                "fraction": n_found / len(set_keys) if set_keys else 0.0,
-                "kept": keep,
-                "missing": ";".join(missing),
-            }
+    n_total = np.diff(prepared.ptr)
+    n_found = np.zeros(len(n_total), dtype=np.int64)
+    kept = np.zeros(len(n_total), dtype=bool)
+    missing: list[str] = []
+    for j, name in enumerate(prepared.names):
+        lo, hi = prepared.ptr[j], prepared.ptr[j + 1]
+        h = entry_hit[lo:hi]
+        found = np.sort(h[h >= 0])  # distinct keys have distinct first positions
+        n_found[j] = found.size
+        missing.append(";".join(prepared.keys[prepared.codes[lo:hi][h < 0]]))
+        kept[j] = min_genes <= found.size < n_vars and (
+            max_genes is None or found.size <= max_genes
         )
-        if keep:
-            names.append(str(name))
-            indices.append(np.asarray(found, dtype=np.int64))
+        if kept[j]:
+            names.append(name)
+            indices.append(found.astype(np.int64))
         else:
-            dropped.append(f"{name} ({n_found}/{len(set_keys)})")
-    coverage = pd.DataFrame(rows, index=pd.Index([str(n) for n in gene_sets], name="pathway"))
+            dropped.append(f"{name} ({found.size}/{n_total[j]})")
+    any_overlap = bool((n_found > 0).any())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = np.where(n_total > 0, n_found / np.maximum(n_total, 1), 0.0)
+    coverage = pd.DataFrame(
+        {
+            "n_total": n_total,
+            "n_found": n_found,
+            "fraction": fraction,
+            "kept": kept,
+            "missing": missing,
+        },
+        index=pd.Index(prepared.names, name="pathway"),
+    )
 
     if not any_overlap:
         sample_sets = next(iter(gene_sets.values()))
