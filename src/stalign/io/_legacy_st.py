@@ -55,6 +55,8 @@ ST_SPOT_PITCH_UM = 200.0
 ST_SPOT_DIAMETER_UM = 100.0
 #: Below this many image px per array unit the pixel coordinates carry no scale.
 _MIN_PX_PER_UNIT = 1e-3
+#: The array x and y axes must be at least ~30° apart on the image (sin 30° = 0.5).
+_MIN_AXIS_SIN = 0.5
 
 
 def _strip(name: str) -> str:
@@ -249,18 +251,35 @@ def estimate_mpp_from_grid(
     -------
     ``{'mpp': geometric mean, 'mpp_x', 'mpp_y', 'px_per_unit_x', 'px_per_unit_y',
     'um_per_unit_x', 'um_per_unit_y', 'residual_px'}`` (µm/px, px, µm).
+
+    Raises
+    ------
+    ValueError
+        Fewer than 3 spots, or pixel coordinates that do not follow the array (all
+        identical, or constant along one image axis): no scale can be estimated.
     """
+    where = f"{source}: " if source is not None else ""
     arr = positions[["x", "y"]].to_numpy(float)
     pix = positions[["pixel_x", "pixel_y"]].to_numpy(float)
     if len(arr) < 3:
         msg = (
-            "need at least 3 spots with array and pixel coordinates to estimate µm/px, "
-            f"got {len(arr)}"
+            f"{where}need at least 3 spots with array and pixel coordinates to estimate "
+            f"µm/px, got {len(arr)}"
         )
         raise ValueError(msg)
     M = _robust_affine(arr, pix)
     px_x = float(np.linalg.norm(M[0]))  # pixels per array unit along x
     px_y = float(np.linalg.norm(M[1]))
+    # the array axes must map to two independent image directions (|sin| of their angle)
+    sin_angle = abs(float(np.linalg.det(M[:2]))) / max(px_x * px_y, 1e-300)
+    if min(px_x, px_y) < _MIN_PX_PER_UNIT or sin_angle < _MIN_AXIS_SIN:
+        msg = (
+            f"{where}the pixel coordinates do not follow the spot array (pixel_x in "
+            f"[{pix[:, 0].min():g}, {pix[:, 0].max():g}], pixel_y in [{pix[:, 1].min():g}, "
+            f"{pix[:, 1].max():g}]); expected spot centres spread over the image along "
+            "both array axes"
+        )
+        raise ValueError(msg)
     um_x = spot_pitch_um / _array_step(arr[:, 0], arr[:, 1])
     um_y = spot_pitch_um / _array_step(arr[:, 1], arr[:, 0])
     mpp_x, mpp_y = um_x / px_x, um_y / px_y

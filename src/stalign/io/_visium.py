@@ -208,6 +208,7 @@ def _read_spaceranger(
     X = mat.X[np.flatnonzero(keep)]
     xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
 
+    check_coordinates(xy, image_size=None, source=pos_path)  # finite, not all identical
     images, sizes = _png_images(spatial_dir) if load_images else ({}, {})
     info = image_info(image) if image is not None else None
     if info is not None:
