@@ -109,7 +109,7 @@ def read_table(path: Path, *, what: str, **kwargs: Any) -> pd.DataFrame:
     try:
         return pd.read_csv(path, compression=compression, encoding="utf-8", **kwargs)
     except pd.errors.EmptyDataError as e:
-        msg = f"{path}: expected a {what}, found an empty file"
+        msg = f"{path}: expected the {what}, found an empty file"
         raise ValueError(msg) from e
     except UnicodeDecodeError as e:
         msg = (

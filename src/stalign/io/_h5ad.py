@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from .. import _keys as K
 from ._core import PathLike, absolute, as_path, assemble, check_coordinates, find_file, make_var
-from ._image import image_info, thumbnails
+from ._image import image_info, thumbnails, to_rgb_uint8
 from ._mpp import reconcile_mpp
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,12 @@ def _is_integer_matrix(X: Any) -> bool:
     return bool(np.all(np.isfinite(data)) and data.min() >= 0 and np.all(data == np.round(data)))
 
 
-def _to_uint8(img: np.ndarray) -> np.ndarray:
+def _to_uint8(img: np.ndarray, *, source: str) -> np.ndarray:
+    """Return an ``uns['spatial']`` image as uint8 RGB (floats in [0, 1] or [0, 255])."""
     img = np.asarray(img)
-    if img.dtype != np.uint8:
-        hi = 1.0 if img.dtype.kind == "f" and float(img.max(initial=0)) <= 1.0 else 255.0
-        img = np.clip(np.round(img.astype(np.float32) * (255.0 / hi)), 0, 255).astype(np.uint8)
-    if img.ndim == 3 and img.shape[-1] == 4:
-        img = img[..., :3]
-    return img
+    if img.dtype.kind == "f" and float(np.nanmax(img, initial=0.0)) > 1.0:
+        img = img / 255.0
+    return to_rgb_uint8(img, source=source)
 
 
 def _from_anndata(
@@ -102,7 +100,10 @@ def _from_anndata(
         for k, v in dict(spatial_in.get(K.SCALEFACTORS, {})).items()
         if isinstance(v, int | float | np.number)
     }
-    images = {k: _to_uint8(v) for k, v in dict(spatial_in.get(K.IMAGES, {})).items()}
+    images = {
+        k: _to_uint8(v, source=f"{source}: uns['spatial'][{lib_in!r}]['images'][{k!r}]")
+        for k, v in dict(spatial_in.get(K.IMAGES, {})).items()
+    }
 
     info = image_info(image) if image is not None else None
     if info is not None:

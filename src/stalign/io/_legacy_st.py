@@ -126,7 +126,7 @@ def find_legacy_st_files(path: PathLike) -> dict[str, Path | None]:
 
 def _read_counts(path: Path) -> pd.DataFrame:
     sep = "," if ".csv" in path.name.lower() else "\t"
-    what = f"counts table ({sep!r}-separated)"
+    what = "counts table (" + ("comma" if sep == "," else "tab") + "-separated)"
     df = read_table(path, what=what, sep=sep, index_col=0)
     if df.shape[1] == 0 or df.shape[0] == 0:
         msg = f"{path}: expected a counts table with spots and genes, found {df.shape[0]} rows"
