@@ -15,43 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ..io._image import to_rgb_uint8  # the one RGB conversion of stalign
 
-def to_rgb_uint8(arr: np.ndarray, *, source: str = "image") -> np.ndarray:
-    """Return ``arr`` as an ``(h, w, 3)`` uint8 array (gray is repeated, alpha dropped).
-
-    Parameters
-    ----------
-    arr
-        ``(h, w)``, ``(h, w, 1)``, ``(h, w, 3)`` or ``(h, w, 4)`` array. Integer types
-        wider than 8 bit are scaled by their maximum value; floats are expected in
-        ``[0, 1]``.
-    source
-        Name used in error messages.
-    """
-    arr = np.asarray(arr)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        msg = (
-            f"{source}: expected an image of shape (height, width[, 1|3|4]), "
-            f"found shape {arr.shape}"
-        )
-        raise ValueError(msg)
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[2] == 4:
-        arr = arr[..., :3]
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == np.bool_:
-        return arr.astype(np.uint8) * 255
-    if np.issubdtype(arr.dtype, np.integer):
-        scale = 255.0 / np.iinfo(arr.dtype).max
-        return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
-    if np.issubdtype(arr.dtype, np.floating):
-        return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-    msg = f"{source}: unsupported pixel type {arr.dtype}; expected uint8/uint16/float"
-    raise ValueError(msg)
+__all__ = ["ArrayLevel", "Level", "OpenSlideLevel", "TiledTiffLevel", "ZarrLevel", "to_rgb_uint8"]
 
 
 class Level:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -15,14 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _keys as K
-from ._levels import (
-    ArrayLevel,
-    Level,
-    OpenSlideLevel,
-    TiledTiffLevel,
-    ZarrLevel,
-    to_rgb_uint8,
-)
+from ..io._image import open_pil, tiff_mpp, to_rgb_uint8
+from ._levels import ArrayLevel, Level, OpenSlideLevel, TiledTiffLevel, ZarrLevel
 from ._resample import Window, outside_mask, patch_window, resample
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,10 +28,8 @@ _OPENSLIDE_SUFFIXES = (".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svsli
 _PIL_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: a level's mpp may exceed the target by this relative amount and still count as "≤"
 _MPP_TOL = 0.01
-#: plausible histology resolutions (µm/px); TIFF resolution tags outside are ignored
-_MPP_PLAUSIBLE = (0.01, 50.0)
-
-_OME_UNITS_UM = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+#: above this size (px) a plain image, decoded whole into memory, gets a warning
+_LARGE_PLAIN_IMAGE_PX = 400_000_000
 
 
 def _n_workers() -> int:
@@ -394,45 +385,7 @@ def _check_size(value: int, name: str = "size_px") -> int:
 
 
 # ----------------------------------------------------------------------------------
-# resolution from metadata
-def _mpp_from_ome(tf: Any) -> float | None:
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.fromstring(tf.ome_metadata)
-    except ET.ParseError:
-        return None
-    for el in root.iter():
-        if el.tag.endswith("Pixels") and "PhysicalSizeX" in el.attrib:
-            unit = el.attrib.get("PhysicalSizeXUnit", "µm")
-            factor = _OME_UNITS_UM.get(unit)
-            if factor is None:
-                logger.warning("OME PhysicalSizeXUnit %r not understood; ignoring it", unit)
-                return None
-            return float(el.attrib["PhysicalSizeX"]) * factor
-    return None
-
-
-def _mpp_from_tiff(tf: Any, page: Any) -> tuple[float | None, str | None]:
-    if tf.is_ome and tf.ome_metadata:
-        mpp = _mpp_from_ome(tf)
-        if mpp:
-            return mpp, "ome"
-    desc = page.description or ""
-    m = re.search(r"\bMPP\s*=\s*([0-9.eE+-]+)", desc)
-    if m:
-        return float(m.group(1)), "aperio"
-    unit = int(page.resolutionunit)
-    per_unit_um = {2: 25400.0, 3: 10000.0}.get(unit)
-    xres = page.resolution[0] if page.resolution else 0
-    if per_unit_um and xres:
-        mpp = per_unit_um / float(xres)
-        if _MPP_PLAUSIBLE[0] <= mpp <= _MPP_PLAUSIBLE[1]:
-            return mpp, "tiff_resolution"
-        logger.info("ignoring TIFF resolution %.4g µm/px (implausible for histology)", mpp)
-    return None, None
-
-
+# resolution from metadata: one rule for readers and images (stalign.io._image.tiff_mpp)
 def _reconcile_mpp(
     user: float | None, found: float | None, found_source: str | None, source: str
 ) -> tuple[float | None, str | None]:
@@ -465,7 +418,7 @@ def _open_tiff(path: Path, mpp: float | None) -> SlideImage:
         raise ValueError(msg) from e
     try:
         page0 = series.levels[0].keyframe
-        found, found_src = _mpp_from_tiff(tf, page0)
+        found, found_src = tiff_mpp(tf, page0)
         file_lock = threading.Lock()
         fh = open(path, "rb")  # closed by SlideImage.close
         levels: list[Level] = []
@@ -494,12 +447,11 @@ def _open_tiff(path: Path, mpp: float | None) -> SlideImage:
     )
 
 
-def _open_pil(path: Path, mpp: float | None) -> SlideImage:
-    from PIL import Image, UnidentifiedImageError
-
+def _open_pil(path: Path, mpp: float | None, max_pixels: int | None) -> SlideImage:
+    """Decode a plain image (JPEG/PNG/...) into memory under stalign's pixel limit."""
     try:
-        with Image.open(path) as img:
-            if img.width * img.height > 400_000_000:
+        with open_pil(path, max_pixels=max_pixels) as img:
+            if img.width * img.height > _LARGE_PLAIN_IMAGE_PX:
                 logger.warning(
                     "%s is a %d×%d plain image and is loaded into memory; convert it to "
                     "a tiled pyramidal TIFF for lazy reading",
@@ -507,9 +459,10 @@ def _open_pil(path: Path, mpp: float | None) -> SlideImage:
                     img.width,
                     img.height,
                 )
-            Image.MAX_IMAGE_PIXELS = None  # large H&E images are legitimate
-            arr = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
+            img.load()
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            arr = np.asarray(rgb)
+    except (OSError, SyntaxError) as e:
         msg = f"{path}: not a readable image file ({e}); expected JPEG/PNG/TIFF"
         raise ValueError(msg) from e
     return from_array(arr, mpp=mpp, source=str(path))
@@ -583,7 +536,7 @@ def from_array(
     )
 
 
-def _open_anndata(adata: AnnData, mpp: float | None) -> SlideImage:
+def _open_anndata(adata: AnnData, mpp: float | None, max_pixels: int | None) -> SlideImage:
     meta = adata.uns.get(K.STALIGN)
     if not isinstance(meta, dict):
         msg = (
@@ -595,7 +548,7 @@ def _open_anndata(adata: AnnData, mpp: float | None) -> SlideImage:
     found_src = meta.get(K.MPP_SOURCE) or "anndata"
     path = meta.get(K.IMAGE_PATH)
     if path:
-        img = open_image(path)
+        img = open_image(path, max_pixels=max_pixels)
         # the AnnData's mpp (platform geometry) is the reference unless the user overrides
         ref = mpp if mpp is not None else found
         ref_src = "user" if mpp is not None else found_src
@@ -647,7 +600,9 @@ def _open_anndata(adata: AnnData, mpp: float | None) -> SlideImage:
     raise ValueError(msg)
 
 
-def open_image(source: Any, *, mpp: float | None = None) -> SlideImage:
+def open_image(
+    source: Any, *, mpp: float | None = None, max_pixels: int | None = None
+) -> SlideImage:
     """Open an H&E image lazily.
 
     Parameters
@@ -665,12 +620,24 @@ def open_image(source: Any, *, mpp: float | None = None) -> SlideImage:
     mpp
         µm per level-0 pixel. Overrides what the file or AnnData says (a warning
         is logged when they differ by more than 10 %).
+    max_pixels
+        Largest plain (JPEG/PNG) image, in px, decoded into memory; default the
+        ``STALIGN_MAX_IMAGE_PIXELS`` environment variable or
+        :data:`stalign.io.MAX_IMAGE_PIXELS` (1 Gpx). PIL's process-wide
+        ``Image.MAX_IMAGE_PIXELS`` is neither used nor changed. Tiled TIFFs are read
+        lazily and are not limited.
 
     Returns
     -------
     SlideImage
         Read it with :meth:`SlideImage.read_region` / :meth:`SlideImage.read_patch`;
         close it (or use ``with``) to release the file.
+
+    Raises
+    ------
+    stalign.io.ImageTooLargeError
+        When a plain image declares more pixels than ``max_pixels`` (from its header,
+        before anything is decoded).
     """
     if isinstance(source, SlideImage):
         if mpp is not None:
@@ -679,7 +646,7 @@ def open_image(source: Any, *, mpp: float | None = None) -> SlideImage:
     if isinstance(source, np.ndarray):
         return from_array(to_rgb_uint8(source, source="array"), mpp=mpp)
     if hasattr(source, "obs") and hasattr(source, "uns"):
-        return _open_anndata(source, mpp)
+        return _open_anndata(source, mpp, max_pixels)
     if not isinstance(source, str | os.PathLike):
         msg = (
             "open_image expects a path, an (h, w, 3) array, an AnnData or a SlideImage, "
@@ -696,9 +663,9 @@ def open_image(source: Any, *, mpp: float | None = None) -> SlideImage:
     if suffix in _TIFF_SUFFIXES:
         return _open_tiff(path, mpp)
     if suffix in _PIL_SUFFIXES:
-        return _open_pil(path, mpp)
+        return _open_pil(path, mpp, max_pixels)
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic[:2] in (b"II", b"MM"):
         return _open_tiff(path, mpp)
-    return _open_pil(path, mpp)
+    return _open_pil(path, mpp, max_pixels)

@@ -13,7 +13,13 @@ and ``read_h5ad``.
 from __future__ import annotations
 
 from ._h5ad import find_hest_files, read_h5ad, read_hest
-from ._image import ImageInfo, image_info
+from ._image import (
+    MAX_IMAGE_PIXELS,
+    ImageInfo,
+    ImageTooLargeError,
+    image_info,
+    max_image_pixels,
+)
 from ._legacy_st import estimate_mpp_from_grid, find_legacy_st_files, read_legacy_st
 from ._mpp import MppMismatchWarning, reconcile_mpp
 from ._read import PLATFORMS, detect_platform, read
@@ -21,14 +27,17 @@ from ._visium import read_visium, read_visium_hd
 from ._xenium import read_alignment_matrix, read_xenium
 
 __all__ = [
+    "MAX_IMAGE_PIXELS",
     "PLATFORMS",
     "ImageInfo",
+    "ImageTooLargeError",
     "MppMismatchWarning",
     "detect_platform",
     "estimate_mpp_from_grid",
     "find_hest_files",
     "find_legacy_st_files",
     "image_info",
+    "max_image_pixels",
     "read",
     "read_alignment_matrix",
     "read_h5ad",

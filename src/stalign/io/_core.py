@@ -7,8 +7,10 @@ coordinates inside the image) and lays them out the same way for every platform.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,83 @@ def as_path(path: PathLike, *, what: str, must_exist: bool = True) -> Path:
         msg = f"{what} not found: expected a file or directory at '{p}'"
         raise FileNotFoundError(msg)
     return p
+
+
+def absolute(path: PathLike) -> Path:
+    """Return ``path`` made absolute **without** following symbolic links.
+
+    Names of sibling files, library ids and recorded paths are taken from the path the
+    user gave: a link ``st/B4.tsv.gz`` -> ``../raw/B4/counts.tsv.gz`` stays ``B4``.
+    """
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def find_file(folder: Path, names: Sequence[str]) -> Path | None:
+    """Return the first of ``names`` that is a file in ``folder`` (links followed).
+
+    An exact name wins; otherwise the name is matched ignoring case (``B4.JPG`` for
+    ``B4.jpg``, ``alignment_table_B4.TSV``), so an upper-case suffix is never missed.
+    ``None`` when no name matches.
+    """
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    try:
+        entries = sorted(e.name for e in os.scandir(folder) if e.is_file())
+    except OSError:
+        return None
+    by_lower: dict[str, str] = {}
+    for entry in entries:
+        by_lower.setdefault(entry.lower(), entry)
+    for name in names:
+        hit = by_lower.get(name.lower())
+        if hit is not None:
+            return folder / hit
+    return None
+
+
+def is_gzip(path: PathLike) -> bool:
+    """Whether the file starts with the gzip magic bytes (whatever its name says)."""
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def read_table(path: Path, *, what: str, **kwargs: Any) -> pd.DataFrame:
+    """Read a delimited text table with one-line errors that name the file.
+
+    Gzip is detected from the content, not the name (a link named ``.tsv.gz`` may point
+    to a plain table); text must be UTF-8.
+
+    Parameters
+    ----------
+    path
+        The table.
+    what
+        What the file should hold (``"counts table"``), used in messages.
+    **kwargs
+        Passed to :func:`pandas.read_csv` (``sep``, ``index_col``, ``header``, ...).
+
+    Raises
+    ------
+    ValueError
+        Empty file, non-UTF-8 text, a damaged gzip stream or unparsable text.
+    """
+    compression = "gzip" if is_gzip(path) else None
+    try:
+        return pd.read_csv(path, compression=compression, encoding="utf-8", **kwargs)
+    except pd.errors.EmptyDataError as e:
+        msg = f"{path}: expected the {what}, found an empty file"
+        raise ValueError(msg) from e
+    except UnicodeDecodeError as e:
+        msg = (
+            f"{path}: expected UTF-8 text ({what}), found the non-UTF-8 byte "
+            f"0x{e.object[e.start]:02x}; save the file as UTF-8"
+        )
+        raise ValueError(msg) from e
+    except (pd.errors.ParserError, EOFError, OSError, zlib.error, gzip.BadGzipFile) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = f"{path}: cannot parse the {what} ({type(e).__name__}: {detail})"
+        raise ValueError(msg) from e
 
 
 def check_counts(X: Any, *, source: PathLike) -> sp.csr_matrix:
@@ -184,6 +263,12 @@ def check_coordinates(
         n_bad = int((~np.isfinite(xy)).any(axis=1).sum())
         msg = f"{source}: expected finite spot coordinates, found {n_bad} spots with NaN/inf"
         raise ValueError(msg)
+    if len(xy) > 1 and not np.ptp(xy, axis=0).any():
+        msg = (
+            f"{source}: all {len(xy)} spot centres have the same pixel coordinates "
+            f"({xy[0, 0]:g}, {xy[0, 1]:g}); expected spot centres spread over the image"
+        )
+        raise ValueError(msg)
     if image_size is None or len(xy) == 0:
         return
     w, h = image_size
@@ -204,10 +289,25 @@ def check_coordinates(
         raise ValueError(msg)
 
 
-def make_var(gene_ids: Sequence[str], symbols: Sequence[str] | None) -> pd.DataFrame:
+def make_var(
+    gene_ids: Sequence[str], symbols: Sequence[str] | None, *, source: PathLike | None = None
+) -> pd.DataFrame:
     """Return ``var`` indexed by unique symbols with ``gene_ids`` and ``gene_symbols`` columns.
 
-    A missing/empty symbol falls back to the gene id.
+    A missing/empty symbol falls back to the gene id. Repeated names are made unique
+    the anndata way (``Actb``, ``Actb-1``): a gene id that occurs more than once (the
+    same gene column twice in a counts table) is kept as separate columns, with a
+    logged warning naming ``source`` and the genes; distinct ids sharing a symbol
+    (common in 10x references) are only logged at info level.
+
+    Parameters
+    ----------
+    gene_ids
+        Gene ids as in the file (one per count column).
+    symbols
+        Gene symbols, or ``None`` to use the ids.
+    source
+        File the genes came from (named in the warning).
     """
     ids = pd.Index(np.asarray(gene_ids, dtype=str))
     if symbols is None:
@@ -219,7 +319,32 @@ def make_var(gene_ids: Sequence[str], symbols: Sequence[str] | None) -> pd.DataF
         sym = sym.astype(str)
     var = pd.DataFrame({K.GENE_IDS: ids.to_numpy(), K.GENE_SYMBOLS: sym.to_numpy()})
     var.index = ad.utils.make_index_unique(pd.Index(sym.to_numpy()))
+    _report_duplicate_genes(ids, pd.Index(sym.to_numpy()), source)
     return var
+
+
+def _report_duplicate_genes(ids: pd.Index, symbols: pd.Index, source: PathLike | None) -> None:
+    where = f"{source}: " if source is not None else ""
+    dup_ids = list(dict.fromkeys(ids[ids.duplicated()]))
+    if dup_ids:
+        logger.warning(
+            "%s%d gene ids occur more than once (%s%s); each occurrence is kept as its own "
+            "gene and var_names are made unique with '-1', '-2', ... suffixes",
+            where,
+            len(dup_ids),
+            ", ".join(dup_ids[:10]),
+            ", ..." if len(dup_ids) > 10 else "",
+        )
+    pairs = pd.DataFrame({"id": ids, "symbol": symbols}).drop_duplicates()
+    shared = list(dict.fromkeys(pairs["symbol"][pairs["symbol"].duplicated()]))
+    if shared:
+        logger.info(
+            "%s%d symbols are shared by several gene ids (e.g. %s); var_names made unique "
+            "with '-1' suffixes, ids kept in var['gene_ids']",
+            where,
+            len(shared),
+            shared[:5],
+        )
 
 
 def assemble(
@@ -283,7 +408,7 @@ def assemble(
     adata.uns[K.STALIGN] = {
         K.LIBRARY_ID: str(library_id),
         K.PLATFORM: platform,
-        K.IMAGE_PATH: None if image_path is None else str(Path(image_path).resolve()),
+        K.IMAGE_PATH: None if image_path is None else str(absolute(image_path)),
         K.MPP: None if mpp is None else float(mpp),
         K.MPP_SOURCE: mpp_source,
         K.SPOT_DIAMETER_UM: None if spot_diameter_um is None else float(spot_diameter_um),

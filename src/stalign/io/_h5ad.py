@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _keys as K
-from ._core import PathLike, as_path, assemble, check_coordinates, make_var
-from ._image import image_info, thumbnails
+from ._core import PathLike, absolute, as_path, assemble, check_coordinates, find_file, make_var
+from ._image import image_info, thumbnails, to_rgb_uint8
 from ._mpp import reconcile_mpp
 
 logger = logging.getLogger(__name__)
 
+_WSI_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".svs", ".btf")
 _SPOT_DIAMETER_BY_TECH = {"visium": 55.0, "visium hd": 8.0, "spatial transcriptomics": 100.0}
 
 
@@ -41,14 +43,12 @@ def _is_integer_matrix(X: Any) -> bool:
     return bool(np.all(np.isfinite(data)) and data.min() >= 0 and np.all(data == np.round(data)))
 
 
-def _to_uint8(img: np.ndarray) -> np.ndarray:
+def _to_uint8(img: np.ndarray, *, source: str) -> np.ndarray:
+    """Return an ``uns['spatial']`` image as uint8 RGB (floats in [0, 1] or [0, 255])."""
     img = np.asarray(img)
-    if img.dtype != np.uint8:
-        hi = 1.0 if img.dtype.kind == "f" and float(img.max(initial=0)) <= 1.0 else 255.0
-        img = np.clip(np.round(img.astype(np.float32) * (255.0 / hi)), 0, 255).astype(np.uint8)
-    if img.ndim == 3 and img.shape[-1] == 4:
-        img = img[..., :3]
-    return img
+    if img.dtype.kind == "f" and float(np.nanmax(img, initial=0.0)) > 1.0:
+        img = img / 255.0
+    return to_rgb_uint8(img, source=source)
 
 
 def _from_anndata(
@@ -91,7 +91,7 @@ def _from_anndata(
         )
     ids = src.var["gene_ids"] if "gene_ids" in src.var else src.var_names
     symbols = src.var[K.GENE_SYMBOLS] if K.GENE_SYMBOLS in src.var else src.var_names
-    var = make_var(np.asarray(ids, dtype=str), np.asarray(symbols, dtype=object))
+    var = make_var(np.asarray(ids, dtype=str), np.asarray(symbols, dtype=object), source=source)
 
     lib_in = next(iter(src.uns.get(K.SPATIAL, {}) or {}), None)
     spatial_in = src.uns[K.SPATIAL][lib_in] if lib_in is not None else {}
@@ -100,7 +100,10 @@ def _from_anndata(
         for k, v in dict(spatial_in.get(K.SCALEFACTORS, {})).items()
         if isinstance(v, int | float | np.number)
     }
-    images = {k: _to_uint8(v) for k, v in dict(spatial_in.get(K.IMAGES, {})).items()}
+    images = {
+        k: _to_uint8(v, source=f"{source}: uns['spatial'][{lib_in!r}]['images'][{k!r}]")
+        for k, v in dict(spatial_in.get(K.IMAGES, {})).items()
+    }
 
     info = image_info(image) if image is not None else None
     if info is not None:
@@ -223,7 +226,7 @@ def read_h5ad(
         spot_diameter_um=spot_diameter_um,
         load_images=load_images,
         require_counts=require_counts,
-        metadata={"h5ad_path": str(path.resolve())},
+        metadata={"h5ad_path": str(absolute(path))},
     )
 
 
@@ -236,15 +239,25 @@ def find_hest_files(path: PathLike, sample_id: str | None = None) -> dict[str, A
         HEST root (with ``st/``, ``wsis/``, ``metadata/``) or the sample's ``.h5ad``.
     sample_id
         Sample id; needed when the root holds several samples.
+
+    Notes
+    -----
+    File names are matched ignoring case (``wsis/<id>.TIF``) and taken from the path
+    given: a symbolic link ``st/<id>.h5ad`` finds ``wsis/`` beside the link, not
+    beside its target.
     """
-    path = as_path(path, what="HEST sample")
+    path = absolute(as_path(path, what="HEST sample"))
     if path.is_file():
         root, sample_id = path.parent.parent, sample_id or path.stem
         h5ad: Path | None = path
     else:
         root = path
         if sample_id is None:
-            ids = sorted(p.stem for p in (root / "st").glob("*.h5ad"))
+            ids = sorted(
+                Path(e.name).stem
+                for e in (os.scandir(root / "st") if (root / "st").is_dir() else [])
+                if e.name.lower().endswith(".h5ad") and e.is_file()
+            )
             if len(ids) != 1:
                 msg = (
                     f"{root}: expected a HEST folder with st/<id>.h5ad; found "
@@ -252,20 +265,13 @@ def find_hest_files(path: PathLike, sample_id: str | None = None) -> dict[str, A
                 )
                 raise ValueError(msg)
             sample_id = ids[0]
-        h5ad = root / "st" / f"{sample_id}.h5ad"
-    wsi = next(
-        (
-            root / "wsis" / f"{sample_id}{s}"
-            for s in (".tif", ".tiff", ".ome.tif", ".svs")
-            if (root / "wsis" / f"{sample_id}{s}").is_file()
-        ),
-        None,
-    )
-    meta = root / "metadata" / f"{sample_id}.json"
+        h5ad = find_file(root / "st", [f"{sample_id}.h5ad"])
+    wsi = find_file(root / "wsis", [f"{sample_id}{s}" for s in _WSI_SUFFIXES])
+    meta = find_file(root / "metadata", [f"{sample_id}.json"])
     return {
         "h5ad": h5ad if h5ad is not None and h5ad.is_file() else None,
         "wsi": wsi,
-        "metadata": meta if meta.is_file() else None,
+        "metadata": meta,
         "sample_id": str(sample_id),
     }
 
@@ -351,7 +357,7 @@ def read_hest(
         spot_diameter_um=diameter,
         load_images=load_images,
         require_counts=True,
-        metadata={"hest": clean_meta, "metadata_path": str(meta_path.resolve())},
+        metadata={"hest": clean_meta, "metadata_path": str(absolute(meta_path))},
     )
 
 

@@ -1,27 +1,62 @@
-"""Image headers and small thumbnails for the readers (no full-resolution decoding).
+"""Image files for the readers and :mod:`stalign.im`: headers, limits, thumbnails, metadata.
+
+This module is the one home of what every image read shares:
+
+* :func:`open_pil` — open a plain image (JPEG, PNG, ...) with **stalign's own pixel
+  limit** (:data:`MAX_IMAGE_PIXELS`, environment variable ``STALIGN_MAX_IMAGE_PIXELS``,
+  or ``max_pixels=``) instead of PIL's process-wide ``Image.MAX_IMAGE_PIXELS``, which is
+  never changed: ordinary whole-slide images read without ``DecompressionBombWarning``,
+  a file declaring more pixels than the limit is refused from its header with
+  :class:`ImageTooLargeError`, and PIL opens elsewhere in the process stay guarded;
+* :func:`tiff_mpp` — µm/px from OME-XML, an Aperio ``MPP=`` description or the TIFF
+  resolution tags (one rule for the readers and :func:`stalign.im.open_image`);
+* :func:`to_rgb_uint8` — one RGB conversion (gray repeated, alpha dropped, wider
+  integer types scaled by their type's maximum, floats expected in ``[0, 1]``).
 
 The lazy, full-featured image belongs to :mod:`stalign.im`; :mod:`stalign.io` must not
-import it (``im`` imports ``io``). Here we only read headers (PIL / tifffile) to get
-the level-0 size and TIFF resolution tags, detect truncated or non-image files, and
-build the small ``hires``/``lowres`` thumbnails stored in ``uns['spatial']``.
+import it (``im`` imports ``io``). The readers here only read headers (PIL / tifffile)
+to get the level-0 size and resolution, detect truncated or non-image files, and build
+the small ``hires``/``lowres`` thumbnails stored in ``uns['spatial']``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._mpp import MPP_PLAUSIBLE_RANGE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image as PILImage
+
 logger = logging.getLogger(__name__)
 
-_TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ome.tif", ".ome.tiff")
+#: Largest image, in pixels (width × height), that stalign decodes whole: plain JPEG /
+#: PNG images (read into memory: 1 Gpx is ~3 GB of RGB, e.g. 31,600 × 31,600 px) and a
+#: single TIFF tile or strip. Larger plain images are refused with
+#: :class:`ImageTooLargeError`; convert them to a tiled pyramidal TIFF, which is read
+#: lazily tile by tile. Override with ``STALIGN_MAX_IMAGE_PIXELS`` or ``max_pixels=``.
+MAX_IMAGE_PIXELS = 1_000_000_000
+#: Environment variable that overrides :data:`MAX_IMAGE_PIXELS` (a positive integer).
+MAX_IMAGE_PIXELS_ENV = "STALIGN_MAX_IMAGE_PIXELS"
 
 #: Max side (px) of the thumbnails kept in ``uns['spatial'][lib]['images']``, as Space Ranger.
 HIRES_MAX_PX = 2000
 LOWRES_MAX_PX = 600
+
+_OME_UNITS_UM = {"nm": 1e-3, "µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+class ImageTooLargeError(ValueError):
+    """An image declares more pixels than stalign's limit (:data:`MAX_IMAGE_PIXELS`)."""
 
 
 @dataclass(frozen=True)
@@ -36,12 +71,141 @@ class ImageInfo:
         Level-0 size, px.
     mpp
         µm per px from the file's resolution metadata, or ``None`` when absent.
+    mpp_source
+        Where ``mpp`` came from (``'ome'``, ``'aperio'``, ``'tiff_resolution'``) or ``None``.
     """
 
     path: Path
     width: int
     height: int
     mpp: float | None = None
+    mpp_source: str | None = None
+
+
+def max_image_pixels(max_pixels: int | None = None) -> int:
+    """Return the pixel limit in force: ``max_pixels``, else the environment, else the default.
+
+    Parameters
+    ----------
+    max_pixels
+        Explicit limit (px); ``None`` reads ``STALIGN_MAX_IMAGE_PIXELS`` (``1_000_000``,
+        ``4e9`` are accepted) and falls back to :data:`MAX_IMAGE_PIXELS`.
+
+    Raises
+    ------
+    ValueError
+        When the value is not a positive whole number.
+    """
+    if max_pixels is None:
+        text = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+        if not text:
+            return MAX_IMAGE_PIXELS
+        try:
+            value = float(text.replace("_", ""))
+        except ValueError:
+            value = float("nan")
+        if not (math.isfinite(value) and value >= 1 and value == int(value)):
+            msg = (
+                f"{MAX_IMAGE_PIXELS_ENV}={text!r}: expected a positive whole number of "
+                f"pixels (e.g. 2_000_000_000), default {MAX_IMAGE_PIXELS:,}"
+            )
+            raise ValueError(msg)
+        return int(value)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int | np.integer):
+        msg = f"max_pixels must be a positive integer (px), got {max_pixels!r}"
+        raise ValueError(msg)
+    if max_pixels < 1:
+        msg = f"max_pixels must be a positive integer (px), got {max_pixels!r}"
+        raise ValueError(msg)
+    return int(max_pixels)
+
+
+def check_image_pixels(
+    path: Path, width: int, height: int, *, max_pixels: int | None = None, what: str = "image"
+) -> None:
+    """Raise :class:`ImageTooLargeError` when ``width × height`` exceeds the limit.
+
+    Parameters
+    ----------
+    path
+        File named in the message.
+    width, height
+        Size of what would be decoded whole, px.
+    max_pixels
+        Limit (px); see :func:`max_image_pixels`.
+    what
+        What is decoded (``"image"``, ``"TIFF strip"``), used in the message.
+    """
+    limit = max_image_pixels(max_pixels)
+    if int(width) * int(height) > limit:
+        msg = (
+            f"{path}: the {what} is {width}×{height} px ({int(width) * int(height):,} px), "
+            f"above stalign's limit of {limit:,} px for an image decoded whole; if the file "
+            f"is genuine, convert it to a tiled pyramidal TIFF or raise the limit with "
+            f"{MAX_IMAGE_PIXELS_ENV}=<pixels> (or max_pixels=)"
+        )
+        raise ImageTooLargeError(msg)
+
+
+def _identify_pil(path: Path) -> PILImage.Image:
+    """Open ``path`` the way ``PIL.Image.open`` does, minus PIL's process-wide size check.
+
+    Each registered format's ``accept`` test and factory are tried in PIL's own order;
+    the factory reads the header only (nothing is decoded).
+    """
+    from PIL import Image
+
+    with open(path, "rb") as fh:
+        prefix = fh.read(16)
+    for loader in (Image.preinit, Image.init):
+        loader()
+        for fmt in list(Image.ID):
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None:
+                ok = accept(prefix)
+                if not ok or isinstance(ok, str):
+                    continue
+            try:
+                return factory(os.fspath(path), None)
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue
+    msg = f"{path}: expected an image (TIFF, JPEG or PNG), found a file PIL cannot identify"
+    raise ValueError(msg)
+
+
+def open_pil(path: str | os.PathLike, *, max_pixels: int | None = None) -> PILImage.Image:
+    """Open a plain image with PIL under stalign's pixel limit (header only, lazy decode).
+
+    PIL's global ``Image.MAX_IMAGE_PIXELS`` is neither used nor changed: an ordinary
+    whole-slide JPEG (e.g. 92 Mpx) opens without ``DecompressionBombWarning`` while PIL
+    opens elsewhere in the process keep their guard.
+
+    Parameters
+    ----------
+    path
+        JPEG, PNG or any other format PIL reads.
+    max_pixels
+        Limit (px); default ``STALIGN_MAX_IMAGE_PIXELS`` or :data:`MAX_IMAGE_PIXELS`.
+
+    Returns
+    -------
+    The opened ``PIL.Image.Image`` (use it as a context manager to close the file).
+
+    Raises
+    ------
+    ImageTooLargeError
+        When the header declares more than the limit (nothing is decoded).
+    ValueError
+        When PIL cannot identify the file.
+    """
+    path = Path(path)
+    img = _identify_pil(path)
+    try:
+        check_image_pixels(path, img.width, img.height, max_pixels=max_pixels)
+    except ValueError:
+        img.close()
+        raise
+    return img
 
 
 def _is_tiff(path: Path) -> bool:
@@ -61,68 +225,149 @@ def _tiff_info(path: Path) -> ImageInfo:
             axes = page.axes
             width = int(shape[axes.index("X")])
             height = int(shape[axes.index("Y")])
-            size = os.path.getsize(path)
-            # truncated file: a tile/strip points past the end of the file
-            for level in series.levels or [series]:
-                for p in level.pages:
-                    if p is None:
-                        continue
-                    offs = np.asarray(p.dataoffsets, dtype=np.int64)
-                    counts = np.asarray(p.databytecounts, dtype=np.int64)
-                    if offs.size and int((offs + counts).max()) > size:
-                        msg = (
-                            f"{path}: TIFF is truncated: expected image data up to byte "
-                            f"{int((offs + counts).max())}, found a {size}-byte file"
-                        )
-                        raise ValueError(msg)
-            mpp = _tiff_mpp(tif, page)
+            _check_tiff_complete(path, series)
+            mpp, mpp_source = tiff_mpp(tif, page)
     except ValueError:
         raise
     except Exception as e:  # tifffile raises TiffFileError, struct errors, ...
         msg = f"{path}: cannot read the TIFF header ({type(e).__name__}: {e})"
         raise ValueError(msg) from e
-    return ImageInfo(path=path, width=width, height=height, mpp=mpp)
+    return ImageInfo(path=path, width=width, height=height, mpp=mpp, mpp_source=mpp_source)
 
 
-def _tiff_mpp(tif, page) -> float | None:
-    """µm/px from OME physical size, Aperio ``MPP=``, or the resolution tags (cm/inch)."""
-    import re
+def _check_tiff_complete(path: Path, series: Any) -> None:
+    """Raise when a tile/strip points past the end of the file (truncated TIFF)."""
+    size = os.path.getsize(path)
+    for level in series.levels or [series]:
+        for p in level.pages:
+            if p is None:
+                continue
+            offs = np.asarray(p.dataoffsets, dtype=np.int64)
+            counts = np.asarray(p.databytecounts, dtype=np.int64)
+            if offs.size and int((offs + counts).max()) > size:
+                msg = (
+                    f"{path}: TIFF is truncated: expected image data up to byte "
+                    f"{int((offs + counts).max())}, found a {size}-byte file"
+                )
+                raise ValueError(msg)
 
-    if tif.is_ome and tif.ome_metadata:
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-        if m and (unit is None or unit.group(1) in ("µm", "um", "\u00b5m")):
-            return float(m.group(1))
-    desc = page.description or ""
-    m = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
-    if m:
-        return float(m.group(1))
-    tags = page.tags
-    if "XResolution" in tags and "ResolutionUnit" in tags:
-        num, den = tags["XResolution"].value
-        unit = int(tags["ResolutionUnit"].value)
-        if num and den and unit in (2, 3):
-            px_per_unit = num / den
-            um_per_unit = 25400.0 if unit == 2 else 10000.0
-            # 72/96 dpi with inch units is a default of image software, not a scan resolution
-            if unit == 2 and px_per_unit in (72.0, 96.0, 300.0):
+
+def _mpp_from_ome(ome_xml: str) -> float | None:
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(ome_xml)
+    except ET.ParseError:
+        return None
+    for el in root.iter():
+        if el.tag.endswith("Pixels") and "PhysicalSizeX" in el.attrib:
+            unit = el.attrib.get("PhysicalSizeXUnit", "µm")
+            factor = _OME_UNITS_UM.get(unit)
+            if factor is None:
+                logger.warning("OME PhysicalSizeXUnit %r not understood; ignoring it", unit)
                 return None
-            return um_per_unit / px_per_unit
+            return float(el.attrib["PhysicalSizeX"]) * factor
     return None
 
 
-def image_info(path: str | os.PathLike) -> ImageInfo:
+def tiff_mpp(tif: Any, page: Any) -> tuple[float | None, str | None]:
+    """Return ``(µm/px, source)`` of a TIFF page from its metadata, or ``(None, None)``.
+
+    Sources, in order: OME-XML ``PhysicalSizeX`` (with its unit) → ``'ome'``; an Aperio
+    ``MPP = …`` image description → ``'aperio'``; the ``XResolution`` tag in px per
+    inch or cm → ``'tiff_resolution'``, ignored when outside the plausible histology
+    range :data:`~stalign.io._mpp.MPP_PLAUSIBLE_RANGE` (72/96/300 dpi defaults of image
+    software give 85–350 µm/px).
+
+    Parameters
+    ----------
+    tif
+        An open ``tifffile.TiffFile``.
+    page
+        Its level-0 page (keyframe).
+    """
+    if tif.is_ome and tif.ome_metadata:
+        mpp = _mpp_from_ome(tif.ome_metadata)
+        if mpp:
+            return mpp, "ome"
+    desc = page.description or ""
+    m = re.search(r"\bMPP\s*=\s*([0-9.eE+-]+)", desc)
+    if m:
+        try:
+            return float(m.group(1)), "aperio"
+        except ValueError:
+            pass
+    unit = int(page.resolutionunit)
+    per_unit_um = {2: 25400.0, 3: 10000.0}.get(unit)
+    xres = page.resolution[0] if page.resolution else 0
+    if per_unit_um and xres:
+        mpp = per_unit_um / float(xres)
+        lo, hi = MPP_PLAUSIBLE_RANGE
+        if lo <= mpp <= hi:
+            return mpp, "tiff_resolution"
+        logger.info("ignoring TIFF resolution %.4g µm/px (implausible for histology)", mpp)
+    return None, None
+
+
+def to_rgb_uint8(arr: np.ndarray, *, source: str = "image") -> np.ndarray:
+    """Return ``arr`` as an ``(h, w, 3)`` uint8 array (gray is repeated, alpha dropped).
+
+    The scaling depends on the pixel type only, never on the values, so every window
+    of an image converts the same way.
+
+    Parameters
+    ----------
+    arr
+        ``(h, w)``, ``(h, w, 1)``, ``(h, w, 3)`` or ``(h, w, 4)`` array. Integer types
+        wider than 8 bit are scaled by their type's maximum; floats are expected in
+        ``[0, 1]``; bool is 0/255.
+    source
+        Name used in error messages.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        msg = (
+            f"{source}: expected an image of shape (height, width[, 1|3|4]), "
+            f"found shape {arr.shape}"
+        )
+        raise ValueError(msg)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        scale = 255.0 / np.iinfo(arr.dtype).max
+        return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+    msg = f"{source}: unsupported pixel type {arr.dtype}; expected uint8/uint16/float"
+    raise ValueError(msg)
+
+
+def image_info(path: str | os.PathLike, *, max_pixels: int | None = None) -> ImageInfo:
     """Return the level-0 size (and resolution µm/px if recorded) from the file header.
 
     Parameters
     ----------
     path
         TIFF / OME-TIFF / JPEG / PNG file.
+    max_pixels
+        Pixel limit for plain (non-TIFF) images, which stalign decodes whole; default
+        ``STALIGN_MAX_IMAGE_PIXELS`` or :data:`MAX_IMAGE_PIXELS`. TIFFs are read lazily
+        and have no overall limit.
 
     Raises
     ------
     FileNotFoundError
         When the file does not exist.
+    ImageTooLargeError
+        When a plain image declares more pixels than the limit.
     ValueError
         When the file is not a readable image or is truncated.
     """
@@ -135,22 +380,29 @@ def image_info(path: str | os.PathLike) -> ImageInfo:
         raise ValueError(msg)
     if _is_tiff(path):
         return _tiff_info(path)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except UnidentifiedImageError as e:
-        msg = f"{path}: expected an image (TIFF, JPEG or PNG), found a file PIL cannot identify"
-        raise ValueError(msg) from e
+    with open_pil(path, max_pixels=max_pixels) as im:
+        width, height = im.size
     return ImageInfo(path=path, width=int(width), height=int(height), mpp=None)
 
 
-def load_thumbnail(path: str | os.PathLike, max_side: int) -> tuple[np.ndarray, float]:
+def load_thumbnail(
+    path: str | os.PathLike, max_side: int, *, max_pixels: int | None = None
+) -> tuple[np.ndarray, float]:
     """Decode a down-scaled RGB copy of the image with its longest side ``<= max_side`` px.
 
     For pyramidal TIFFs the smallest pyramid level that is still large enough is read;
-    other files are decoded once (use only for images that fit in memory).
+    a TIFF level above the pixel limit is read in row strips, each reduced before the
+    next is read (bounded memory). JPEGs are decoded at a reduced scale where the codec
+    allows it; other plain images are decoded once.
+
+    Parameters
+    ----------
+    path
+        The image.
+    max_side
+        Longest side of the result, px.
+    max_pixels
+        Pixel limit (see :func:`image_info`).
 
     Returns
     -------
@@ -158,32 +410,21 @@ def load_thumbnail(path: str | os.PathLike, max_side: int) -> tuple[np.ndarray, 
 
     Raises
     ------
+    ImageTooLargeError
+        When a plain image, or one TIFF tile/strip, exceeds the pixel limit.
     ValueError
         When the image data is truncated or cannot be decoded.
     """
     from PIL import Image
 
     path = Path(path)
-    info = image_info(path)
+    info = image_info(path, max_pixels=max_pixels)
     scale = min(1.0, max_side / max(info.width, info.height))
     try:
         if _is_tiff(path):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                levels = tif.series[0].levels or [tif.series[0]]
-                chosen = levels[0]
-                for lvl in levels:
-                    ax = lvl.axes
-                    lw = lvl.shape[ax.index("X")]
-                    if lw >= info.width * scale:
-                        chosen = lvl
-                arr = chosen.asarray()
-                if chosen.axes.startswith("C") or chosen.axes.startswith("S"):
-                    arr = np.moveaxis(arr, 0, -1)
-            im = Image.fromarray(_to_rgb_uint8(arr, path))
+            im = Image.fromarray(_tiff_thumbnail(path, info.width * scale, max_pixels))
         else:
-            with Image.open(path) as src:
+            with open_pil(path, max_pixels=max_pixels) as src:
                 src.draft("RGB", (int(info.width * scale) + 1, int(info.height * scale) + 1))
                 im = src.convert("RGB")
                 im.load()
@@ -198,22 +439,77 @@ def load_thumbnail(path: str | os.PathLike, max_side: int) -> tuple[np.ndarray, 
     return np.asarray(im, dtype=np.uint8), scale
 
 
-def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        msg = f"{path}: expected an RGB image (H, W, 3), found array shape {arr.shape}"
-        raise ValueError(msg)
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        hi = float(arr.max()) or 1.0
-        arr = np.clip(arr.astype(np.float32) * (255.0 / hi), 0, 255).astype(np.uint8)
-    return arr
+def _tiff_thumbnail(path: Path, target_width: float, max_pixels: int | None) -> np.ndarray:
+    """RGB of the smallest TIFF level at least ``target_width`` wide (strip-reduced if huge)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        levels = series.levels or [series]
+        index = 0
+        for i, lvl in enumerate(levels):
+            if lvl.shape[lvl.axes.index("X")] >= target_width:
+                index = i
+        lvl = levels[index]
+        width, height = lvl.shape[lvl.axes.index("X")], lvl.shape[lvl.axes.index("Y")]
+        if width * height <= max_image_pixels(max_pixels):
+            arr = lvl.asarray()
+            if lvl.axes.startswith(("C", "S")):
+                arr = np.moveaxis(arr, 0, -1)
+            return to_rgb_uint8(arr, source=str(path))
+        return _tiff_level_in_strips(path, series, index, target_width, max_pixels)
 
 
-def thumbnails(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Return squidpy-style ``images`` (hires ≤2000 px, lowres ≤600 px) and their scale factors."""
-    hires, sf_h = load_thumbnail(path, HIRES_MAX_PX)
+def _tiff_level_in_strips(
+    path: Path, series: Any, index: int, target_width: float, max_pixels: int | None
+) -> np.ndarray:
+    """Read a TIFF level too large to decode whole in row strips, box-reducing each."""
+    import zarr
+    from PIL import Image
+
+    lvl = series.levels[index] if series.levels else series
+    page = lvl.keyframe
+    axes = lvl.axes.upper()
+    width, height = lvl.shape[axes.index("X")], lvl.shape[axes.index("Y")]
+    chunk = (page.tilewidth, page.tilelength) if page.is_tiled else (width, page.rowsperstrip)
+    what = "TIFF tile" if page.is_tiled else "TIFF strip"
+    check_image_pixels(
+        path, min(chunk[0], width), min(chunk[1], height), max_pixels=max_pixels, what=what
+    )
+    factor = max(1, int(width // max(target_width, 1)))
+    rows = max(chunk[1], 64 * 2**20 // (3 * width))  # ~64 MiB of RGB per strip
+    strip_h = factor * max(1, rows // factor)
+    z = zarr.open(series.aszarr(level=index), mode="r")
+    out = []
+    for y0 in range(0, height, strip_h):
+        y1 = min(y0 + strip_h, height)
+        sel = tuple(
+            slice(y0, y1) if ax == "Y" else slice(None) if ax in "XSC" else 0 for ax in axes
+        )
+        kept = [ax for ax in axes if ax in "YXSC"]
+        arr = np.asarray(z[sel])
+        arr = np.transpose(
+            arr,
+            [kept.index("Y"), kept.index("X")] + [i for i, ax in enumerate(kept) if ax not in "YX"],
+        )
+        img = Image.fromarray(np.ascontiguousarray(to_rgb_uint8(arr, source=str(path))))
+        out.append(np.asarray(img.reduce(factor) if factor > 1 else img))
+    return np.concatenate(out, axis=0)
+
+
+def thumbnails(
+    path: str | os.PathLike, *, max_pixels: int | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Return squidpy-style ``images`` (hires ≤2000 px, lowres ≤600 px) and their scale factors.
+
+    Parameters
+    ----------
+    path
+        The level-0 image.
+    max_pixels
+        Pixel limit (see :func:`image_info`).
+    """
+    hires, sf_h = load_thumbnail(path, HIRES_MAX_PX, max_pixels=max_pixels)
     from PIL import Image
 
     low_scale = min(1.0, LOWRES_MAX_PX / max(hires.shape[:2]))

@@ -20,6 +20,7 @@ not bias it) and convert pixels per unit into µm/px along x and y.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -28,9 +29,19 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys as K
-from ._core import PathLike, as_path, assemble, check_coordinates, join_positions, make_var
+from ._core import (
+    PathLike,
+    absolute,
+    as_path,
+    assemble,
+    check_coordinates,
+    find_file,
+    join_positions,
+    make_var,
+    read_table,
+)
 from ._image import image_info, thumbnails
-from ._mpp import reconcile_mpp
+from ._mpp import MPP_PLAUSIBLE_RANGE, reconcile_mpp
 
 logger = logging.getLogger(__name__)
 
@@ -42,23 +53,31 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 ST_SPOT_PITCH_UM = 200.0
 #: Legacy ST spot diameter, µm.
 ST_SPOT_DIAMETER_UM = 100.0
+#: Below this many image px per array unit the pixel coordinates carry no scale.
+_MIN_PX_PER_UNIT = 1e-3
+#: The array x and y axes must be at least ~30° apart on the image (sin 30° = 0.5).
+_MIN_AXIS_SIN = 0.5
 
 
 def _strip(name: str) -> str:
+    """Section name of a counts file: ``B4.tsv.gz`` / ``B4.TSV.GZ`` -> ``B4``."""
     for suf in _COUNT_SUFFIXES:
-        if name.endswith(suf):
+        if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name
 
 
 def _resolve_counts(path: Path) -> Path:
-    """Accept the counts file itself or a section prefix such as ``.../MOB1``."""
+    """Accept the counts file itself or a section prefix such as ``.../MOB1``.
+
+    Never follows a symbolic link to derive names: ``st/B4.tsv.gz`` stays ``B4`` even
+    when it links to ``.../B4/counts.tsv.gz``.
+    """
     if path.is_file():
         return path
-    for suf in _COUNT_SUFFIXES:
-        cand = path.with_name(path.name + suf)
-        if cand.is_file():
-            return cand
+    cand = find_file(path.parent, [path.name + suf for suf in _COUNT_SUFFIXES])
+    if cand is not None:
+        return cand
     tried = ", ".join(path.name + s for s in _COUNT_SUFFIXES)
     msg = f"legacy ST counts not found: expected '{path}' or one of {tried} in '{path.parent}'"
     raise FileNotFoundError(msg)
@@ -75,42 +94,49 @@ def find_legacy_st_files(path: PathLike) -> dict[str, Path | None]:
     Returns
     -------
     Dict with ``counts``, ``positions`` (``alignment_table_<section>.tsv`` or
-    ``<section>_spots.tsv``/``spots_<section>.tsv``), ``image`` (``<section>.jpg|png|tif``)
-    and ``genes`` (``*genes.tsv[.gz]`` in the same folder); missing ones are ``None``.
+    ``<section>_spots.tsv``/``spots_<section>.tsv``/``<section>_alignment.tsv``, each
+    gzipped or not), ``image`` (``<section>.jpg|jpeg|png|tif|tiff``) and ``genes``
+    (``*genes.tsv[.gz]`` in the same folder); missing ones are ``None``.
+
+    Names are matched ignoring case (``B4.TSV.GZ``, ``B4.JPG``) and are taken from the
+    path given, never from the target of a symbolic link: for ``st/B4.tsv.gz`` ->
+    ``../raw/B4/counts.tsv.gz`` the siblings are ``st/B4_spots.tsv``, ``st/B4.jpg``.
     """
-    counts = _resolve_counts(Path(path).expanduser())
+    counts = _resolve_counts(absolute(path))
     stem = _strip(counts.name)
     folder = counts.parent
-
-    def first(names: list[str]) -> Path | None:
-        for n in names:
-            if (folder / n).is_file():
-                return folder / n
-        return None
-
-    positions = first(
-        [
-            f"alignment_table_{stem}.tsv",
-            f"alignment_table_{stem}.tsv.gz",
-            f"{stem}_spots.tsv",
-            f"spots_{stem}.tsv",
-            f"{stem}_alignment.tsv",
-        ]
+    position_names = [
+        f"alignment_table_{stem}.tsv",
+        f"{stem}_spots.tsv",
+        f"spots_{stem}.tsv",
+        f"{stem}_alignment.tsv",
+    ]
+    positions = find_file(folder, [n + gz for n in position_names for gz in ("", ".gz")])
+    image = find_file(folder, [stem + s for s in _IMAGE_SUFFIXES])
+    genes = next(
+        (
+            folder / e.name
+            for e in sorted(os.scandir(folder), key=lambda e: e.name)
+            if e.is_file() and re.search(r"genes\.tsv(\.gz)?$", e.name, re.IGNORECASE)
+        ),
+        None,
     )
-    image = first([stem + s for s in _IMAGE_SUFFIXES])
-    genes = next(iter(sorted(folder.glob("*genes.tsv*"))), None)
     return {"counts": counts, "positions": positions, "image": image, "genes": genes}
 
 
 def _read_counts(path: Path) -> pd.DataFrame:
-    sep = "," if ".csv" in path.name else "\t"
-    try:
-        df = pd.read_csv(path, sep=sep, index_col=0)
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
-        msg = f"{path}: cannot parse the counts table as {sep!r}-separated text ({e})"
-        raise ValueError(msg) from e
+    sep = "," if ".csv" in path.name.lower() else "\t"
+    what = "counts table (" + ("comma" if sep == "," else "tab") + "-separated)"
+    df = read_table(path, what=what, sep=sep, index_col=0)
+    if df.shape[1] == 0 or df.shape[0] == 0:
+        msg = f"{path}: expected a counts table with spots and genes, found {df.shape[0]} rows"
+        msg += f" × {df.shape[1]} columns"
+        raise ValueError(msg)
+    # pandas renames repeated header names ('Actb', 'Actb.1'): restore them as written
+    header = read_table(path, what=what, sep=sep, header=None, nrows=1, dtype=str)
+    header = header.iloc[0, 1:].fillna("").astype(str)
     df.index = df.index.astype(str)
-    df.columns = df.columns.astype(str)
+    df.columns = header.to_numpy() if len(header) == df.shape[1] else df.columns.astype(str)
     rows_are_spots = df.index.str.match(_SPOT_ID).mean() > 0.9
     cols_are_spots = df.columns.str.match(_SPOT_ID).mean() > 0.9
     if not rows_are_spots and cols_are_spots:
@@ -132,20 +158,28 @@ def _read_counts(path: Path) -> pd.DataFrame:
 
 
 def _read_positions(path: Path) -> pd.DataFrame:
-    try:
-        tab = pd.read_csv(path, sep="\t")
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
-        msg = f"{path}: cannot parse the alignment table as tab-separated text ({e})"
-        raise ValueError(msg) from e
+    tab = read_table(path, what="alignment table (tab-separated)", sep="\t")
     need = ["x", "y", "pixel_x", "pixel_y"]
     missing = [c for c in need if c not in tab.columns]
     if missing:
         msg = f"{path}: expected columns {need} (+ optional 'selected'), found {list(tab.columns)}"
         raise ValueError(msg)
+    if len(tab) == 0:
+        msg = f"{path}: expected one row per spot, found a header without rows"
+        raise ValueError(msg)
     for c in need:
         if not pd.api.types.is_numeric_dtype(tab[c]):
             msg = f"{path}: expected numeric column '{c}', found dtype {tab[c].dtype}"
             raise ValueError(msg)
+    values = tab[need].to_numpy(float)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        rows = [int(i) + 2 for i in np.flatnonzero(bad)[:5]]  # file lines (1 = header)
+        msg = (
+            f"{path}: expected finite x, y, pixel_x, pixel_y, found {int(bad.sum())} rows "
+            f"with NaN/inf or empty values (lines {rows})"
+        )
+        raise ValueError(msg)
     ids = tab["x"].map(_fmt_coord) + "x" + tab["y"].map(_fmt_coord)
     tab.index = pd.Index(ids, name="spot_id")
     return tab
@@ -156,11 +190,7 @@ def _fmt_coord(v: float) -> str:
 
 
 def _read_gene_names(path: Path) -> pd.Series:
-    try:
-        tab = pd.read_csv(path, sep="\t")
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
-        msg = f"{path}: cannot parse the gene table as tab-separated text ({e})"
-        raise ValueError(msg) from e
+    tab = read_table(path, what="gene table (tab-separated)", sep="\t")
     name_col = next(
         (c for c in ("gene_name", "symbol", "gene_symbol", "name") if c in tab.columns), None
     )
@@ -201,7 +231,10 @@ def _array_step(coord: np.ndarray, other: np.ndarray) -> float:
 
 
 def estimate_mpp_from_grid(
-    positions: pd.DataFrame, *, spot_pitch_um: float = ST_SPOT_PITCH_UM
+    positions: pd.DataFrame,
+    *,
+    spot_pitch_um: float = ST_SPOT_PITCH_UM,
+    source: PathLike | None = None,
 ) -> dict[str, float]:
     """Estimate µm/px of the H&E from the array geometry of a legacy ST section.
 
@@ -211,23 +244,42 @@ def estimate_mpp_from_grid(
         Table with array ``x``, ``y`` and image ``pixel_x``, ``pixel_y``.
     spot_pitch_um
         Centre-to-centre distance of spots along an array row or column, µm.
+    source
+        File the table came from (named in error messages).
 
     Returns
     -------
     ``{'mpp': geometric mean, 'mpp_x', 'mpp_y', 'px_per_unit_x', 'px_per_unit_y',
     'um_per_unit_x', 'um_per_unit_y', 'residual_px'}`` (µm/px, px, µm).
+
+    Raises
+    ------
+    ValueError
+        Fewer than 3 spots, or pixel coordinates that do not follow the array (all
+        identical, or constant along one image axis): no scale can be estimated.
     """
+    where = f"{source}: " if source is not None else ""
     arr = positions[["x", "y"]].to_numpy(float)
     pix = positions[["pixel_x", "pixel_y"]].to_numpy(float)
     if len(arr) < 3:
         msg = (
-            "need at least 3 spots with array and pixel coordinates to estimate µm/px, "
-            f"got {len(arr)}"
+            f"{where}need at least 3 spots with array and pixel coordinates to estimate "
+            f"µm/px, got {len(arr)}"
         )
         raise ValueError(msg)
     M = _robust_affine(arr, pix)
     px_x = float(np.linalg.norm(M[0]))  # pixels per array unit along x
     px_y = float(np.linalg.norm(M[1]))
+    # the array axes must map to two independent image directions (|sin| of their angle)
+    sin_angle = abs(float(np.linalg.det(M[:2]))) / max(px_x * px_y, 1e-300)
+    if min(px_x, px_y) < _MIN_PX_PER_UNIT or sin_angle < _MIN_AXIS_SIN:
+        msg = (
+            f"{where}the pixel coordinates do not follow the spot array (pixel_x in "
+            f"[{pix[:, 0].min():g}, {pix[:, 0].max():g}], pixel_y in [{pix[:, 1].min():g}, "
+            f"{pix[:, 1].max():g}]); expected spot centres spread over the image along "
+            "both array axes"
+        )
+        raise ValueError(msg)
     um_x = spot_pitch_um / _array_step(arr[:, 0], arr[:, 1])
     um_y = spot_pitch_um / _array_step(arr[:, 1], arr[:, 0])
     mpp_x, mpp_y = um_x / px_x, um_y / px_y
@@ -359,7 +411,7 @@ def read_legacy_st(
             logger.warning("%s: no gene id of %s found; keeping ids", genes_path, counts_path)
         elif n_unmapped:
             logger.info("%s: %d gene ids without a symbol", genes_path, n_unmapped)
-    var = make_var(gene_ids, None if symbols is None else symbols.to_numpy())
+    var = make_var(gene_ids, None if symbols is None else symbols.to_numpy(), source=counts_path)
 
     xy = pos[["pixel_x", "pixel_y"]].to_numpy(float)
     info = image_info(image_path) if image_path is not None else None
@@ -369,7 +421,15 @@ def read_legacy_st(
         source=positions_path,
         image_source=image_path,
     )
-    grid = estimate_mpp_from_grid(tab, spot_pitch_um=spot_pitch_um)
+    grid = estimate_mpp_from_grid(tab, spot_pitch_um=spot_pitch_um, source=positions_path)
+    lo, hi = MPP_PLAUSIBLE_RANGE
+    if mpp is None and not lo <= grid["mpp"] <= hi:
+        msg = (
+            f"{positions_path}: the spot grid implies {grid['mpp']:.4g} µm/px, outside the "
+            f"plausible range for H&E images [{lo:g}, {hi:g}]; check pixel_x/pixel_y or pass "
+            "mpp=<µm per px>"
+        )
+        raise ValueError(msg)
     aniso = abs(grid["mpp_x"] / grid["mpp_y"] - 1)
     if aniso > 0.10:
         logger.warning(
@@ -401,9 +461,9 @@ def read_legacy_st(
     if image_path is not None and load_images:
         images, scalefactors = thumbnails(image_path)
     metadata = {
-        "counts_path": str(counts_path.resolve()),
-        "positions_path": str(positions_path.resolve()),
-        "genes_path": None if genes_path is None else str(Path(genes_path).resolve()),
+        "counts_path": str(absolute(counts_path)),
+        "positions_path": str(absolute(positions_path)),
+        "genes_path": None if genes_path is None else str(absolute(genes_path)),
         "spot_pitch_um": float(spot_pitch_um),
         "grid_fit": grid,
         "n_dropped_without_position": int((~keep).sum()),

@@ -9,6 +9,9 @@ logger = logging.getLogger(__name__)
 
 #: Relative disagreement above which two µm/px estimates trigger a warning.
 MPP_TOLERANCE = 0.10
+#: Plausible µm/px of a histology image (a 40x scan is ~0.25, a 600-px thumbnail of a
+#: 6.5 mm array ~11); estimates outside come from broken metadata or coordinates.
+MPP_PLAUSIBLE_RANGE = (0.01, 50.0)
 
 # priority when several estimates exist: the user knows best, then geometry the platform
 # guarantees, then image metadata (often a scanner default or lost on conversion)

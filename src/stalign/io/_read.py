@@ -49,7 +49,7 @@ def detect_platform(path: PathLike) -> str:
             return "xenium"
         if (p / "st").is_dir() and (p / "wsis").is_dir():
             return "hest"
-    elif p.is_file() and p.suffix == ".h5ad":
+    elif p.is_file() and p.suffix.lower() == ".h5ad":
         if p.parent.name == "st" and (p.parent.parent / "wsis").is_dir():
             return "hest"
         return "h5ad"

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ._core import is_gzip, read_table
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,7 +68,7 @@ def _h5_feature_names(path: Path, n: int, ids: np.ndarray) -> np.ndarray:
 
 
 def _open(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
 
 
 def _first(folder: Path, names: list[str]) -> Path | None:
@@ -102,11 +104,11 @@ def read_10x_mtx(folder: Path) -> Matrix:
     try:
         with _open(mtx) as fh:  # type: ignore[arg-type]
             X = sp.csr_matrix(scipy.io.mmread(fh)).T.tocsr()  # file is genes × barcodes
-        genes = pd.read_csv(feats, sep="\t", header=None, dtype=str)
-        barcodes = pd.read_csv(bcs, sep="\t", header=None, dtype=str)[0]
-    except (ValueError, OSError, EOFError, pd.errors.ParserError) as e:
-        msg = f"{folder}: cannot parse the 10x matrix folder ({type(e).__name__}: {e})"
+    except (ValueError, OSError, EOFError) as e:
+        msg = f"{mtx}: cannot parse the Matrix Market file ({type(e).__name__}: {e})"
         raise ValueError(msg) from e
+    genes = read_table(feats, what="features table", sep="\t", header=None, dtype=str)  # type: ignore[arg-type]
+    barcodes = read_table(bcs, what="barcodes list", sep="\t", header=None, dtype=str)[0]  # type: ignore[arg-type]
     if X.shape != (len(barcodes), len(genes)):
         msg = (
             f"{mtx}: expected a {len(genes)} genes × {len(barcodes)} barcodes matrix "

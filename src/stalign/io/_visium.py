@@ -27,7 +27,16 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys as K
-from ._core import PathLike, as_path, assemble, check_coordinates, join_positions, make_var
+from ._core import (
+    PathLike,
+    absolute,
+    as_path,
+    assemble,
+    check_coordinates,
+    join_positions,
+    make_var,
+    read_table,
+)
 from ._image import image_info, thumbnails
 from ._mpp import reconcile_mpp
 from ._tenx import read_matrix
@@ -79,25 +88,25 @@ def read_positions(path: Path) -> pd.DataFrame:
     DataFrame indexed by barcode with ``in_tissue``, ``array_row``, ``array_col``,
     ``pxl_row_in_fullres``, ``pxl_col_in_fullres``.
     """
-    try:
-        if path.suffix == ".parquet":
+    if path.suffix.lower() == ".parquet":
+        try:
             tab = pd.read_parquet(path)
-        else:
-            with open(path, encoding="utf-8") as fh:
-                first = fh.readline()
-            has_header = first.split(",")[0].strip().lower() == "barcode"
-            tab = pd.read_csv(path, header=0 if has_header else None)
-            if not has_header:
-                if tab.shape[1] != len(_POSITION_COLUMNS):
-                    msg = (
-                        f"{path}: expected {len(_POSITION_COLUMNS)} columns "
-                        f"({', '.join(_POSITION_COLUMNS)}), found {tab.shape[1]}"
-                    )
-                    raise ValueError(msg)
-                tab.columns = _POSITION_COLUMNS
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
-        msg = f"{path}: cannot parse the tissue positions ({type(e).__name__}: {e})"
-        raise ValueError(msg) from e
+        except (OSError, ValueError) as e:  # pyarrow errors derive from these
+            msg = f"{path}: cannot read the tissue positions as parquet ({type(e).__name__}: {e})"
+            raise ValueError(msg) from e
+    else:
+        what = "tissue positions CSV"
+        tab = read_table(path, what=what, header=None, dtype=str)
+        has_header = str(tab.iloc[0, 0]).strip().lower() == "barcode"
+        tab = read_table(path, what=what, header=0 if has_header else None)
+        if not has_header:
+            if tab.shape[1] != len(_POSITION_COLUMNS):
+                msg = (
+                    f"{path}: expected {len(_POSITION_COLUMNS)} columns "
+                    f"({', '.join(_POSITION_COLUMNS)}), found {tab.shape[1]}"
+                )
+                raise ValueError(msg)
+            tab.columns = _POSITION_COLUMNS
     missing = [c for c in _POSITION_COLUMNS if c not in tab.columns]
     if missing:
         msg = (
@@ -159,10 +168,9 @@ def _png_images(spatial_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, tup
 
 
 def _library_id(folder: Path) -> str:
-    name = folder.resolve().name
-    if name == "outs":
-        name = folder.resolve().parent.name
-    return name
+    """Return the sample folder's name as given (a symbolic link keeps its own name)."""
+    folder = absolute(folder)
+    return folder.parent.name if folder.name == "outs" else folder.name
 
 
 def _read_spaceranger(
@@ -200,6 +208,7 @@ def _read_spaceranger(
     X = mat.X[np.flatnonzero(keep)]
     xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
 
+    check_coordinates(xy, image_size=None, source=pos_path)  # finite, not all identical
     images, sizes = _png_images(spatial_dir) if load_images else ({}, {})
     info = image_info(image) if image is not None else None
     if info is not None:
@@ -238,9 +247,9 @@ def _read_spaceranger(
 
     scalefactors = {k: float(v) for k, v in sf.items() if isinstance(v, int | float)}
     metadata = {
-        "counts_path": str(Path(counts_path).resolve()),
-        "positions_path": str(pos_path.resolve()),
-        "scalefactors_path": str(sf_path.resolve()),
+        "counts_path": str(absolute(counts_path)),
+        "positions_path": str(absolute(pos_path)),
+        "scalefactors_path": str(absolute(sf_path)),
         "n_dropped_without_position": int((~keep).sum()),
     }
     if info is not None:
@@ -251,7 +260,7 @@ def _read_spaceranger(
     return assemble(
         X=X,
         obs_names=pos.index,
-        var=make_var(mat.gene_ids, mat.gene_symbols),
+        var=make_var(mat.gene_ids, mat.gene_symbols, source=counts_path),
         spatial=xy,
         library_id=library_id or _library_id(folder),
         platform=platform,
@@ -395,7 +404,7 @@ def read_visium_hd(
     root = as_path(path, what="Visium HD output folder")
     folder = find_hd_bin_dir(root, bin_size)
     if library_id is None:
-        sample = folder.resolve().parent
+        sample = absolute(folder).parent
         sample = sample.parent if sample.name == "binned_outputs" else sample
         library_id = f"{_library_id(sample)}_{folder.name}"
     return _read_spaceranger(

@@ -16,7 +16,16 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from ._core import PathLike, as_path, assemble, check_coordinates, join_positions, make_var
+from ._core import (
+    PathLike,
+    absolute,
+    as_path,
+    assemble,
+    check_coordinates,
+    join_positions,
+    make_var,
+    read_table,
+)
 from ._image import image_info, thumbnails
 from ._mpp import reconcile_mpp
 from ._tenx import read_matrix
@@ -136,15 +145,14 @@ def read_xenium(
     counts_path = _first(folder, _MATRIX, "cell-feature matrix")
     cells_path = _first(folder, _CELLS, "cells table")
     mat = read_matrix(counts_path)
-    try:
-        cells = (
-            pd.read_parquet(cells_path)
-            if cells_path.suffix == ".parquet"
-            else pd.read_csv(cells_path)
-        )
-    except (pd.errors.ParserError, OSError, UnicodeDecodeError, EOFError) as e:
-        msg = f"{cells_path}: cannot parse the cells table ({type(e).__name__}: {e})"
-        raise ValueError(msg) from e
+    if cells_path.suffix.lower() == ".parquet":
+        try:
+            cells = pd.read_parquet(cells_path)
+        except (OSError, ValueError) as e:  # pyarrow errors derive from these
+            msg = f"{cells_path}: cannot read the cells table ({type(e).__name__}: {e})"
+            raise ValueError(msg) from e
+    else:
+        cells = read_table(cells_path, what="cells table (CSV)")
     need = ["cell_id", "x_centroid", "y_centroid"]
     if [c for c in need if c not in cells.columns]:
         msg = f"{cells_path}: expected columns {need}, found {list(cells.columns)}"
@@ -196,17 +204,17 @@ def read_xenium(
     obs = cells.drop(columns=["x_centroid", "y_centroid"]).copy()
     obs["x_centroid_um"], obs["y_centroid_um"] = um[:, 0], um[:, 1]
     metadata = {
-        "counts_path": str(counts_path.resolve()),
-        "cells_path": str(cells_path.resolve()),
+        "counts_path": str(absolute(counts_path)),
+        "cells_path": str(absolute(cells_path)),
         "morphology_mpp": float(morphology_mpp),
         "alignment_units": alignment_units if image is not None else None,
     }
     return assemble(
         X=mat.X[np.flatnonzero(keep)],
         obs_names=cells.index,
-        var=make_var(mat.gene_ids, mat.gene_symbols),
+        var=make_var(mat.gene_ids, mat.gene_symbols, source=counts_path),
         spatial=xy,
-        library_id=library_id or folder.resolve().name,
+        library_id=library_id or absolute(folder).name,
         platform="xenium",
         image_path=image,
         mpp=mpp_value,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -123,10 +124,12 @@ def _validate_rows(
             row_problems.append(
                 f"unknown platform {values['platform']!r}; expected one of {sorted(PLATFORMS)}"
             )
-        path = (base / values["path"]).resolve() if values["path"] else None
+        # made absolute without following links: a reader derives sibling names
+        # (alignment table, image) from the path given, not from a link's target
+        path = Path(os.path.abspath(base / values["path"])) if values["path"] else None
         if path is not None and check_files and not path.exists():
             row_problems.append(f"path {values['path']!r} not found (looked for {path})")
-        image = (base / values["image"]).resolve() if values["image"] else None
+        image = Path(os.path.abspath(base / values["image"])) if values["image"] else None
         if image is not None and check_files and not image.is_file():
             row_problems.append(f"image {values['image']!r} not found (looked for {image})")
         mpp: float | None = None
@@ -191,7 +194,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Sample]
     if not path.is_file():
         msg = f"manifest {path} not found (expected a CSV file, see data/manifests/README.md)"
         raise FileNotFoundError(msg)
-    base = path.resolve().parent
+    base = Path(os.path.abspath(path)).parent
     with open(path, newline="", encoding="utf-8-sig") as fh:
         lines = list(enumerate(fh.read().splitlines(), start=1))
     content = [(n, text) for n, text in lines if text.strip() and not text.lstrip().startswith("#")]
