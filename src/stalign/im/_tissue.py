@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 _MIN_THRESHOLD = 8.0
 #: pixels whose brightest channel is below this (0–255) are ink, folds or padding
 _DARK_VALUE = 50.0
+#: the mask is computed from a thumbnail up to this many times finer (block-reduced)
+_FINE_FACTOR = 8
+#: longest side (px) of that finer thumbnail, bounding memory on gigapixel slides
+_MAX_FINE_SIDE = 6144
 #: saturation (0–255) above which a green-dominant pixel is taken for marker ink
 _PEN_SATURATION = 40.0
 
@@ -293,11 +297,10 @@ def tissue_mask(
     )
     longest0 = max(image.width, image.height)
     side = min(opts["max_side"], max(64, math.ceil(longest0 * image.mpp / opts["mask_mpp"])))
-    thumb = image.get_thumbnail(side)
-    th, tw = thumb.shape[:2]
-    scale = (image.width / tw, image.height / th)
+    s, ink, block = _stain_map(image, side)
+    scale = (block[0] * image.width / block[2], block[1] * image.height / block[3])
     mpp = float(image.mpp * math.sqrt(scale[0] * scale[1]))
-    mask, found = _segment(thumb, mpp, opts)
+    mask, found = _segment(s, ink, mpp, opts)
     if not mask.any():
         logger.warning("%s: the tissue mask is empty (no stained tissue found)", image.source)
     params = {**opts, "mask_mpp": round(mpp, 6), **{k: round(v, 4) for k, v in found.items()}}
@@ -345,22 +348,56 @@ def _ink_or_dark(rgb: np.ndarray, s: np.ndarray) -> np.ndarray:
     return (value < _DARK_VALUE) | green
 
 
-def _segment(
-    thumb: np.ndarray, mpp: float, opts: dict[str, Any]
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Run the segmentation steps of :func:`tissue_mask` on an ``(h, w, 3)`` uint8 thumbnail.
+def _stain_map(image: SlideImage, side: int) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Saturation and ink maps on a grid of longest side about ``side`` px.
 
-    ``mpp`` is the thumbnail's µm/px; ``opts`` the validated :func:`tissue_mask` options.
+    Read at up to :data:`_FINE_FACTOR` times finer than the grid (bounded by
+    :data:`_MAX_FINE_SIDE`) and reduced per block by the ``k``-th largest value of
+    the ``k × k`` block: a one-pixel membrane crossing the block survives, where a
+    box average (a plain thumbnail) would dilute it into the white of fat cells.
+
+    Returns
+    -------
+    saturation, ink, (k_x, k_y, fine_width, fine_height)
+        ``(h, w)`` float32 saturation (0–255) with ink set to 0, ``(h, w)`` bool ink,
+        and the block geometry (mask px = ``k`` fine px; the fine thumbnail size).
+    """
+    fine = image.get_thumbnail(min(_MAX_FINE_SIDE, side * _FINE_FACTOR))
+    fh, fw = fine.shape[:2]
+    k = max(1, round(max(fh, fw) / side))
+    sat = saturation(fine)
+    ink = _ink_or_dark(fine, sat)
+    sat[ink] = 0.0
+    del fine
+    if k == 1:
+        return sat, ink, (1, 1, fw, fh)
+    ph, pw = -fh % k, -fw % k
+    sat = np.pad(sat, ((0, ph), (0, pw)), mode="edge")
+    ink = np.pad(ink, ((0, ph), (0, pw)), mode="edge")
+    h, w = sat.shape[0] // k, sat.shape[1] // k
+    blocks = sat.reshape(h, k, w, k).transpose(0, 2, 1, 3).reshape(h, w, k * k)
+    top = np.partition(blocks, k * k - k, axis=-1)[..., k * k - k]  # k-th largest
+    ink_frac = ink.reshape(h, k, w, k).mean(axis=(1, 3))
+    return top.astype(np.float32), ink_frac >= 0.5, (k, k, fw, fh)
+
+
+def _segment(
+    s: np.ndarray, ink: np.ndarray, mpp: float, opts: dict[str, Any]
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Run the segmentation steps of :func:`tissue_mask` on a saturation map.
+
+    ``s`` (0–255, ink set to 0) and ``ink`` come from :func:`_stain_map`; ``mpp`` is
+    their µm/px; ``opts`` the validated :func:`tissue_mask` options.
     """
     from scipy import ndimage as ndi
 
     px_area = mpp * mpp
-    s = ndi.gaussian_filter(saturation(thumb), sigma=1.0, mode="nearest")
-    high = _otsu_saturation(s, "thumbnail")
-    below = s[s < high]
+    s = ndi.gaussian_filter(s, sigma=0.5, mode="nearest")
+    stain = s[~ink] if (~ink).any() else s.ravel()  # ink must not move the thresholds
+    high = _otsu_saturation(stain, "thumbnail")
+    below = stain[stain < high]
     glass = float(np.median(below)) if below.size else 0.0
     low = glass + opts["hysteresis"] * (high - glass)
-    s[_ink_or_dark(thumb, s)] = 0.0
     # certain tissue: above Otsu, closed (sparse nuclei of pale tissue join up), in
     # pieces large enough not to be dust on the glass
     seeds = _close(s > high, opts["closing_um"] / mpp) & (s > low)
