@@ -17,11 +17,17 @@ def test_extract_patches_writes_qc_keys_in_obs_order(mob_adata):
     obs = mob_adata.obs
     assert obs[K.PATCH_IN_IMAGE].dtype == bool and obs[K.PATCH_IN_IMAGE].all()
     assert obs[K.TISSUE_FRACTION].between(0, 1).all()
-    want = obs[K.PATCH_IN_IMAGE] & (obs[K.TISSUE_FRACTION] >= 0.5)
+    # default: the platform's call (legacy ST `selected`) is trusted, the mask only
+    # removes patches that are really off tissue
+    want = obs[K.PATCH_IN_IMAGE] & obs[K.IN_TISSUE] & (obs[K.TISSUE_FRACTION] >= 0.1)
     assert (obs[K.PATCH_IN_TISSUE] == want).all()
     params = mob_adata.uns[K.PATCHES]
     assert params["mpp"] == 4.0 and params["size_px"] == 32 and params["tissue_threshold"] == 0.5
-    assert 0 < params["saturation_threshold"] < 255
+    assert params["tissue_qc"] == "mask" and params["min_mask_coverage"] == 0.1
+    assert params["in_tissue_call"] is True
+    mask = params["tissue_mask"]
+    assert 0 < mask["saturation_low"] < mask["saturation_high"] < 255
+    assert mask["closing_um"] > 0 and mask["mask_mpp"] >= mob_adata.uns["stalign"]["mpp"]
     # obs order: patch i is the one centred on spot i
     with im.open_image(mob_adata) as img:
         for i in (0, n // 2, n - 1):
@@ -29,8 +35,26 @@ def test_extract_patches_writes_qc_keys_in_obs_order(mob_adata):
             np.testing.assert_array_equal(patches[i], img.read_patch(cx, cy, size_px=32, mpp=4.0))
 
 
-def test_tissue_fraction_separates_tissue_from_background_spots(mob_adata):
-    im.extract_patches(mob_adata, mpp=4.0, size_px=24, progress=False)
+def test_pixel_rule_is_kept_as_an_option(mob_adata):
+    im.extract_patches(mob_adata, mpp=4.0, size_px=32, tissue_qc="pixels", progress=False)
+    obs = mob_adata.obs
+    want = obs[K.PATCH_IN_IMAGE] & (obs[K.TISSUE_FRACTION] >= 0.5)
+    assert (obs[K.PATCH_IN_TISSUE] == want).all()
+    params = mob_adata.uns[K.PATCHES]
+    assert params["tissue_qc"] == "pixels" and params["in_tissue_call"] is False
+    assert 0 < params["saturation_threshold"] < 255 and "tissue_mask" not in params
+    with im.open_image(mob_adata) as img:
+        thr = im.tissue_threshold(img)
+        patch = img.read_patch(*mob_adata.obsm["spatial"][7], size_px=32, mpp=4.0)
+    np.testing.assert_allclose(obs[K.TISSUE_FRACTION].iloc[7], im.tissue_fraction(patch, thr))
+
+
+@pytest.mark.parametrize("tissue_qc", ["mask", "pixels"])
+def test_tissue_fraction_separates_tissue_from_background_spots(mob_adata, tissue_qc):
+    # the image alone (use_in_tissue=False) against the curated under-tissue call
+    im.extract_patches(
+        mob_adata, mpp=4.0, size_px=24, tissue_qc=tissue_qc, use_in_tissue=False, progress=False
+    )
     tf = mob_adata.obs[K.TISSUE_FRACTION].to_numpy()
     under = mob_adata.obs[K.IN_TISSUE].to_numpy(bool)  # the alignment table's `selected`
     assert under.sum() > 100 and (~under).sum() > 100
@@ -102,6 +126,12 @@ def test_bad_spot_input(mob_adata):
         im.extract_patches(sub, progress=False)
     with pytest.raises(ValueError, match="tissue_threshold"):
         im.extract_patches(mob_adata, tissue_threshold=50, progress=False)
+    with pytest.raises(ValueError, match="min_mask_coverage"):
+        im.extract_patches(mob_adata, min_mask_coverage=-0.1, progress=False)
+    with pytest.raises(ValueError, match="tissue_qc must be one of"):
+        im.extract_patches(mob_adata, tissue_qc="otsu", progress=False)
+    with pytest.raises(ValueError, match="saturation_threshold applies to the per-pixel rule"):
+        im.extract_patches(mob_adata, saturation_threshold=20, progress=False)
 
 
 def test_tissue_threshold_and_fraction_on_synthetic_pixels(mob_dir):

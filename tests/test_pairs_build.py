@@ -109,7 +109,8 @@ def test_store_content_is_keyed_by_barcode(store):
         spots = pd.read_csv(d / "spots.csv", index_col=0, keep_default_na=False)
         assert len(spots) == s["n_spots"] and spots["kept"].sum() == s["n_pairs"]
         kept = spots[spots["kept"]]
-        assert (kept["tissue_fraction"] >= 0.5).all() and kept["in_tissue"].all()
+        # default tissue QC: the platform call is trusted down to 10 % mask coverage
+        assert (kept["tissue_fraction"] >= 0.1).all() and kept["in_tissue"].all()
         assert set(spots.loc[~spots["kept"], "reason"]) <= {
             "low_tissue",
             "not_in_tissue_call",

@@ -14,6 +14,8 @@ def _build(args: argparse.Namespace) -> int:
         mpp=args.mpp,
         size_px=args.size_px,
         tissue_threshold=args.tissue_threshold,
+        tissue_qc=args.tissue_qc,
+        min_mask_coverage=args.min_mask_coverage,
         gene_sets=None if args.gene_sets.lower() == "none" else args.gene_sets,
         method=args.method,
         min_genes=args.min_genes,
@@ -62,7 +64,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tissue-threshold",
         type=float,
         default=0.5,
-        help="minimum tissue fraction of a patch, 0..1 (default 0.5)",
+        help="minimum tissue fraction of a patch, 0..1, where the platform's in-tissue "
+        "call is not used (default 0.5)",
+    )
+    p.add_argument(
+        "--tissue-qc",
+        choices=("mask", "pixels"),
+        default="mask",
+        help="tissue fraction of a patch: its coverage by the slide's tissue mask, or its "
+        "share of stained pixels (the older rule; fat counts as background) (default mask)",
+    )
+    p.add_argument(
+        "--min-mask-coverage",
+        type=float,
+        default=0.1,
+        help="minimum tissue-mask coverage of a spot the platform calls in tissue, 0..1 "
+        "(default 0.1)",
     )
     p.add_argument(
         "--gene-sets",

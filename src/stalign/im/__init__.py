@@ -6,12 +6,13 @@ Coordinates are level-0 image pixels ``(x, y)``; resolutions are µm/px.
 from ._hest import HestPatches, read_hest_patches, write_hest_patches
 from ._patches import PatchBatch, extract_patches, iter_patches
 from ._slide import SlideImage, from_array, open_image
-from ._tissue import saturation, tissue_fraction, tissue_threshold
+from ._tissue import TissueMask, saturation, tissue_fraction, tissue_mask, tissue_threshold
 
 __all__ = [
     "HestPatches",
     "PatchBatch",
     "SlideImage",
+    "TissueMask",
     "extract_patches",
     "from_array",
     "iter_patches",
@@ -19,6 +20,7 @@ __all__ = [
     "read_hest_patches",
     "saturation",
     "tissue_fraction",
+    "tissue_mask",
     "tissue_threshold",
     "write_hest_patches",
 ]

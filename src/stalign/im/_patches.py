@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,13 +11,17 @@ import numpy as np
 
 from .. import _keys as K
 from ._slide import SlideImage, _check_positive, _check_size, open_image
-from ._tissue import tissue_fraction
+from ._tissue import TissueMask, tissue_fraction
+from ._tissue import tissue_mask as _slide_tissue_mask
 from ._tissue import tissue_threshold as _otsu_threshold
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
+
+#: how a patch's tissue fraction is measured (see :func:`extract_patches`)
+TISSUE_QC_MODES = ("mask", "pixels")
 
 
 @dataclass
@@ -43,7 +47,9 @@ class PatchBatch:
     in_image
         ``(b,)`` bool: the whole patch lies inside the image.
     tissue_fraction
-        ``(b,)`` float32 in ``[0, 1]``.
+        ``(b,)`` float32 in ``[0, 1]``: coverage of the patch by the slide's tissue
+        mask (``tissue_qc="mask"``) or its fraction of saturated pixels
+        (``tissue_qc="pixels"``).
     """
 
     start: int
@@ -106,6 +112,8 @@ def iter_patches(
     mpp: float = 0.5,
     size_px: int = 224,
     batch_size: int = 256,
+    tissue_qc: str = "mask",
+    tissue_mask: TissueMask | None = None,
     saturation_threshold: float | None = None,
     spatial_key: str = K.SPATIAL,
     order: str = "obs",
@@ -133,9 +141,16 @@ def iter_patches(
         Patch side (px); a patch covers ``size_px * mpp`` µm.
     batch_size
         Patches per batch.
+    tissue_qc
+        How ``PatchBatch.tissue_fraction`` is measured: ``"mask"`` (default) —
+        coverage of the patch window by the slide-level tissue mask
+        (:func:`stalign.im.tissue_mask`, computed once); ``"pixels"`` — fraction
+        of pixels whose saturation exceeds ``saturation_threshold``.
+    tissue_mask
+        A precomputed mask of this slide (``tissue_qc="mask"``).
     saturation_threshold
-        Tissue saturation threshold (0–255); default: Otsu on the slide thumbnail
-        (:func:`stalign.im.tissue_threshold`), computed once.
+        Pixel saturation threshold (0–255) for ``tissue_qc="pixels"``; default:
+        Otsu on the slide thumbnail (:func:`stalign.im.tissue_threshold`), computed once.
     spatial_key
         ``obsm`` key of the spot centres.
     order
@@ -159,6 +174,7 @@ def iter_patches(
     if order not in ("obs", "spatial"):
         msg = f"order must be 'obs' or 'spatial', got {order!r}"
         raise ValueError(msg)
+    _check_tissue_qc(tissue_qc, saturation_threshold)
     if adata is not None:
         coords = _spot_coords(adata, spatial_key)
         barcodes = np.asarray(adata.obs_names.astype(str))
@@ -188,9 +204,7 @@ def iter_patches(
             )
             raise ValueError(msg)
         _check_in_bounds(coords, slide)
-        thr = (
-            _otsu_threshold(slide) if saturation_threshold is None else float(saturation_threshold)
-        )
+        measure = _tissue_measure(slide, tissue_qc, tissue_mask, saturation_threshold)
         half0 = size_px * mpp / slide.mpp / 2.0  # half patch side in level-0 px
         n = len(coords)
         perm = _spatial_order(coords, 2 * half0) if order == "spatial" else None
@@ -209,12 +223,45 @@ def iter_patches(
                     coords=c,
                     topleft=c - half0,
                     in_image=inside,
-                    tissue_fraction=_tissue_fraction_parallel(slide, imgs, thr),
+                    tissue_fraction=measure(c, 2 * half0, imgs),
                 )
                 bar.update(len(c))
     finally:
         if owns:
             slide.close()
+
+
+def _check_tissue_qc(tissue_qc: str, saturation_threshold: float | None) -> None:
+    if tissue_qc not in TISSUE_QC_MODES:
+        msg = f"tissue_qc must be one of {TISSUE_QC_MODES}, got {tissue_qc!r}"
+        raise ValueError(msg)
+    if tissue_qc == "mask" and saturation_threshold is not None:
+        msg = (
+            "saturation_threshold applies to the per-pixel rule only; pass "
+            "tissue_qc='pixels' with it (the default tissue_qc='mask' uses the slide's "
+            "tissue mask)"
+        )
+        raise ValueError(msg)
+
+
+def _tissue_measure(
+    slide: SlideImage,
+    tissue_qc: str,
+    mask: TissueMask | None,
+    saturation_threshold: float | None,
+) -> Callable[[np.ndarray, float, np.ndarray], np.ndarray]:
+    """``f(centres, window0_px, patches) -> tissue fraction`` for one slide, set up once."""
+    if tissue_qc == "mask":
+        tmask = _slide_tissue_mask(slide) if mask is None else mask
+        if (tmask.width, tmask.height) != (slide.width, slide.height):
+            msg = (
+                f"tissue_mask was made for a {tmask.width}×{tmask.height} px slide, "
+                f"not this {slide.width}×{slide.height} px one ({slide.source})"
+            )
+            raise ValueError(msg)
+        return lambda centres, window0, _imgs: tmask.coverage(centres, window0)
+    thr = _otsu_threshold(slide) if saturation_threshold is None else float(saturation_threshold)
+    return lambda _centres, _window0, imgs: _tissue_fraction_parallel(slide, imgs, thr)
 
 
 def _tissue_fraction_parallel(slide: SlideImage, imgs: np.ndarray, thr: float) -> np.ndarray:
@@ -238,7 +285,10 @@ def extract_patches(
     *,
     mpp: float = 0.5,
     size_px: int = 224,
+    tissue_qc: str = "mask",
     tissue_threshold: float = 0.5,
+    min_mask_coverage: float = 0.1,
+    use_in_tissue: bool = True,
     image: Any = None,
     batch_size: int = 256,
     saturation_threshold: float | None = None,
@@ -251,6 +301,17 @@ def extract_patches(
     from the best pyramid level and resampled with antialiasing. Patches whose
     window leaves the image are zero-padded and flagged, never shifted.
 
+    Tissue QC (``tissue_qc="mask"``, the default): the slide's tissue is segmented
+    once (:func:`stalign.im.tissue_mask`) and a patch's tissue fraction is its
+    coverage by that mask, so fat and pale stroma inside the tissue count as
+    tissue. Where the platform calls spots in or out of tissue
+    (``obs['in_tissue']``: legacy ST ``selected``, Visium ``in_tissue``) that call
+    is trusted and the image only removes patches that are really off tissue
+    (coverage below ``min_mask_coverage``); elsewhere a patch needs a coverage of
+    ``tissue_threshold``. ``tissue_qc="pixels"`` is the older rule: the fraction
+    of saturated pixels in the patch must reach ``tissue_threshold`` (white fat
+    cells and pale stroma count as background; the platform call is not used).
+
     Parameters
     ----------
     adata
@@ -259,15 +320,23 @@ def extract_patches(
         Patch resolution (µm/px). HEST default 0.5.
     size_px
         Patch side (px). HEST default 224 (112 µm at 0.5 µm/px).
+    tissue_qc
+        ``"mask"`` (slide-level tissue mask) or ``"pixels"`` (per-pixel saturation).
     tissue_threshold
-        Minimum tissue fraction for ``patch_in_tissue``.
+        Minimum tissue fraction for ``patch_in_tissue`` when no platform call is
+        used (and always with ``tissue_qc="pixels"``).
+    min_mask_coverage
+        With ``tissue_qc="mask"`` and a trusted platform call: minimum mask
+        coverage of a patch the platform calls in tissue.
+    use_in_tissue
+        Trust ``obs['in_tissue']`` where present (``tissue_qc="mask"`` only).
     image
         Anything :func:`open_image` accepts; defaults to the AnnData's image.
     batch_size
         Patches read per batch.
     saturation_threshold
-        Saturation level (0–255) above which a pixel is tissue; default: Otsu on
-        the slide thumbnail.
+        ``tissue_qc="pixels"``: saturation level (0–255) above which a pixel is
+        tissue; default: Otsu on the slide thumbnail.
     spatial_key
         ``obsm`` key of the spot centres.
     progress
@@ -279,23 +348,37 @@ def extract_patches(
         ``(n_obs, size_px, size_px, 3)`` uint8 in ``obs_names`` order. Also writes
 
         * ``adata.obs['patch_in_image']`` (bool): the whole patch is inside the image;
-        * ``adata.obs['tissue_fraction']`` (float): tissue pixels in the patch;
-        * ``adata.obs['patch_in_tissue']`` (bool): in image and
-          ``tissue_fraction >= tissue_threshold``;
-        * ``adata.uns['patches']``: ``{'mpp', 'size_px', 'tissue_threshold',
-          'saturation_threshold', 'image_mpp'}``.
+        * ``adata.obs['tissue_fraction']`` (float): mask coverage of the patch
+          (``"mask"``) or its fraction of tissue pixels (``"pixels"``);
+        * ``adata.obs['patch_in_tissue']`` (bool): in the image and on tissue by the
+          rule above;
+        * ``adata.uns['patches']``: ``{'mpp', 'size_px', 'image_mpp', 'tissue_qc',
+          'tissue_threshold', 'min_mask_coverage', 'in_tissue_call'}`` plus
+          ``'tissue_mask'`` (the mask's parameters and thresholds, ``"mask"``) or
+          ``'saturation_threshold'`` (``"pixels"``).
     """
-    if not 0.0 <= float(tissue_threshold) <= 1.0:
-        msg = f"tissue_threshold must be a fraction in [0, 1], got {tissue_threshold!r}"
-        raise ValueError(msg)
+    for name, value in (
+        ("tissue_threshold", tissue_threshold),
+        ("min_mask_coverage", min_mask_coverage),
+    ):
+        if not 0.0 <= float(value) <= 1.0:
+            msg = f"{name} must be a fraction in [0, 1], got {value!r}"
+            raise ValueError(msg)
+    _check_tissue_qc(tissue_qc, saturation_threshold)
     size_px = _check_size(size_px)
     src = adata if image is None else image
     owns = not isinstance(src, SlideImage)
     slide = open_image(src)
     try:
-        thr = (
-            _otsu_threshold(slide) if saturation_threshold is None else float(saturation_threshold)
-        )
+        tmask, thr = None, None
+        if tissue_qc == "mask":
+            tmask = _slide_tissue_mask(slide)
+        else:
+            thr = (
+                _otsu_threshold(slide)
+                if saturation_threshold is None
+                else float(saturation_threshold)
+            )
         n = adata.n_obs
         out = np.empty((n, size_px, size_px, 3), np.uint8)
         inside = np.zeros(n, bool)
@@ -306,6 +389,8 @@ def extract_patches(
             mpp=mpp,
             size_px=size_px,
             batch_size=batch_size,
+            tissue_qc=tissue_qc,
+            tissue_mask=tmask,
             saturation_threshold=thr,
             spatial_key=spatial_key,
             order="spatial",
@@ -316,16 +401,27 @@ def extract_patches(
     finally:
         if owns:
             slide.close()
+    call = _in_tissue_call(adata) if (tissue_qc == "mask" and use_in_tissue) else None
+    on_tissue = (
+        frac >= float(tissue_threshold) if call is None else call & (frac >= min_mask_coverage)
+    )
     adata.obs[K.PATCH_IN_IMAGE] = inside
     adata.obs[K.TISSUE_FRACTION] = frac
-    adata.obs[K.PATCH_IN_TISSUE] = inside & (frac >= float(tissue_threshold))
-    adata.uns[K.PATCHES] = {
+    adata.obs[K.PATCH_IN_TISSUE] = inside & on_tissue
+    params: dict[str, Any] = {
         "mpp": float(mpp),
         "size_px": int(size_px),
-        "tissue_threshold": float(tissue_threshold),
-        "saturation_threshold": float(thr),
         "image_mpp": float(image_mpp),
+        "tissue_qc": tissue_qc,
+        "tissue_threshold": float(tissue_threshold),
+        "min_mask_coverage": float(min_mask_coverage),
+        "in_tissue_call": call is not None,
     }
+    if tmask is not None:
+        params["tissue_mask"] = {k: v for k, v in tmask.params.items() if v is not None}
+    else:
+        params["saturation_threshold"] = float(thr)
+    adata.uns[K.PATCHES] = params
     logger.info(
         "%d patches: %d inside the image, %d on tissue",
         n,
@@ -333,3 +429,10 @@ def extract_patches(
         int(adata.obs[K.PATCH_IN_TISSUE].sum()),
     )
     return out
+
+
+def _in_tissue_call(adata: AnnData) -> np.ndarray | None:
+    """Return the platform's under-tissue call (``obs['in_tissue']``) as bool, or ``None``."""
+    if K.IN_TISSUE not in adata.obs:
+        return None
+    return adata.obs[K.IN_TISSUE].to_numpy(bool)

@@ -197,6 +197,8 @@ def build_pairs(
     mpp: float = 0.5,
     size_px: int = 224,
     tissue_threshold: float = 0.5,
+    tissue_qc: str = "mask",
+    min_mask_coverage: float = 0.1,
     gene_sets: str | None = "hallmark",
     method: str = "ssgsea",
     min_genes: int = 5,
@@ -229,8 +231,11 @@ def build_pairs(
         Root of the pairs store (created).
     mpp, size_px
         Patch geometry: µm per pixel and side in px (HEST: 0.5 µm/px, 224 px).
-    tissue_threshold
-        Minimum tissue fraction of a patch in [0, 1].
+    tissue_threshold, tissue_qc, min_mask_coverage
+        Tissue QC (see :class:`~stalign.pairs.PairsParams`): ``tissue_qc="mask"``
+        measures each patch's coverage by the slide's tissue mask; spots the
+        platform calls in tissue are kept down to ``min_mask_coverage``, other
+        samples need ``tissue_threshold``. ``"pixels"`` is the per-pixel rule.
     gene_sets, method, min_genes
         Passed to :func:`stalign.tl.score_pathways`; ``gene_sets=None`` skips scores.
     gene_panel
@@ -275,6 +280,8 @@ def build_pairs(
         mpp=float(mpp),
         size_px=int(size_px),
         tissue_threshold=float(tissue_threshold),
+        tissue_qc=str(tissue_qc),
+        min_mask_coverage=float(min_mask_coverage),
         gene_sets=gene_sets,
         method=method,
         min_genes=int(min_genes),

@@ -21,7 +21,17 @@ class PairsParams:
     size_px
         Patch side, px (HEST: 224). The field of view is ``mpp * size_px`` µm.
     tissue_threshold
-        Minimum tissue fraction of a patch, in [0, 1], to keep its spot.
+        Minimum tissue fraction of a patch, in [0, 1], to keep its spot, where the
+        platform's in-tissue call is not used (and always with ``tissue_qc="pixels"``).
+    tissue_qc
+        How a patch's tissue fraction is measured: ``"mask"`` — its coverage by
+        the slide-level tissue mask (:func:`stalign.im.tissue_mask`);
+        ``"pixels"`` — its fraction of saturated pixels (the rule before the mask;
+        fat and pale stroma count as background).
+    min_mask_coverage
+        With ``tissue_qc="mask"`` and the platform's in-tissue call used: minimum
+        mask coverage, in [0, 1], of a spot the platform calls in tissue (only
+        patches really off the tissue are dropped).
     gene_sets
         Gene-set collection for :func:`stalign.tl.score_pathways` (name such as
         ``"hallmark"`` or a GMT path), or ``None`` to skip pathway scores.
@@ -37,7 +47,9 @@ class PairsParams:
         variable genes of each sample) or a path to a text file with one gene
         per line. Pathway scores always use every gene of the sample.
     use_in_tissue
-        Also drop spots the platform calls outside tissue (``obs['in_tissue']``).
+        Trust the platform's in-tissue call (``obs['in_tissue']``): drop spots it
+        calls outside tissue and, with ``tissue_qc="mask"``, keep the others down to
+        ``min_mask_coverage``.
     jpeg
         Store patches as JPEG streams instead of raw uint8 arrays.
     jpeg_quality
@@ -49,6 +61,8 @@ class PairsParams:
     mpp: float = 0.5
     size_px: int = 224
     tissue_threshold: float = 0.5
+    tissue_qc: str = "mask"
+    min_mask_coverage: float = 0.1
     gene_sets: str | None = "hallmark"
     method: str = "ssgsea"
     min_genes: int = 5
@@ -68,6 +82,12 @@ class PairsParams:
             raise ValueError(msg)
         if not 0.0 <= self.tissue_threshold <= 1.0:
             msg = f"tissue_threshold must be in [0, 1], got {self.tissue_threshold!r}"
+            raise ValueError(msg)
+        if self.tissue_qc not in ("mask", "pixels"):
+            msg = f"tissue_qc must be 'mask' or 'pixels', got {self.tissue_qc!r}"
+            raise ValueError(msg)
+        if not 0.0 <= self.min_mask_coverage <= 1.0:
+            msg = f"min_mask_coverage must be in [0, 1], got {self.min_mask_coverage!r}"
             raise ValueError(msg)
         if not 1 <= self.jpeg_quality <= 100:
             msg = f"jpeg_quality must be in 1..100, got {self.jpeg_quality!r}"

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .._utils import atomic_path, atomic_write_text
+from ._sample import TISSUE_FRACTION_PIXELS, TISSUE_MASK_PNG
 from ._store import QC_DIR, SPOTS_CSV, THUMBNAIL_PNG, read_success, sample_dir
 
 logger = logging.getLogger(__name__)
@@ -20,8 +21,44 @@ __all__ = ["write_qc_report"]
 
 def _load_spots(out: Path, sid: str) -> pd.DataFrame:
     df = pd.read_csv(sample_dir(out, sid) / SPOTS_CSV, index_col=0, keep_default_na=False)
-    df["kept"] = df["kept"].astype(str).str.lower().isin(["true", "1"])
+    for col in ("kept", "in_tissue", "patch_in_image"):
+        if col in df:
+            df[col] = df[col].astype(str).str.lower().isin(["true", "1"])
     return df
+
+
+def _load_mask(out: Path, sid: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Read the shard's tissue mask on the thumbnail grid (``None``: pixel rule, old shard)."""
+    from PIL import Image
+
+    path = sample_dir(out, sid) / TISSUE_MASK_PNG
+    if not path.is_file():
+        return None
+    mask = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
+    return mask if mask.shape == tuple(shape) else None
+
+
+def _kept_columns(df: pd.DataFrame, params: dict[str, Any]) -> dict[str, str]:
+    """Return the kept share of the spots the platform calls in tissue.
+
+    By this build, and by the per-pixel rule (``tissue_qc="pixels"``, threshold
+    ``tissue_threshold``) on the same spots.
+    """
+    call = df["in_tissue"].to_numpy(bool) if "in_tissue" in df else np.ones(len(df), bool)
+    n_call = max(1, int(call.sum()))
+    cols = {
+        "in tissue (platform)": str(int(call.sum())),
+        "kept % of in-tissue": f"{100.0 * (df['kept'].to_numpy() & call).sum() / n_call:.1f}",
+    }
+    if TISSUE_FRACTION_PIXELS in df and "patch_in_image" in df:
+        old = (
+            df["patch_in_image"].to_numpy(bool)
+            & call
+            & (df[TISSUE_FRACTION_PIXELS].to_numpy(float) >= float(params["tissue_threshold"]))
+            & (df["total_counts"].to_numpy(float) > 0)
+        )
+        cols["kept % of in-tissue, pixel rule"] = f"{100.0 * old.sum() / n_call:.1f}"
+    return cols
 
 
 def _savefig(fig: Any, path: Path) -> None:
@@ -72,6 +109,7 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
             df,
             scale=scale,
             spot_diameter_px=max(1.5, spot_px) if spot_px else None,
+            tissue_mask=_load_mask(out, sid, thumb.shape[:2]),
             title=f"{sid} ({s['patient_id']}): {s['n_pairs']} of {s['n_spots']} spots kept",
         )
         _savefig(fig, qc / f"{sid}_spots.png")
@@ -84,6 +122,7 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
                 "spots": s["n_spots"],
                 "pairs": s["n_pairs"],
                 "kept %": f"{100.0 * s['n_pairs'] / max(1, s['n_spots']):.0f}",
+                **_kept_columns(df, params),
                 **{f"drop: {k}": v for k, v in s.get("dropped", {}).items()},
                 "median counts (kept)": f"{kept['total_counts'].median():.0f}",
                 "median tissue (kept)": f"{kept['tissue_fraction'].median():.2f}",
@@ -94,7 +133,7 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
     if spots:
         _savefig(pl.qc_counts_histogram(spots), qc / "counts_per_spot.png")
         _savefig(
-            pl.qc_tissue_histogram(spots, threshold=params.get("tissue_threshold")),
+            pl.qc_tissue_histogram(spots, threshold=_tissue_cut(params)),
             qc / "tissue_fraction.png",
         )
     table = pd.DataFrame(rows)
@@ -106,7 +145,7 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
         f"{len(index['failed'])} failed, {len(index['missing'])} missing.",
         "",
         f"Patches: {params['size_px']} px at {params['mpp']} µm/px ({fov:.0f} µm field of "
-        f"view), tissue threshold {params['tissue_threshold']}, "
+        f"view); {_tissue_rule(params)}; "
         f"{'JPEG q' + str(params['jpeg_quality']) if params['jpeg'] else 'raw uint8'}; "
         f"gene panel `{params['gene_panel']}`; pathway scores: "
         f"{params['gene_sets'] or 'none'} ({params['method']}), "
@@ -135,7 +174,8 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
             "## Spots on the H&E",
             "",
             "Green: kept; orange: patch below the tissue threshold; grey: outside the "
-            "platform's tissue call; red: patch window leaves the image; purple: no counts.",
+            "platform's tissue call; red: patch window leaves the image; purple: no counts; "
+            "blue line: the slide's tissue mask.",
             "",
         ]
         md += [f"![{sid}]({sid}_spots.png)" for sid in spots]
@@ -145,6 +185,34 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
     atomic_write_text(path, text)
     atomic_write_text(qc / "report.html", _html(text, table, index))
     return path
+
+
+def _tissue_cut(params: dict[str, Any]) -> float | None:
+    """Return the tissue-fraction cut that applies to spots under a trusted platform call."""
+    if params.get("tissue_qc", "pixels") == "mask" and params.get("use_in_tissue", True):
+        return params.get("min_mask_coverage")
+    return params.get("tissue_threshold")
+
+
+def _tissue_rule(params: dict[str, Any]) -> str:
+    """One sentence on the build's tissue QC (older stores have no ``tissue_qc``)."""
+    if params.get("tissue_qc", "pixels") == "pixels":
+        return (
+            f"tissue QC per pixel: a patch needs a fraction {params['tissue_threshold']} of "
+            "stained pixels (fat and pale stroma count as background)"
+        )
+    call = (
+        f"spots the platform calls in tissue are kept down to "
+        f"{params['min_mask_coverage']} mask coverage, other samples need "
+        if params.get("use_in_tissue", True)
+        else "a patch needs "
+    )
+    return (
+        f"tissue QC by the slide's tissue mask (fat and pale stroma inside the tissue count "
+        f"as tissue): {call}{params['tissue_threshold']} coverage. The columns "
+        "'kept % of in-tissue' compare this build with the per-pixel rule "
+        f"(tissue_qc='pixels', threshold {params['tissue_threshold']}) on the same spots"
+    )
 
 
 def _has_tabulate() -> bool:

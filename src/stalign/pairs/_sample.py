@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 #: reasons a spot is dropped, in the order they are checked (spots.csv ``reason``)
 DROP_REASONS = ("outside_image", "not_in_tissue_call", "low_tissue", "no_counts")
 PAIRS_UNS = K.PAIRS_INFO  # uns key of pairs.h5ad: JSON string with sample + params
+#: shard file: the slide's tissue mask on the thumbnail grid (uint8 coverage, 255 = tissue)
+TISSUE_MASK_PNG = "tissue_mask.png"
+#: spots.csv column: the per-pixel tissue fraction (``tissue_qc="pixels"`` rule), kept
+#: beside the mask coverage so the QC report can compare the two rules
+TISSUE_FRACTION_PIXELS = "tissue_fraction_pixels"
 
 
 class SampleError(RuntimeError):
@@ -125,6 +130,26 @@ def _thumbnail(adata: Any, mpp0: float, longest_px: int) -> tuple[np.ndarray, di
     return thumb, {"scale": scale, "width": w, "height": h}
 
 
+def _tissue_qc_info(
+    params: PairsParams,
+    has_call: bool,
+    min_tissue: float,
+    tmask: Any,
+    pixel_threshold: float,
+) -> dict[str, Any]:
+    """How this sample's tissue QC was decided (recorded in ``_SUCCESS`` and pairs.h5ad)."""
+    info: dict[str, Any] = {
+        "rule": params.tissue_qc,
+        "in_tissue_call": bool(has_call),
+        "min_tissue_fraction": float(min_tissue),
+        "pixel_saturation_threshold": round(float(pixel_threshold), 4),
+    }
+    if tmask is not None:
+        info["mask"] = tmask.params
+        info["mask_area_mm2"] = round(tmask.tissue_area_mm2, 4)
+    return info
+
+
 def _png_bytes(img: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -177,6 +202,7 @@ def build_sample(
     timings: dict[str, float] = {}
     bar = None
     writer = None
+    slide = None
     try:
         adata = _read(sample)
         meta = adata.uns.get(K.STALIGN, {})
@@ -195,13 +221,17 @@ def build_sample(
         total = np.asarray(counts.sum(axis=1)).ravel()
         n_genes = np.diff(counts.indptr)
         n = adata.n_obs
-        in_tissue_call = (
-            adata.obs[K.IN_TISSUE].to_numpy(bool)
-            if (params.use_in_tissue and K.IN_TISSUE in adata.obs)
-            else np.ones(n, bool)
+        has_call = params.use_in_tissue and K.IN_TISSUE in adata.obs
+        in_tissue_call = adata.obs[K.IN_TISSUE].to_numpy(bool) if has_call else np.ones(n, bool)
+        # a trusted platform call needs only a minimum mask coverage (see PairsParams)
+        min_tissue = (
+            params.min_mask_coverage
+            if (params.tissue_qc == "mask" and has_call)
+            else params.tissue_threshold
         )
         in_image = np.zeros(n, bool)
         tissue_fraction = np.zeros(n, np.float32)
+        pixel_fraction = np.zeros(n, np.float32)  # the per-pixel rule, for the QC report
         xy = np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64)[:, :2]
 
         # patches stream from the image straight into the shard (bounded memory)
@@ -221,18 +251,37 @@ def build_sample(
             leave=False,
             disable=not progress,
         )
-        for batch in im.iter_patches(adata, mpp=params.mpp, size_px=params.size_px, progress=False):
+        slide = im.open_image(adata)
+        tmask = im.tissue_mask(slide) if params.tissue_qc == "mask" else None
+        pixel_threshold = im.tissue_threshold(slide)
+        for batch in im.iter_patches(
+            adata,
+            image=slide,
+            mpp=params.mpp,
+            size_px=params.size_px,
+            tissue_qc=params.tissue_qc,
+            tissue_mask=tmask,
+            saturation_threshold=None if tmask is not None else pixel_threshold,
+            progress=False,
+        ):
             sl = slice(batch.start, batch.start + len(batch))
             in_image[sl] = batch.in_image
             tissue_fraction[sl] = batch.tissue_fraction
+            pixel_fraction[sl] = (
+                im.tissue_fraction(batch.images, pixel_threshold)
+                if tmask is not None
+                else batch.tissue_fraction
+            )
             ok = (
                 batch.in_image
-                & (batch.tissue_fraction >= params.tissue_threshold)
+                & (batch.tissue_fraction >= min_tissue)
                 & in_tissue_call[sl]
                 & (total[sl] > 0)
             )
             writer.append(batch.images[ok], batch.topleft[ok], list(batch.barcodes[ok]))
             bar.update(len(batch))
+        slide.close()
+        slide = None
         writer.close()
         timings["patches"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
@@ -240,7 +289,7 @@ def build_sample(
         reason = np.full(n, "", dtype=object)
         for name, bad in (
             ("no_counts", total <= 0),
-            ("low_tissue", tissue_fraction < params.tissue_threshold),
+            ("low_tissue", tissue_fraction < min_tissue),
             ("not_in_tissue_call", ~in_tissue_call),
             ("outside_image", ~in_image),
         ):  # the last assignment wins: each spot reports the first reason of DROP_REASONS
@@ -279,6 +328,7 @@ def build_sample(
         timings["pathways"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
 
+        tissue_qc_info = _tissue_qc_info(params, has_call, min_tissue, tmask, pixel_threshold)
         genes = _panel_genes(adata, params.gene_panel)
         window0 = params.size_px * params.mpp / mpp0  # patch side in level-0 px
         pairs_obs = pd.DataFrame(
@@ -314,6 +364,7 @@ def build_sample(
             "mpp_level0": mpp0,
             "pathways": pathway_names,
             "pathway_scores": pathway_uns,
+            "tissue_qc": tissue_qc_info,
         }
         pairs.uns[PAIRS_UNS] = json.dumps(info, sort_keys=True, default=str)
         pairs.write_h5ad(tmp / PAIRS_H5AD)
@@ -327,6 +378,7 @@ def build_sample(
                 K.IN_TISSUE: in_tissue_call,
                 K.PATCH_IN_IMAGE: in_image,
                 K.TISSUE_FRACTION: tissue_fraction,
+                TISSUE_FRACTION_PIXELS: pixel_fraction,
                 "kept": keep,
                 "reason": reason,
             },
@@ -336,6 +388,9 @@ def build_sample(
 
         thumb, thumb_info = _thumbnail(adata, mpp0, params.thumbnail_px)
         (tmp / THUMBNAIL_PNG).write_bytes(_png_bytes(thumb))
+        if tmask is not None:  # the mask on the thumbnail's grid, for the QC report
+            cover = np.rint(tmask.resized(thumb.shape[:2]) * 255).astype(np.uint8)
+            (tmp / TISSUE_MASK_PNG).write_bytes(_png_bytes(cover))
         timings["write"] = round(time.perf_counter() - t, 3)
 
         record = {
@@ -354,12 +409,15 @@ def build_sample(
             "spot_diameter_um": meta.get(K.SPOT_DIAMETER_UM),
             "patch": {"mpp": params.mpp, "size_px": params.size_px, "window_level0_px": window0},
             "thumbnail": thumb_info,
+            "tissue_qc": tissue_qc_info,
         }
         # timings vary from run to run: kept out of _SUCCESS (checksummed content)
         commit_shard(tmp, sample_dir(out, sample.sample_id), record)
         record["timings_s"] = {**timings, "total": round(time.perf_counter() - t0, 3)}
         return record
     finally:
+        if slide is not None:
+            slide.close()
         if writer is not None:
             writer.close()
         if bar is not None:

@@ -18,6 +18,8 @@ QC_COLORS = {
     "outside_image": "#d73027",
     "no_counts": "#762a83",
 }
+#: colour of the tissue-mask outline in :func:`qc_spots`
+MASK_COLOR = "#00a6d6"
 
 
 def _figure(ax=None, figsize=(5.0, 5.0)):
@@ -41,6 +43,7 @@ def qc_spots(
     *,
     scale: float,
     spot_diameter_px: float | None = None,
+    tissue_mask: np.ndarray | None = None,
     title: str | None = None,
     ax=None,
     save: str | os.PathLike | None = None,
@@ -59,6 +62,9 @@ def qc_spots(
         Level-0 px per thumbnail px.
     spot_diameter_px
         Spot diameter in thumbnail px (default 4); spots are drawn to scale.
+    tissue_mask
+        The slide's tissue mask on the thumbnail's grid, ``(h, w)`` coverage in
+        ``[0, 1]`` (or 0–255 / bool); its outline is drawn.
     title
         Axes title.
     ax
@@ -108,6 +114,8 @@ def qc_spots(
                 label=f"{name.replace('_', ' ')} ({int(sel.sum())})",
             )
         )
+    if tissue_mask is not None:
+        handles.append(_draw_mask_outline(ax, tissue_mask, thumbnail.shape[:2]))
     ax.set_xlim(0, thumbnail.shape[1])
     ax.set_ylim(thumbnail.shape[0], 0)
     ax.set_axis_off()
@@ -116,6 +124,21 @@ def qc_spots(
         ax.set_title(title, fontsize=10)
     _save(fig, save)
     return fig
+
+
+def _draw_mask_outline(ax, tissue_mask: np.ndarray, shape: tuple[int, ...]):
+    """Draw the 50 % contour of ``tissue_mask`` on ``ax``; return its legend handle."""
+    from matplotlib.lines import Line2D
+
+    cover = np.asarray(tissue_mask, dtype=np.float32)
+    if cover.shape != tuple(shape):
+        msg = f"tissue_mask must have the thumbnail's shape {tuple(shape)}, got {cover.shape}"
+        raise ValueError(msg)
+    if cover.max() > 1.0:
+        cover = cover / 255.0
+    if cover.min() < 0.5 <= cover.max():
+        ax.contour(cover, levels=[0.5], colors=[MASK_COLOR], linewidths=1.2)
+    return Line2D([], [], color=MASK_COLOR, lw=1.5, label="tissue mask")
 
 
 def _status(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
