@@ -13,7 +13,7 @@ from torch.utils.data import Dataset as _TorchDataset  # this module is imported
 
 from .. import _keys as K
 from ._augment import Augment
-from ._store import PAIRS_H5AD, PATCHES_H5, read_index, read_patch
+from ._store import PAIRS_H5AD, PATCHES_H5, check_indexed_shard, read_index, read_patch
 
 __all__ = ["PairsDataset", "split_by_patient"]
 
@@ -163,6 +163,8 @@ class PairsDataset(_TorchDataset):
 
         obs_parts, scores, h5_rows = [], [], []
         self._files: list[Path] = []
+        for s in chosen:  # never train on a store that mixes builds
+            check_indexed_shard(self.root, self.index_json, s)
         for k, s in enumerate(chosen):
             sdir = self.root / s["path"]
             adata = ad.read_h5ad(sdir / PAIRS_H5AD, backed="r")
