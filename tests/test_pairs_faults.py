@@ -61,6 +61,12 @@ def manifest(tmp_path_factory, mob_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
+def one(tmp_path_factory, mob_dir) -> Path:
+    """A manifest of MOB1 only, for the cases one sample shows."""
+    return _manifest(tmp_path_factory.mktemp("one"), [("MOB1", "mouse1", mob_dir / "MOB1.tsv.gz")])
+
+
+@pytest.fixture(scope="module")
 def ref(tmp_path_factory, manifest) -> Path:
     """Reference store, 32 px, built without interruption."""
     out = tmp_path_factory.mktemp("ref") / "pairs"
@@ -184,32 +190,24 @@ def test_killing_the_parent_kills_the_workers(tmp_path, manifest):
 # ----------------------------------------------------------------------------- concurrency
 def test_a_second_run_on_the_same_folder_is_refused_at_once(tmp_path, ref, manifest):
     out = tmp_path / "pairs"
-    proc = _cli(manifest, out)
-    _wait_for(lambda: (out / "build.json").exists(), proc, "the first run started")
-    for params in (FAST, {**FAST, "size_px": 48}):
-        t0 = time.monotonic()
-        with pytest.raises(RuntimeError, match=rf"{out}.* in use by pid {proc.pid}"):
-            build_pairs(manifest, out, **params)
-        assert time.monotonic() - t0 < 5
-    with pytest.raises(RuntimeError, match=f"pid {proc.pid}"):
-        merge_pairs(out)
-    assert proc.wait(timeout=120) == 0
-    assert json.loads((out / "build.json").read_text())["params"]["size_px"] == 32
-    result = build_pairs(manifest, out, **FAST)  # the next run resumes: identical content
-    assert set(result.table["status"]) == {"skipped"}
-    assert _files(out) == _files(ref)
-
-
-def test_two_cli_runs_at_once_never_mix(tmp_path, ref, manifest):
-    out = tmp_path / "pairs"
     first = _cli(manifest, out)
     _wait_for(lambda: (out / "build.json").exists(), first, "the first run started")
-    second = _cli(manifest, out, "--size-px", "48")
+    second = _cli(manifest, out, "--size-px", "48")  # other parameters: would mix
     assert second.wait(timeout=60) == 1
     err = second.stderr.read().decode().strip().splitlines()
     assert len(err) == 1 and err[0].startswith("stalign build-pairs: error:"), err
-    assert f"pid {first.pid}" in err[0] and str(out) in err[0]
+    assert f"{out} is in use by pid {first.pid}" in err[0]
+    for params in (FAST, {**FAST, "size_px": 48}):  # same refusal through the API, at once
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=rf"{out}.* in use by pid {first.pid}"):
+            build_pairs(manifest, out, **params)
+        assert time.monotonic() - t0 < 5
+    with pytest.raises(RuntimeError, match=f"pid {first.pid}"):
+        merge_pairs(out)
     assert first.wait(timeout=120) == 0
+    assert json.loads((out / "build.json").read_text())["params"]["size_px"] == 32
+    result = build_pairs(manifest, out, **FAST)  # the next run resumes: identical content
+    assert set(result.table["status"]) == {"skipped"}
     assert _files(out) == _files(ref)
 
 
@@ -233,13 +231,13 @@ def test_shard_jobs_share_a_folder_but_not_a_shard(tmp_path, manifest):
 
 
 # ----------------------------------------------------------------------------- stale content
-def test_edited_gene_set_file_changes_the_fingerprint(tmp_path, mob_dir):
+def test_edited_gene_set_file_changes_the_fingerprint(tmp_path, one):
     from stalign.tl._genesets import bundled_gmt_path
 
     gmt = tmp_path / "sets.gmt"
     lines = bundled_gmt_path("hallmark").read_text().splitlines()
     gmt.write_text("\n".join(lines[:20]) + "\n")
-    manifest = _manifest(tmp_path / "m", [("MOB1", "mouse1", mob_dir / "MOB1.tsv.gz")])
+    manifest = one
     out = tmp_path / "pairs"
     params = {**FAST, "gene_sets": str(gmt), "method": "zscore"}
     build_pairs(manifest, out, **params)
@@ -253,22 +251,23 @@ def test_edited_gene_set_file_changes_the_fingerprint(tmp_path, mob_dir):
 
 def test_changed_input_file_rebuilds_its_shard(tmp_path, mob_dir):
     data = tmp_path / "data"
-    counts1 = _copy_section(mob_dir, data, "MOB1")
-    counts3 = _copy_section(mob_dir, data, "MOB3")
-    manifest = _manifest(tmp_path / "m", [("MOB1", "m1", counts1), ("MOB3", "m2", counts3)])
+    counts = _copy_section(mob_dir, data, "MOB1")
+    manifest = _manifest(tmp_path / "m", [("MOB1", "m1", counts)])
     out = tmp_path / "pairs"
     build_pairs(manifest, out, **FAST)
     before = _files(out)
+    shutil.copy2(data / "MOB1.jpg", tmp_path / "copy.jpg")  # a copy with a new mtime only
+    os.replace(tmp_path / "copy.jpg", data / "MOB1.jpg")
+    os.utime(data / "MOB1.jpg")
+    assert set(build_pairs(manifest, out, **FAST).table["status"]) == {"skipped"}
     table = (data / "alignment_table_MOB1.tsv").read_text().splitlines()
     header, body = table[0], table[1:]
     (data / "alignment_table_MOB1.tsv").write_text(
         "\n".join([header, *body[: len(body) // 2]]) + "\n"
     )
     result = build_pairs(manifest, out, **FAST)
-    status = dict(zip(result.table["sample_id"], result.table["status"], strict=True))
-    assert status == {"MOB1": "done", "MOB3": "skipped"}
-    after = _files(out)
-    assert after["MOB3"] == before["MOB3"] and after["MOB1"] != before["MOB1"]
+    assert list(result.table["status"]) == ["done"]
+    assert _files(out)["MOB1"] != before["MOB1"]
 
 
 def _corrupt_middle(path: Path, *, keep_mtime: bool) -> None:
@@ -307,7 +306,8 @@ def test_merge_verify_and_build_agree_on_bit_rot(tmp_path, ref, manifest):
 
 
 # ----------------------------------------------------------------------------- bad input
-def test_bad_method_fails_before_any_work_and_the_corrected_command_runs(tmp_path, manifest):
+def test_bad_method_fails_before_any_work_and_the_corrected_command_runs(tmp_path, one):
+    manifest = one
     out = tmp_path / "pairs"
     t0 = time.monotonic()
     with pytest.raises(ValueError, match=r"method must be one of .*'bogus'"):
@@ -318,12 +318,22 @@ def test_bad_method_fails_before_any_work_and_the_corrected_command_runs(tmp_pat
     assert read_index(out)["params"]["method"] == "zscore"
 
 
-def test_a_store_without_finished_shards_accepts_other_parameters(tmp_path, manifest):
+def test_a_store_without_finished_shards_accepts_other_parameters(tmp_path, one, monkeypatch):
+    import stalign.pairs._build as build_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("a parameter the sample could not take")
+
     out = tmp_path / "pairs"
-    build_pairs(manifest, out, shard="0/2", **FAST)
-    shutil.rmtree(out / "samples")  # e.g. a run that failed before any shard was committed
-    build_pairs(manifest, out, **{**FAST, "size_px": 40})
+    with monkeypatch.context() as m:  # a first run that fails before any shard is committed
+        m.setattr(build_module, "build_sample", broken)
+        with pytest.raises(RuntimeError, match="could not take"):
+            build_pairs(one, out, **FAST)
+    assert (out / "build.json").exists()
+    build_pairs(one, out, **{**FAST, "size_px": 40})  # another command: not refused
     assert read_index(out)["params"]["size_px"] == 40
+    with pytest.raises(ValueError, match="other parameters"):  # now there is a shard to protect
+        build_pairs(one, out, **FAST)
 
 
 def test_environment_errors_are_one_line(tmp_path, manifest, capsys):
@@ -375,11 +385,11 @@ def test_out_of_disk_is_one_line_and_commits_nothing(tmp_path, manifest, monkeyp
     assert not list(out.glob("samples/.tmp-*")) and not (out / "index.json").exists()
 
 
-def test_store_json_files_respect_the_umask(tmp_path, manifest):
+def test_store_json_files_respect_the_umask(tmp_path, one):
     old = os.umask(0o022)
     try:
         out = tmp_path / "pairs"
-        build_pairs(manifest, out, **FAST)
+        build_pairs(one, out, **FAST)
     finally:
         os.umask(old)
     for p in (out / "build.json", out / "index.json", out / "samples" / "MOB1" / "_SUCCESS"):

@@ -114,6 +114,15 @@ class PairsDataset(_TorchDataset):
     pathways
         Pathway names to return, in order (default: those scored in every sample,
         ``index.json['pathways']``).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``root`` has no ``index.json`` (unfinished or interrupted build).
+    ValueError
+        A chosen shard is not the one ``index.json`` describes: unfinished, built
+        with other parameters (a store mixing two builds) or changed since the
+        index was written; or ``index.json`` is malformed (named).
     """
 
     def __init__(
