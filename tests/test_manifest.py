@@ -80,3 +80,32 @@ def test_unsafe_sample_id_and_optional_columns(tmp_path):
         _write(tmp_path, text.replace("../evil,p,brain,mouse,h5ad,counts.tsv\n", ""))
     )
     assert s.platform == "h5ad" and s.image is None and s.mpp is None and s.source == ""
+
+
+def test_non_utf8_manifest_is_named(tmp_path):
+    p = _write(tmp_path, HEADER + "A,p1,brain,mouse,legacy_st,counts.tsv,,,Köln,\n")
+    p.write_bytes(p.read_bytes().replace("ö".encode(), "ö".encode("latin-1")))
+    with pytest.raises(ManifestError, match=r"(?s)m\.csv.*line 2: not UTF-8"):
+        read_manifest(p)
+
+
+def test_one_data_path_under_two_patients_is_refused(tmp_path):
+    (tmp_path / "other.tsv").write_text("x\n")
+    (tmp_path / "link.tsv").symlink_to(tmp_path / "counts.tsv")
+    text = (
+        HEADER
+        + "A,p1,brain,mouse,legacy_st,counts.tsv,,,,\n"  # line 2
+        + "B,p2,brain,mouse,legacy_st,link.tsv,,,,\n"  # 3: the same file under another patient
+        + "C,p1,brain,mouse,legacy_st,./counts.tsv,,,,\n"  # 4: the same data twice
+        + "D,p2,brain,mouse,legacy_st,other.tsv,,,,\n"  # 5: fine
+    )
+    with pytest.raises(ManifestError) as err:
+        read_manifest(_write(tmp_path, text))
+    assert [line for line, _ in err.value.problems] == [3, 4]
+    msg = str(err.value)
+    assert "line 3: path 'link.tsv' is the data of sample 'A' (line 2, patient 'p1')" in msg
+    assert "line 4: path './counts.tsv' is the data of sample 'A' (line 2" in msg
+    # symbolic links keep the name they were given (readers find sidecar files by it)
+    text = HEADER + "B,p2,brain,mouse,legacy_st,link.tsv,,,,\n"
+    (s,) = read_manifest(_write(tmp_path, text))
+    assert s.path == str(tmp_path / "link.tsv")

@@ -41,6 +41,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: errors a user or their environment causes (bad input, a missing or unwritable file,
+#: a full disk, a folder in use): shown as one line, without a traceback (``-vv`` shows it)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, MemoryError)
+#: subclasses of those that signal a bug in stalign instead: always a traceback
+PROGRAM_ERRORS: tuple[type[BaseException], ...] = (NotImplementedError, RecursionError)
+
+
+def format_error(command: str | None, error: BaseException) -> str:
+    """Return the one-line message the CLI prints for a user error.
+
+    ``OSError`` s are shown as ``<file>: <reason>`` when they carry a file name
+    (``[Errno 28] No space left on device: 'x'`` becomes
+    ``x: No space left on device``); an error that lists several problems (e.g.
+    :class:`~stalign.pairs.ManifestError`) keeps them on indented lines after it.
+    """
+    text = str(error)
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        text = f"{error.filename}: {error.strerror}"
+    elif isinstance(error, OSError) and error.strerror and not text.strip():
+        text = error.strerror
+    elif isinstance(error, MemoryError):
+        text = f"out of memory{': ' + text if text else ''}"
+    if not text.strip():
+        text = type(error).__name__
+    prog = f"stalign {command}" if command else "stalign"
+    return f"{prog}: error: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
     parser = build_parser()
@@ -53,12 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except USER_ERRORS as e:
         # user-facing errors: one clear line, no traceback (use -vv for it)
+        if args.verbose >= 2 or isinstance(e, PROGRAM_ERRORS):
+            raise
+        print(format_error(args.command, e), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
         if args.verbose >= 2:
             raise
-        print(f"stalign {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        print(f"stalign {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

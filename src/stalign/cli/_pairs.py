@@ -26,6 +26,7 @@ def _build(args: argparse.Namespace) -> int:
         workers=args.workers,
         shard=args.shard,
         resume=args.resume,
+        verify=args.verify,
         keep_going=args.keep_going,
         progress=not args.no_progress,
     )
@@ -122,7 +123,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resume",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="skip samples whose shard is finished (default on; --no-resume rebuilds)",
+        help="skip samples whose shard is finished with the same parameters and inputs "
+        "(default on; --no-resume rebuilds)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-hash every finished shard's files before skipping it (slow on big stores; "
+        "by default a file is re-hashed only if its size or mtime changed)",
     )
     p.add_argument(
         "--keep-going",
@@ -144,5 +152,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write the index even if some samples have no finished shard yet",
     )
-    m.add_argument("--verify", action="store_true", help="recompute every file's SHA-256")
+    m.add_argument(
+        "--verify",
+        action="store_true",
+        help="recompute every file's SHA-256 and every sample's input identity; stale "
+        "shards are reported (build-pairs rebuilds them)",
+    )
     m.set_defaults(func=_merge)

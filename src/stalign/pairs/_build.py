@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -16,22 +21,31 @@ from typing import Any
 
 import pandas as pd
 
-from .._utils import atomic_write_text
+from .._lock import folder_lock
 from ._manifest import Sample, read_manifest
 from ._params import PairsParams
 from ._sample import SampleError, build_sample
 from ._store import (
     BUILD_JSON,
     FORMAT_VERSION,
+    LOCK_FILE,
+    SAMPLES_DIR,
+    SUCCESS,
+    bind_to_parent,
     clean_stale_tmpdirs,
-    dump_json,
-    params_fingerprint,
+    commit_extra,
+    input_identity,
     read_failure,
+    read_json,
     read_success,
+    remove_index,
+    remove_shard,
     sample_dir,
-    shard_is_complete,
+    shard_problem,
+    shard_tmpdir,
     write_failure,
     write_index,
+    write_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -136,12 +150,65 @@ def _versions() -> dict[str, str]:
     return out
 
 
+# ----------------------------------------------------------------------------- locking
+@contextlib.contextmanager
+def store_lock(
+    out: str | os.PathLike, *, shard: tuple[int, int] | None = None, command: str = "build-pairs"
+) -> Iterator[None]:
+    """Hold the lock of the pairs store ``out`` (refusing at once if another run has it).
+
+    An unsharded build and :func:`merge_pairs` take the whole store. The jobs of a
+    sharded build (``shard=(I, N)``) share it with each other, each holding job
+    ``I``'s own lock, so two copies of one job, or a job and an unsharded build or a
+    merge, never run at once. Locks die with their process (no stale locks).
+
+    Raises
+    ------
+    FolderLockedError
+        (a ``RuntimeError``) another run holds the store; the message names the
+        folder and the holder's pid.
+    """
+    out = Path(out)
+    what = f"pairs store {out}"
+    with folder_lock(out / LOCK_FILE, command=command, shared=shard is not None, what=what):
+        if shard is None:
+            yield
+            return
+        i, n = shard
+        job = out / f"{LOCK_FILE}.shard-{i}-of-{n}"
+        with folder_lock(job, command=command, what=f"{what} (job {i}/{n})"):
+            yield
+
+
+def _prepare_out(out: Path) -> Path:
+    """Create the store folder; a path that cannot be one is a one-line error."""
+    if out.exists() and not out.is_dir():
+        msg = f"output folder {out} exists and is not a folder"
+        raise NotADirectoryError(errno.ENOTDIR, msg)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        msg = f"cannot create the output folder {out}: {e.strerror or e}"
+        raise OSError(e.errno, msg) from e
+    if not os.access(out, os.W_OK | os.X_OK):
+        msg = f"output folder {out} is not writable"
+        raise PermissionError(errno.EACCES, msg)
+    return out
+
+
+# ----------------------------------------------------------------------------- build record
+def _has_finished_shards(out: Path) -> bool:
+    return any((out / SAMPLES_DIR).glob(f"*/{SUCCESS}"))
+
+
 def _write_build_json(
     out: Path, samples: Sequence[Sample], params: PairsParams, fp: str, resume: bool
 ) -> None:
-    """Record parameters + manifest once; refuse to mix builds in one store."""
-    import json
+    """Record parameters + manifest once; refuse to mix builds in one store.
 
+    Another record is replaced without asking when ``resume`` is off or when no
+    shard of it was ever finished (e.g. a run that failed on a bad parameter).
+    """
     path = out / BUILD_JSON
     record = {
         "format_version": FORMAT_VERSION,
@@ -149,36 +216,93 @@ def _write_build_json(
         "params_fingerprint": fp,
         "samples": [{k: v for k, v in s.to_dict().items() if k != "line"} for s in samples],
     }
-    if path.is_file() and resume:
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("params_fingerprint") != fp:
+    # the jobs of a sharded build share the store: one at a time reads and writes the record
+    with folder_lock(out / f"{LOCK_FILE}.build", command="write build.json", wait_s=60):
+        if path.is_file() and resume and _has_finished_shards(out):
+            old = read_json(path, what="the build record of a pairs store")
+            if old.get("params_fingerprint") != fp:
+                msg = (
+                    f"{out} holds a build with other parameters ({path}: fingerprint "
+                    f"{old.get('params_fingerprint')} != {fp}); use a new --out directory, "
+                    "or --no-resume to rebuild it"
+                )
+                raise ValueError(msg)
+            if old.get("samples") == record["samples"]:
+                return
             msg = (
-                f"{out} holds a build with other parameters ({path}: fingerprint "
-                f"{old.get('params_fingerprint')} != {fp}); use a new --out directory, "
-                "or --no-resume to rebuild it"
+                f"{out} holds a build of a different manifest ({path}); use a new --out "
+                "directory, or --no-resume to rebuild it"
             )
             raise ValueError(msg)
-        if old.get("samples") == record["samples"]:
-            return
-        msg = (
-            f"{out} holds a build of a different manifest ({path}); use a new --out "
-            "directory, or --no-resume to rebuild it"
-        )
-        raise ValueError(msg)
-    atomic_write_text(path, dump_json(record))
+        if path.is_file():
+            remove_index(out)  # the old index describes another build
+        write_json(path, record)
+
+
+# ----------------------------------------------------------------------------- inputs
+def sample_inputs(sample: Sample) -> list[Path]:
+    """Return the files (or folders) a sample's reader uses: its path, image and sidecars.
+
+    Platforms with a ``stalign.io.find_<platform>_files`` helper (legacy ST: the
+    alignment table and gene names next to the counts; HEST: the sample's
+    ``.h5ad``, slide and metadata) contribute what it finds; other platforms
+    contribute their ``path`` (a whole folder for Visium/Xenium outputs).
+    """
+    from .. import io as st_io
+
+    paths = [Path(sample.path)]
+    finder = getattr(st_io, f"find_{sample.platform}_files", None)
+    if finder is not None:
+        try:
+            found = finder(sample.path)
+        except (OSError, ValueError):  # the reader reports it, naming the file
+            found = {}
+        paths += [Path(v) for v in found.values() if isinstance(v, (str, os.PathLike))]
+    if sample.image:
+        paths.append(Path(sample.image))
+    return list(dict.fromkeys(paths))
+
+
+# ----------------------------------------------------------------------------- workers
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _is_disk_error(e: BaseException) -> bool:
+    """Out of disk / quota or a read-only store: the environment's fault, not the sample's."""
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+        return True
+    text = str(e)  # h5py reports the C library's errno in its message only
+    return isinstance(e, OSError) and ("No space left" in text or "Disk quota" in text)
 
 
 def _run_one(
-    sample: Sample, params: PairsParams, out: str, fp: str, position: int | None, progress: bool
+    sample: Sample,
+    params: PairsParams,
+    out: str,
+    fp: str,
+    inputs: dict[str, Any],
+    position: int | None,
+    progress: bool,
 ) -> dict[str, Any]:
-    """Worker entry point: build a shard, turning any error into a failure record."""
+    """Build a shard, turning a sample's error into a failure record.
+
+    A full or read-only disk stops the whole build (re-raised, naming the sample
+    and the store) instead of failing every remaining sample; the partial shard is
+    removed at once to free the space.
+    """
     t0 = time.perf_counter()
     try:
-        rec = build_sample(
-            sample, params, out, fingerprint=fp, progress_position=position, progress=progress
-        )
+        with commit_extra(inputs=inputs):
+            rec = build_sample(
+                sample, params, out, fingerprint=fp, progress_position=position, progress=progress
+            )
         return {"status": "done", "record": rec, "seconds": time.perf_counter() - t0}
     except Exception as e:
+        if _is_disk_error(e):
+            shutil.rmtree(shard_tmpdir(out, sample.sample_id), ignore_errors=True)
+            why = getattr(e, "strerror", None) or str(e)
+            msg = f"sample {sample.sample_id}: cannot write its shard in {out}: {why}"
+            raise OSError(getattr(e, "errno", None) or errno.ENOSPC, msg) from e
         reason = str(e) if isinstance(e, SampleError) else f"{type(e).__name__}: {e}"
         record = {
             "sample_id": sample.sample_id,
@@ -188,6 +312,46 @@ def _run_one(
         }
         write_failure(out, sample.sample_id, record)
         return {"status": "failed", "reason": reason, "seconds": time.perf_counter() - t0}
+
+
+def _set_death_signal() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (``PR_SET_PDEATHSIG``)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl: the watcher remains
+        pass
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:  # re-parented: the build is gone
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def _worker_init(build_pid: int) -> None:
+    """Tie a worker's life to the build: it dies with it and never commits after it.
+
+    ``PR_SET_PDEATHSIG`` (Linux) kills the worker the moment its parent dies; a
+    watcher thread does the same within 0.5 s elsewhere, and
+    :func:`~stalign.pairs._store.bind_to_parent` makes a last check right before
+    a shard is committed.
+    """
+    parent = os.getppid()
+    _set_death_signal()
+    try:
+        os.kill(build_pid, 0)
+    except ProcessLookupError:  # the build died before this worker got going
+        os._exit(1)
+    except PermissionError:  # pragma: no cover
+        pass
+    bind_to_parent(parent)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
 def build_pairs(
@@ -209,6 +373,7 @@ def build_pairs(
     workers: int = 1,
     shard: tuple[int, int] | str | None = None,
     resume: bool = True,
+    verify: bool = False,
     keep_going: bool = False,
     report: bool = True,
     progress: bool = True,
@@ -250,8 +415,15 @@ def build_pairs(
         ``(I, N)`` or ``"I/N"``: build only the samples of job ``I`` of ``N``
         (see :func:`shard_samples`); run :func:`merge_pairs` once all jobs are done.
     resume
-        Skip samples whose shard is finished (``_SUCCESS`` with the same
-        parameters). ``False`` rebuilds every sample of this call.
+        Skip samples whose shard is finished: ``_SUCCESS`` with the same parameters,
+        the same input files (content digests, see
+        :func:`~stalign.pairs._store.file_identity`) and files that match their
+        checksums; stale shards are rebuilt. ``False`` rebuilds every sample of this
+        call: ``index.json`` and the old shards go first, so a rebuild killed
+        half-way never leaves a store that looks finished.
+    verify
+        Re-hash every file of a finished shard instead of trusting the size and
+        mtime recorded at commit (what ``merge-pairs --verify`` does).
     keep_going
         Report a failing sample and finish the others; otherwise stop at the
         first failure (finished shards are kept) and raise.
@@ -270,12 +442,15 @@ def build_pairs(
     ManifestError
         The manifest is invalid (every bad row is listed with its line number).
     ValueError
-        Bad parameters, or ``out`` holds a build with other parameters.
+        Bad parameters (checked before any work), or ``out`` holds a build with
+        other parameters.
     RuntimeError
-        A sample failed and ``keep_going`` is False.
+        A sample failed and ``keep_going`` is False, or another run holds ``out``
+        (:class:`~stalign._lock.FolderLockedError`, naming its pid).
+    OSError
+        ``out`` cannot be created or written (e.g. the disk is full); nothing
+        partial is committed.
     """
-    from tqdm.auto import tqdm
-
     params = PairsParams(
         mpp=float(mpp),
         size_px=int(size_px),
@@ -298,17 +473,57 @@ def build_pairs(
     samples = (
         read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
     )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fp = params_fingerprint(params.to_dict())
-    _write_build_json(out, samples, params, fp, resume)
+    out = _prepare_out(Path(out))
+    fp = params.fingerprint()
     mine = shard_samples(samples, shard)
-    clean_stale_tmpdirs(out, [s.sample_id for s in mine])
+    with store_lock(out, shard=shard, command=_command_line(shard)):
+        if not resume:  # the old index and shards go before anything new is committed
+            remove_index(out)
+            for s in mine:
+                remove_shard(out, s.sample_id)
+        _write_build_json(out, samples, params, fp, resume)
+        clean_stale_tmpdirs(out, [s.sample_id for s in mine])
+        inputs = {s.sample_id: input_identity(sample_inputs(s)) for s in mine}
+        rows, todo = _plan(out, mine, fp, inputs, verify=verify)
+        if todo:
+            remove_index(out)  # shards are about to change: the index would be stale
+        failures = _run_all(
+            todo,
+            params,
+            out,
+            fp,
+            inputs,
+            rows,
+            workers=int(workers),
+            keep_going=keep_going,
+            progress=progress,
+        )
+        table = pd.DataFrame(
+            [
+                {"sample_id": s.sample_id, "patient_id": s.patient_id, **rows[s.sample_id]}
+                for s in mine
+            ]
+        )
+        result = BuildResult(out=out, table=table, failures=failures)
+        if shard is None and report:
+            result.index_path = _merge(out, allow_missing=False, progress=progress)
+    return result
 
+
+def _command_line(shard: tuple[int, int] | None) -> str:
+    job = f" --shard {shard[0]}/{shard[1]}" if shard else ""
+    return f"build-pairs{job}"
+
+
+def _plan(
+    out: Path, mine: Sequence[Sample], fp: str, inputs: dict[str, Any], *, verify: bool
+) -> tuple[dict[str, dict[str, Any]], list[Sample]]:
+    """Split the samples into finished shards (rows 'skipped') and those to build."""
     rows: dict[str, dict[str, Any]] = {}
     todo: list[Sample] = []
     for s in mine:
-        if resume and shard_is_complete(out, s.sample_id, fp):
+        problem = shard_problem(out, s.sample_id, fp, inputs=inputs[s.sample_id], verify=verify)
+        if problem is None:
             rec = read_success(out, s.sample_id) or {}
             rows[s.sample_id] = {
                 "status": "skipped",
@@ -318,13 +533,32 @@ def build_pairs(
                 "reason": "finished earlier (resume)",
             }
         else:
+            if problem != "not finished":
+                logger.warning("shard %s is stale (%s): rebuilding it", s.sample_id, problem)
             todo.append(s)
     if rows:
         logger.info("resume: %d of %d samples already finished", len(rows), len(mine))
+    return rows, todo
+
+
+def _run_all(
+    todo: Sequence[Sample],
+    params: PairsParams,
+    out: Path,
+    fp: str,
+    inputs: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+    *,
+    workers: int,
+    keep_going: bool,
+    progress: bool,
+) -> dict[str, str]:
+    """Build ``todo`` (in ``workers`` processes), fill ``rows``; return the failures."""
+    from tqdm.auto import tqdm
 
     failures: dict[str, str] = {}
     overall = tqdm(total=len(todo), desc="samples", unit="sample", disable=not progress)
-    n_workers = min(int(workers), max(1, len(todo)))
+    n_workers = min(workers, max(1, len(todo)))
 
     def record(s: Sample, res: dict[str, Any]) -> None:
         rec = res.get("record", {})
@@ -350,42 +584,57 @@ def build_pairs(
             )
             raise RuntimeError(msg)
 
+    def args(s: Sample, slot: int) -> tuple:
+        return (s, params, str(out), fp, inputs[s.sample_id], slot, progress)
+
     try:
         if n_workers == 1:
             for s in todo:
-                record(s, _run_one(s, params, str(out), fp, 1, progress))
+                record(s, _run_one(*args(s, 1)))
                 stop_on_failure()
         else:
-            with ProcessPoolExecutor(max_workers=n_workers) as pool:
-                pending: dict[Future, Sample] = {}
-                queue = list(todo)
-                slots = list(range(1, n_workers + 1))
-                slot_of: dict[Future, int] = {}
-                while queue or pending:
-                    while queue and slots and not (failures and not keep_going):
-                        s = queue.pop(0)
-                        slot = slots.pop(0)
-                        fut = pool.submit(_run_one, s, params, str(out), fp, slot, progress)
-                        pending[fut] = s
-                        slot_of[fut] = slot
-                    if not pending:
-                        break
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        s = pending.pop(fut)
-                        slots.append(slot_of.pop(fut))
-                        record(s, fut.result())
-                stop_on_failure()
+            _run_pool(todo, n_workers, args, record, stop=lambda: bool(failures and not keep_going))
+            stop_on_failure()
     finally:
         overall.close()
+    return failures
 
-    table = pd.DataFrame(
-        [{"sample_id": s.sample_id, "patient_id": s.patient_id, **rows[s.sample_id]} for s in mine]
+
+def _run_pool(
+    todo: Sequence[Sample],
+    n_workers: int,
+    args: Callable[[Sample, int], tuple],
+    record: Callable[[Sample, dict[str, Any]], None],
+    *,
+    stop: Callable[[], bool],
+) -> None:
+    """Run ``_run_one(*args(sample, slot))`` in worker processes that die with this one."""
+    pool = ProcessPoolExecutor(
+        max_workers=n_workers, initializer=_worker_init, initargs=(os.getpid(),)
     )
-    result = BuildResult(out=out, table=table, failures=failures)
-    if shard is None and report:
-        result.index_path = merge_pairs(out, allow_missing=False, progress=progress)
-    return result
+    try:
+        pending: dict[Future, Sample] = {}
+        queue = list(todo)
+        slots = list(range(1, n_workers + 1))
+        slot_of: dict[Future, int] = {}
+        while queue or pending:
+            while queue and slots and not stop():
+                s = queue.pop(0)
+                slot = slots.pop(0)
+                fut = pool.submit(_run_one, *args(s, slot))
+                pending[fut] = s
+                slot_of[fut] = slot
+            if not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                s = pending.pop(fut)
+                slots.append(slot_of.pop(fut))
+                record(s, fut.result())
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def merge_pairs(
@@ -411,7 +660,9 @@ def merge_pairs(
     report
         Also write ``qc/report.md``, ``qc/report.html`` and the QC figures.
     verify
-        Recompute every file's SHA-256 against ``_SUCCESS``.
+        Recompute every file's SHA-256 against ``_SUCCESS`` and the identity of
+        every sample's input files: a shard that fails is stale, exactly as
+        :func:`build_pairs` (which then rebuilds it) would find.
     progress
         Show a progress bar while reading the shards.
 
@@ -430,27 +681,52 @@ def merge_pairs(
     FileNotFoundError
         ``out`` has no ``build.json`` (not a pairs store).
     ValueError
-        Samples are missing and ``allow_missing`` is False.
+        Samples are missing (or stale) and ``allow_missing`` is False, or a
+        store file is malformed (named).
+    RuntimeError
+        A build or another merge is running on ``out``.
     """
-    import json
-
-    from tqdm.auto import tqdm
-
     out = Path(out)
     build_path = out / BUILD_JSON
     if not build_path.is_file():
         msg = f"{build_path} not found: {out} is not a pairs store written by build-pairs"
         raise FileNotFoundError(msg)
-    build = json.loads(build_path.read_text(encoding="utf-8"))
-    fp = build["params_fingerprint"]
+    with store_lock(out, command="merge-pairs"):
+        return _merge(
+            out, allow_missing=allow_missing, report=report, verify=verify, progress=progress
+        )
+
+
+def _merge(
+    out: Path,
+    *,
+    allow_missing: bool = False,
+    report: bool = True,
+    verify: bool = False,
+    progress: bool = False,
+) -> Path:
+    """:func:`merge_pairs` for a caller that holds the store's lock."""
+    from tqdm.auto import tqdm
+
+    build_path = out / BUILD_JSON
+    build = read_json(build_path, what="the build record of a pairs store")
+    try:
+        fp = build["params_fingerprint"]
+        rows = list(build["samples"])
+    except (KeyError, TypeError) as e:
+        msg = f"{build_path} lacks {e}; expected the build record written by stalign build-pairs"
+        raise ValueError(msg) from e
     samples_meta: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     missing: list[str] = []
+    stale: dict[str, str] = {}
     genes: set[str] = set()
     pathways: list[str] | None = None
-    for row in tqdm(build["samples"], desc="merge", disable=not progress):
+    for row in tqdm(rows, desc="merge", disable=not progress):
         sid = row["sample_id"]
-        if shard_is_complete(out, sid, fp, verify=verify):
+        inputs = input_identity(sample_inputs(Sample(**row))) if verify else None
+        problem = shard_problem(out, sid, fp, inputs=inputs, verify=verify)
+        if problem is None:
             rec = read_success(out, sid) or {}
             genes.update(rec.get("genes", []))
             pw = list(rec.get("pathways", []))
@@ -478,10 +754,16 @@ def merge_pairs(
             failed[sid] = fail.get("reason", "unknown")
         else:
             missing.append(sid)
+            if problem != "not finished":
+                stale[sid] = problem
+                logger.warning("shard %s is stale: %s; build-pairs rebuilds it", sid, problem)
     if missing and not allow_missing:
+        why = "; ".join(f"{sid}: {reason}" for sid, reason in list(stale.items())[:5])
         msg = (
-            f"{len(missing)} sample(s) of {out} have no finished shard yet: {missing[:10]}; "
-            "finish their jobs (build-pairs --shard ...) or pass allow_missing / --allow-missing"
+            f"{len(missing)} sample(s) of {out} have no finished shard yet: {missing[:10]}"
+            + (f" (stale shards, which build-pairs rebuilds: {why})" if stale else "")
+            + "; finish their jobs (build-pairs --shard ...) or pass allow_missing / "
+            "--allow-missing"
         )
         raise ValueError(msg)
     index = {

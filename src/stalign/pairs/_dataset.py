@@ -13,7 +13,7 @@ from torch.utils.data import Dataset as _TorchDataset  # this module is imported
 
 from .. import _keys as K
 from ._augment import Augment
-from ._store import PAIRS_H5AD, PATCHES_H5, read_index, read_patch
+from ._store import PAIRS_H5AD, PATCHES_H5, check_indexed_shard, read_index, read_patch
 
 __all__ = ["PairsDataset", "split_by_patient"]
 
@@ -114,6 +114,15 @@ class PairsDataset(_TorchDataset):
     pathways
         Pathway names to return, in order (default: those scored in every sample,
         ``index.json['pathways']``).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``root`` has no ``index.json`` (unfinished or interrupted build).
+    ValueError
+        A chosen shard is not the one ``index.json`` describes: unfinished, built
+        with other parameters (a store mixing two builds) or changed since the
+        index was written; or ``index.json`` is malformed (named).
     """
 
     def __init__(
@@ -163,6 +172,8 @@ class PairsDataset(_TorchDataset):
 
         obs_parts, scores, h5_rows = [], [], []
         self._files: list[Path] = []
+        for s in chosen:  # never train on a store that mixes builds
+            check_indexed_shard(self.root, self.index_json, s)
         for k, s in enumerate(chosen):
             sdir = self.root / s["path"]
             adata = ad.read_h5ad(sdir / PAIRS_H5AD, backed="r")

@@ -98,6 +98,7 @@ def _parse_mpp(text: str) -> float:
 def _validate_rows(
     rows: Iterable[tuple[int, dict[str, str]]], base: Path, *, check_files: bool
 ) -> tuple[list[Sample], list[tuple[int, str]]]:
+    rows = list(rows)
     samples: list[Sample] = []
     problems: list[tuple[int, str]] = []
     first_line: dict[str, int] = {}
@@ -124,12 +125,10 @@ def _validate_rows(
             row_problems.append(
                 f"unknown platform {values['platform']!r}; expected one of {sorted(PLATFORMS)}"
             )
-        # made absolute without following links: a reader derives sibling names
-        # (alignment table, image) from the path given, not from a link's target
-        path = Path(os.path.abspath(base / values["path"])) if values["path"] else None
+        path = _absolute(base, values["path"])
         if path is not None and check_files and not path.exists():
             row_problems.append(f"path {values['path']!r} not found (looked for {path})")
-        image = Path(os.path.abspath(base / values["image"])) if values["image"] else None
+        image = _absolute(base, values["image"])
         if image is not None and check_files and not image.is_file():
             row_problems.append(f"image {values['image']!r} not found (looked for {image})")
         mpp: float | None = None
@@ -157,7 +156,50 @@ def _validate_rows(
                     line=line,
                 )
             )
+    given = {line: (row.get("path") or "").strip() for line, row in rows}
+    problems.extend(_shared_data_problems(samples, given))
     return samples, problems
+
+
+def _absolute(base: Path, text: str) -> Path | None:
+    """``text`` made absolute against ``base``, WITHOUT following symbolic links.
+
+    Readers find a sample's sidecar files by the name given (``st/B4.tsv.gz`` →
+    ``st/B4_spots.tsv``), so a link must keep its own name, not its target's.
+    """
+    if not text:
+        return None
+    return Path(os.path.normpath(base / Path(text).expanduser()))
+
+
+def _shared_data_problems(samples: list[Sample], given: dict[int, str]) -> list[tuple[int, str]]:
+    """Rows whose data file is another row's (links and ``./`` resolved).
+
+    The same data under two patient ids would leak between patient-level splits;
+    under one patient it would count the same spots twice.
+    """
+    problems: list[tuple[int, str]] = []
+    first: dict[tuple[str, str], Sample] = {}
+    for s in samples:
+        key = (os.path.realpath(s.path), os.path.realpath(s.image) if s.image else "")
+        other = first.setdefault(key, s)
+        if other is s:
+            continue
+        if other.patient_id != s.patient_id:
+            why = (
+                f"under patient {s.patient_id!r}: the same data under two patients would leak "
+                "between training and validation"
+            )
+        else:
+            why = "again: its spots would be counted twice"
+        problems.append(
+            (
+                s.line,
+                f"path {given.get(s.line, s.path)!r} is the data of sample "
+                f"{other.sample_id!r} (line {other.line}, patient {other.patient_id!r}) {why}",
+            )
+        )
+    return problems
 
 
 def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Sample]:
@@ -195,8 +237,17 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Sample]
         msg = f"manifest {path} not found (expected a CSV file, see data/manifests/README.md)"
         raise FileNotFoundError(msg)
     base = Path(os.path.abspath(path)).parent
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        lines = list(enumerate(fh.read().splitlines(), start=1))
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        problem = (
+            f"not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start} is not valid "
+            "UTF-8; save the manifest as UTF-8 (e.g. 'Save as CSV UTF-8')"
+        )
+        raise ManifestError(path, [(line, problem)]) from e
+    lines = list(enumerate(text.splitlines(), start=1))
     content = [(n, text) for n, text in lines if text.strip() and not text.lstrip().startswith("#")]
     if not content:
         raise ManifestError(path, [(0, "the file has no header row")])

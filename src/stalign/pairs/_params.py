@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,10 @@ class PairsParams:
         if not 1 <= self.jpeg_quality <= 100:
             msg = f"jpeg_quality must be in 1..100, got {self.jpeg_quality!r}"
             raise ValueError(msg)
+        if int(self.min_genes) != self.min_genes or self.min_genes < 1:
+            msg = f"min_genes must be a positive integer, got {self.min_genes!r}"
+            raise ValueError(msg)
+        self._check_scoring()
         panel = self.gene_panel
         if panel != "all" and not panel.startswith("hvg:") and not Path(panel).is_file():
             msg = (
@@ -108,10 +113,73 @@ class PairsParams:
                 msg = f"gene_panel 'hvg:N' needs a positive integer N, got {panel!r}"
                 raise ValueError(msg)
 
+    def _check_scoring(self) -> None:
+        """Validate ``method`` and ``gene_sets`` before any work (not after extraction)."""
+        from ..tl._pathways import METHODS
+
+        if self.gene_sets is None:
+            return
+        if self.method not in METHODS:
+            msg = f"method must be one of {list(METHODS)}, got {self.method!r}"
+            raise ValueError(msg)
+        path = self.gene_sets_file()
+        if path is not None:
+            from ..tl._genesets import read_gmt
+
+            read_gmt(path)  # a missing or malformed GMT fails now, naming the file
+
+    def gene_sets_file(self) -> Path | None:
+        """Return the GMT file ``gene_sets`` reads (bundled or the user's), or ``None``.
+
+        ``None`` for no scores and for Enrichr library names (fetched by gseapy).
+        """
+        from ..tl._genesets import BUNDLED_GENE_SETS, bundled_gmt_path
+
+        gs = self.gene_sets
+        if gs is None:
+            return None
+        if gs.lower() in BUNDLED_GENE_SETS:
+            return bundled_gmt_path(gs)
+        if gs.lower().endswith(".gmt") or os.sep in gs or Path(gs).exists():
+            return Path(gs)
+        return None
+
     def to_dict(self) -> dict[str, Any]:
-        """Return the parameters, plus the SHA-256 of a gene-panel file's content."""
+        """Return the parameters, plus the SHA-256 of every file they name.
+
+        Gene-panel and gene-set files are recorded by name and content digest
+        (``gene_panel_sha256``, ``gene_sets_sha256``; bundled collections too), so
+        an edited file at the same path changes the fingerprint and moving an
+        unchanged one does not.
+        """
         d = asdict(self)
         if self.gene_panel not in ("all",) and not self.gene_panel.startswith("hvg:"):
-            d["gene_panel_sha256"] = hashlib.sha256(Path(self.gene_panel).read_bytes()).hexdigest()
+            d["gene_panel_sha256"] = _sha256(Path(self.gene_panel))
             d["gene_panel"] = f"file:{Path(self.gene_panel).name}"
+        gmt = self.gene_sets_file()
+        if gmt is not None:
+            d["gene_sets_sha256"] = _sha256(gmt)
+            if self.gene_sets.lower() not in _bundled_names():
+                d["gene_sets"] = f"file:{gmt.name}"
         return d
+
+    def fingerprint(self) -> str:
+        """Return the short hash of :meth:`to_dict` recorded in every shard."""
+        from ._store import params_fingerprint
+
+        return params_fingerprint(self.to_dict())
+
+
+def _bundled_names() -> set[str]:
+    from ..tl._genesets import BUNDLED_GENE_SETS
+
+    return set(BUNDLED_GENE_SETS)
+
+
+def _sha256(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        msg = f"cannot read {path}: {e.strerror or e}"
+        raise OSError(e.errno, msg) from e
+    return hashlib.sha256(data).hexdigest()

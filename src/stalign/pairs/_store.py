@@ -3,13 +3,15 @@
 Layout (see ``docs/architecture.md``)::
 
     OUT/
+      .lock                            advisory lock: one writer at a time (see below)
       build.json                       parameters + manifest rows of the build (for merge)
       index.json                       dataset index, written by build/merge
       samples/<sample_id>/patches.h5   HEST layout: img, coords, barcode
       samples/<sample_id>/pairs.h5ad   kept spots: counts (sparse), obsm['pathway_scores']
       samples/<sample_id>/spots.csv    every spot of the sample with its keep/drop reason (QC)
       samples/<sample_id>/thumbnail.png  the H&E, down-sampled (QC)
-      samples/<sample_id>/_SUCCESS     JSON with checksums; written last
+      samples/<sample_id>/_SUCCESS     JSON with checksums and input identities; written last
+      samples/<sample_id>/.stat.json   size + mtime of each file at commit (a cache, see below)
       samples/<sample_id>/_FAILED      JSON with the reason when the sample failed
       qc/report.md, qc/*.png           QC report
 
@@ -17,16 +19,25 @@ A shard is built in a hidden temporary directory next to its final place and
 renamed onto it only once ``_SUCCESS`` is inside, so a process killed at any
 moment leaves either a complete shard or none. All files are byte-deterministic
 (HDF5 without timestamps, PNG without metadata), so checksums compare runs.
+
+A finished shard is trusted on resume only if its parameters fingerprint, the
+identity of its input files (:func:`input_identity`) and its files' content match.
+Content is checked against the SHA-256 recorded at commit; a file whose size and
+mtime are those recorded in ``.stat.json`` is not re-hashed (the cache git and make
+use), so resuming a store of hundreds of GB stays fast while any write to a shard
+file (which changes its mtime) is caught. ``verify=True`` re-hashes everything.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +58,8 @@ SPOTS_CSV = "spots.csv"
 THUMBNAIL_PNG = "thumbnail.png"
 SUCCESS = "_SUCCESS"
 FAILED = "_FAILED"
+STAT_CACHE = ".stat.json"
+LOCK_FILE = ".lock"
 _TMP_PREFIX = ".tmp-"
 
 #: files every finished shard holds (all are checksummed in ``_SUCCESS``)
@@ -78,12 +91,111 @@ def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str, ensure_ascii=False) + "\n"
 
 
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (mode ``0666 & ~umask``).
+
+    Raises
+    ------
+    OSError
+        The file cannot be written (the message names it, e.g. disk full).
+    """
+    try:
+        atomic_write_text(path, dump_json(obj))
+    except OSError as e:
+        msg = f"cannot write {path}: {e.strerror or e}"
+        raise OSError(e.errno, msg) from e
+
+
+def read_json(path: str | os.PathLike, *, what: str) -> Any:
+    """Read a JSON file of the store; a malformed file is an error naming it.
+
+    Parameters
+    ----------
+    path
+        The file.
+    what
+        What the file should be, for the message (e.g. ``"the build record"``).
+
+    Raises
+    ------
+    ValueError
+        The file is not valid UTF-8 JSON.
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        msg = f"{path} is not valid JSON ({e}); expected {what} written by stalign"
+        raise ValueError(msg) from e
+
+
+#: inputs up to this size get a full content SHA-256; larger ones (whole-slide
+#: images) a digest of their size, first and last MiB (see :func:`file_identity`)
+FULL_DIGEST_MAX_BYTES = 64 << 20
+_EDGE_BYTES = 1 << 20
+
+
+def file_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """Return ``{'bytes', 'sha256', 'digest'}`` identifying an input file's content.
+
+    Files up to :data:`FULL_DIGEST_MAX_BYTES` (counts, tables, gene lists, small
+    images) are hashed whole. Larger ones (multi-GB whole-slide images) are
+    identified by their size and the SHA-256 of their first and last MiB
+    (``digest='size+head+tail'``): 2 MiB read instead of GBs, at every resume. Any
+    re-save of a compressed (JPEG/TIFF) slide changes its size, header or tail
+    (TIFF directories, JPEG end markers); only an in-place same-size overwrite of
+    the middle of a large file is missed, which no imaging tool does. The mtime is
+    deliberately not part of the identity: copying data without preserving
+    timestamps must not force a rebuild of unchanged samples.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if size <= FULL_DIGEST_MAX_BYTES:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+            kind = "full"
+        else:
+            digest.update(f"{size}\0".encode())
+            digest.update(fh.read(_EDGE_BYTES))
+            fh.seek(size - _EDGE_BYTES)
+            digest.update(fh.read(_EDGE_BYTES))
+            kind = "size+head+tail"
+    return {"bytes": size, "sha256": digest.hexdigest(), "digest": kind}
+
+
+def input_identity(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
+    """Return :func:`file_identity` of every file in ``paths`` (folders walked), by path.
+
+    A path that does not exist is recorded as ``{'missing': True}``.
+    """
+    files: dict[str, Path] = {}
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for root, dirs, names in os.walk(p):
+                dirs.sort()
+                for name in sorted(names):
+                    files[os.path.join(root, name)] = Path(root) / name
+        else:
+            files[str(p)] = p
+    out: dict[str, dict[str, Any]] = {}
+    for key in sorted(files):
+        f = files[key]
+        out[key] = file_identity(f) if f.is_file() else {"missing": True}
+    return out
+
+
 # --------------------------------------------------------------------------- shards
+def shard_tmpdir(out: str | os.PathLike, sample_id: str) -> Path:
+    """Return this process's private directory for building ``sample_id``'s shard."""
+    return Path(out) / SAMPLES_DIR / f"{_TMP_PREFIX}{sample_id}.{os.getpid()}"
+
+
 def new_shard_tmpdir(out: str | os.PathLike, sample_id: str) -> Path:
     """Create and return an empty private directory to build a shard in."""
-    parent = Path(out) / SAMPLES_DIR
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f"{_TMP_PREFIX}{sample_id}.{os.getpid()}"
+    tmp = shard_tmpdir(out, sample_id)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -111,12 +223,42 @@ def clean_stale_tmpdirs(out: str | os.PathLike, sample_ids: Sequence[str]) -> in
     return removed
 
 
+#: set in worker processes: commits stop once the build process that started them is gone
+_PARENT_PID: contextvars.ContextVar[int | None] = contextvars.ContextVar("parent", default=None)
+#: fields added to the next ``_SUCCESS`` record (e.g. the identity of the inputs)
+_COMMIT_EXTRA: contextvars.ContextVar[dict | None] = contextvars.ContextVar("extra", default=None)
+
+
+def bind_to_parent(parent_pid: int) -> None:
+    """Make this (worker) process refuse to commit anything once ``parent_pid`` is gone."""
+    _PARENT_PID.set(int(parent_pid))
+
+
+def _exit_if_orphaned() -> None:
+    parent = _PARENT_PID.get()
+    if parent is not None and os.getppid() != parent:
+        # the build that started this worker was killed: nobody owns the store now
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def commit_extra(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` to the ``_SUCCESS`` record of shards committed inside the block."""
+    token = _COMMIT_EXTRA.set(dict(fields))
+    try:
+        yield
+    finally:
+        _COMMIT_EXTRA.reset(token)
+
+
 def commit_shard(tmp: Path, final: Path, success: dict[str, Any]) -> None:
     """Checksum the files in ``tmp``, write ``_SUCCESS`` last, move ``tmp`` onto ``final``.
 
-    ``success`` is extended with ``files`` (name → sha256 and bytes). A previous
-    (incomplete or failed) ``final`` directory is removed first; a crash between
-    the removal and the rename leaves no shard, which the next run redoes.
+    ``success`` is extended with ``files`` (name → sha256 and bytes) and the
+    fields of an enclosing :func:`commit_extra`. A previous (incomplete or failed)
+    ``final`` directory is removed first; a crash between the removal and the
+    rename leaves no shard, which the next run redoes. A worker whose build
+    process is gone (:func:`bind_to_parent`) exits instead of committing.
     """
     files = {}
     for name in sorted(os.listdir(tmp)):
@@ -127,32 +269,72 @@ def commit_shard(tmp: Path, final: Path, success: dict[str, Any]) -> None:
     if missing:
         msg = f"internal error: shard {tmp} lacks {missing} before commit"
         raise RuntimeError(msg)
+    success.update(_COMMIT_EXTRA.get() or {})
     record = {**success, "files": files}
-    atomic_write_text(tmp / SUCCESS, dump_json(record))
+    _write_stat_cache(tmp, files)
+    write_json(tmp / SUCCESS, record)
     _fsync_dir(tmp)
+    _exit_if_orphaned()
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
 
 
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _write_stat_cache(d: Path, files: dict[str, Any]) -> None:
+    write_json(d / STAT_CACHE, {name: _stat_key(d / name) for name in files})
+
+
+def remove_shard(out: str | os.PathLike, sample_id: str) -> None:
+    """Remove ``samples/<id>`` (renamed away first, so a crash never leaves half of it)."""
+    d = sample_dir(out, sample_id)
+    if not d.exists():
+        return
+    trash = d.parent / f"{_TMP_PREFIX}{sample_id}.{os.getpid()}.old"
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.replace(d, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_index(out: str | os.PathLike) -> bool:
+    """Remove ``OUT/index.json``: the store stops being a finished, usable store."""
+    path = Path(out) / INDEX_JSON
+    if not path.exists():
+        return False
+    path.unlink()
+    _fsync_dir(path.parent)
+    return True
+
+
 def write_failure(out: str | os.PathLike, sample_id: str, record: dict[str, Any]) -> None:
     """Record why a sample failed in ``samples/<id>/_FAILED`` (replacing older shards)."""
+    _exit_if_orphaned()
     d = sample_dir(out, sample_id)
     if (d / SUCCESS).exists():  # pragma: no cover - a finished shard is never re-failed
         return
     d.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(d / FAILED, dump_json(record))
+    write_json(d / FAILED, record)
 
 
 def read_success(out: str | os.PathLike, sample_id: str) -> dict[str, Any] | None:
-    """Return the ``_SUCCESS`` record of a finished shard, or ``None``."""
+    """Return the ``_SUCCESS`` record of a finished shard, or ``None``.
+
+    A malformed ``_SUCCESS`` (e.g. a disk that filled up under another tool) makes
+    the shard unfinished: it is rebuilt.
+    """
     p = sample_dir(out, sample_id) / SUCCESS
     if not p.is_file():
         return None
     try:
         return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
+        logger.warning("%s is unreadable; the shard counts as unfinished", p)
         return None
 
 
@@ -163,44 +345,119 @@ def read_failure(out: str | os.PathLike, sample_id: str) -> dict[str, Any] | Non
         return None
     try:
         return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    except (OSError, ValueError):
+        return {"reason": f"{p} is unreadable"}
 
 
-def shard_is_complete(
-    out: str | os.PathLike, sample_id: str, fingerprint: str, *, verify: bool = False
-) -> bool:
-    """Whether ``samples/<id>`` is a finished shard built with parameters ``fingerprint``.
-
-    Files must exist with the sizes recorded in ``_SUCCESS``; with ``verify`` their
-    SHA-256 is recomputed too.
+def check_fingerprint(out: str | os.PathLike, sample_id: str, record: dict, fp: str) -> None:
+    """Refuse a finished shard built with other parameters than ``fp``.
 
     Raises
     ------
     ValueError
-        The shard is finished but was built with different parameters (mixing
-        parameter sets in one store would silently corrupt it).
+        Mixing parameter sets in one store would silently corrupt it.
     """
-    record = read_success(out, sample_id)
-    if record is None:
-        return False
-    if record.get("params_fingerprint") != fingerprint:
+    if record.get("params_fingerprint") != fp:
         msg = (
             f"shard {sample_dir(out, sample_id)} was built with different parameters "
-            f"(fingerprint {record.get('params_fingerprint')} != {fingerprint}); "
+            f"(fingerprint {record.get('params_fingerprint')} != {fp}); "
             "use a new --out directory, or --no-resume to rebuild every shard"
         )
         raise ValueError(msg)
+
+
+def shard_problem(
+    out: str | os.PathLike,
+    sample_id: str,
+    fingerprint: str,
+    *,
+    inputs: dict[str, Any] | None = None,
+    verify: bool = False,
+) -> str | None:
+    """Return why ``samples/<id>`` is not a usable finished shard, or ``None`` if it is.
+
+    A shard is usable when ``_SUCCESS`` exists, was written with parameters
+    ``fingerprint``, records the input identity ``inputs`` (when given) and every
+    file has the SHA-256 recorded at commit. Files whose size and mtime match the
+    ``.stat.json`` cache are not re-hashed unless ``verify``; a file that passes a
+    re-hash refreshes the cache. ``build-pairs`` and ``merge-pairs --verify`` use
+    this same test, so what one calls stale the other rebuilds.
+
+    Raises
+    ------
+    ValueError
+        The shard is finished but was built with different parameters.
+    """
+    record = read_success(out, sample_id)
+    if record is None:
+        return "not finished"
+    check_fingerprint(out, sample_id, record, fingerprint)
+    if inputs is not None and record.get("inputs") != inputs:
+        changed = _first_change(record.get("inputs") or {}, inputs)
+        return f"its input files changed since it was built ({changed})"
     d = sample_dir(out, sample_id)
+    cache = _read_stat_cache(d)
+    refreshed = False
     for name, info in record.get("files", {}).items():
         p = d / name
         if not p.is_file() or p.stat().st_size != info["bytes"]:
-            logger.warning("shard %s: %s missing or truncated; rebuilding", sample_id, name)
-            return False
-        if verify and file_sha256(p) != info["sha256"]:
-            logger.warning("shard %s: %s checksum mismatch; rebuilding", sample_id, name)
-            return False
-    return True
+            return f"{name} is missing or truncated"
+        if not verify and cache.get(name) == _stat_key(p):
+            continue
+        if file_sha256(p) != info["sha256"]:
+            (d / STAT_CACHE).unlink(missing_ok=True)  # so no later check trusts the stat
+            return f"{name} does not match its checksum (corrupted or modified)"
+        cache[name] = _stat_key(p)
+        refreshed = True
+    if refreshed:
+        with contextlib.suppress(OSError):  # a cache only: read-only stores stay usable
+            write_json(d / STAT_CACHE, cache)
+    return None
+
+
+def _read_stat_cache(d: Path) -> dict[str, Any]:
+    try:
+        cache = json.loads((d / STAT_CACHE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _first_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            if key not in old:
+                return f"new input {key}"
+            if key not in new:
+                return f"{key} no longer used"
+            return f"{key} differs"
+    return "no input identity recorded"
+
+
+def shard_is_complete(
+    out: str | os.PathLike,
+    sample_id: str,
+    fingerprint: str,
+    *,
+    inputs: dict[str, Any] | None = None,
+    verify: bool = False,
+) -> bool:
+    """Whether ``samples/<id>`` is a usable finished shard (see :func:`shard_problem`).
+
+    A shard that is finished but stale (changed inputs, a file that fails its
+    checksum) is logged as a warning and reported incomplete, so it is rebuilt.
+
+    Raises
+    ------
+    ValueError
+        The shard is finished but was built with different parameters.
+    """
+    problem = shard_problem(out, sample_id, fingerprint, inputs=inputs, verify=verify)
+    if problem is None:
+        return True
+    if problem != "not finished":
+        logger.warning("shard %s is stale: %s; build-pairs rebuilds it", sample_id, problem)
+    return False
 
 
 def _fsync_dir(path: Path) -> None:
@@ -360,8 +617,52 @@ def patches_digest(path: str | os.PathLike) -> str:
 def write_index(out: str | os.PathLike, index: dict[str, Any]) -> Path:
     """Write ``OUT/index.json`` atomically and return its path."""
     path = Path(out) / INDEX_JSON
-    atomic_write_text(path, dump_json(index))
+    write_json(path, index)
     return path
+
+
+def check_indexed_shard(root: str | os.PathLike, index: dict[str, Any], entry: dict) -> None:
+    """Refuse a shard that is not the one ``index.json`` describes.
+
+    Parameters
+    ----------
+    root
+        The pairs store.
+    index
+        Its ``index.json``.
+    entry
+        The sample's entry of ``index['samples']``.
+
+    Raises
+    ------
+    ValueError
+        The shard is unfinished, was built with other parameters (a store mixing
+        two builds, e.g. after an interrupted rebuild) or changed after the index
+        was written; the message says how to repair the store.
+    """
+    sid = entry["sample_id"]
+    record = read_success(root, sid)
+    d = sample_dir(root, sid)
+    if record is None:
+        msg = (
+            f"shard {d} listed in {Path(root) / INDEX_JSON} is not finished (no valid {SUCCESS}); "
+            "a build is running or was interrupted: run build-pairs again to finish it"
+        )
+        raise ValueError(msg)
+    if record.get("params_fingerprint") != index.get("params_fingerprint"):
+        msg = (
+            f"{root} mixes two builds: shard {sid} ({d}) was built with different parameters "
+            f"(fingerprint {record.get('params_fingerprint')}) than {INDEX_JSON} describes "
+            f"({index.get('params_fingerprint')}); finish the interrupted build with "
+            "build-pairs and its parameters, or rebuild the store with --no-resume"
+        )
+        raise ValueError(msg)
+    if record.get("files") != entry.get("files"):
+        msg = (
+            f"shard {sid} ({d}) changed after {Path(root) / INDEX_JSON} was written; "
+            f"run `stalign merge-pairs {root}` (or build-pairs) to index what is there"
+        )
+        raise ValueError(msg)
 
 
 def read_index(root: str | os.PathLike) -> dict[str, Any]:
@@ -380,10 +681,11 @@ def read_index(root: str | os.PathLike) -> dict[str, Any]:
             "(run `stalign build-pairs`, or `stalign merge-pairs` after sharded builds)"
         )
         raise FileNotFoundError(msg)
-    index = json.loads(path.read_text(encoding="utf-8"))
-    if index.get("format_version") != FORMAT_VERSION:
+    index = read_json(path, what="the index of a pairs store")
+    version = index.get("format_version") if isinstance(index, dict) else None
+    if version != FORMAT_VERSION:
         msg = (
-            f"{path}: format_version {index.get('format_version')!r} is not supported "
+            f"{path}: format_version {version!r} is not supported "
             f"(this stalign reads {FORMAT_VERSION})"
         )
         raise ValueError(msg)

@@ -1,0 +1,406 @@
+"""Fault battery of the pairs store: kills, concurrent runs, stale inputs, corrupt shards,
+environment errors. Every case must end in either identical content or a clear refusal,
+never in a silently mixed store. Small and fast: two MOB sections, 32 px patches, no
+pathway scores unless the case is about them."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from stalign.cli import main
+from stalign.pairs import ManifestError, build_pairs, merge_pairs, read_index
+
+FAST = {"mpp": 9.4, "size_px": 32, "gene_sets": None, "progress": False}
+CLI_FAST = ["--mpp", "9.4", "--size-px", "32", "--gene-sets", "none", "--no-progress"]
+HEADER = "sample_id,patient_id,organ,species,platform,path,image,mpp,source,license\n"
+
+
+def _manifest(folder: Path, rows: list[tuple[str, str, Path]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = HEADER + "".join(
+        f"{sid},{pid},olfactory_bulb,mus_musculus,legacy_st,{path},,,test,MIT\n"
+        for sid, pid, path in rows
+    )
+    p = folder / "manifest.csv"
+    p.write_text(text)
+    return p
+
+
+def _copy_section(mob_dir: Path, folder: Path, section: str) -> Path:
+    """Copy one MOB section's files (counts, alignment, image, genes) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (
+        f"{section}.tsv.gz",
+        f"{section}.jpg",
+        f"alignment_table_{section}.tsv",
+        "mouse_genes.tsv.gz",
+    ):
+        shutil.copy(mob_dir / name, folder / name)
+    return folder / f"{section}.tsv.gz"
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory, mob_dir) -> Path:
+    tmp = tmp_path_factory.mktemp("faults")
+    return _manifest(
+        tmp,
+        [("MOB1", "mouse1", mob_dir / "MOB1.tsv.gz"), ("MOB3", "mouse2", mob_dir / "MOB3.tsv.gz")],
+    )
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory, mob_dir) -> Path:
+    """A manifest of MOB1 only, for the cases one sample shows."""
+    return _manifest(tmp_path_factory.mktemp("one"), [("MOB1", "mouse1", mob_dir / "MOB1.tsv.gz")])
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory, manifest) -> Path:
+    """Reference store, 32 px, built without interruption."""
+    out = tmp_path_factory.mktemp("ref") / "pairs"
+    build_pairs(manifest, out, **FAST)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ref40(tmp_path_factory, manifest) -> Path:
+    """Reference store with other parameters (40 px)."""
+    out = tmp_path_factory.mktemp("ref40") / "pairs"
+    build_pairs(manifest, out, **{**FAST, "size_px": 40})
+    return out
+
+
+def _files(out: Path) -> dict[str, dict]:
+    return {s["sample_id"]: s["files"] for s in read_index(out)["samples"]}
+
+
+def _cli(manifest: Path, out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "stalign", "build-pairs", str(manifest), "--out", str(out)]
+    return subprocess.Popen(
+        [*cmd, *CLI_FAST, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            pytest.fail(f"the build ended before {what}: rc {proc.returncode}\n{err[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _fingerprint(out: Path, sid: str) -> str | None:
+    try:
+        return json.loads((out / "samples" / sid / "_SUCCESS").read_text())["params_fingerprint"]
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- kills
+def test_sigkill_during_no_resume_rebuild_never_leaves_a_mixed_store(
+    tmp_path, ref, ref40, manifest
+):
+    from stalign.pairs import PairsDataset
+
+    out = tmp_path / "pairs"
+    shutil.copytree(ref, out)
+    old_fp = read_index(ref)["params_fingerprint"]
+    proc = _cli(manifest, out, "--no-resume", "--size-px", "40")
+    _wait_for(lambda: _fingerprint(out, "MOB1") not in (None, old_fp), proc, "MOB1 was rebuilt")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _fingerprint(out, "MOB3") != read_index(ref40)["params_fingerprint"], "killed too late"
+    # the half-rebuilt store is not a finished store: nothing can train on it
+    with pytest.raises((FileNotFoundError, ValueError), match=r"index\.json|finished|mix"):
+        PairsDataset(out)
+    # the old parameters are refused, the new ones resume to the reference content
+    with pytest.raises(ValueError, match="other parameters"):
+        build_pairs(manifest, out, **FAST)
+    result = build_pairs(manifest, out, **{**FAST, "size_px": 40})
+    assert dict(zip(result.table["sample_id"], result.table["status"], strict=True)) == {
+        "MOB1": "skipped",
+        "MOB3": "done",
+    }
+    assert _files(out) == _files(ref40)
+    assert len(PairsDataset(out)) == len(PairsDataset(ref40))
+
+
+def test_pairs_dataset_refuses_a_store_whose_shards_do_not_match_the_index(tmp_path, ref, ref40):
+    from stalign.pairs import PairsDataset
+
+    out = tmp_path / "pairs"
+    shutil.copytree(ref, out)
+    shutil.rmtree(out / "samples" / "MOB3")
+    shutil.copytree(ref40 / "samples" / "MOB3", out / "samples" / "MOB3")
+    with pytest.raises(ValueError, match=r"MOB3.*different parameters.*index\.json"):
+        PairsDataset(out)
+    with pytest.raises(ValueError, match="MOB3"):  # train goes through PairsDataset too
+        PairsDataset(out, samples=["MOB3"])
+    assert len(PairsDataset(out, samples=["MOB1"])) > 0  # the intact shard is still usable
+
+
+def test_killing_the_parent_kills_the_workers(tmp_path, manifest):
+    out = tmp_path / "pairs"
+    proc = _cli(manifest, out, "--workers", "2")
+
+    def tmpdirs() -> list[Path]:
+        d = out / "samples"
+        return [p for p in d.iterdir() if p.name.startswith(".tmp-")] if d.is_dir() else []
+
+    _wait_for(lambda: len(tmpdirs()) == 2, proc, "both workers started")
+    workers = [int(p.name.rsplit(".", 1)[1]) for p in tmpdirs()]
+    assert proc.pid not in workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [p for p in workers if alive(p)]
+    for p in survivors:
+        os.kill(p, signal.SIGKILL)
+    assert not survivors, f"worker processes {survivors} outlived the killed build"
+    time.sleep(0.5)
+    assert not list(out.glob("samples/*/_SUCCESS")), "a shard was committed after the kill"
+    assert not list(out.glob("samples/*/_FAILED"))
+
+
+# ----------------------------------------------------------------------------- concurrency
+def test_a_second_run_on_the_same_folder_is_refused_at_once(tmp_path, ref, manifest):
+    out = tmp_path / "pairs"
+    first = _cli(manifest, out)
+    _wait_for(lambda: (out / "build.json").exists(), first, "the first run started")
+    second = _cli(manifest, out, "--size-px", "48")  # other parameters: would mix
+    assert second.wait(timeout=60) == 1
+    err = second.stderr.read().decode().strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("stalign build-pairs: error:"), err
+    assert f"{out} is in use by pid {first.pid}" in err[0]
+    for params in (FAST, {**FAST, "size_px": 48}):  # same refusal through the API, at once
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=rf"{out}.* in use by pid {first.pid}"):
+            build_pairs(manifest, out, **params)
+        assert time.monotonic() - t0 < 5
+    with pytest.raises(RuntimeError, match=f"pid {first.pid}"):
+        merge_pairs(out)
+    assert first.wait(timeout=120) == 0
+    assert json.loads((out / "build.json").read_text())["params"]["size_px"] == 32
+    result = build_pairs(manifest, out, **FAST)  # the next run resumes: identical content
+    assert set(result.table["status"]) == {"skipped"}
+    assert _files(out) == _files(ref)
+
+
+def test_shard_jobs_share_a_folder_but_not_a_shard(tmp_path, manifest):
+    from stalign.pairs._build import store_lock
+
+    out = tmp_path / "pairs"
+    out.mkdir()
+    with store_lock(out, shard=(0, 2), command="test job 0/2"):
+        r = build_pairs(manifest, out, shard="1/2", **FAST)  # another job of the array: fine
+        assert len(r.table) == 1
+        with pytest.raises(RuntimeError, match=r"in use by pid \d+ .*test job 0/2"):
+            build_pairs(manifest, out, shard="0/2", **FAST)
+        with pytest.raises(RuntimeError, match="in use"):
+            build_pairs(manifest, out, **FAST)  # an unsharded run needs the whole folder
+        with pytest.raises(RuntimeError, match="in use"):
+            merge_pairs(out, allow_missing=True)
+    build_pairs(manifest, out, shard="0/2", **FAST)
+    merge_pairs(out)
+    assert read_index(out)["n_samples"] == 2
+
+
+# ----------------------------------------------------------------------------- stale content
+def test_edited_gene_set_file_changes_the_fingerprint(tmp_path, one):
+    from stalign.tl._genesets import bundled_gmt_path
+
+    gmt = tmp_path / "sets.gmt"
+    lines = bundled_gmt_path("hallmark").read_text().splitlines()
+    gmt.write_text("\n".join(lines[:20]) + "\n")
+    manifest = one
+    out = tmp_path / "pairs"
+    params = {**FAST, "gene_sets": str(gmt), "method": "zscore"}
+    build_pairs(manifest, out, **params)
+    assert set(build_pairs(manifest, out, **params).table["status"]) == {"skipped"}
+    gmt.write_text("\n".join(lines[:10]) + "\n")  # same path, other content
+    with pytest.raises(ValueError, match="other parameters"):
+        build_pairs(manifest, out, **params)
+    result = build_pairs(manifest, out, resume=False, **params)
+    assert len(read_index(out)["pathways"]) < 20 and result.table["status"][0] == "done"
+
+
+def test_changed_input_file_rebuilds_its_shard(tmp_path, mob_dir):
+    data = tmp_path / "data"
+    counts = _copy_section(mob_dir, data, "MOB1")
+    manifest = _manifest(tmp_path / "m", [("MOB1", "m1", counts)])
+    out = tmp_path / "pairs"
+    build_pairs(manifest, out, **FAST)
+    before = _files(out)
+    shutil.copy2(data / "MOB1.jpg", tmp_path / "copy.jpg")  # a copy with a new mtime only
+    os.replace(tmp_path / "copy.jpg", data / "MOB1.jpg")
+    os.utime(data / "MOB1.jpg")
+    assert set(build_pairs(manifest, out, **FAST).table["status"]) == {"skipped"}
+    table = (data / "alignment_table_MOB1.tsv").read_text().splitlines()
+    header, body = table[0], table[1:]
+    (data / "alignment_table_MOB1.tsv").write_text(
+        "\n".join([header, *body[: len(body) // 2]]) + "\n"
+    )
+    result = build_pairs(manifest, out, **FAST)
+    assert list(result.table["status"]) == ["done"]
+    assert _files(out)["MOB1"] != before["MOB1"]
+
+
+def _corrupt_middle(path: Path, *, keep_mtime: bool) -> None:
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 64] = bytes(255 - b for b in data[mid : mid + 64])
+    path.write_bytes(bytes(data))
+    assert path.stat().st_size == st.st_size
+    if keep_mtime:  # bit rot: the content changes, the file's metadata does not
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_same_size_corrupted_shard_is_rebuilt(tmp_path, ref, manifest):
+    out = tmp_path / "pairs"
+    shutil.copytree(ref, out, copy_function=shutil.copy2)
+    _corrupt_middle(out / "samples" / "MOB1" / "patches.h5", keep_mtime=False)
+    result = build_pairs(manifest, out, **FAST)
+    status = dict(zip(result.table["sample_id"], result.table["status"], strict=True))
+    assert status == {"MOB1": "done", "MOB3": "skipped"}
+    assert _files(out) == _files(ref)
+
+
+def test_merge_verify_and_build_agree_on_bit_rot(tmp_path, ref, manifest):
+    out = tmp_path / "pairs"
+    shutil.copytree(ref, out, copy_function=shutil.copy2)
+    _corrupt_middle(out / "samples" / "MOB3" / "patches.h5", keep_mtime=True)
+    merge_pairs(out, report=False)  # cheap checks trust size + mtime (documented)
+    with pytest.raises(ValueError, match=r"MOB3.*patches\.h5 does not match its checksum"):
+        merge_pairs(out, verify=True, report=False)
+    result = build_pairs(manifest, out, **FAST)  # what verify called stale is rebuilt
+    status = dict(zip(result.table["sample_id"], result.table["status"], strict=True))
+    assert status == {"MOB1": "skipped", "MOB3": "done"}
+    assert _files(out) == _files(ref)
+    merge_pairs(out, verify=True, report=False)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_method_fails_before_any_work_and_the_corrected_command_runs(tmp_path, one):
+    manifest = one
+    out = tmp_path / "pairs"
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=r"method must be one of .*'bogus'"):
+        build_pairs(manifest, out, **{**FAST, "gene_sets": "hallmark", "method": "bogus"})
+    assert time.monotonic() - t0 < 5
+    assert not (out / "samples").exists()
+    build_pairs(manifest, out, **{**FAST, "gene_sets": "hallmark", "method": "zscore"})
+    assert read_index(out)["params"]["method"] == "zscore"
+
+
+def test_a_store_without_finished_shards_accepts_other_parameters(tmp_path, one, monkeypatch):
+    import stalign.pairs._build as build_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("a parameter the sample could not take")
+
+    out = tmp_path / "pairs"
+    with monkeypatch.context() as m:  # a first run that fails before any shard is committed
+        m.setattr(build_module, "build_sample", broken)
+        with pytest.raises(RuntimeError, match="could not take"):
+            build_pairs(one, out, **FAST)
+    assert (out / "build.json").exists()
+    build_pairs(one, out, **{**FAST, "size_px": 40})  # another command: not refused
+    assert read_index(out)["params"]["size_px"] == 40
+    with pytest.raises(ValueError, match="other parameters"):  # now there is a shard to protect
+        build_pairs(one, out, **FAST)
+
+
+def test_environment_errors_are_one_line(tmp_path, manifest, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for out in (a_file, a_file / "sub"):
+        assert main(["build-pairs", str(manifest), "--out", str(out), *CLI_FAST]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("stalign build-pairs: error:"), err
+        assert str(out) in err[0]
+    assert main(["merge-pairs", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing" in err[0] and "build.json" in err[0]
+    with pytest.raises(FileNotFoundError):  # -vv keeps the traceback
+        main(["-vv", "merge-pairs", str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize("name", ["build.json", "index.json"])
+def test_malformed_store_json_is_named(tmp_path, ref, manifest, capsys, name):
+    from stalign.pairs import PairsDataset
+
+    out = tmp_path / "pairs"
+    shutil.copytree(ref, out)
+    (out / name).write_text('{"format_version": 1, "params": ')
+    if name == "build.json":
+        assert main(["build-pairs", str(manifest), "--out", str(out), *CLI_FAST]) == 1
+        assert main(["merge-pairs", str(out)]) == 1
+    else:
+        with pytest.raises(ValueError, match=r"index\.json is not valid JSON"):
+            PairsDataset(out)
+        assert main(["train", "--pairs", str(out), "--out", str(tmp_path / "t")]) == 1
+    for line in capsys.readouterr().err.strip().splitlines():
+        assert line.startswith("stalign ") and f"{out / name} is not valid JSON" in line
+
+
+def test_out_of_disk_is_one_line_and_commits_nothing(tmp_path, manifest, monkeypatch, capsys):
+    from stalign.pairs._store import PatchWriter
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PatchWriter, "append", full)
+    out = tmp_path / "pairs"
+    assert main(["build-pairs", str(manifest), "--out", str(out), *CLI_FAST]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("stalign build-pairs: error:"), err
+    assert "No space left on device" in err[0] and str(out) in err[0] and "MOB1" in err[0]
+    assert not list(out.glob("samples/*/_SUCCESS")) and not list(out.glob("samples/*/_FAILED"))
+    assert not list(out.glob("samples/.tmp-*")) and not (out / "index.json").exists()
+
+
+def test_store_json_files_respect_the_umask(tmp_path, one):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "pairs"
+        build_pairs(one, out, **FAST)
+    finally:
+        os.umask(old)
+    for p in (out / "build.json", out / "index.json", out / "samples" / "MOB1" / "_SUCCESS"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+
+
+def test_same_counts_path_under_two_patients_is_refused(tmp_path, mob_dir):
+    manifest = _manifest(
+        tmp_path,
+        [("A", "mouse1", mob_dir / "MOB1.tsv.gz"), ("B", "mouse2", mob_dir / "MOB1.tsv.gz")],
+    )
+    with pytest.raises(ManifestError, match=r"line 3: .*MOB1\.tsv\.gz.*line 2.*patient"):
+        build_pairs(manifest, tmp_path / "out", **FAST)
+    assert not (tmp_path / "out").exists()
