@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -190,8 +191,7 @@ class TissueMask:
         coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
         window_px = _check_positive(window_px, "window_px")
         h, w = self.mask.shape
-        sat = np.zeros((h + 1, w + 1), np.float64)  # summed-area table
-        sat[1:, 1:] = self.mask.cumsum(0, dtype=np.float64).cumsum(1)
+        sat = self._summed_area
         half = window_px / 2.0
         x0 = np.clip((coords[:, 0] - half) / self.scale[0], 0, w)
         x1 = np.clip((coords[:, 0] + half) / self.scale[0], 0, w)
@@ -207,6 +207,14 @@ class TissueMask:
         frac = np.clip(inside / window_area, 0.0, 1.0)
         frac[~np.isfinite(coords).all(axis=1)] = 0.0
         return frac.astype(np.float32)
+
+    @cached_property
+    def _summed_area(self) -> np.ndarray:
+        """``(h + 1, w + 1)`` summed-area table of the mask (computed once)."""
+        h, w = self.mask.shape
+        sat = np.zeros((h + 1, w + 1), np.float64)
+        sat[1:, 1:] = self.mask.cumsum(0, dtype=np.float64).cumsum(1)
+        return sat
 
     def resized(self, shape: tuple[int, int]) -> np.ndarray:
         """Return the mask's coverage on another ``(h, w)`` grid over the slide (float, 0–1).
