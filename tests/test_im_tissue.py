@@ -219,3 +219,20 @@ def test_pen_marks_on_glass_are_not_tissue(mob_dir):
     assert on_pen.max() == 0.0
     base = im.tissue_mask(im.from_array(np.asarray(Image.open(mob_dir / "MOB1.jpg")), mpp=MOB_MPP))
     assert abs(tm.tissue_area_mm2 - base.tissue_area_mm2) < 0.02 * base.tissue_area_mm2
+
+
+def test_blank_glass_gives_an_empty_mask(caplog):
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal(236, 3, (300, 400, 3)), 0, 255).astype(np.uint8)
+    tm = im.tissue_mask(im.from_array(glass, mpp=2.0))
+    assert not tm.mask.any() and tm.tissue_area_mm2 == 0.0
+    assert "empty" in caplog.text
+
+
+def test_iter_patches_refuses_a_mask_of_another_slide(mob_dir):
+    slide = im.open_image(mob_dir / "MOB1.jpg", mpp=MOB_MPP)
+    other = im.TissueMask(
+        mask=np.ones((10, 10), bool), scale=(1.0, 1.0), width=10, height=10, mpp=1
+    )
+    with pytest.raises(ValueError, match="tissue_mask was made for a 10×10 px slide"):
+        next(im.iter_patches(image=slide, coords=np.array([[5.0, 5.0]]), tissue_mask=other))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 #: saturation threshold floor (0–255): below it nothing counts as stain even when
 #: Otsu splits a nearly uniform background
 _MIN_THRESHOLD = 8.0
+#: minimum saturation (0–255) of certain tissue above the glass level
+_MIN_CONTRAST = 12.0
 #: pixels whose brightest channel is below this (0–255) are ink, folds or padding
 _DARK_VALUE = 50.0
 #: the mask is computed from a thumbnail up to this many times finer (block-reduced)
@@ -188,8 +191,7 @@ class TissueMask:
         coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
         window_px = _check_positive(window_px, "window_px")
         h, w = self.mask.shape
-        sat = np.zeros((h + 1, w + 1), np.float64)  # summed-area table
-        sat[1:, 1:] = self.mask.cumsum(0, dtype=np.float64).cumsum(1)
+        sat = self._summed_area
         half = window_px / 2.0
         x0 = np.clip((coords[:, 0] - half) / self.scale[0], 0, w)
         x1 = np.clip((coords[:, 0] + half) / self.scale[0], 0, w)
@@ -205,6 +207,14 @@ class TissueMask:
         frac = np.clip(inside / window_area, 0.0, 1.0)
         frac[~np.isfinite(coords).all(axis=1)] = 0.0
         return frac.astype(np.float32)
+
+    @cached_property
+    def _summed_area(self) -> np.ndarray:
+        """``(h + 1, w + 1)`` summed-area table of the mask (computed once)."""
+        h, w = self.mask.shape
+        sat = np.zeros((h + 1, w + 1), np.float64)
+        sat[1:, 1:] = self.mask.cumsum(0, dtype=np.float64).cumsum(1)
+        return sat
 
     def resized(self, shape: tuple[int, int]) -> np.ndarray:
         """Return the mask's coverage on another ``(h, w)`` grid over the slide (float, 0–1).
@@ -233,9 +243,12 @@ def tissue_mask(
     (:meth:`SlideImage.get_thumbnail`; level 0 of a pyramid is never loaded
     whole). Then:
 
-    1. HSV saturation, lightly smoothed (Gaussian, σ = 1 mask px);
-    2. hysteresis threshold: pixels above the Otsu threshold, in pieces of at
-       least ``min_object_um2``, are certain tissue; fainter pixels (above the
+    1. HSV saturation, read up to 8× finer than the mask and reduced per block
+       by its ``k``-th largest value (so thin membranes survive), lightly
+       smoothed (Gaussian, σ = 0.5 mask px);
+    2. hysteresis threshold: pixels above the Otsu threshold (and at least 12
+       saturation units above the glass), in pieces of at least
+       ``min_object_um2`` after closing, are certain tissue; fainter pixels (above the
        glass level plus ``hysteresis`` of the way to Otsu) are added where they
        connect to certain tissue, up to ``max_growth_um`` from it. This keeps
        pale stroma and the membranes around fat cells at the tissue's edge but
@@ -365,20 +378,28 @@ def _stain_map(image: SlideImage, side: int) -> tuple[np.ndarray, np.ndarray, tu
     fine = image.get_thumbnail(min(_MAX_FINE_SIDE, side * _FINE_FACTOR))
     fh, fw = fine.shape[:2]
     k = max(1, round(max(fh, fw) / side))
-    sat = saturation(fine)
-    ink = _ink_or_dark(fine, sat)
-    sat[ink] = 0.0
-    del fine
+    fine = np.pad(fine, ((0, -fh % k), (0, -fw % k), (0, 0)), mode="edge")
+    h, w = fine.shape[0] // k, fine.shape[1] // k
+    sat = np.empty((h, w), np.float32)
+    ink = np.empty((h, w), bool)
+    step = max(1, 256 // k)  # mask rows per strip: bounded temporary memory
+    for r0 in range(0, h, step):
+        r1 = min(h, r0 + step)
+        sat[r0:r1], ink[r0:r1] = _reduce_blocks(fine[r0 * k : r1 * k], k)
+    return sat, ink, (k, k, fw, fh)
+
+
+def _reduce_blocks(rgb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per ``k × k`` block: the ``k``-th largest saturation (ink as 0) and majority ink."""
+    s = saturation(rgb)
+    ink = _ink_or_dark(rgb, s)
+    s[ink] = 0.0  # so that ink does not colour its surroundings
     if k == 1:
-        return sat, ink, (1, 1, fw, fh)
-    ph, pw = -fh % k, -fw % k
-    sat = np.pad(sat, ((0, ph), (0, pw)), mode="edge")
-    ink = np.pad(ink, ((0, ph), (0, pw)), mode="edge")
-    h, w = sat.shape[0] // k, sat.shape[1] // k
-    blocks = sat.reshape(h, k, w, k).transpose(0, 2, 1, 3).reshape(h, w, k * k)
-    top = np.partition(blocks, k * k - k, axis=-1)[..., k * k - k]  # k-th largest
-    ink_frac = ink.reshape(h, k, w, k).mean(axis=(1, 3))
-    return top.astype(np.float32), ink_frac >= 0.5, (k, k, fw, fh)
+        return s, ink
+    h, w = s.shape[0] // k, s.shape[1] // k
+    blocks = s.reshape(h, k, w, k).transpose(0, 2, 1, 3).reshape(h, w, k * k)
+    top = np.partition(blocks, k * k - k, axis=-1)[..., k * k - k]
+    return top, ink.reshape(h, k, w, k).mean(axis=(1, 3)) >= 0.5
 
 
 def _segment(
@@ -394,9 +415,11 @@ def _segment(
     px_area = mpp * mpp
     s = ndi.gaussian_filter(s, sigma=0.5, mode="nearest")
     stain = s[~ink] if (~ink).any() else s.ravel()  # ink must not move the thresholds
-    high = _otsu_saturation(stain, "thumbnail")
-    below = stain[stain < high]
+    otsu = _otsu_saturation(stain, "thumbnail")
+    below = stain[stain < otsu]
     glass = float(np.median(below)) if below.size else 0.0
+    # on blank glass Otsu splits the noise: stain must stand out from the glass
+    high = max(otsu, glass + _MIN_CONTRAST)
     low = glass + opts["hysteresis"] * (high - glass)
     # certain tissue: above Otsu, closed (sparse nuclei of pale tissue join up), in
     # pieces large enough not to be dust on the glass
