@@ -232,6 +232,7 @@ def ssgsea_kernel(
     slot = np.full(INT_TABLE_SIZE, -1, dtype=np.int32)
     r_u = np.empty(u_genes.size)
     w_u = np.empty(u_genes.size)
+    entry_of = np.full(n, -1, dtype=np.int64)  # column -> stored entry of the row (-1: zero)
     mid = (n + 1) / 2.0
     for i in range(n_rows):
         m = _load_row(data, indices, indptr[i], indptr[i + 1], v, c, code == 2)
@@ -258,17 +259,25 @@ def ssgsea_kernel(
                 seen[t] += 1
         r0 = n_neg + (n_zero + 1) / 2.0 - mid
         # rank and weight of every set gene
-        j = 0
+        for j in range(m):
+            entry_of[c[j]] = j
+        left = 0  # gseapy mode: stored entries left of the current gene
         for u in range(u_genes.size):
             g = u_genes[u]
-            while j < m and c[j] < g:
-                j += 1
-            if j < m and c[j] == g:
+            j = entry_of[g]
+            if j >= 0:
                 r_u[u] = pos[j]
                 w_u[u] = run_w[run_of[j]]
-            else:
-                r_u[u] = r0 if tie_average else n_neg + g + 1 - j - mid
+            elif tie_average:
+                r_u[u] = r0
                 w_u[u] = w0
+            else:  # zeros after the negatives, in column order
+                while left < m and c[left] < g:
+                    left += 1
+                r_u[u] = n_neg + g + 1 - left - mid
+                w_u[u] = w0
+        for j in range(m):
+            entry_of[c[j]] = -1
         for s in range(n_sets):
             a = a_c = b = b_c = rs = 0.0
             for p in range(set_ptr[s], set_ptr[s + 1]):
