@@ -17,7 +17,6 @@ where they differ:
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import anndata as ad
@@ -60,17 +59,17 @@ def test_aucell_equals_decoupler_without_ties(max_rank):
     np.testing.assert_allclose(ours.to_numpy(), ref[list(sets)].to_numpy(), rtol=0, atol=1e-12)
 
 
-def test_aucell_decoupler_breaks_ties_by_column_order(mob_dir):
-    """On counts decoupler depends on the gene order; stalign does not."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            a = st.io.read_legacy_st(mob_dir / "MOB1")[:60].copy()
-        finally:
-            logging.disable(logging.NOTSET)
+def _mob_by_symbol(mob_adata, n_spots: int) -> ad.AnnData:
+    """Real MOB1 spots with upper-case symbols as var_names (decoupler matches names)."""
+    a = mob_adata[:n_spots].copy()
     a.var_names = a.var["gene_symbols"].str.upper().to_numpy()
     a.var_names_make_unique()
+    return a
+
+
+def test_aucell_decoupler_breaks_ties_by_column_order(mob_adata):
+    """On counts decoupler depends on the gene order; stalign does not."""
+    a = _mob_by_symbol(mob_adata, 60)
     rng = np.random.default_rng(1)
     sets = {f"S{j}": list(rng.choice(a.var_names, size=30, replace=False)) for j in range(4)}
     df = pd.DataFrame(a.X.toarray(), index=a.obs_names, columns=a.var_names)
@@ -83,18 +82,10 @@ def test_aucell_decoupler_breaks_ties_by_column_order(mob_dir):
     np.testing.assert_allclose(ours1.to_numpy(), ours2.to_numpy(), rtol=0, atol=1e-12)
 
 
-def test_zscore_relation_to_decoupler(mob_dir):
+def test_zscore_relation_to_decoupler(mob_adata):
     import scanpy as sc
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            a = st.io.read_legacy_st(mob_dir / "MOB1")[:80].copy()
-        finally:
-            logging.disable(logging.NOTSET)
-    a.var_names = a.var["gene_symbols"].str.upper().to_numpy()
-    a.var_names_make_unique()
+    a = _mob_by_symbol(mob_adata, 80)
     rng = np.random.default_rng(2)
     sets = {
         f"S{j}": list(rng.choice(a.var_names, size=8 + 12 * j, replace=False)) for j in range(5)

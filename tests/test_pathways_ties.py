@@ -10,7 +10,6 @@ with gseapy on tie-free data, and the all-zero spot.
 from __future__ import annotations
 
 import itertools
-import logging
 import warnings
 
 import anndata as ad
@@ -167,15 +166,9 @@ def test_both_tie_modes_match_gseapy_without_ties(sample_norm, correl, weight):
 
 # --------------------------------------------------------------------------- permutations
 @pytest.fixture(scope="module")
-def mob300(mob_dir):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            a = st.io.read_legacy_st(mob_dir / "MOB1")
-        finally:
-            logging.disable(logging.NOTSET)
-    return a[:300].copy()
+def mob300(_mob_adata_cached):
+    """The first 300 spots of the real MOB1 section (1,000 genes, raw counts)."""
+    return _mob_adata_cached[:300].copy()
 
 
 @pytest.fixture(scope="module")
