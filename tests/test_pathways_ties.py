@@ -207,6 +207,7 @@ METHODS = [
     {"method": "ssgsea", "correl_norm_type": "zscore", "ssgsea_norm": False},
     {"method": "aucell"},
     {"method": "zscore"},
+    {"method": "ulm"},
 ]
 
 

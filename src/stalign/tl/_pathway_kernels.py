@@ -403,3 +403,20 @@ def lognorm_gene_moments(data, indices, indptr, normalize, target_sum, wanted, s
             y = np.log1p(data[p] / scale) if normalize else data[p]
             s1[indices[p]] += y
             s2[indices[p]] += y * y
+
+
+@njit(**_JIT)
+def lognorm_row_moments(data, indptr, normalize, target_sum):
+    """Per spot: ``(sum_g y_g, sum_g y_g**2)`` over all genes, ``y`` as in :func:`lognorm_set_sums`.
+
+    Zeros add nothing, so only the stored entries are visited.
+    """
+    n_rows = indptr.size - 1
+    out = np.zeros((n_rows, 2))
+    for i in range(n_rows):
+        scale = _row_scale(data, indptr[i], indptr[i + 1], normalize, target_sum)
+        for p in range(indptr[i], indptr[i + 1]):
+            y = np.log1p(data[p] / scale) if normalize else data[p]
+            out[i, 0] += y
+            out[i, 1] += y * y
+    return out
