@@ -227,7 +227,7 @@ def ssgsea_kernel(
     n_sets = set_k.size
     out = np.empty((n_rows, n_sets))
     mx = _max_row_nnz(indptr)
-    v, sv, run_val, run_w, pos = np.empty((5, mx))
+    v, sv, run_val, run_w, run_r, pos = np.empty((6, mx))
     c, run_start, run_len, run_of, seen = np.empty((5, mx), dtype=np.int64)
     slot = np.full(INT_TABLE_SIZE, -1, dtype=np.int32)
     r_u = np.empty(u_genes.size)
@@ -245,11 +245,10 @@ def ssgsea_kernel(
         w0 = _run_weights(run_val, run_start, run_len, q, n, n_zero, n_neg, code, zscore,
                           weight, run_w)  # fmt: skip
         if tie_average:
-            # mean ascending rank of each run; zeros rank after the negatives
-            for j in range(m):
-                t = run_of[j]
-                pos[j] = run_start[t] + (run_len[t] + 1) / 2.0 + (n_zero if run_val[t] > 0 else 0)
-                pos[j] -= mid
+            # mean ascending rank of each run (centred); zeros rank after the negatives
+            for t in range(q):
+                run_r[t] = run_start[t] + (run_len[t] + 1) / 2.0 + (n_zero if run_val[t] > 0 else 0)
+                run_r[t] -= mid
         else:
             # ordinal rank of each stored entry: ascending value, ties by column
             seen[:q] = 0
@@ -266,7 +265,7 @@ def ssgsea_kernel(
             g = u_genes[u]
             j = entry_of[g]
             if j >= 0:
-                r_u[u] = pos[j]
+                r_u[u] = run_r[run_of[j]] if tie_average else pos[j]
                 w_u[u] = run_w[run_of[j]]
             elif tie_average:
                 r_u[u] = r0
