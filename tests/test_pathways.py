@@ -309,6 +309,8 @@ def test_errors(mob150):
     neg.X = sp.csr_matrix(-neg.X.toarray())
     with pytest.raises(ValueError, match="normalize=False"):
         st.tl.score_pathways(neg, method="zscore")
+    with pytest.raises(ValueError, match="method='ulm' with normalize=True"):
+        st.tl.score_pathways(neg, method="ulm")
 
 
 def test_error_when_ensembl_only(mob150):

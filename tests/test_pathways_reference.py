@@ -13,11 +13,12 @@ where they differ:
   sqrt(k) / sd``); stalign standardises every gene across spots (scanpy's ``scale``)
   and averages the set's z-scores. On the gene-standardised matrix ``Z`` the two are
   related exactly: ``stalign = decoupler_zscore(Z) * sd_spot(Z) / sqrt(k)``.
+- ulm: the same model as ``decoupler.mt.ulm`` on the log-normalised matrix; decoupler
+  first drops genes that are 0 in every spot, so the tests give it none.
 """
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import anndata as ad
@@ -60,17 +61,17 @@ def test_aucell_equals_decoupler_without_ties(max_rank):
     np.testing.assert_allclose(ours.to_numpy(), ref[list(sets)].to_numpy(), rtol=0, atol=1e-12)
 
 
-def test_aucell_decoupler_breaks_ties_by_column_order(mob_dir):
-    """On counts decoupler depends on the gene order; stalign does not."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            a = st.io.read_legacy_st(mob_dir / "MOB1")[:60].copy()
-        finally:
-            logging.disable(logging.NOTSET)
+def _mob_by_symbol(mob_adata, n_spots: int) -> ad.AnnData:
+    """Real MOB1 spots with upper-case symbols as var_names (decoupler matches names)."""
+    a = mob_adata[:n_spots].copy()
     a.var_names = a.var["gene_symbols"].str.upper().to_numpy()
     a.var_names_make_unique()
+    return a
+
+
+def test_aucell_decoupler_breaks_ties_by_column_order(mob_adata):
+    """On counts decoupler depends on the gene order; stalign does not."""
+    a = _mob_by_symbol(mob_adata, 60)
     rng = np.random.default_rng(1)
     sets = {f"S{j}": list(rng.choice(a.var_names, size=30, replace=False)) for j in range(4)}
     df = pd.DataFrame(a.X.toarray(), index=a.obs_names, columns=a.var_names)
@@ -83,18 +84,10 @@ def test_aucell_decoupler_breaks_ties_by_column_order(mob_dir):
     np.testing.assert_allclose(ours1.to_numpy(), ours2.to_numpy(), rtol=0, atol=1e-12)
 
 
-def test_zscore_relation_to_decoupler(mob_dir):
+def test_zscore_relation_to_decoupler(mob_adata):
     import scanpy as sc
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            a = st.io.read_legacy_st(mob_dir / "MOB1")[:80].copy()
-        finally:
-            logging.disable(logging.NOTSET)
-    a.var_names = a.var["gene_symbols"].str.upper().to_numpy()
-    a.var_names_make_unique()
+    a = _mob_by_symbol(mob_adata, 80)
     rng = np.random.default_rng(2)
     sets = {
         f"S{j}": list(rng.choice(a.var_names, size=8 + 12 * j, replace=False)) for j in range(5)
@@ -116,3 +109,34 @@ def test_zscore_relation_to_decoupler(mob_dir):
     sd_spot = kept.std(axis=1, ddof=1).to_numpy()[:, None]
     expected = ref[list(sets)].to_numpy() * sd_spot / np.sqrt(k)[None, :]
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-10)
+
+
+def test_ulm_equals_decoupler(mob_adata):
+    import scanpy as sc
+
+    a = _mob_by_symbol(mob_adata, 80)
+    a = a[:, np.asarray((a.X > 0).sum(axis=0)).ravel() > 0].copy()  # no all-zero gene
+    rng = np.random.default_rng(3)
+    sets = {
+        f"S{j}": list(rng.choice(a.var_names, size=5 + 15 * j, replace=False)) for j in range(5)
+    }
+    ours = _score(a.copy(), sets, method="ulm").to_numpy()
+
+    y = a.copy()
+    y.X = y.X.toarray().astype(np.float64)
+    sc.pp.normalize_total(y, target_sum=1e4)
+    sc.pp.log1p(y)
+    ydf = pd.DataFrame(y.X, index=a.obs_names, columns=a.var_names)
+    ref, _ = dc.mt.ulm(ydf, _net(sets), tmin=3)
+    assert ref.shape == ours.shape
+    np.testing.assert_allclose(ours, ref[list(sets)].to_numpy(), rtol=0, atol=1e-9)
+
+    logged = _score(y.copy(), sets, method="ulm", normalize=False).to_numpy()
+    np.testing.assert_allclose(logged, ours, rtol=0, atol=1e-9)
+
+
+def test_ulm_empty_spot_scores_zero():
+    a, sets = _tie_free(5)
+    a.X[3] = 0.0
+    out = _score(a, sets, method="ulm").to_numpy()
+    assert np.isfinite(out).all() and np.all(out[3] == 0.0)

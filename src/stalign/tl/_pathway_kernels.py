@@ -227,11 +227,12 @@ def ssgsea_kernel(
     n_sets = set_k.size
     out = np.empty((n_rows, n_sets))
     mx = _max_row_nnz(indptr)
-    v, sv, run_val, run_w, pos = np.empty((5, mx))
+    v, sv, run_val, run_w, run_r, pos = np.empty((6, mx))
     c, run_start, run_len, run_of, seen = np.empty((5, mx), dtype=np.int64)
     slot = np.full(INT_TABLE_SIZE, -1, dtype=np.int32)
     r_u = np.empty(u_genes.size)
     w_u = np.empty(u_genes.size)
+    entry_of = np.full(n, -1, dtype=np.int64)  # column -> stored entry of the row (-1: zero)
     mid = (n + 1) / 2.0
     for i in range(n_rows):
         m = _load_row(data, indices, indptr[i], indptr[i + 1], v, c, code == 2)
@@ -244,11 +245,10 @@ def ssgsea_kernel(
         w0 = _run_weights(run_val, run_start, run_len, q, n, n_zero, n_neg, code, zscore,
                           weight, run_w)  # fmt: skip
         if tie_average:
-            # mean ascending rank of each run; zeros rank after the negatives
-            for j in range(m):
-                t = run_of[j]
-                pos[j] = run_start[t] + (run_len[t] + 1) / 2.0 + (n_zero if run_val[t] > 0 else 0)
-                pos[j] -= mid
+            # mean ascending rank of each run (centred); zeros rank after the negatives
+            for t in range(q):
+                run_r[t] = run_start[t] + (run_len[t] + 1) / 2.0 + (n_zero if run_val[t] > 0 else 0)
+                run_r[t] -= mid
         else:
             # ordinal rank of each stored entry: ascending value, ties by column
             seen[:q] = 0
@@ -258,17 +258,25 @@ def ssgsea_kernel(
                 seen[t] += 1
         r0 = n_neg + (n_zero + 1) / 2.0 - mid
         # rank and weight of every set gene
-        j = 0
+        for j in range(m):
+            entry_of[c[j]] = j
+        left = 0  # gseapy mode: stored entries left of the current gene
         for u in range(u_genes.size):
             g = u_genes[u]
-            while j < m and c[j] < g:
-                j += 1
-            if j < m and c[j] == g:
-                r_u[u] = pos[j]
+            j = entry_of[g]
+            if j >= 0:
+                r_u[u] = run_r[run_of[j]] if tie_average else pos[j]
                 w_u[u] = run_w[run_of[j]]
-            else:
-                r_u[u] = r0 if tie_average else n_neg + g + 1 - j - mid
+            elif tie_average:
+                r_u[u] = r0
                 w_u[u] = w0
+            else:  # zeros after the negatives, in column order
+                while left < m and c[left] < g:
+                    left += 1
+                r_u[u] = n_neg + g + 1 - left - mid
+                w_u[u] = w0
+        for j in range(m):
+            entry_of[c[j]] = -1
         for s in range(n_sets):
             a = a_c = b = b_c = rs = 0.0
             for p in range(set_ptr[s], set_ptr[s + 1]):
@@ -394,3 +402,20 @@ def lognorm_gene_moments(data, indices, indptr, normalize, target_sum, wanted, s
             y = np.log1p(data[p] / scale) if normalize else data[p]
             s1[indices[p]] += y
             s2[indices[p]] += y * y
+
+
+@njit(**_JIT)
+def lognorm_row_moments(data, indptr, normalize, target_sum):
+    """Per spot: ``(sum_g y_g, sum_g y_g**2)`` over all genes, ``y`` as in :func:`lognorm_set_sums`.
+
+    Zeros add nothing, so only the stored entries are visited.
+    """
+    n_rows = indptr.size - 1
+    out = np.zeros((n_rows, 2))
+    for i in range(n_rows):
+        scale = _row_scale(data, indptr[i], indptr[i + 1], normalize, target_sum)
+        for p in range(indptr[i], indptr[i + 1]):
+            y = np.log1p(data[p] / scale) if normalize else data[p]
+            out[i, 0] += y
+            out[i, 1] += y * y
+    return out

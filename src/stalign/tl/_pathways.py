@@ -25,20 +25,21 @@ from ._scoring import (
     aucell_chunk,
     iter_row_chunks,
     ssgsea_chunk,
+    ulm_chunk,
     zscore_chunk,
     zscore_weights,
 )
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("ssgsea", "aucell", "zscore")
+METHODS = ("ssgsea", "aucell", "zscore", "ulm")
 
 
 def score_pathways(
     adata: AnnData,
     gene_sets: GeneSetsLike = "hallmark",
     *,
-    method: Literal["ssgsea", "aucell", "zscore"] = "ssgsea",
+    method: Literal["ssgsea", "aucell", "zscore", "ulm"] = "ssgsea",
     layer: str | None = None,
     min_genes: int = 5,
     max_genes: int | None = None,
@@ -75,9 +76,11 @@ def score_pathways(
         ``ties``). ``"aucell"``: AUCell-style recovery AUC of the set in the top
         ``auc_max_rank`` genes, tied genes credited by expectation. ``"zscore"``: mean
         over set genes of per-gene z-scores (across spots) after library-size
-        normalisation and ``log1p`` (scanpy). All three give the same scores whatever the
-        order of the genes (columns) with the default ``ties="average"``; see the
-        "Pathway scores" concept page for ties on count data.
+        normalisation and ``log1p`` (scanpy). ``"ulm"``: per spot, t-value of the slope
+        of a linear model of the log-normalised values of all genes on the set indicator
+        (``decoupler.mt.ulm``). All methods give the same scores whatever the order of
+        the genes (columns) with the default ``ties="average"``; see the "Pathway
+        scoring" concept page for ties on count data.
     layer
         Read values from ``.layers[layer]`` instead of ``.X``.
     min_genes
@@ -114,10 +117,10 @@ def score_pathways(
         AUCell: genes ranked below this are ignored; a fraction of the number of genes
         (``< 1``) or an absolute number of ranks (``>= 1``).
     normalize
-        z-score: normalise counts per spot to ``target_sum`` and ``log1p`` first (set
-        ``False`` when the input is already log-normalised).
+        z-score and ulm: normalise counts per spot to ``target_sum`` and ``log1p`` first
+        (set ``False`` when the input is already log-normalised).
     target_sum
-        z-score: counts per spot after library-size normalisation.
+        z-score and ulm: counts per spot after library-size normalisation.
     smooth
         Average every spot's scores with its spatial neighbours (row-normalised
         ``I + A``). Uses ``obsp['spatial_connectivities']`` when present, otherwise
@@ -143,7 +146,7 @@ def score_pathways(
     ``.uns[key_added]['params']``
         The parameters above, plus ``n_genes`` and the matched ``gene_column``;
         ``ties`` records how tied genes were ranked (``"none (values, not ranks)"`` for
-        ``"zscore"``).
+        ``"zscore"`` and ``"ulm"``).
     ``.uns[key_added]['coverage']``
         Dict of columns, one row per input set: ``pathway``, ``n_total``, ``n_found``,
         ``fraction``, ``kept`` and ``missing`` (``;``-joined genes not in the data).
@@ -251,8 +254,11 @@ def score_pathways(
         max_rank = min(max_rank, n_genes)
         for start, stop, chunk in chunks("AUCell"):
             scores[start:stop] = aucell_chunk(chunk, sets, max_rank=max_rank)
-    else:
+    elif method == "zscore":
         _zscore(chunks, sets, scores, normalize=normalize, target_sum=target_sum, layer=layer)
+    else:
+        for start, stop, chunk in _counts_checked(chunks, "ULM", method, normalize, layer):
+            scores[start:stop] = ulm_chunk(chunk, sets, normalize=normalize, target_sum=target_sum)
 
     if smooth:
         scores = _smooth(adata, scores, smooth_kwargs)
@@ -270,7 +276,7 @@ def score_pathways(
         "chunk_size": chunk_size,
         "smooth": smooth,
         "smooth_kwargs": dict(smooth_kwargs or {}),
-        "ties": ties if method != "zscore" else "none (values, not ranks)",
+        "ties": ties if method in ("ssgsea", "aucell") else "none (values, not ranks)",
     }
     if method == "ssgsea":
         params.update(
@@ -293,25 +299,26 @@ def score_pathways(
     return adata if copy else None
 
 
+def _counts_checked(chunks, desc: str, method: str, normalize: bool, layer: str | None):
+    """Yield the chunks; with ``normalize`` raise on negative values (counts expected)."""
+    for start, stop, chunk in chunks(desc):
+        if normalize and chunk.data.size and chunk.data.min() < 0:
+            where = f"layers[{layer!r}]" if layer is not None else "X"
+            msg = (
+                f"method={method!r} with normalize=True expects raw counts but adata.{where} "
+                "has negative values; pass normalize=False for normalised input"
+            )
+            raise ValueError(msg)
+        yield start, stop, chunk
+
+
 def _zscore(chunks, sets: SetIndex, scores: np.ndarray, *, normalize, target_sum, layer):
     """Two passes: per-gene mean/std over spots, then mean z-score of the set genes."""
-
-    def checked(desc):
-        for start, stop, chunk in chunks(desc):
-            if normalize and chunk.data.size and chunk.data.min() < 0:
-                where = f"layers[{layer!r}]" if layer is not None else "X"
-                msg = (
-                    f"method='zscore' with normalize=True expects raw counts but adata.{where} "
-                    "has negative values; pass normalize=False for normalised input"
-                )
-                raise ValueError(msg)
-            yield start, stop, chunk
-
     moments = GeneMoments(sets, normalize=normalize, target_sum=target_sum)
-    for _, _, chunk in checked("z-score (1/2)"):
+    for _, _, chunk in _counts_checked(chunks, "z-score (1/2)", "zscore", normalize, layer):
         moments.update(chunk)
     weights = zscore_weights(moments)
-    for start, stop, chunk in checked("z-score (2/2)"):
+    for start, stop, chunk in _counts_checked(chunks, "z-score (2/2)", "zscore", normalize, layer):
         scores[start:stop] = zscore_chunk(chunk, moments, weights)
 
 

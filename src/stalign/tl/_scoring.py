@@ -249,3 +249,39 @@ def zscore_chunk(
     )  # fmt: skip
     out -= offset[None, :]
     return out
+
+
+#: decoupler's guard against ``r = ±1`` in the t-value of the slope
+_ULM_EPS = 2.2e-16
+
+
+def ulm_chunk(
+    chunk: sp.csr_matrix, sets: SetIndex, *, normalize: bool, target_sum: float
+) -> np.ndarray:
+    """Univariate linear model per spot and set: t-value of the slope, ``(rows, sets)``.
+
+    Per spot, the log-normalised values ``y`` of all ``n`` genes are regressed on the
+    set indicator ``x`` (1 for the ``k`` set genes); the score is the t-value of the
+    slope, ``r sqrt((n - 2) / ((1 - r)(1 + r)))`` with ``r`` the Pearson correlation of
+    ``x`` and ``y``, as ``decoupler.mt.ulm`` computes it on the same matrix. Only sums
+    are needed (``sum y``, ``sum y**2`` over the spot, ``sum y`` over each set), so
+    zeros cost nothing. A spot whose genes are all equal (no counts) scores 0
+    (decoupler: NaN).
+    """
+    data, _, indptr = _csr_arrays(chunk)
+    n = float(sets.n_genes)
+    k = sets.k[None, :]
+    ones = sets.gene_weights(np.ones(sets.set_u.size))
+    set_sum = _run_threaded(
+        _k.lognorm_set_sums, chunk, normalize, float(target_sum), sets.n_sets, sets.gene_ptr,
+        sets.gene_sets, ones,
+    )  # fmt: skip
+    moments = _k.lognorm_row_moments(data, indptr, normalize, float(target_sum))
+    s1, s2 = moments[:, :1], moments[:, 1:]
+    cov = set_sum - k * s1 / n  # (n - 1) * covariance of x and y
+    var_x = k - k * k / n  # (n - 1) * variance of x
+    var_y = np.maximum(s2 - s1 * s1 / n, 0.0)  # (n - 1) * variance of y
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(var_y > 0, cov / np.sqrt(var_x * var_y), 0.0)
+        r = np.clip(r, -1.0, 1.0)
+        return r * np.sqrt((n - 2.0) / ((1.0 - r + _ULM_EPS) * (1.0 + r + _ULM_EPS)))
