@@ -96,8 +96,8 @@ def read_positions(path: Path) -> pd.DataFrame:
             raise ValueError(msg) from e
     else:
         what = "tissue positions CSV"
-        tab = read_table(path, what=what, header=None, dtype=str)
-        has_header = str(tab.iloc[0, 0]).strip().lower() == "barcode"
+        first = read_table(path, what=what, header=None, nrows=1, dtype=str)
+        has_header = str(first.iloc[0, 0]).strip().lower() == "barcode"
         tab = read_table(path, what=what, header=0 if has_header else None)
         if not has_header:
             if tab.shape[1] != len(_POSITION_COLUMNS):
