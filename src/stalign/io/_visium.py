@@ -89,11 +89,7 @@ def read_positions(path: Path) -> pd.DataFrame:
     ``pxl_row_in_fullres``, ``pxl_col_in_fullres``.
     """
     if path.suffix.lower() == ".parquet":
-        try:
-            tab = pd.read_parquet(path)
-        except (OSError, ValueError) as e:  # pyarrow errors derive from these
-            msg = f"{path}: cannot read the tissue positions as parquet ({type(e).__name__}: {e})"
-            raise ValueError(msg) from e
+        tab = read_table(path, what="tissue positions")
     else:
         what = "tissue positions CSV"
         first = read_table(path, what=what, header=None, nrows=1, dtype=str)
