@@ -155,6 +155,7 @@ def read_xenium(
         mat.barcodes, cells, counts_source=counts_path, positions_source=cells_path, missing="raise"
     )
     um = cells[["x_centroid", "y_centroid"]].to_numpy(float)
+    check_coordinates(um, image_size=None, source=cells_path)  # finite, not all identical
 
     images: dict = {}
     scalefactors: dict = {}
