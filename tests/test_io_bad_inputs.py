@@ -182,3 +182,22 @@ def test_xenium_empty_cells_table_is_named(shared_data, tmp_path):
     with pytest.raises(ValueError, match=r"found an empty file") as err:
         read_xenium(folder, load_images=False)
     assert _one_line(err).startswith(str(cells))
+
+
+def test_h5ad_identical_or_nan_coordinates_are_named(mob_adata, tmp_path):
+    from stalign.io import read_h5ad
+
+    path = tmp_path / "MOB1.h5ad"
+    a = mob_adata.copy()
+    a.obsm[K.SPATIAL] = np.tile([500.0, 600.0], (a.n_obs, 1))
+    a.write_h5ad(path)
+    with pytest.raises(ValueError, match=r"same pixel coordinates") as err:
+        read_h5ad(path, image=None, load_images=False)
+    assert _one_line(err).startswith(str(path))
+    xy = mob_adata.obsm[K.SPATIAL].copy()
+    xy[3, 1] = np.nan
+    a.obsm[K.SPATIAL] = xy
+    a.write_h5ad(path)
+    with pytest.raises(ValueError, match=r"found 1 spots with NaN/inf") as err:
+        read_h5ad(path, load_images=False)
+    assert _one_line(err).startswith(str(path))

@@ -250,3 +250,19 @@ def test_h5ad_symlink_is_recorded_as_given(mob_adata, tmp_path):
     meta = a.uns[K.SPATIAL]["MOB1"][K.METADATA]
     assert meta["h5ad_path"] == str(link.absolute())
     assert a.n_obs == mob_adata.n_obs
+
+
+def test_open_image_dispatches_on_content_not_suffix(mob_dir, tmp_path):
+    """A JPEG saved as ``.TIF`` and a TIFF saved as ``.jpg`` open like their content."""
+    import tifffile
+
+    from stalign.im import open_image
+
+    with Image.open(mob_dir / f"{SECTION}.jpg") as im:
+        rgb = np.asarray(im.convert("RGB"))
+    shutil.copy(mob_dir / f"{SECTION}.jpg", tmp_path / "he.TIF")
+    tifffile.imwrite(tmp_path / "he.jpg", rgb, tile=(256, 256), photometric="rgb")
+    for name in ("he.TIF", "he.jpg"):
+        with open_image(tmp_path / name, mpp=1.0) as slide:
+            region = slide.read_region(300, 400, 32, 32)
+        np.testing.assert_array_equal(region, rgb[400:432, 300:332])

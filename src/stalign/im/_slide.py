@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _keys as K
-from ..io._image import open_pil, tiff_mpp, to_rgb_uint8
+from ..io._image import is_tiff, open_pil, tiff_mpp, to_rgb_uint8
 from ._levels import ArrayLevel, Level, OpenSlideLevel, TiledTiffLevel, ZarrLevel
 from ._resample import Window, outside_mask, patch_window, resample
 
@@ -23,9 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-_TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8", ".qptiff")
 _OPENSLIDE_SUFFIXES = (".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
-_PIL_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: a level's mpp may exceed the target by this relative amount and still count as "≤"
 _MPP_TOL = 0.01
 #: above this size (px) a plain image, decoded whole into memory, gets a warning
@@ -657,15 +655,9 @@ def open_image(
     if not path.is_file():
         msg = f"image file not found: {path}"
         raise FileNotFoundError(msg)
-    suffix = path.suffix.lower()
-    if suffix in _OPENSLIDE_SUFFIXES:
+    if path.suffix.lower() in _OPENSLIDE_SUFFIXES:
         return _open_openslide(path, mpp)
-    if suffix in _TIFF_SUFFIXES:
-        return _open_tiff(path, mpp)
-    if suffix in _PIL_SUFFIXES:
-        return _open_pil(path, mpp, max_pixels)
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic[:2] in (b"II", b"MM"):
+    # TIFF or not is read from the file's first bytes: a JPEG saved as .TIF opens
+    if is_tiff(path):
         return _open_tiff(path, mpp)
     return _open_pil(path, mpp, max_pixels)

@@ -86,10 +86,11 @@ def is_gzip(path: PathLike) -> bool:
 
 
 def read_table(path: Path, *, what: str, **kwargs: Any) -> pd.DataFrame:
-    """Read a delimited text table with one-line errors that name the file.
+    """Read a delimited text table (or a ``.parquet`` file) with one-line errors naming it.
 
     Gzip is detected from the content, not the name (a link named ``.tsv.gz`` may point
-    to a plain table); text must be UTF-8.
+    to a plain table); text must be UTF-8. A ``.parquet`` file is read whole
+    (``kwargs`` do not apply).
 
     Parameters
     ----------
@@ -105,6 +106,12 @@ def read_table(path: Path, *, what: str, **kwargs: Any) -> pd.DataFrame:
     ValueError
         Empty file, non-UTF-8 text, a damaged gzip stream or unparsable text.
     """
+    if path.suffix.lower() == ".parquet":
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as e:  # pyarrow's errors derive from these
+            msg = f"{path}: cannot read the {what} as parquet ({type(e).__name__}: {e})"
+            raise ValueError(msg) from e
     compression = "gzip" if is_gzip(path) else None
     try:
         return pd.read_csv(path, compression=compression, encoding="utf-8", **kwargs)

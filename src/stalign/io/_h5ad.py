@@ -105,6 +105,7 @@ def _from_anndata(
         for k, v in dict(spatial_in.get(K.IMAGES, {})).items()
     }
 
+    check_coordinates(xy, image_size=None, source=source)  # finite, not all identical
     info = image_info(image) if image is not None else None
     if info is not None:
         check_coordinates(

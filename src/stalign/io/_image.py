@@ -208,7 +208,8 @@ def open_pil(path: str | os.PathLike, *, max_pixels: int | None = None) -> PILIm
     return img
 
 
-def _is_tiff(path: Path) -> bool:
+def is_tiff(path: str | os.PathLike) -> bool:
+    """Whether the file starts with a TIFF / BigTIFF header (whatever its suffix says)."""
     with open(path, "rb") as fh:
         magic = fh.read(4)
     return magic[:2] in (b"II", b"MM") and magic[2:4] in (b"*\x00", b"\x00*", b"+\x00", b"\x00+")
@@ -378,7 +379,7 @@ def image_info(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
     if path.stat().st_size == 0:
         msg = f"{path}: expected an image file, found an empty file"
         raise ValueError(msg)
-    if _is_tiff(path):
+    if is_tiff(path):
         return _tiff_info(path)
     with open_pil(path, max_pixels=max_pixels) as im:
         width, height = im.size
@@ -421,7 +422,7 @@ def load_thumbnail(
     info = image_info(path, max_pixels=max_pixels)
     scale = min(1.0, max_side / max(info.width, info.height))
     try:
-        if _is_tiff(path):
+        if is_tiff(path):
             im = Image.fromarray(_tiff_thumbnail(path, info.width * scale, max_pixels))
         else:
             with open_pil(path, max_pixels=max_pixels) as src:

@@ -89,15 +89,11 @@ def read_positions(path: Path) -> pd.DataFrame:
     ``pxl_row_in_fullres``, ``pxl_col_in_fullres``.
     """
     if path.suffix.lower() == ".parquet":
-        try:
-            tab = pd.read_parquet(path)
-        except (OSError, ValueError) as e:  # pyarrow errors derive from these
-            msg = f"{path}: cannot read the tissue positions as parquet ({type(e).__name__}: {e})"
-            raise ValueError(msg) from e
+        tab = read_table(path, what="tissue positions")
     else:
         what = "tissue positions CSV"
-        tab = read_table(path, what=what, header=None, dtype=str)
-        has_header = str(tab.iloc[0, 0]).strip().lower() == "barcode"
+        first = read_table(path, what=what, header=None, nrows=1, dtype=str)
+        has_header = str(first.iloc[0, 0]).strip().lower() == "barcode"
         tab = read_table(path, what=what, header=0 if has_header else None)
         if not has_header:
             if tab.shape[1] != len(_POSITION_COLUMNS):

@@ -145,14 +145,7 @@ def read_xenium(
     counts_path = _first(folder, _MATRIX, "cell-feature matrix")
     cells_path = _first(folder, _CELLS, "cells table")
     mat = read_matrix(counts_path)
-    if cells_path.suffix.lower() == ".parquet":
-        try:
-            cells = pd.read_parquet(cells_path)
-        except (OSError, ValueError) as e:  # pyarrow errors derive from these
-            msg = f"{cells_path}: cannot read the cells table ({type(e).__name__}: {e})"
-            raise ValueError(msg) from e
-    else:
-        cells = read_table(cells_path, what="cells table (CSV)")
+    cells = read_table(cells_path, what="cells table")
     need = ["cell_id", "x_centroid", "y_centroid"]
     if [c for c in need if c not in cells.columns]:
         msg = f"{cells_path}: expected columns {need}, found {list(cells.columns)}"
@@ -162,6 +155,7 @@ def read_xenium(
         mat.barcodes, cells, counts_source=counts_path, positions_source=cells_path, missing="raise"
     )
     um = cells[["x_centroid", "y_centroid"]].to_numpy(float)
+    check_coordinates(um, image_size=None, source=cells_path)  # finite, not all identical
 
     images: dict = {}
     scalefactors: dict = {}
