@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,8 +144,3 @@ def folder_lock(
         yield path
     finally:
         os.close(fd)  # releases the lock
-
-
-def lock_supported() -> bool:
-    """Whether this platform has advisory folder locks (POSIX ``flock``)."""
-    return fcntl is not None and sys.platform != "win32"

@@ -690,6 +690,11 @@ def merge_pairs(
         )
 
 
+def _sample_of(row: dict[str, Any]) -> Sample:
+    """Return the :class:`Sample` of a ``build.json`` manifest row."""
+    return Sample(**{k: v for k, v in row.items() if k in Sample.__dataclass_fields__})
+
+
 def _merge(
     out: Path,
     *,
@@ -717,7 +722,7 @@ def _merge(
     pathways: list[str] | None = None
     for row in tqdm(rows, desc="merge", disable=not progress):
         sid = row["sample_id"]
-        inputs = input_identity(sample_inputs(Sample(**row))) if verify else None
+        inputs = input_identity(sample_inputs(_sample_of(row))) if verify else None
         problem = shard_problem(out, sid, fp, inputs=inputs, verify=verify)
         if problem is None:
             rec = read_success(out, sid) or {}
