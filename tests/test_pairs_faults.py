@@ -404,3 +404,25 @@ def test_same_counts_path_under_two_patients_is_refused(tmp_path, mob_dir):
     with pytest.raises(ManifestError, match=r"line 3: .*MOB1\.tsv\.gz.*line 2.*patient"):
         build_pairs(manifest, tmp_path / "out", **FAST)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_lock_of_a_killed_process_never_blocks(tmp_path):
+    from stalign._lock import FolderLockedError, folder_lock
+
+    lock = tmp_path / ".lock"
+    code = (
+        "import sys, time\nfrom stalign._lock import folder_lock\n"
+        "with folder_lock(sys.argv[1], command='holder'):\n"
+        "    print('held', flush=True)\n    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"held"
+        with pytest.raises(FolderLockedError, match=rf"{tmp_path} is in use by pid {proc.pid} "):
+            with folder_lock(lock, command="second"):
+                pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with folder_lock(lock, command="next"):  # released by the kernel: no stale lock
+        assert lock.read_text().split()[0] == f"pid={os.getpid()}"
