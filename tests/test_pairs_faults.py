@@ -369,7 +369,10 @@ def test_malformed_store_json_is_named(tmp_path, ref, manifest, capsys, name):
         assert line.startswith("stalign ") and f"{out / name} is not valid JSON" in line
 
 
-def test_out_of_disk_is_one_line_and_commits_nothing(tmp_path, manifest, monkeypatch, capsys):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_out_of_disk_is_one_line_and_commits_nothing(
+    tmp_path, manifest, monkeypatch, capsys, workers
+):
     from stalign.pairs._store import PatchWriter
 
     def full(self, *args, **kwargs):
@@ -377,10 +380,11 @@ def test_out_of_disk_is_one_line_and_commits_nothing(tmp_path, manifest, monkeyp
 
     monkeypatch.setattr(PatchWriter, "append", full)
     out = tmp_path / "pairs"
-    assert main(["build-pairs", str(manifest), "--out", str(out), *CLI_FAST]) == 1
+    cmd = ["build-pairs", str(manifest), "--out", str(out), "--workers", workers, *CLI_FAST]
+    assert main(cmd) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("stalign build-pairs: error:"), err
-    assert "No space left on device" in err[0] and str(out) in err[0] and "MOB1" in err[0]
+    assert "No space left on device" in err[0] and str(out) in err[0] and "MOB" in err[0]
     assert not list(out.glob("samples/*/_SUCCESS")) and not list(out.glob("samples/*/_FAILED"))
     assert not list(out.glob("samples/.tmp-*")) and not (out / "index.json").exists()
 

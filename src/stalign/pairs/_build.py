@@ -198,7 +198,7 @@ def _prepare_out(out: Path) -> Path:
 
 # ----------------------------------------------------------------------------- build record
 def _has_finished_shards(out: Path) -> bool:
-    return any((out / SAMPLES_DIR).glob(f"*/{SUCCESS}"))
+    return any(not p.parent.name.startswith(".") for p in (out / SAMPLES_DIR).glob(f"*/{SUCCESS}"))
 
 
 def _write_build_json(
