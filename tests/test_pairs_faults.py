@@ -430,3 +430,26 @@ def test_the_lock_of_a_killed_process_never_blocks(tmp_path):
         proc.wait()
     with folder_lock(lock, command="next"):  # released by the kernel: no stale lock
         assert lock.read_text().split()[0] == f"pid={os.getpid()}"
+
+
+def test_a_store_of_an_older_stalign_is_rebuilt_not_refused(tmp_path, one):
+    """Stores from before content fingerprints: same parameters → rebuilt, not refused."""
+    from stalign.pairs._store import params_fingerprint
+
+    out = tmp_path / "pairs"
+    params = {**FAST, "gene_sets": "hallmark", "method": "zscore"}
+    build_pairs(one, out, **params)
+    before = _files(out)
+    build = json.loads((out / "build.json").read_text())  # rewrite it as stalign 0.1 did
+    del build["fingerprint_version"], build["params"]["gene_sets_sha256"]
+    build["params_fingerprint"] = params_fingerprint(build["params"])
+    (out / "build.json").write_text(json.dumps(build))
+    success = json.loads((out / "samples" / "MOB1" / "_SUCCESS").read_text())
+    del success["inputs"]
+    success["params_fingerprint"] = build["params_fingerprint"]
+    (out / "samples" / "MOB1" / "_SUCCESS").write_text(json.dumps(success))
+    result = build_pairs(one, out, **params)
+    assert list(result.table["status"]) == ["done"]
+    assert _files(out) == before
+    with pytest.raises(ValueError, match="other parameters"):  # other parameters still refused
+        build_pairs(one, out, **{**params, "method": "ssgsea"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
@@ -212,6 +213,7 @@ def _write_build_json(
     path = out / BUILD_JSON
     record = {
         "format_version": FORMAT_VERSION,
+        "fingerprint_version": FINGERPRINT_VERSION,
         "params": params.to_dict(),
         "params_fingerprint": fp,
         "samples": [{k: v for k, v in s.to_dict().items() if k != "line"} for s in samples],
@@ -220,6 +222,18 @@ def _write_build_json(
     with folder_lock(out / f"{LOCK_FILE}.build", command="write build.json", wait_s=60):
         if path.is_file() and resume and _has_finished_shards(out):
             old = read_json(path, what="the build record of a pairs store")
+            if not isinstance(old, dict):
+                msg = f"{path} is not a build record (expected a JSON object)"
+                raise ValueError(msg)
+            if old.get("params_fingerprint") != fp and _older_fingerprint_of(old, record):
+                logger.warning(
+                    "%s was built by an older stalign (no content fingerprints); "
+                    "rebuilding its shards with the same parameters",
+                    out,
+                )
+                _remove_shards_built_with(out, old, str(old["params_fingerprint"]))
+                write_json(path, record)
+                return
             if old.get("params_fingerprint") != fp:
                 msg = (
                     f"{out} holds a build with other parameters ({path}: fingerprint "
@@ -237,6 +251,27 @@ def _write_build_json(
         if path.is_file():
             remove_index(out)  # the old index describes another build
         write_json(path, record)
+
+
+#: 2: gene-set file content in the fingerprint, input identities in every shard
+FINGERPRINT_VERSION = 2
+
+
+def _older_fingerprint_of(old: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether ``old`` is a record of the same build by a stalign before fingerprint v2."""
+    if "fingerprint_version" in old:
+        return False
+    params = {k: v for k, v in record["params"].items() if k != "gene_sets_sha256"}
+    same = old.get("params") == json.loads(json.dumps(params, default=str))
+    return same and old.get("samples") == record["samples"]
+
+
+def _remove_shards_built_with(out: Path, old: dict[str, Any], fingerprint: str) -> None:
+    remove_index(out)
+    for row in old.get("samples", []):
+        rec = read_success(out, row["sample_id"])
+        if rec is not None and rec.get("params_fingerprint") == fingerprint:
+            remove_shard(out, row["sample_id"])
 
 
 # ----------------------------------------------------------------------------- inputs
