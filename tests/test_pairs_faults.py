@@ -453,3 +453,30 @@ def test_a_store_of_an_older_stalign_is_rebuilt_not_refused(tmp_path, one):
     assert _files(out) == before
     with pytest.raises(ValueError, match="other parameters"):  # other parameters still refused
         build_pairs(one, out, **{**params, "method": "ssgsea"})
+
+
+def test_input_identity_reads_whole_small_files_and_the_ends_of_big_ones(tmp_path):
+    from stalign.pairs._store import FULL_DIGEST_MAX_BYTES, file_identity, input_identity
+
+    small = tmp_path / "counts.tsv"
+    small.write_bytes(b"a" * 1000)
+    ident = file_identity(small)
+    assert ident["digest"] == "full" and ident["bytes"] == 1000
+    small.write_bytes(b"a" * 500 + b"b" + b"a" * 499)  # same size, other middle byte
+    assert file_identity(small)["sha256"] != ident["sha256"]
+
+    big = tmp_path / "slide.tif"
+    with open(big, "wb") as fh:  # sparse: instant, no disk used
+        fh.truncate(FULL_DIGEST_MAX_BYTES + (8 << 20))
+    ident = file_identity(big)
+    assert ident["digest"] == "size+head+tail"
+    with open(big, "r+b") as fh:
+        fh.seek(-10, os.SEEK_END)
+        fh.write(b"new tail")
+    assert file_identity(big)["sha256"] != ident["sha256"]
+    with open(big, "ab") as fh:
+        fh.write(b"x")
+    assert file_identity(big)["bytes"] == ident["bytes"] + 1
+    both = input_identity([tmp_path, tmp_path / "absent.jpg"])
+    assert set(both) == {str(small), str(big), str(tmp_path / "absent.jpg")}
+    assert both[str(tmp_path / "absent.jpg")] == {"missing": True}

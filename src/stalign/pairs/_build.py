@@ -285,14 +285,16 @@ def sample_inputs(sample: Sample) -> list[Path]:
     """
     from .. import io as st_io
 
-    paths = [Path(sample.path)]
+    found: dict[str, Any] = {}
     finder = getattr(st_io, f"find_{sample.platform}_files", None)
     if finder is not None:
         try:
             found = finder(sample.path)
         except (OSError, ValueError):  # the reader reports it, naming the file
             found = {}
-        paths += [Path(v) for v in found.values() if isinstance(v, (str, os.PathLike))]
+    # what the finder names, or the path (never walk e.g. a whole HEST root)
+    paths = [Path(v) for v in found.values() if isinstance(v, (str, os.PathLike))]
+    paths = paths or [Path(sample.path)]
     if sample.image:
         paths.append(Path(sample.image))
     return list(dict.fromkeys(paths))
