@@ -369,7 +369,10 @@ def test_malformed_store_json_is_named(tmp_path, ref, manifest, capsys, name):
         assert line.startswith("stalign ") and f"{out / name} is not valid JSON" in line
 
 
-def test_out_of_disk_is_one_line_and_commits_nothing(tmp_path, manifest, monkeypatch, capsys):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_out_of_disk_is_one_line_and_commits_nothing(
+    tmp_path, manifest, monkeypatch, capsys, workers
+):
     from stalign.pairs._store import PatchWriter
 
     def full(self, *args, **kwargs):
@@ -377,10 +380,11 @@ def test_out_of_disk_is_one_line_and_commits_nothing(tmp_path, manifest, monkeyp
 
     monkeypatch.setattr(PatchWriter, "append", full)
     out = tmp_path / "pairs"
-    assert main(["build-pairs", str(manifest), "--out", str(out), *CLI_FAST]) == 1
+    cmd = ["build-pairs", str(manifest), "--out", str(out), "--workers", workers, *CLI_FAST]
+    assert main(cmd) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("stalign build-pairs: error:"), err
-    assert "No space left on device" in err[0] and str(out) in err[0] and "MOB1" in err[0]
+    assert "No space left on device" in err[0] and str(out) in err[0] and "MOB" in err[0]
     assert not list(out.glob("samples/*/_SUCCESS")) and not list(out.glob("samples/*/_FAILED"))
     assert not list(out.glob("samples/.tmp-*")) and not (out / "index.json").exists()
 
@@ -404,3 +408,75 @@ def test_same_counts_path_under_two_patients_is_refused(tmp_path, mob_dir):
     with pytest.raises(ManifestError, match=r"line 3: .*MOB1\.tsv\.gz.*line 2.*patient"):
         build_pairs(manifest, tmp_path / "out", **FAST)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_lock_of_a_killed_process_never_blocks(tmp_path):
+    from stalign._lock import FolderLockedError, folder_lock
+
+    lock = tmp_path / ".lock"
+    code = (
+        "import sys, time\nfrom stalign._lock import folder_lock\n"
+        "with folder_lock(sys.argv[1], command='holder'):\n"
+        "    print('held', flush=True)\n    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"held"
+        with pytest.raises(FolderLockedError, match=rf"{tmp_path} is in use by pid {proc.pid} "):
+            with folder_lock(lock, command="second"):
+                pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with folder_lock(lock, command="next"):  # released by the kernel: no stale lock
+        assert lock.read_text().split()[0] == f"pid={os.getpid()}"
+
+
+def test_a_store_of_an_older_stalign_is_rebuilt_not_refused(tmp_path, one):
+    """Stores from before content fingerprints: same parameters → rebuilt, not refused."""
+    from stalign.pairs._store import params_fingerprint
+
+    out = tmp_path / "pairs"
+    params = {**FAST, "gene_sets": "hallmark", "method": "zscore"}
+    build_pairs(one, out, **params)
+    before = _files(out)
+    build = json.loads((out / "build.json").read_text())  # rewrite it as stalign 0.1 did
+    del build["fingerprint_version"], build["params"]["gene_sets_sha256"]
+    build["params_fingerprint"] = params_fingerprint(build["params"])
+    (out / "build.json").write_text(json.dumps(build))
+    success = json.loads((out / "samples" / "MOB1" / "_SUCCESS").read_text())
+    del success["inputs"]
+    success["params_fingerprint"] = build["params_fingerprint"]
+    (out / "samples" / "MOB1" / "_SUCCESS").write_text(json.dumps(success))
+    result = build_pairs(one, out, **params)
+    assert list(result.table["status"]) == ["done"]
+    assert _files(out) == before
+    with pytest.raises(ValueError, match="other parameters"):  # other parameters still refused
+        build_pairs(one, out, **{**params, "method": "ssgsea"})
+
+
+def test_input_identity_reads_whole_small_files_and_the_ends_of_big_ones(tmp_path):
+    from stalign.pairs._store import FULL_DIGEST_MAX_BYTES, file_identity, input_identity
+
+    small = tmp_path / "counts.tsv"
+    small.write_bytes(b"a" * 1000)
+    ident = file_identity(small)
+    assert ident["digest"] == "full" and ident["bytes"] == 1000
+    small.write_bytes(b"a" * 500 + b"b" + b"a" * 499)  # same size, other middle byte
+    assert file_identity(small)["sha256"] != ident["sha256"]
+
+    big = tmp_path / "slide.tif"
+    with open(big, "wb") as fh:  # sparse: instant, no disk used
+        fh.truncate(FULL_DIGEST_MAX_BYTES + (8 << 20))
+    ident = file_identity(big)
+    assert ident["digest"] == "size+head+tail"
+    with open(big, "r+b") as fh:
+        fh.seek(-10, os.SEEK_END)
+        fh.write(b"new tail")
+    assert file_identity(big)["sha256"] != ident["sha256"]
+    with open(big, "ab") as fh:
+        fh.write(b"x")
+    assert file_identity(big)["bytes"] == ident["bytes"] + 1
+    both = input_identity([tmp_path, tmp_path / "absent.jpg"])
+    assert set(both) == {str(small), str(big), str(tmp_path / "absent.jpg")}
+    assert both[str(tmp_path / "absent.jpg")] == {"missing": True}

@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,13 +71,16 @@ def _describe_holders(path: Path) -> str:
     return ", ".join(found) if found else "another process"
 
 
-def _try_flock(fd: int, shared: bool) -> bool:
+def _try_flock(fd: int, shared: bool, path: Path) -> bool:
     flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     try:
         fcntl.flock(fd, flags)
     except OSError as e:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            logger.warning("%s: this file system has no locks (%s); running unlocked", path, e)
+            return True
         raise
     return True
 
@@ -123,10 +125,14 @@ def folder_lock(
     if fcntl is None:  # pragma: no cover - Windows: no advisory locks
         yield path
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        msg = f"cannot create the lock file {path}: {e.strerror or e}"
+        raise OSError(e.errno, msg) from e
     try:
         deadline = time.monotonic() + max(0.0, wait_s)
-        while not _try_flock(fd, shared):
+        while not _try_flock(fd, shared, path):
             if time.monotonic() >= deadline:
                 holders = _describe_holders(path)
                 msg = (
@@ -145,8 +151,3 @@ def folder_lock(
         yield path
     finally:
         os.close(fd)  # releases the lock
-
-
-def lock_supported() -> bool:
-    """Whether this platform has advisory folder locks (POSIX ``flock``)."""
-    return fcntl is not None and sys.platform != "win32"

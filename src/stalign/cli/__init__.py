@@ -59,8 +59,8 @@ def format_error(command: str | None, error: BaseException) -> str:
     text = str(error)
     if isinstance(error, OSError) and error.strerror and error.filename:
         text = f"{error.filename}: {error.strerror}"
-    elif isinstance(error, OSError) and error.strerror and not text.strip():
-        text = error.strerror
+    elif isinstance(error, OSError) and error.strerror:
+        text = error.strerror  # drop the "[Errno 28]" prefix
     elif isinstance(error, MemoryError):
         text = f"out of memory{': ' + text if text else ''}"
     if not text.strip():

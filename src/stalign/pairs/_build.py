@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
@@ -198,7 +199,7 @@ def _prepare_out(out: Path) -> Path:
 
 # ----------------------------------------------------------------------------- build record
 def _has_finished_shards(out: Path) -> bool:
-    return any((out / SAMPLES_DIR).glob(f"*/{SUCCESS}"))
+    return any(not p.parent.name.startswith(".") for p in (out / SAMPLES_DIR).glob(f"*/{SUCCESS}"))
 
 
 def _write_build_json(
@@ -212,6 +213,7 @@ def _write_build_json(
     path = out / BUILD_JSON
     record = {
         "format_version": FORMAT_VERSION,
+        "fingerprint_version": FINGERPRINT_VERSION,
         "params": params.to_dict(),
         "params_fingerprint": fp,
         "samples": [{k: v for k, v in s.to_dict().items() if k != "line"} for s in samples],
@@ -220,6 +222,18 @@ def _write_build_json(
     with folder_lock(out / f"{LOCK_FILE}.build", command="write build.json", wait_s=60):
         if path.is_file() and resume and _has_finished_shards(out):
             old = read_json(path, what="the build record of a pairs store")
+            if not isinstance(old, dict):
+                msg = f"{path} is not a build record (expected a JSON object)"
+                raise ValueError(msg)
+            if old.get("params_fingerprint") != fp and _older_fingerprint_of(old, record):
+                logger.warning(
+                    "%s was built by an older stalign (no content fingerprints); "
+                    "rebuilding its shards with the same parameters",
+                    out,
+                )
+                _remove_shards_built_with(out, old, str(old["params_fingerprint"]))
+                write_json(path, record)
+                return
             if old.get("params_fingerprint") != fp:
                 msg = (
                     f"{out} holds a build with other parameters ({path}: fingerprint "
@@ -239,6 +253,27 @@ def _write_build_json(
         write_json(path, record)
 
 
+#: 2: gene-set file content in the fingerprint, input identities in every shard
+FINGERPRINT_VERSION = 2
+
+
+def _older_fingerprint_of(old: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether ``old`` is a record of the same build by a stalign before fingerprint v2."""
+    if "fingerprint_version" in old:
+        return False
+    params = {k: v for k, v in record["params"].items() if k != "gene_sets_sha256"}
+    same = old.get("params") == json.loads(json.dumps(params, default=str))
+    return same and old.get("samples") == record["samples"]
+
+
+def _remove_shards_built_with(out: Path, old: dict[str, Any], fingerprint: str) -> None:
+    remove_index(out)
+    for row in old.get("samples", []):
+        rec = read_success(out, row["sample_id"])
+        if rec is not None and rec.get("params_fingerprint") == fingerprint:
+            remove_shard(out, row["sample_id"])
+
+
 # ----------------------------------------------------------------------------- inputs
 def sample_inputs(sample: Sample) -> list[Path]:
     """Return the files (or folders) a sample's reader uses: its path, image and sidecars.
@@ -250,14 +285,16 @@ def sample_inputs(sample: Sample) -> list[Path]:
     """
     from .. import io as st_io
 
-    paths = [Path(sample.path)]
+    found: dict[str, Any] = {}
     finder = getattr(st_io, f"find_{sample.platform}_files", None)
     if finder is not None:
         try:
             found = finder(sample.path)
         except (OSError, ValueError):  # the reader reports it, naming the file
             found = {}
-        paths += [Path(v) for v in found.values() if isinstance(v, (str, os.PathLike))]
+    # what the finder names, or the path (never walk e.g. a whole HEST root)
+    paths = [Path(v) for v in found.values() if isinstance(v, (str, os.PathLike))]
+    paths = paths or [Path(sample.path)]
     if sample.image:
         paths.append(Path(sample.image))
     return list(dict.fromkeys(paths))
@@ -697,6 +734,11 @@ def merge_pairs(
         )
 
 
+def _sample_of(row: dict[str, Any]) -> Sample:
+    """Return the :class:`Sample` of a ``build.json`` manifest row."""
+    return Sample(**{k: v for k, v in row.items() if k in Sample.__dataclass_fields__})
+
+
 def _merge(
     out: Path,
     *,
@@ -724,7 +766,7 @@ def _merge(
     pathways: list[str] | None = None
     for row in tqdm(rows, desc="merge", disable=not progress):
         sid = row["sample_id"]
-        inputs = input_identity(sample_inputs(Sample(**row))) if verify else None
+        inputs = input_identity(sample_inputs(_sample_of(row))) if verify else None
         problem = shard_problem(out, sid, fp, inputs=inputs, verify=verify)
         if problem is None:
             rec = read_success(out, sid) or {}

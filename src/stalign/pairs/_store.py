@@ -295,7 +295,7 @@ def remove_shard(out: str | os.PathLike, sample_id: str) -> None:
     d = sample_dir(out, sample_id)
     if not d.exists():
         return
-    trash = d.parent / f"{_TMP_PREFIX}{sample_id}.{os.getpid()}.old"
+    trash = d.parent / f"{_TMP_PREFIX}{sample_id}.old{os.getpid()}"  # see clean_stale_tmpdirs
     if trash.exists():
         shutil.rmtree(trash)
     os.replace(d, trash)
