@@ -13,6 +13,7 @@ and ``read_h5ad``.
 from __future__ import annotations
 
 from ._h5ad import find_hest_files, read_h5ad, read_hest
+from ._hest_folder import hest_manifest, read_hest_metadata
 from ._image import ImageInfo, image_info
 from ._legacy_st import estimate_mpp_from_grid, find_legacy_st_files, read_legacy_st
 from ._mpp import MppMismatchWarning, reconcile_mpp
@@ -28,11 +29,13 @@ __all__ = [
     "estimate_mpp_from_grid",
     "find_hest_files",
     "find_legacy_st_files",
+    "hest_manifest",
     "image_info",
     "read",
     "read_alignment_matrix",
     "read_h5ad",
     "read_hest",
+    "read_hest_metadata",
     "read_legacy_st",
     "read_visium",
     "read_visium_hd",

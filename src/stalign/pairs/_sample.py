@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys as K
+from ._hest_reuse import NO_HEST_PATCH, HestPatchSource, plan_hest_reuse
 from ._manifest import Sample
 from ._params import PairsParams
 from ._store import (
@@ -37,15 +38,14 @@ class SampleError(RuntimeError):
     """A sample could not be turned into pairs; the message says why."""
 
 
-def _read(sample: Sample) -> Any:
+def _read(sample: Sample, **kwargs: Any) -> Any:
     """Read a manifest row with the platform's reader ``stalign.io.read_<platform>``.
 
     Falls back to ``stalign.io.read(path, platform=...)`` for platforms without a
-    dedicated reader function.
+    dedicated reader function. ``kwargs`` go to the reader.
     """
     from .. import io as st_io
 
-    kwargs: dict[str, Any] = {}
     if sample.image:
         kwargs["image"] = sample.image
     if sample.mpp:
@@ -177,8 +177,10 @@ def build_sample(
     timings: dict[str, float] = {}
     bar = None
     writer = None
+    source: HestPatchSource | None = None
     try:
-        adata = _read(sample)
+        plan, wsi_reason = plan_hest_reuse(sample, params)
+        adata = _read(sample, use_wsi=False) if plan is not None else _read(sample)
         meta = adata.uns.get(K.STALIGN, {})
         mpp0 = meta.get(K.MPP)
         if not mpp0:
@@ -203,6 +205,18 @@ def build_sample(
         in_image = np.zeros(n, bool)
         tissue_fraction = np.zeros(n, np.float32)
         xy = np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64)[:, :2]
+        if plan is not None:
+            try:
+                source = HestPatchSource(plan, adata, params, mpp0)
+            except ValueError as e:  # the HEST patches do not fit: read the WSI instead
+                logger.warning("sample %s: %s; using the WSI", sample.sample_id, e)
+                plan, wsi_reason = None, str(e)
+                adata = _read(sample)
+        batches = (
+            source.batches()
+            if source is not None
+            else im.iter_patches(adata, mpp=params.mpp, size_px=params.size_px, progress=False)
+        )
 
         # patches stream from the image straight into the shard (bounded memory)
         tmp = new_shard_tmpdir(out, sample.sample_id)
@@ -221,7 +235,7 @@ def build_sample(
             leave=False,
             disable=not progress,
         )
-        for batch in im.iter_patches(adata, mpp=params.mpp, size_px=params.size_px, progress=False):
+        for batch in batches:
             sl = slice(batch.start, batch.start + len(batch))
             in_image[sl] = batch.in_image
             tissue_fraction[sl] = batch.tissue_fraction
@@ -243,6 +257,7 @@ def build_sample(
             ("low_tissue", tissue_fraction < params.tissue_threshold),
             ("not_in_tissue_call", ~in_tissue_call),
             ("outside_image", ~in_image),
+            *([(NO_HEST_PATCH, source.missing())] if source is not None else []),
         ):  # the last assignment wins: each spot reports the first reason of DROP_REASONS
             reason[bad] = name
         keep = reason == ""
@@ -333,7 +348,10 @@ def build_sample(
         )
         spots.to_csv(tmp / SPOTS_CSV, float_format="%.6g", lineterminator="\n")
 
-        thumb, thumb_info = _thumbnail(adata, mpp0, params.thumbnail_px)
+        if source is not None:
+            thumb, thumb_info = source.thumbnail()
+        else:
+            thumb, thumb_info = _thumbnail(adata, mpp0, params.thumbnail_px)
         (tmp / THUMBNAIL_PNG).write_bytes(_png_bytes(thumb))
         timings["write"] = round(time.perf_counter() - t, 3)
 
@@ -348,7 +366,11 @@ def build_sample(
             "n_genes": len(genes),
             "genes": genes,
             "pathways": pathway_names,
-            "dropped": {r: int((reason == r).sum()) for r in DROP_REASONS},
+            "dropped": {
+                r: int((reason == r).sum())
+                for r in DROP_REASONS + ((NO_HEST_PATCH,) if source is not None else ())
+            },
+            **(source.info if source is not None else _wsi_info(adata, wsi_reason)),
             "mpp_level0": mpp0,
             "spot_diameter_um": meta.get(K.SPOT_DIAMETER_UM),
             "patch": {"mpp": params.mpp, "size_px": params.size_px, "window_level0_px": window0},
@@ -359,10 +381,20 @@ def build_sample(
         record["timings_s"] = {**timings, "total": round(time.perf_counter() - t0, 3)}
         return record
     finally:
+        if source is not None:
+            source.close()
         if writer is not None:
             writer.close()
         if bar is not None:
             bar.close()
+
+
+def _wsi_info(adata: Any, reason: str) -> dict[str, Any]:
+    """``_SUCCESS`` fields of a shard whose patches were read from the image."""
+    info: dict[str, Any] = {"patch_source": "wsi", "tissue_source": "wsi_saturation_otsu"}
+    if adata.uns.get(K.STALIGN, {}).get(K.PLATFORM) == "hest":
+        info["hest_patches_not_used"] = reason
+    return info
 
 
 def _anndata(X: Any, *, obs: pd.DataFrame, var: pd.DataFrame) -> Any:
