@@ -1,0 +1,124 @@
+"""SpatialData bridge: zarr stores made from shipped real samples build the same pairs
+as the native readers, and scores go back into the SpatialData table."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+
+pytest.importorskip("spatialdata")
+
+import spatialdata as sd
+
+from stalign.io import (
+    detect_platform,
+    read,
+    read_legacy_st,
+    read_spatialdata,
+    read_visium,
+    to_spatialdata,
+)
+from stalign.pairs import build_pairs, patches_digest, read_index
+
+HEADER = "sample_id,patient_id,organ,species,platform,path,image,mpp,source,license\n"
+
+
+def _build(tmp, name, platform, path, **kw):
+    m = tmp / f"{name}.csv"
+    m.write_text(HEADER + f"{name},p1,organ,species,{platform},{path},,,test,MIT\n")
+    out = tmp / f"pairs_{name}"
+    build_pairs(m, out, progress=False, **kw)
+    return out / "samples" / name
+
+
+def _same_pairs(a_dir, b_dir, *, scores: bool) -> None:
+    a, b = ad.read_h5ad(a_dir / "pairs.h5ad"), ad.read_h5ad(b_dir / "pairs.h5ad")
+    assert list(a.obs_names) == list(b.obs_names) and a.n_obs > 0
+    assert list(a.var_names) == list(b.var_names)
+    assert (a.X != b.X).nnz == 0
+    np.testing.assert_allclose(a.obsm["spatial"], b.obsm["spatial"], atol=1e-6)
+    if scores:
+        np.testing.assert_allclose(a.obsm["pathway_scores"], b.obsm["pathway_scores"], atol=1e-5)
+    assert patches_digest(a_dir / "patches.h5") == patches_digest(b_dir / "patches.h5")
+
+
+def test_mob_zarr_builds_the_native_pairs_and_takes_scores_back(tmp_path, mob_dir):
+    native = read_legacy_st(mob_dir / "MOB1")
+    store = tmp_path / "mob1.zarr"
+    to_spatialdata(native, path=store)
+    assert detect_platform(store) == "spatialdata"
+    back = read(store)  # platform detected; the image stays on disk (OME-Zarr folder)
+    assert back.uns["stalign"]["image_path"] == str(store.resolve() / "images" / "he")
+    assert back.uns["stalign"]["mpp"] == pytest.approx(native.uns["stalign"]["mpp"])
+    np.testing.assert_allclose(back.obsm["spatial"], native.obsm["spatial"])
+    fast = {"mpp": 9.4, "size_px": 32, "gene_sets": "hallmark"}
+    a = _build(tmp_path, "MOB1", "legacy_st", mob_dir / "MOB1.tsv.gz", **fast)
+    b = _build(tmp_path, "MOB1zarr", "spatialdata", store, **fast)
+    _same_pairs(a, b, scores=True)
+    assert read_index(b.parent.parent)["samples"][0]["platform"] == "spatialdata"
+    # the way back: pathway scores of the kept spots into the store's table
+    pairs = ad.read_h5ad(b / "pairs.h5ad")
+    pairs.obsm["X_toy"] = np.arange(pairs.n_obs * 2, dtype=np.float32).reshape(-1, 2)
+    to_spatialdata(pairs, sdata=store)
+    table = sd.read_zarr(store).tables["table"]
+    scores = table.obsm["pathway_scores"]
+    assert list(scores.columns) == list(pairs.obsm["pathway_scores"].columns)
+    np.testing.assert_allclose(
+        scores.loc[pairs.obs_names].to_numpy(), pairs.obsm["pathway_scores"].to_numpy(), atol=1e-6
+    )
+    dropped = ~table.obs_names.isin(pairs.obs_names)
+    assert dropped.any() and np.isnan(scores.to_numpy()[dropped]).all()
+    assert table.obsm["X_toy"].shape == (table.n_obs, 2)
+
+
+def test_visium_lowres_zarr_builds_the_native_pairs(tmp_path, examples_dir):
+    path = examples_dir / "visium_human_heart"
+    store = tmp_path / "heart.zarr"
+    to_spatialdata(read_visium(path), path=store)
+    back = read_spatialdata(store)
+    assert back.uns["stalign"]["image_path"] is None  # a lowres stand-in: kept in memory
+    geometry = {"mpp": 20.0, "size_px": 16, "gene_sets": None, "tissue_threshold": 0.0}
+    a = _build(tmp_path, "heart", "visium", path, **geometry)
+    b = _build(tmp_path, "heartzarr", "spatialdata", store, **geometry)
+    _same_pairs(a, b, scores=False)
+
+
+def test_xenium_table_round_trip(tmp_path, shared_data):
+    from stalign.io import read_xenium
+
+    native = read_xenium(shared_data / "xenium_mouse_brain_subset")
+    store = tmp_path / "xenium.zarr"
+    to_spatialdata(native, path=store, image=False)  # no H&E in the subset
+    back = read_spatialdata(store)
+    assert list(back.obs_names) == list(native.obs_names)
+    assert (back.layers["counts"] != native.layers["counts"]).nnz == 0
+    np.testing.assert_allclose(back.obsm["spatial"], native.obsm["spatial"])
+    assert back.uns["stalign"]["image_path"] is None
+
+
+def test_spatialdata_io_visium_object(examples_dir):
+    sdio = pytest.importorskip("spatialdata_io")
+    path = examples_dir / "visium_human_heart"
+    sdata = sdio.visium(path, dataset_id="heart", counts_file="filtered_feature_bc_matrix.h5")
+    lowres = next(n for n in sdata.images if n.endswith("lowres_image"))
+    native = read_visium(path)
+    back = read_spatialdata(sdata, image=lowres, spot_diameter_um=55.0)
+    common = native.obs_names.intersection(back.obs_names)
+    assert len(common) == native.n_obs
+    b = back[common]
+    np.testing.assert_allclose(b.obsm["spatial"], native[common].obsm["spatial"], atol=1e-6)
+    assert back.uns["stalign"]["mpp"] == pytest.approx(native.uns["stalign"]["mpp"], rel=1e-3)
+
+
+def test_bad_choices_are_named(tmp_path, mob_dir):
+    native = read_legacy_st(mob_dir / "MOB1")
+    sdata = to_spatialdata(native)
+    with pytest.raises(ValueError, match=r"no image named 'nope'; found \['he'\]"):
+        read_spatialdata(sdata, image="nope")
+    with pytest.raises(ValueError, match="no transformation to coordinate system 'x'"):
+        read_spatialdata(sdata, coordinate_system="x")
+    with pytest.raises(FileNotFoundError, match="SpatialData store not found"):
+        read_spatialdata(tmp_path / "missing.zarr")
+    with pytest.raises(ValueError, match="nothing of stalign's to write back"):
+        to_spatialdata(native, sdata=sdata)
