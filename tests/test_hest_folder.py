@@ -138,50 +138,103 @@ def test_build_pairs_reuses_hest_patches_without_opening_a_wsi(hest, tmp_path, m
 
 
 def test_other_geometry_falls_back_to_the_wsi_and_says_so(hest, tmp_path):
+    """288 px > HEST's 256: read from the WSI; its centre 224 px ≈ HEST's crops."""
     root, _ = hest
     manifest = tmp_path / "hest.csv"
     hest_manifest(root, out=manifest)
     out = tmp_path / "pairs"
     args = ["build-pairs", str(manifest), "--out", str(out), "--size-px", "288"]
-    assert main([*args, "--gene-sets", "none", "--no-progress"]) == 0
+    assert main([*args, "--gene-sets", "none", "--no-progress", "--tissue-threshold", "0"]) == 0
     rec = json.loads((out / "samples" / "ST_MOB2" / "_SUCCESS").read_text())
     assert rec["patch_source"] == "wsi"
     assert rec["hest_patches_not_used"] == "patches are 256 px, 288 px requested"
     assert "WSI (patches are 256 px, 288 px requested)" in (out / "qc" / "report.md").read_text()
-
-
-def test_wsi_route_matches_the_centre_crops(hest, tmp_path):
-    """Same geometry from the WSI (patches/ moved away) ≈ HEST's crops: the geometry agrees."""
-    root, _ = hest
-    copy = tmp_path / "hest_no_patches"
-    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("patches"))
-    out_wsi, out_hest = tmp_path / "wsi", tmp_path / "hest"
-    for src, out in ((copy, out_wsi), (root, out_hest)):
-        m = out.with_suffix(".csv")
-        hest_manifest(src, out=m)
-        assert (
-            main(
-                [
-                    "build-pairs",
-                    str(m),
-                    "--out",
-                    str(out),
-                    "--gene-sets",
-                    "none",
-                    "--no-progress",
-                    "--tissue-threshold",
-                    "0",
-                ]
-            )
-            == 0
-        )
+    # same centres and µm/px: the WSI's patches agree with HEST's (the geometry is right)
     with (
-        h5py.File(out_wsi / "samples/ST_MOB1/patches.h5") as f,
-        h5py.File(out_hest / "samples/ST_MOB1/patches.h5") as g,
+        h5py.File(out / "samples/ST_MOB2/patches.h5") as f,
+        h5py.File(root / "patches/ST_MOB2.h5") as g,
     ):
-        a, b = f["img"][()].astype(float), g["img"][()].astype(float)
-        assert a.shape == b.shape
-        assert np.abs(a - b).mean() < 2.0  # same windows, resampled once vs cropped
+        row = {b[0].decode(): i for i, b in enumerate(g["barcode"][()])}
+        names = [b.decode() if isinstance(b, bytes) else b for b in f["barcode"][:, 0]]
+        ours = f["img"][:, 32:256, 32:256].astype(float)
+        theirs = np.stack([g["img"][row[b]][16:240, 16:240] for b in names]).astype(float)
+    assert len(names) == 60 and np.abs(ours - theirs).mean() < 2.0
+
+
+def test_patches_of_other_coordinates_are_not_reused(hest, tmp_path):
+    """A patch file cut around other positions is refused; the WSI is read instead."""
+    root, _ = hest
+    copy = tmp_path / "hest"
+    shutil.copytree(root, copy)
+    with h5py.File(copy / "patches" / "ST_MOB1.h5", "r+") as f:
+        f["coords"][...] = f["coords"][()] + 200  # 200 level-0 px off every spot
+    manifest = tmp_path / "hest.csv"
+    hest_manifest(copy, out=manifest)
+    out = tmp_path / "pairs"
+    assert (
+        main(
+            [
+                "build-pairs",
+                str(manifest),
+                "--out",
+                str(out),
+                "--size-px",
+                "64",
+                "--mpp",
+                "0.5",
+                "--gene-sets",
+                "none",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    rec = json.loads((out / "samples" / "ST_MOB1" / "_SUCCESS").read_text())
+    assert rec["patch_source"] == "wsi"
+    assert "patch centres lie a median" in rec["hest_patches_not_used"]
+    rec2 = json.loads((out / "samples" / "ST_MOB2" / "_SUCCESS").read_text())
+    assert rec2["patch_source"] == "hest_patches"  # 64 px centre crops of 256 px
+
+
+def test_tissue_seg_files(tmp_path):
+    from stalign.im import read_hest_tissue
+
+    seg = tmp_path / "tissue_seg"
+    seg.mkdir()
+    assert read_hest_tissue(seg, "S1", width=100, height=100) is None
+    old_style = {  # a tissue square and, as its own feature, a hole (older HEST files)
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"classification": {"name": "tissue"}},
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[0, 0], [50, 0], [50, 50], [0, 50], [0, 0]]],
+                },
+            },
+            {
+                "type": "Feature",
+                "properties": {"classification": {"name": "hole"}},
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[10, 10], [20, 10], [20, 20], [10, 20], [10, 10]]],
+                },
+            },
+        ],
+    }
+    (seg / "S1_contours.geojson").write_text(json.dumps(old_style))
+    mask = read_hest_tissue(seg, "S1", width=100, height=100)
+    frac = mask.fraction(np.array([[0.0, 0.0], [10.0, 10.0], [30.0, 30.0], [60.0, 60.0]]), 10.0)
+    np.testing.assert_allclose(frac, [1.0, 0.0, 1.0, 0.0], atol=0.15)
+    (seg / "S2_contours.geojson").write_text("{not json")
+    with pytest.raises(ValueError, match="expected GeoJSON tissue contours"):
+        read_hest_tissue(seg, "S2", width=100, height=100)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((10, 30), np.uint8)).save(seg / "S3_mask.jpg")
+    with pytest.raises(ValueError, match="different aspect ratio"):
+        read_hest_tissue(seg, "S3", width=100, height=100)
 
 
 def test_mixed_licences_are_said_in_the_index(tmp_path):

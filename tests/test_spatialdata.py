@@ -122,3 +122,10 @@ def test_bad_choices_are_named(tmp_path, mob_dir):
         read_spatialdata(tmp_path / "missing.zarr")
     with pytest.raises(ValueError, match="nothing of stalign's to write back"):
         to_spatialdata(native, sdata=sdata)
+    store = tmp_path / "t.zarr"
+    to_spatialdata(native, path=store, image=False)
+    with pytest.raises(ValueError, match="exists; pass overwrite=True"):
+        to_spatialdata(native, path=store, image=False)
+    to_spatialdata(native[:10], path=store, image=False, overwrite=True)  # swapped in whole
+    assert sd.read_zarr(store).tables["table"].n_obs == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.zarr"]  # no temporary left

@@ -513,6 +513,27 @@ def to_spatialdata(
         if path.exists() and not overwrite:
             msg = f"{path} exists; pass overwrite=True to replace it"
             raise ValueError(msg)
-        out.write(path, overwrite=overwrite)
+        _write_store(out, path)
         out = sd.read_zarr(path)
     return out
+
+
+def _write_store(sdata: Any, path: Path) -> None:
+    """Write to a hidden sibling, then swap it in: an old store survives a crash."""
+    import shutil
+
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        sdata.write(tmp)
+        if path.exists():
+            old = path.with_name(f".old-{path.name}.{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -58,6 +58,8 @@ def plan_hest_reuse(sample: Sample, params: PairsParams) -> tuple[HestPlan | Non
 
     if sample.platform != "hest":
         return None, "not a HEST sample"
+    if sample.image:
+        return None, "the manifest names its own image (HEST's patches are cut from wsis/)"
     root, sid = _hest_root(sample)
     h5 = root / "patches" / f"{sid}.h5"
     if not h5.is_file():
