@@ -129,3 +129,39 @@ def test_bad_choices_are_named(tmp_path, mob_dir):
     to_spatialdata(native[:10], path=store, image=False, overwrite=True)  # swapped in whole
     assert sd.read_zarr(store).tables["table"].n_obs == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.zarr"]  # no temporary left
+
+
+def test_transformations_place_the_spots(mob_dir):
+    from spatialdata.transformations import Affine, Translation, set_transformation
+
+    native = read_legacy_st(mob_dir / "MOB1")
+    sdata = to_spatialdata(native)
+    set_transformation(sdata.images["he"], Translation([10.0, 20.0], axes=("x", "y")), "global")
+    back = read_spatialdata(sdata)  # image shifted by (10, 20): spots move the other way
+    np.testing.assert_allclose(back.obsm["spatial"], native.obsm["spatial"] - [10.0, 20.0])
+    rotation = Affine(
+        np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+        input_axes=("x", "y"),
+        output_axes=("x", "y"),
+    )
+    set_transformation(sdata.images["he"], rotation, "global")
+    with pytest.raises(ValueError, match="rotation, shear or unequal x/y scale"):
+        read_spatialdata(sdata)
+
+
+def test_ome_zarr_pyramid_is_read_lazily_by_level(tmp_path, mob_dir):
+    from spatialdata.models import Image2DModel
+
+    from stalign import im
+
+    rgb = im.open_image(mob_dir / "MOB1.jpg", mpp=4.0)
+    full = rgb.read_region(0, 0, rgb.width, rgb.height)
+    element = Image2DModel.parse(
+        np.moveaxis(full, -1, 0), dims=("c", "y", "x"), scale_factors=[2, 2], chunks=(3, 256, 256)
+    )
+    sd.SpatialData(images={"he": element}).write(tmp_path / "p.zarr")
+    slide = im.open_image(tmp_path / "p.zarr" / "images" / "he", mpp=4.0)
+    assert slide.level_count == 3
+    assert slide.level_downsamples == pytest.approx((1.0, 1905 / 952, 1905 / 476))
+    np.testing.assert_array_equal(slide.read_region(300, 500, 64, 48), full[500:548, 300:364])
+    assert slide.best_level(8.0) == 1
