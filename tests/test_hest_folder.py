@@ -248,3 +248,53 @@ def test_mixed_licences_are_said_in_the_index(tmp_path):
     assert summary["licenses"] == {"CC BY 4.0": ["a"], "CC BY-NC-SA 4.0": ["b"], "unknown": ["c"]}
     write_index(tmp_path, {"format_version": 1, "samples": samples})
     assert json.loads((tmp_path / "index.json").read_text())["mixed_licenses"] is True
+
+
+def test_a_download_without_wsis_builds_from_the_patches(hest, tmp_path):
+    """st/ + metadata/ + patches/ + tissue_seg/ only: the slides need not be downloaded."""
+    from stalign.io import read_hest
+
+    root, truth = hest
+    copy = tmp_path / "hest"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("wsis"))
+    with pytest.raises(FileNotFoundError, match=r"expected wsis/ST_MOB1.tif"):
+        read_hest(copy / "st" / "ST_MOB1.h5ad")
+    a = read_hest(copy / "st" / "ST_MOB1.h5ad", use_wsi=False)
+    assert a.uns["stalign"]["image_path"] is None and a.n_obs == truth["ST_MOB1"]["n"]
+    manifest = tmp_path / "hest.csv"
+    hest_manifest(copy, out=manifest)
+    out = tmp_path / "pairs"
+    assert (
+        main(
+            [
+                "build-pairs",
+                str(manifest),
+                "--out",
+                str(out),
+                "--gene-sets",
+                "none",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert read_index(out)["n_pairs"] > 0
+    # another geometry needs the slide: a clear failure naming the missing WSI
+    assert (
+        main(
+            [
+                "build-pairs",
+                str(manifest),
+                "--out",
+                str(tmp_path / "p2"),
+                "--size-px",
+                "288",
+                "--gene-sets",
+                "none",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
+    failed = json.loads((tmp_path / "p2" / "samples" / "ST_MOB1" / "_FAILED").read_text())
+    assert "expected wsis/ST_MOB1.tif, not found" in failed["reason"]
