@@ -92,6 +92,14 @@ def test_manifest_filters_and_errors(hest, tmp_path):
     shutil.copytree(root / "st", bad / "st")
     with pytest.raises(ValueError, match="no metadata"):
         read_hest_metadata(bad)
+    # an id that cannot name a shard: the CLI refuses it and leaves no manifest behind
+    odd = tmp_path / "odd"
+    shutil.copytree(root, odd, ignore=shutil.ignore_patterns("wsis", "patches"))
+    (odd / "st" / "ST_MOB1.h5ad").rename(odd / "st" / "ST MOB1.h5ad")
+    (odd / "metadata" / "ST_MOB1.json").rename(odd / "metadata" / "ST MOB1.json")
+    out = tmp_path / "odd.csv"
+    assert main(["manifest", "--from-hest", str(odd), "--out", str(out)]) == 1
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
 def test_build_pairs_reuses_hest_patches_without_opening_a_wsi(hest, tmp_path, monkeypatch):

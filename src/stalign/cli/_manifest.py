@@ -6,18 +6,27 @@ import argparse
 
 
 def _manifest(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
     from ..io import hest_manifest
     from ..pairs import read_manifest
 
-    frame = hest_manifest(
-        args.from_hest,
-        organ=args.organ,
-        species=args.species,
-        technology=args.technology,
-        metadata=args.metadata,
-        out=args.out,
-    )
-    samples = read_manifest(args.out)  # the file must pass the same checks as build-pairs
+    out = Path(args.out)
+    tmp = out.with_name(f".tmp-{out.name}")  # same folder: the relative paths hold
+    try:
+        frame = hest_manifest(
+            args.from_hest,
+            organ=args.organ,
+            species=args.species,
+            technology=args.technology,
+            metadata=args.metadata,
+            out=tmp,
+        )
+        samples = read_manifest(tmp)  # the same checks as build-pairs, before it is kept
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     patients = len({s.patient_id for s in samples})
     licences = sorted(set(frame["license"].replace("", "unknown")))
     print(

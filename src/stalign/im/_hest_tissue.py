@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,14 @@ class TissueMask:
     scale: float
     source: str
 
+    @cached_property
+    def _integral(self) -> np.ndarray:
+        """Summed-area table of the mask (computed once)."""
+        h, w = self.mask.shape
+        integral = np.zeros((h + 1, w + 1), np.int64)
+        integral[1:, 1:] = self.mask.cumsum(0).cumsum(1)
+        return integral
+
     def fraction(self, topleft: np.ndarray, side0: float) -> np.ndarray:
         """Tissue fraction of square windows (outside the slide counts as background).
 
@@ -55,8 +64,7 @@ class TissueMask:
         ``(n,)`` float32 in ``[0, 1]``.
         """
         h, w = self.mask.shape
-        integral = np.zeros((h + 1, w + 1), np.int64)
-        integral[1:, 1:] = self.mask.cumsum(0).cumsum(1)
+        integral = self._integral
         tl = np.asarray(topleft, dtype=float) * self.scale
         side = max(side0 * self.scale, 1.0)
         x0 = np.clip(np.floor(tl[:, 0]).astype(np.int64), 0, w)

@@ -176,14 +176,20 @@ def _patients(meta: pd.DataFrame) -> pd.Series:
         )
     # HEST's patient labels ("Patient 1") repeat across studies: qualify by study
     study = meta.get("dataset_title", pd.Series("", index=meta.index)).astype(str)
-    named = [f"{t.strip()}: {p}" if t.strip() else p for t, p in zip(study, patient, strict=True)]
+    named = [
+        _one_line(f"{t}: {p}" if t.strip() else p) for t, p in zip(study, patient, strict=True)
+    ]
     out = pd.Series(named, index=meta.index)
     out[missing] = meta.index[missing]
     return out
 
 
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).split())  # manifests are read line by line
+
+
 def _source(row: pd.Series) -> str:
-    parts = [str(row.get(k, "")).strip() for k in ("dataset_title", "study_link")]
+    parts = [_one_line(row.get(k, "")) for k in ("dataset_title", "study_link")]
     return "; ".join(p for p in parts if p and p.lower() != "nan")
 
 
@@ -254,14 +260,14 @@ def hest_manifest(
             {
                 "sample_id": sid,
                 "patient_id": patient,
-                "organ": str(row.get("organ", "")).strip() or "unknown",
-                "species": str(row.get("species", "")).strip() or "unknown",
+                "organ": _one_line(row.get("organ", "")) or "unknown",
+                "species": _one_line(row.get("species", "")) or "unknown",
                 "platform": "hest",
                 "path": os.path.relpath(h5ad, base) if out is not None else str(h5ad),
                 "image": "",
                 "mpp": "" if _blank(mpp) else mpp,
                 "source": _source(row),
-                "license": str(row.get("license", "")).strip(),
+                "license": _one_line(row.get("license", "")),
             }
         )
     frame = pd.DataFrame(rows, columns=list(_MANIFEST_COLUMNS))

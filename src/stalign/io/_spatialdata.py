@@ -326,8 +326,8 @@ def _table(adata: ad.AnnData, region: str, instance_key: str) -> Any:
     return TableModel.parse(t, region=region, region_key="region", instance_key=instance_key)
 
 
-def _image_element(adata: ad.AnnData, system: str, mpp: float | None) -> Any:
-    """Return the AnnData's H&E as a lazy image element (level 0 read chunk by chunk).
+def _image_element(adata: ad.AnnData, system: str, mpp: float | None) -> tuple[Any, Any]:
+    """Return the AnnData's H&E as a lazy image element and the open slide it reads.
 
     A pyramid (factors of 2) is added only above 8192 px, so small images keep
     exactly the pixels the native reader resamples from.
@@ -362,13 +362,14 @@ def _image_element(adata: ad.AnnData, system: str, mpp: float | None) -> Any:
     if mpp is not None:
         transforms[MICRON_SYSTEM] = Scale([mpp * ds, mpp * ds], axes=("x", "y"))
     n_scales = int(max(0, np.floor(np.log2(max(level.width, level.height) / 4096))))
-    return Image2DModel.parse(
+    element = Image2DModel.parse(
         arr,
         dims=("c", "y", "x"),
         transformations=transforms,
         scale_factors=[2] * min(n_scales, 4) or None,
         chunks=(3, chunk, chunk),
     )
+    return element, slide
 
 
 def _circles(adata: ad.AnnData, system: str, mpp: float | None) -> Any:
@@ -505,17 +506,22 @@ def to_spatialdata(
         "shapes": {"spots": _circles(adata, coordinate_system, mpp)},
         "tables": {table or "table": _table(adata, "spots", "spot_id")},
     }
+    if path is not None and Path(path).exists() and not overwrite:
+        msg = f"{path} exists; pass overwrite=True to replace it"
+        raise ValueError(msg)
+    slide = None
     if image:
-        elements["images"] = {"he": _image_element(adata, coordinate_system, mpp)}
+        element, slide = _image_element(adata, coordinate_system, mpp)
+        elements["images"] = {"he": element}
     out = sd.SpatialData(**elements)
-    if path is not None:
-        path = Path(path)
-        if path.exists() and not overwrite:
-            msg = f"{path} exists; pass overwrite=True to replace it"
-            raise ValueError(msg)
-        _write_store(out, path)
-        out = sd.read_zarr(path)
-    return out
+    if path is None:
+        return out  # its image reads the slide on demand: the slide stays open
+    try:
+        _write_store(out, Path(path))
+    finally:
+        if slide is not None:
+            slide.close()
+    return sd.read_zarr(path)
 
 
 def _write_store(sdata: Any, path: Path) -> None:
