@@ -24,9 +24,9 @@ from stalign.pairs import build_pairs, patches_digest, read_index
 HEADER = "sample_id,patient_id,organ,species,platform,path,image,mpp,source,license\n"
 
 
-def _build(tmp, name, platform, path, **kw):
+def _build(tmp, name, platform, path, image_mpp="", **kw):
     m = tmp / f"{name}.csv"
-    m.write_text(HEADER + f"{name},p1,organ,species,{platform},{path},,,test,MIT\n")
+    m.write_text(HEADER + f"{name},p1,organ,species,{platform},{path},,{image_mpp},test,MIT\n")
     out = tmp / f"pairs_{name}"
     build_pairs(m, out, progress=False, **kw)
     return out / "samples" / name
@@ -97,18 +97,24 @@ def test_xenium_table_round_trip(tmp_path, shared_data):
     assert back.uns["stalign"]["image_path"] is None
 
 
-def test_spatialdata_io_visium_object(examples_dir):
+def test_spatialdata_io_visium_store_builds_the_native_pairs(tmp_path, examples_dir):
+    """A store written by spatialdata-io (not by stalign) gives the native reader's pairs."""
     sdio = pytest.importorskip("spatialdata_io")
     path = examples_dir / "visium_human_heart"
     sdata = sdio.visium(path, dataset_id="heart", counts_file="filtered_feature_bc_matrix.h5")
-    lowres = next(n for n in sdata.images if n.endswith("lowres_image"))
+    store = tmp_path / "heart_sdio.zarr"
+    sdata.write(store)
     native = read_visium(path)
-    back = read_spatialdata(sdata, image=lowres, spot_diameter_um=55.0)
-    common = native.obs_names.intersection(back.obs_names)
-    assert len(common) == native.n_obs
-    b = back[common]
-    np.testing.assert_allclose(b.obsm["spatial"], native[common].obsm["spatial"], atol=1e-6)
-    assert back.uns["stalign"]["mpp"] == pytest.approx(native.uns["stalign"]["mpp"], rel=1e-3)
+    # the hires image is a black placeholder: the lowres one is chosen, as natively
+    back = read_spatialdata(store, spot_diameter_um=55.0)
+    assert back.uns["spatial"]["table"]["metadata"]["image"] == "heart_lowres_image"
+    assert back.uns["stalign"]["mpp"] == pytest.approx(native.uns["stalign"]["mpp"], rel=1e-6)
+    np.testing.assert_allclose(back.obsm["spatial"], native.obsm["spatial"], atol=1e-6)
+    geometry = {"mpp": 20.0, "size_px": 16, "gene_sets": None, "tissue_threshold": 0.0}
+    mpp = native.uns["stalign"]["mpp"]  # spatialdata-io stores no µm: the manifest gives it
+    a = _build(tmp_path, "heart", "visium", path, **geometry)
+    b = _build(tmp_path, "heartsdio", "spatialdata", store, image_mpp=mpp, **geometry)
+    _same_pairs(a, b, scores=False)
 
 
 def test_bad_choices_are_named(tmp_path, mob_dir):

@@ -160,8 +160,28 @@ def _n_pixels(image: Any) -> int:
     return int(arr.sizes["y"] * arr.sizes["x"])
 
 
+def _is_placeholder(image: Any) -> bool:
+    """Whether a small image has a single colour (Space Ranger's black hires stand-in)."""
+    if _n_pixels(image) > _STAND_IN_MAX_PX:
+        return False
+    rgb = _image_array(image)[..., :3]
+    return bool(rgb.min() == rgb.max())
+
+
+def _default_image(sdata: Any, source: Any) -> str | None:
+    """Return the image with the most pixels, skipping single-colour placeholders."""
+    names = sorted(sdata.images, key=lambda n: -_n_pixels(sdata.images[n]))
+    usable = [n for n in names if not _is_placeholder(sdata.images[n])]
+    if len(names) > 1:
+        logger.info("%s: images %s; using %r (pass image=... to choose)", source, names, usable[:1])
+    if names and not usable:
+        msg = f"{source}: every image {names} is a single colour (placeholder)"
+        raise ValueError(msg)
+    return usable[0] if usable else None
+
+
 def _image_array(image: Any) -> np.ndarray:
-    """Finest scale of an in-memory image element as ``(h, w, 3)`` (computed)."""
+    """Finest scale of an image element as an ``(h, w, c)`` array (computed)."""
     arr = image["scale0"].image if hasattr(image, "children") else image
     arr = np.asarray(arr.transpose("y", "x", "c").data if "c" in arr.dims else arr.data)
     return arr
@@ -184,10 +204,14 @@ def read_spatialdata(
     ----------
     sdata
         A :class:`spatialdata.SpatialData` or the path of its ``.zarr`` store.
-    table, image
-        Element names; default the only table / image (an error lists the names
-        when there are several). A table without an image is read with its
-        spots in the coordinate system's units.
+    table
+        Table name; default the only table (an error lists the names when there
+        are several).
+    image
+        Image name; default the one with the most pixels that is not a
+        single-colour placeholder (spatialdata-io's Visium: the full-resolution
+        image if present, else ``hires``, else ``lowres``). Without any image the
+        spots are read in the coordinate system's units.
     coordinate_system
         Where the image and the table's shapes meet; default ``'global'`` when both
         have it, else the shared system in which the shapes are untransformed
@@ -236,7 +260,11 @@ def read_spatialdata(
         msg = f"{source}: expected a table (AnnData) of spots or cells, found none"
         raise ValueError(msg)
     src = sdata.tables[tname]
-    iname = _pick("image", list(sdata.images), image, source)
+    iname = (
+        _pick("image", list(sdata.images), image, source)
+        if image is not None
+        else _default_image(sdata, source)
+    )
     shapes, region, instance_key = _spots(sdata, src, source)
     prev = dict(src.uns.get(K.STALIGN, {}) or {})
     coordinate_system = _pick_system(
