@@ -404,7 +404,10 @@ def _circles(adata: ad.AnnData, system: str, mpp: float | None) -> Any:
     from spatialdata.models import ShapesModel
     from spatialdata.transformations import Identity, Scale
 
-    lib = adata.uns[K.STALIGN][K.LIBRARY_ID]
+    if K.SPATIAL not in adata.obsm:
+        msg = "adata has no obsm['spatial'] (level-0 px spot centres) to place the spots"
+        raise ValueError(msg)
+    lib = adata.uns.get(K.STALIGN, {}).get(K.LIBRARY_ID)
     sf = adata.uns.get(K.SPATIAL, {}).get(lib, {}).get(K.SCALEFACTORS, {})
     diameter = sf.get(K.SF_SPOT_DIAMETER)
     if diameter is None:
