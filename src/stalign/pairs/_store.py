@@ -614,8 +614,35 @@ def patches_digest(path: str | os.PathLike) -> str:
 
 
 # --------------------------------------------------------------------------- index
+def licence_summary(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Return ``{'licenses': {licence: [sample ids]}, 'mixed_licenses': bool}``.
+
+    A sample without a ``license`` entry counts under ``"unknown"``; a store whose
+    samples carry more than one licence is *mixed* (its use is bound by all of them).
+    """
+    by_licence: dict[str, list[str]] = {}
+    for s in samples:
+        key = str(s.get("license") or "").strip() or "unknown"
+        by_licence.setdefault(key, []).append(str(s.get("sample_id")))
+    return {"licenses": dict(sorted(by_licence.items())), "mixed_licenses": len(by_licence) > 1}
+
+
 def write_index(out: str | os.PathLike, index: dict[str, Any]) -> Path:
-    """Write ``OUT/index.json`` atomically and return its path."""
+    """Write ``OUT/index.json`` atomically and return its path.
+
+    Adds ``licenses`` (licence → sample ids) and ``mixed_licenses`` from the
+    samples' ``license`` entries (see :func:`licence_summary`); a mixed store is
+    also logged as a warning. ``index`` is updated in place with both keys.
+    """
+    summary = licence_summary(index.get("samples", []))
+    index.update(summary)
+    if summary["mixed_licenses"]:
+        logger.warning(
+            "pairs store %s mixes %d licences: %s",
+            out,
+            len(summary["licenses"]),
+            ", ".join(summary["licenses"]),
+        )
     path = Path(out) / INDEX_JSON
     write_json(path, index)
     return path
