@@ -187,6 +187,22 @@ def test_killing_the_parent_kills_the_workers(tmp_path, manifest):
     assert not list(out.glob("samples/*/_FAILED"))
 
 
+def test_a_killed_worker_stops_the_build_with_one_line_and_it_resumes(tmp_path, ref, manifest):
+    out = tmp_path / "pairs"
+    proc = _cli(manifest, out, "--workers", "2")
+    tmp = out / "samples"
+    _wait_for(lambda: tmp.is_dir() and len(list(tmp.glob(".tmp-MOB3.*"))) == 1, proc, "MOB3")
+    worker = int(next(tmp.glob(".tmp-MOB3.*")).name.rsplit(".", 1)[1])
+    os.kill(worker, signal.SIGKILL)  # e.g. the kernel's OOM killer
+    assert proc.wait(timeout=120) == 1
+    err = proc.stderr.read().decode().strip().splitlines()
+    assert err[-1].startswith("stalign build-pairs: error:") and "MOB3" in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    result = build_pairs(manifest, out, **FAST)
+    assert result.table.set_index("sample_id").loc["MOB3", "status"] == "done"
+    assert _files(out) == _files(ref)
+
+
 # ----------------------------------------------------------------------------- concurrency
 def test_a_second_run_on_the_same_folder_is_refused_at_once(tmp_path, ref, manifest):
     out = tmp_path / "pairs"

@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -660,7 +661,17 @@ def _run_pool(
             for fut in done:
                 s = pending.pop(fut)
                 slots.append(slot_of.pop(fut))
-                record(s, fut.result())
+                try:
+                    res = fut.result()
+                except BrokenProcessPool as e:
+                    busy = sorted({s.sample_id, *(x.sample_id for x in pending.values())})
+                    msg = (
+                        f"a worker process died (killed, e.g. for memory?) while samples {busy} "
+                        "were being built; finished shards are kept: run again (with fewer "
+                        "--workers if memory is short) to resume"
+                    )
+                    raise RuntimeError(msg) from e
+                record(s, res)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
