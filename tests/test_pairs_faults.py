@@ -265,17 +265,27 @@ def test_edited_gene_set_file_changes_the_fingerprint(tmp_path, one):
     assert len(read_index(out)["pathways"]) < 20 and result.table["status"][0] == "done"
 
 
-def test_changed_input_file_rebuilds_its_shard(tmp_path, mob_dir):
+def test_changed_input_file_rebuilds_its_shard(tmp_path, mob_dir, monkeypatch):
+    import stalign.pairs._store as store
+
     data = tmp_path / "data"
     counts = _copy_section(mob_dir, data, "MOB1")
     manifest = _manifest(tmp_path / "m", [("MOB1", "m1", counts)])
     out = tmp_path / "pairs"
     build_pairs(manifest, out, **FAST)
     before = _files(out)
+    read: list[str] = []
+    identity = store.file_identity
+    monkeypatch.setattr(store, "file_identity", lambda p: read.append(Path(p).name) or identity(p))
+    assert set(build_pairs(manifest, out, **FAST).table["status"]) == {"skipped"}
+    assert read == []  # unchanged size + mtime: the inputs are not read again
     shutil.copy2(data / "MOB1.jpg", tmp_path / "copy.jpg")  # a copy with a new mtime only
     os.replace(tmp_path / "copy.jpg", data / "MOB1.jpg")
     os.utime(data / "MOB1.jpg")
     assert set(build_pairs(manifest, out, **FAST).table["status"]) == {"skipped"}
+    assert read == ["MOB1.jpg"]  # re-read, same content: still finished
+    assert set(build_pairs(manifest, out, **FAST).table["status"]) == {"skipped"}
+    assert read == ["MOB1.jpg"]  # and its new mtime is cached
     table = (data / "alignment_table_MOB1.tsv").read_text().splitlines()
     header, body = table[0], table[1:]
     (data / "alignment_table_MOB1.tsv").write_text(
