@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -18,16 +17,24 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .._lock import FolderLockedError, folder_lock
 from .._utils import atomic_path
 from ._checkpoint import (
+    HISTORY_FILE,
+    MODEL_FILE,
     OPTIM_FILE,
     STATE_FILE,
+    ResumeState,
     build_model,
     latest_checkpoint,
-    load_rng,
+    load_weights,
     prune_checkpoints,
+    read_json,
+    read_resume_checkpoint,
+    read_tensors,
     save_checkpoint,
     save_rng,
+    set_rng_state,
 )
 from ._config import STRUCTURAL_FIELDS, TrainConfig
 from ._data import (
@@ -257,6 +264,98 @@ def _write_history(rows: list[dict[str, Any]], path: Path) -> None:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
+@contextlib.contextmanager
+def _output_folder_lock(config: TrainConfig, rank: int, world: int):
+    """Hold ``config.output_dir`` for this run (rank 0 locks; every rank learns the outcome).
+
+    A second run on the same folder is refused at once instead of mixing its config,
+    log and checkpoints into the first run's. The lock dies with its process.
+    """
+    if config.output_dir is None:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        error: FolderLockedError | None = None
+        if rank == 0:
+            try:
+                stack.enter_context(folder_lock(config.output_dir, what="stalign training"))
+            except FolderLockedError as e:
+                error = e
+        if world > 1:
+            import torch.distributed as dist
+
+            box = [str(error) if error is not None else None]
+            dist.broadcast_object_list(box, src=0)
+            if box[0] is not None and error is None:
+                error = FolderLockedError(box[0])
+        if error is not None:
+            raise error
+        yield
+
+
+def _resume_dir(config: TrainConfig, out_dir: Path | None) -> Path | None:
+    """Return the checkpoint to resume from: the latest in ``out_dir`` or the given one."""
+    if config.resume == "auto":
+        return latest_checkpoint(out_dir) if out_dir is not None else None
+    if config.resume is None:
+        return None
+    resume_dir = Path(config.resume)
+    if not (resume_dir / STATE_FILE).is_file():
+        msg = (
+            f"cannot resume from {str(resume_dir)!r}: {STATE_FILE} is missing "
+            "(incomplete checkpoint?)"
+        )
+        raise FileNotFoundError(msg)
+    return resume_dir
+
+
+def _restore(
+    resume: ResumeState,
+    model: AlignmentModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+) -> None:
+    """Put the weights, optimiser, scheduler and RNG states of ``resume`` in place."""
+    load_weights(model, resume.weights, resume.path / MODEL_FILE)
+    try:
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+    except (ValueError, KeyError, RuntimeError) as e:
+        msg = f"{str(resume.path / OPTIM_FILE)!r} does not fit this run's optimiser: {e}"
+        raise ValueError(msg) from e
+    set_rng_state(resume.rng, generator)
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copy what training changes to the CPU: trainable parameters and all buffers."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    names |= {n for n, _ in model.named_buffers()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k in names}
+
+
+def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:  # pragma: no cover - the state came from this model
+        msg = f"best weights hold keys the model lacks: {result.unexpected_keys[:5]}"
+        raise RuntimeError(msg)
+
+
+def _best_from_disk(
+    out_dir: Path | None, best_step: int | None, model: AlignmentModel
+) -> dict[str, torch.Tensor] | None:
+    """On resume: the best weights saved in ``out_dir/best`` if they are those of ``best_step``."""
+    if out_dir is None or best_step is None:
+        return None
+    best = out_dir / "best"
+    if not (best / MODEL_FILE).is_file() or not (best / "model.json").is_file():
+        return None
+    if read_json(best / "model.json").get("step") != best_step:
+        return None  # written after the checkpoint we resume from; replay rewrites it
+    keep = _trainable_state(model).keys()
+    return {k: v for k, v in read_tensors(best / MODEL_FILE).items() if k in keep}
+
+
 # ------------------------------------------------------------------------ fit
 def fit(
     config: TrainConfig,
@@ -298,7 +397,8 @@ def fit(
         raise ValueError(msg)
     rank, world, init_here = _dist_info()
     try:
-        return _fit(config, train_dataset, val_dataset, rank, world)
+        with _output_folder_lock(config, rank, world):
+            return _fit(config, train_dataset, val_dataset, rank, world)
     finally:
         if init_here:
             import torch.distributed as dist
@@ -322,21 +422,13 @@ def _fit(
     is_main = rank == 0
     _seed_everything(config.seed)
 
-    # ---- resume point
-    resume_dir: Path | None = None
-    if config.resume == "auto" and out_dir is not None:
-        resume_dir = latest_checkpoint(out_dir)
-    elif config.resume not in (None, "auto"):
-        resume_dir = Path(config.resume)
-        if not (resume_dir / STATE_FILE).is_file():
-            msg = (
-                f"cannot resume from {str(resume_dir)!r}: {STATE_FILE} is missing "
-                "(incomplete checkpoint?)"
-            )
-            raise FileNotFoundError(msg)
+    # ---- resume point: every file read and checked before any statistics or model
+    resume_dir = _resume_dir(config, out_dir)
+    resume: ResumeState | None = None
     if resume_dir is not None:
         saved = TrainConfig.from_file(resume_dir / "config.json").replace(resume=None)
         _check_resume_config(saved, config, resume_dir)
+        resume = read_resume_checkpoint(resume_dir, rank)
 
     # ---- statistics, model
     patch_px = _patch_px(train_dataset)
@@ -409,22 +501,28 @@ def _fit(
     best_step: int | None = None
     bad_evals = 0
     history: list[dict[str, Any]] = []
-    if resume_dir is not None:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(resume_dir / "model.safetensors"), device="cpu"))
-        opt_state = torch.load(resume_dir / OPTIM_FILE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(opt_state["optimizer"])
-        scheduler.load_state_dict(opt_state["scheduler"])
-        load_rng(resume_dir, rank, generator)
-        st = json.loads((resume_dir / STATE_FILE).read_text(encoding="utf-8"))
+    loss_window: list[float] = []  # training losses since the last log row
+    n_window = 0  # images since the last log row
+    # early stopping: a CPU copy of the best weights, kept by every rank
+    best_state: dict[str, torch.Tensor] | None = None
+    keep_best = config.early_stopping_patience is not None and val_dataset is not None
+    if resume is not None:
+        _restore(resume, model, optimizer, scheduler, generator)
+        st = resume.state
         step, micro_done = int(st["step"]), int(st["micro_in_epoch"])
         best_metric, best_step, bad_evals = st["best_metric"], st["best_step"], st["bad_evals"]
-        if out_dir is not None and (out_dir / "log.csv").is_file():
+        loss_window = [float(x) for x in st.get("loss_window", [])]
+        n_window = int(st.get("images_in_window", 0))
+        if resume.history is not None:
+            history = [r for r in resume.history if r["step"] <= step]
+        elif out_dir is not None and (out_dir / "log.csv").is_file():
             old = pd.read_csv(out_dir / "log.csv")
             history = old[old["step"] <= step].to_dict("records")
+        if keep_best:
+            best_state = _best_from_disk(out_dir, best_step, model)
         if is_main:
-            logger.info("resumed from %s at step %d", resume_dir, step)
+            logger.info("resumed from %s at step %d", resume.path, step)
+        del resume  # the tensors are in the model and optimiser now
 
     ddp_model: torch.nn.Module = model
     if world > 1:
@@ -443,6 +541,8 @@ def _fit(
         # (logged only: it never counts as a "best" checkpoint)
         metrics = evaluate(model, val_dataset, config, device=device)
         history.append({"step": 0, "epoch": 0.0, **metrics})
+        if out_dir is not None:
+            _write_history(history, out_dir / "log.csv")
         logger.info(
             "step 0 (before training): %s",
             ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "chance" not in k),
@@ -461,8 +561,11 @@ def _fit(
                 "best_step": best_step,
                 "bad_evals": bad_evals,
                 "total_steps": total_steps,
+                "loss_window": loss_window,
+                "images_in_window": n_window,
             }
             d.mkdir(parents=True, exist_ok=True)
+            _write_history(history, d / HISTORY_FILE)
             with atomic_path(d / OPTIM_FILE) as tmp:
                 torch.save(
                     {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp
@@ -488,8 +591,7 @@ def _fit(
     model.train()
     stopped_early = False
     last_ckpt: Path | None = None
-    t_window, n_window = time.perf_counter(), 0
-    loss_window: list[float] = []
+    t_window = time.perf_counter()
     while step < total_steps and not stopped_early:
         epoch = step // steps_per_epoch
         batches = sampler.epoch_batches(epoch)
@@ -583,6 +685,8 @@ def _fit(
                     flag = [stopped_early, best_metric, best_step, bad_evals]
                     dist.broadcast_object_list(flag, src=0)
                     stopped_early, best_metric, best_step, bad_evals = flag
+                if keep_best and best_step == step:
+                    best_state = _trainable_state(model)  # the same weights on every rank
             if row is not None and is_main:
                 history.append(row)
                 if out_dir is not None:
@@ -618,13 +722,15 @@ def _fit(
 
             result.curves_png = out_dir / "curves.png"
             plt.close(training_curves(hist_df, save=result.curves_png))
-    if (
-        config.early_stopping_patience is not None
-        and result.best_checkpoint is not None
-        and best_step != step
-    ):
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(result.best_checkpoint / "model.safetensors")))
+    if keep_best and best_step is not None and best_step != step:
+        if best_state is None:
+            logger.warning(
+                "the best weights (step %s) are not available after resuming; "
+                "returning the final weights (step %d)",
+                best_step,
+                step,
+            )
+        else:
+            _load_trainable(model, best_state)
     model.eval()
     return result
