@@ -348,3 +348,30 @@ def test_early_stopping_returns_best_weights_without_output_dir(mob_pairs, tmp_p
     for result in (on_disk, in_memory):
         state = result.model.state_dict()
         assert all(torch.equal(state[k], best[k]) for k in best)
+
+
+def test_resume_after_the_best_step_restores_the_best_weights_from_disk(mob_pairs, tmp_path):
+    import shutil
+
+    val = mob_pairs.subset(range(32))
+    cfg = tiny_config(
+        tmp_path / "full",
+        max_steps=12,
+        lr=3e-2,
+        eval_every_steps=1,
+        early_stopping_patience=3,
+        checkpoint_every_steps=1,
+        keep_checkpoints=20,
+    )
+    full = fit(cfg, mob_pairs, val)
+    assert full.stopped_early and full.best_step + 1 < full.steps
+    # the run as a crash right after the step following the best would have left it
+    run = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "full", run)
+    for ckpt in (run / "checkpoints").glob("step_*"):
+        if int(ckpt.name.removeprefix("step_")) > full.best_step + 1:
+            shutil.rmtree(ckpt)
+    resumed = fit(cfg.replace(output_dir=str(run), resume="auto"), mob_pairs, val)
+    assert (resumed.best_step, resumed.steps) == (full.best_step, full.steps)
+    pf, pr = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(pf[k], pr[k]) for k in pf)

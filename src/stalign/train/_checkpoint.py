@@ -221,12 +221,30 @@ def build_model(
     )
 
 
-def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+def _save_safetensors(
+    state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def weights_step(path: str | os.PathLike) -> int | None:
+    """Training step recorded inside a checkpoint's ``model.safetensors`` (``None`` if absent).
+
+    It is written in the same atomic file as the weights, so it cannot disagree with them
+    (``model.json`` beside it is a separate file and can, after a crash between the two).
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            step = (f.metadata() or {}).get("step")
+    except Exception as e:  # SafetensorError, OSError
+        raise _unreadable(Path(path), e) from e
+    return int(step) if step not in (None, "None") else None
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -277,7 +295,9 @@ def save_checkpoint(
     """Write a checkpoint directory (atomically per file; ``state.json`` last)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    _save_safetensors(model.state_dict(), d / MODEL_FILE)
+    step = (state or {}).get("step", meta.get("step"))
+    metadata = {"step": str(int(step))} if step is not None else None
+    _save_safetensors(model.state_dict(), d / MODEL_FILE, metadata)
     config.to_json(d / CONFIG_FILE)
     atomic_write_text(d / META_FILE, json.dumps(meta, indent=2) + "\n")
     if optimizer_state is not None:

@@ -29,12 +29,12 @@ from ._checkpoint import (
     latest_checkpoint,
     load_weights,
     prune_checkpoints,
-    read_json,
     read_resume_checkpoint,
     read_tensors,
     save_checkpoint,
     save_rng,
     set_rng_state,
+    weights_step,
 )
 from ._config import STRUCTURAL_FIELDS, TrainConfig
 from ._data import (
@@ -348,9 +348,7 @@ def _best_from_disk(
     if out_dir is None or best_step is None:
         return None
     best = out_dir / "best"
-    if not (best / MODEL_FILE).is_file() or not (best / "model.json").is_file():
-        return None
-    if read_json(best / "model.json").get("step") != best_step:
+    if not (best / MODEL_FILE).is_file() or weights_step(best / MODEL_FILE) != best_step:
         return None  # written after the checkpoint we resume from; replay rewrites it
     keep = _trainable_state(model).keys()
     return {k: v for k, v in read_tensors(best / MODEL_FILE).items() if k in keep}
