@@ -63,8 +63,9 @@ class FitResult:
     Attributes
     ----------
     model
-        The trained model (best validation weights when early stopping was on and a
-        validation set was given; otherwise the final weights).
+        The trained model: the best validation weights when early stopping was on and a
+        validation set was given (kept in memory, so also without ``output_dir``, and
+        on every DDP rank); otherwise the final weights.
     history
         One row per logged training step / evaluation (the content of ``log.csv``).
     best_step, best_metric
@@ -379,8 +380,20 @@ def fit(
     ``config.json``, ``model.json``, ``state.json``, ``optimizer.pt``,
     ``rng_rank<r>.pt``) and ``best/`` (best validation recall@5).
 
+    Raises
+    ------
+    FolderLockedError
+        Another live process trains into the same ``output_dir`` (see
+        ``stalign._lock``); nothing is written.
+    ValueError, FileNotFoundError
+        A bad dataset, or a resume checkpoint that is incomplete, corrupt or from a
+        run with other structural settings (the message names the file).
+
     Notes
     -----
+    The run holds a lock on ``output_dir`` (``.stalign.lock``) while it runs; the lock
+    dies with the process, so a crashed run never blocks the next.
+
     Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised here
     (NCCL on GPU, gloo on CPU); ``batch_size`` is the global batch, split across ranks,
     and embeddings are gathered across ranks for the loss, so the result matches a
