@@ -1,134 +1,153 @@
-"""One writer per output folder: an advisory lock that dies with its process.
+"""Advisory locks on output folders, so two runs never write one folder at once.
 
-The lock is an operating-system file lock (``flock`` on POSIX, ``msvcrt.locking`` on
-Windows) on ``<folder>/.stalign.lock``. The kernel releases it when the holding process
-ends for any reason (SIGKILL, power loss of a node aside), so a stale lock file left by a
-dead process never blocks the next run; only a live process holds the folder. The file
-also records who holds it (pid, host, what, start time) so a refused run can say so.
-
-Used by :func:`stalign.train.fit` for its ``output_dir`` and meant for every command that
-writes into a folder it owns (the pairs store).
+The lock is an ``flock`` on a small file inside the folder. The kernel drops it
+when the holding process dies (even by SIGKILL), so a lock is never stale: a
+crashed run never blocks the next one. The holder writes one line
+(``pid``, host, command, start time) into the file so that a refused run can say
+who holds the folder. ``flock`` also works on NFS (Linux emulates it with POSIX
+record locks). Platforms without :mod:`fcntl` (Windows) run unlocked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import errno
-import json
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LOCK_NAME", "FolderLockedError", "folder_lock"]
-
-LOCK_NAME = ".stalign.lock"
-# errno of a lock held by another process (some file systems say EACCES)
-_CONTENTION = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
-_NO_LOCKS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP})
-
 logger = logging.getLogger(__name__)
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FolderLockedError", "folder_lock"]
 
 
 class FolderLockedError(RuntimeError):
-    """Another live process is writing into the same output folder."""
+    """Another process holds the lock of an output folder."""
 
 
-def _try_lock(fd: int, path: Path) -> bool:
-    """Take an exclusive, non-blocking lock on ``fd``; ``False`` when another holds it."""
-    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        import msvcrt
+def _holder_line(command: str) -> str:
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"pid={os.getpid()} host={socket.gethostname()} since={now} command={command}\n"
 
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
 
+def _pid_alive(pid: int) -> bool:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _describe_holders(path: Path) -> str:
+    """Return 'pid 123 (host h, build-pairs since …)' for the live holders in ``path``."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "another process"
+    here = socket.gethostname()
+    found = []
+    for line in lines:
+        fields = dict(f.split("=", 1) for f in line.split(" ") if "=" in f)
+        try:
+            pid = int(fields.get("pid", ""))
+        except ValueError:
+            continue
+        host = fields.get("host", "?")
+        if host == here and not _pid_alive(pid):
+            continue
+        cmd = line.split(" command=", 1)[-1] if " command=" in line else "?"
+        found.append(f"pid {pid} (host {host}, {cmd}, since {fields.get('since', '?')})")
+    return ", ".join(found) if found else "another process"
+
+
+def _try_flock(fd: int, shared: bool, path: Path) -> bool:
+    flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+    try:
+        fcntl.flock(fd, flags)
     except OSError as e:
-        if e.errno in _CONTENTION:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
-        if e.errno in _NO_LOCKS:  # a file system without flock (some FUSE/NFS mounts)
-            logger.warning("cannot lock %s (%s): running without a lock", path, e.strerror)
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            logger.warning("%s: this file system has no locks (%s); running unlocked", path, e)
             return True
         raise
     return True
 
 
-def _unlock(fd: int) -> None:
-    if sys.platform == "win32":  # pragma: no cover
-        import msvcrt
-
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-        return
-    import fcntl
-
-    with contextlib.suppress(OSError):  # closing the descriptor releases it anyway
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _holder(path: Path) -> str:
-    """Describe the process recorded in the lock file (best effort)."""
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        return f"{info['what']}, pid {info['pid']} on {info['host']} since {info['since']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
-
-
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, *, what: str) -> Iterator[Path]:
-    """Hold ``folder`` exclusively inside the block; refuse at once if another process does.
+def folder_lock(
+    path: str | os.PathLike,
+    *,
+    command: str,
+    shared: bool = False,
+    wait_s: float = 0.0,
+    what: str | None = None,
+) -> Iterator[Path]:
+    """Hold an advisory lock on the file ``path`` for the duration of the block.
 
     Parameters
     ----------
-    folder
-        The output folder (created if missing).
+    path
+        The lock file (created with mode ``0666 & ~umask``; its folder must exist).
+    command
+        What the holder does, shown to refused runs (e.g. ``"build-pairs"``).
+    shared
+        Take a shared lock (many shared holders, no exclusive one), e.g. for the
+        jobs of one sharded build; otherwise an exclusive lock.
+    wait_s
+        Seconds to wait for the lock before refusing (0: refuse at once).
     what
-        Who is writing, for the message another run gets (e.g. ``"stalign train"``).
+        How to name the locked thing in the error (default: the lock file's folder).
 
     Yields
     ------
-    The lock file's path.
+    Path
+        The lock file.
 
     Raises
     ------
     FolderLockedError
-        A live process holds the folder; the message names it and the folder.
+        Another process holds a conflicting lock; the message names the folder and
+        the holder's pid.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    path = Path(path)
+    if fcntl is None:  # pragma: no cover - Windows: no advisory locks
+        yield path
+        return
     try:
-        if not _try_lock(fd, path):
-            msg = (
-                f"output folder {str(folder)!r} is in use by {_holder(path)} "
-                f"(lock file {LOCK_NAME}); wait for that run to finish or choose another "
-                "output folder"
-            )
-            raise FolderLockedError(msg)
-        info = {
-            "what": what,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        if sys.platform != "win32":  # Windows: the locked byte cannot be read by others
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        msg = f"cannot create the lock file {path}: {e.strerror or e}"
+        raise OSError(e.errno, msg) from e
+    try:
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while not _try_flock(fd, shared, path):
+            if time.monotonic() >= deadline:
+                holders = _describe_holders(path)
+                msg = (
+                    f"{what or path.parent} is in use by {holders}; wait for it to finish "
+                    f"or stop it (locked by {path})"
+                )
+                raise FolderLockedError(msg)
+            time.sleep(0.05)
+        line = _holder_line(command).encode()
+        if shared:  # several holders: each appends its line
+            os.lseek(fd, 0, os.SEEK_END)
+        else:  # the only holder: replace what dead holders left
             os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        try:
-            yield path
-        finally:
-            if sys.platform != "win32":
-                os.ftruncate(fd, 0)
-            _unlock(fd)
+            os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, line)
+        yield path
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the lock

@@ -54,6 +54,7 @@ __all__ = ["FitResult", "evaluate", "fit"]
 logger = logging.getLogger(__name__)
 
 EARLY_STOPPING_METRIC = "val_recall@5"
+LOCK_FILE = ".lock"  # in output_dir, held while a run writes there (as in a pairs store)
 
 
 @dataclass
@@ -278,8 +279,13 @@ def _output_folder_lock(config: TrainConfig, rank: int, world: int):
     with contextlib.ExitStack() as stack:
         error: FolderLockedError | None = None
         if rank == 0:
+            out = Path(config.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            lock = folder_lock(
+                out / LOCK_FILE, command="stalign train", what=f"training output folder {out}"
+            )
             try:
-                stack.enter_context(folder_lock(config.output_dir, what="stalign training"))
+                stack.enter_context(lock)
             except FolderLockedError as e:
                 error = e
         if world > 1:
@@ -391,7 +397,7 @@ def fit(
 
     Notes
     -----
-    The run holds a lock on ``output_dir`` (``.stalign.lock``) while it runs; the lock
+    The run holds a lock on ``output_dir`` (``.lock``) while it runs; the lock
     dies with the process, so a crashed run never blocks the next.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised here
