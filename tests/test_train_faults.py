@@ -336,3 +336,32 @@ def test_resume_after_the_best_step_restores_the_best_weights_from_disk(mob_pair
     assert (resumed.best_step, resumed.steps) == (full.best_step, full.steps)
     pf, pr = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(pf[k], pr[k]) for k in pf)
+
+
+# ------------------------------------------------------------------------ runs one after another
+def test_a_fresh_run_in_a_used_folder_replaces_the_earlier_run(mob_pairs, tmp_path):
+    from stalign.train import latest_checkpoint
+
+    kw = dict(checkpoint_every_steps=2, keep_checkpoints=2)
+    fit(tiny_config(tmp_path, seed=0, max_steps=6, **kw), mob_pairs)
+    fit(tiny_config(tmp_path, seed=1, max_steps=2, **kw), mob_pairs)
+    # only the second run's files: its checkpoint survives pruning and is the one resumed
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002"]
+    assert json.loads((latest_checkpoint(tmp_path) / "config.json").read_text())["seed"] == 1
+    assert pd.read_csv(tmp_path / "log.csv")["step"].max() == 2
+
+
+def test_cli_refuses_to_start_afresh_over_a_run_without_overwrite(
+    trained_run, store, tmp_path, capsys
+):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    split = ["--train-samples", "MOB1", "--val-samples", "MOB3"]
+    capsys.readouterr()
+    assert main([*_train_cli(store, out), *split, "--seed", "1"]) == 1
+    _one_line_error(capsys, str(out), "--resume auto", "--overwrite")
+    assert json.loads((out / "config.json").read_text())["seed"] == 0
+    assert main([*_train_cli(store, out), *split, "--seed", "1", "--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 1

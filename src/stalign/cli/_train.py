@@ -67,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pretrained", action="store_true", help="load the encoder's pretrained weights"
     )
     p.add_argument("--resume", help="'auto' or a checkpoint directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --out that holds an earlier run (its files are removed)",
+    )
     for name, typ in _FLAGS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
     p.add_argument(
@@ -194,11 +199,28 @@ def _datasets(args: argparse.Namespace):
     return train, val
 
 
+def _check_fresh_start(config, overwrite: bool) -> None:
+    """Refuse to start afresh over an earlier run unless ``--overwrite`` says so."""
+    from ..train._checkpoint import previous_run_files
+
+    if config.resume is not None or overwrite:
+        return
+    found = previous_run_files(config.output_dir)
+    if found:
+        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        msg = (
+            f"--out {config.output_dir!r} already holds a training run ({names}); continue "
+            "it with --resume auto, replace it with --overwrite, or choose another --out"
+        )
+        raise ValueError(msg)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``stalign train``."""
     from ..train import fit
 
     config = build_config(args)
+    _check_fresh_start(config, args.overwrite)
     train, val = _datasets(args)
     logger.info("training on %d pairs, validating on %d", len(train), len(val) if val else 0)
     result = fit(config, train, val)

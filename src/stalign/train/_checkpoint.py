@@ -331,6 +331,36 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def previous_run_files(output_dir: str | os.PathLike) -> list[Path]:
+    """List what a training run left in ``output_dir``: checkpoints, ``best/``, log, curves."""
+    out = Path(output_dir)
+    found = sorted((out / "checkpoints").glob("step_*")) if (out / "checkpoints").is_dir() else []
+    found += [out / n for n in ("best", "log.csv", "curves.png") if (out / n).exists()]
+    return found
+
+
+def clear_previous_run(output_dir: str | os.PathLike) -> None:
+    """Remove another run's checkpoints, ``best/``, log and curves before a fresh run.
+
+    Left in place they would be mixed with the new run's: pruning by step could delete
+    the new checkpoints and keep the old ones, and ``resume='auto'`` would pick them.
+    """
+    stale = previous_run_files(output_dir)
+    if not stale:
+        return
+    logger.warning(
+        "%s held files of an earlier training run (%s); a fresh run replaces them "
+        "(resume='auto' continues a run instead)",
+        output_dir,
+        ", ".join(p.name for p in stale[:4]) + (", ..." if len(stale) > 4 else ""),
+    )
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def load_model(checkpoint: str | os.PathLike, *, device: str = "cpu") -> AlignmentModel:
     """Rebuild the trained :class:`AlignmentModel` from a checkpoint directory.
 

@@ -26,6 +26,7 @@ from ._checkpoint import (
     STATE_FILE,
     ResumeState,
     build_model,
+    clear_previous_run,
     latest_checkpoint,
     load_weights,
     prune_checkpoints,
@@ -446,6 +447,8 @@ def _fit(
         saved = TrainConfig.from_file(resume_dir / "config.json").replace(resume=None)
         _check_resume_config(saved, config, resume_dir)
         resume = read_resume_checkpoint(resume_dir, rank)
+    elif out_dir is not None and is_main:
+        clear_previous_run(out_dir)  # a fresh run: nothing of an earlier one may mix in
 
     # ---- statistics, model
     patch_px = _patch_px(train_dataset)
