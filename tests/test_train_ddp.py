@@ -58,7 +58,8 @@ def _worker(rank: int, world: int, port: int, data_path: str, out: str) -> None:
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         small, full, val = _datasets(torch.load(data_path, weights_only=True))
-        plain = fit(_config(), small)
+        # with an output folder: rank 0 locks it and writes, every rank its RNG state
+        plain = fit(_config().replace(output_dir=f"{out}.run", checkpoint_every_steps=2), small)
         stopped = fit(_early_stopping_config(), full, val)  # no output_dir: nothing on disk
         saved = {
             "plain": _state(plain.model),
@@ -94,10 +95,15 @@ def ddp_run(mob_dir, tmp_path_factory) -> tuple[dict[str, torch.Tensor], list[di
 
 
 def test_two_process_ddp_matches_single_process(ddp_run):
-    data, ranks, _ = ddp_run
+    data, ranks, tmp = ddp_run
     small, _, _ = _datasets(data)
     single = fit(_config(), small).model.state_dict()
     ddp = ranks[0]["plain"]
+    assert ranks[1]["plain"].keys() == ddp.keys()
+    assert all(torch.equal(ranks[1]["plain"][k], v) for k, v in ddp.items())
+    ckpt = tmp / "ddp.run" / "checkpoints" / "step_00000002"
+    assert (ckpt / "rng_rank0.pt").is_file() and (ckpt / "rng_rank1.pt").is_file()
+    assert (ckpt / "state.json").is_file() and (tmp / "ddp.run" / ".lock").is_file()
     init = fit(
         _config().replace(max_steps=1, lr=1e-12, temperature_lr=1e-12), small
     ).model.state_dict()
