@@ -363,6 +363,80 @@ def _best_from_disk(
 
 
 # ------------------------------------------------------------------------ fit
+def _build(
+    config: TrainConfig,
+    train_dataset: Dataset,
+    val_dataset: Dataset | None,
+    device: torch.device,
+    world: int,
+    *,
+    log: bool,
+) -> tuple[AlignmentModel, dict[str, Any]]:
+    """Compute the cohort statistics and build the model; return it with its metadata."""
+    patch_px = _patch_px(train_dataset)
+    n_pathways = int(torch.as_tensor(train_dataset[0]["pathways"]).numel())
+    input_px = config.img_size or patch_px - 2 * config.jitter_px
+    pw_mean, pw_std = pathway_statistics(train_dataset, seed=config.seed)
+    img_mean = img_std = None
+    if config.normalization == "cohort":
+        img_mean, img_std = image_statistics(
+            train_dataset,
+            max_items=config.stats_max_items,
+            seed=config.seed,
+            jitter_px=config.jitter_px,
+        )
+    model = build_model(
+        config,
+        n_pathways,
+        image_mean=img_mean,
+        image_std=img_std,
+        pathway_mean=pw_mean,
+        pathway_std=pw_std,
+        input_px=input_px,
+    ).to(device)
+    meta: dict[str, Any] = {
+        "n_pathways": n_pathways,
+        "pathway_names": list(getattr(train_dataset, "pathway_names", []) or []),
+        "patch_px": patch_px,
+        "input_px": input_px,
+        "jitter_px": config.jitter_px,
+        "image_mean": list(model.image_tower.encoder.normalization[0]),
+        "image_std": list(model.image_tower.encoder.normalization[1]),
+        "encoder": model.image_tower.encoder.config.to_dict(),
+        "n_train": len(train_dataset),
+        "n_val": len(val_dataset) if val_dataset is not None else 0,
+        "world_size": world,
+    }
+    lora = getattr(model.image_tower.encoder, "lora_summary", None)
+    from ..models import count_parameters
+
+    trainable, total = count_parameters(model)
+    meta["trainable_params"], meta["total_params"] = trainable, total
+    if log:
+        logger.info(
+            "%s; model: %s of %s parameters trainable (%.2f %%)",
+            lora or "no LoRA",
+            f"{trainable:,}",
+            f"{total:,}",
+            100 * trainable / total,
+        )
+    return model, meta
+
+
+def _write_outputs(result: FitResult, out_dir: Path) -> None:
+    """Point ``result`` at the run's log and best checkpoint; draw ``curves.png``."""
+    result.log_csv = out_dir / "log.csv"
+    if (out_dir / "best").is_dir():
+        result.best_checkpoint = out_dir / "best"
+    if len(result.history):
+        import matplotlib.pyplot as plt
+
+        from ..pl import training_curves
+
+        result.curves_png = out_dir / "curves.png"
+        plt.close(training_curves(result.history, save=result.curves_png))
+
+
 def fit(
     config: TrainConfig,
     train_dataset: Dataset,
@@ -450,54 +524,7 @@ def _fit(
     elif out_dir is not None and is_main:
         clear_previous_run(out_dir)  # a fresh run: nothing of an earlier one may mix in
 
-    # ---- statistics, model
-    patch_px = _patch_px(train_dataset)
-    n_pathways = int(torch.as_tensor(train_dataset[0]["pathways"]).numel())
-    input_px = config.img_size or patch_px - 2 * config.jitter_px
-    pw_mean, pw_std = pathway_statistics(train_dataset, seed=config.seed)
-    img_mean = img_std = None
-    if config.normalization == "cohort":
-        img_mean, img_std = image_statistics(
-            train_dataset,
-            max_items=config.stats_max_items,
-            seed=config.seed,
-            jitter_px=config.jitter_px,
-        )
-    model = build_model(
-        config,
-        n_pathways,
-        image_mean=img_mean,
-        image_std=img_std,
-        pathway_mean=pw_mean,
-        pathway_std=pw_std,
-        input_px=input_px,
-    ).to(device)
-    meta = {
-        "n_pathways": n_pathways,
-        "pathway_names": list(getattr(train_dataset, "pathway_names", []) or []),
-        "patch_px": patch_px,
-        "input_px": input_px,
-        "jitter_px": config.jitter_px,
-        "image_mean": list(model.image_tower.encoder.normalization[0]),
-        "image_std": list(model.image_tower.encoder.normalization[1]),
-        "encoder": model.image_tower.encoder.config.to_dict(),
-        "n_train": len(train_dataset),
-        "n_val": len(val_dataset) if val_dataset is not None else 0,
-        "world_size": world,
-    }
-    lora = getattr(model.image_tower.encoder, "lora_summary", None)
-    from ..models import count_parameters
-
-    trainable, total = count_parameters(model)
-    meta["trainable_params"], meta["total_params"] = trainable, total
-    if is_main:
-        logger.info(
-            "%s; model: %s of %s parameters trainable (%.2f %%)",
-            lora or "no LoRA",
-            f"{trainable:,}",
-            f"{total:,}",
-            100 * trainable / total,
-        )
+    model, meta = _build(config, train_dataset, val_dataset, device, world, log=is_main)
 
     sampler = GlobalBatchSampler(
         len(train_dataset), config.batch_size, seed=config.seed, rank=rank, world_size=world
@@ -719,10 +746,9 @@ def _fit(
     if pbar is not None:
         pbar.close()
 
-    hist_df = pd.DataFrame(history)
     result = FitResult(
         model=model,
-        history=hist_df,
+        history=pd.DataFrame(history),
         best_step=best_step,
         best_metric=best_metric,
         steps=step,
@@ -732,16 +758,7 @@ def _fit(
         extra={"meta": meta},
     )
     if out_dir is not None and is_main:
-        result.log_csv = out_dir / "log.csv"
-        if (out_dir / "best").is_dir():
-            result.best_checkpoint = out_dir / "best"
-        if len(hist_df):
-            import matplotlib.pyplot as plt
-
-            from ..pl import training_curves
-
-            result.curves_png = out_dir / "curves.png"
-            plt.close(training_curves(hist_df, save=result.curves_png))
+        _write_outputs(result, out_dir)
     if keep_best and best_step is not None and best_step != step:
         if best_state is None:
             logger.warning(
