@@ -293,6 +293,12 @@ def test_encoder_pointing_at_a_missing_folder_says_so(store, tmp_path, capsys):
     assert main(["embed", "--encoder", str(missing), "--pairs", str(store), "--out", "e.h5"]) == 1
     err = _one_line_error(capsys, str(missing), "does not exist")
     assert "unknown encoder" not in err
+    out = tmp_path / "run"
+    assert (
+        main([*_train_cli(store, out), "--train-samples", "MOB1", "--encoder", str(missing)]) == 1
+    )
+    _one_line_error(capsys, str(missing), "does not exist")
+    assert not out.exists()  # refused before anything was written
 
 
 # ------------------------------------------------------------------------ best weights

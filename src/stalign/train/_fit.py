@@ -487,6 +487,9 @@ def fit(
     if len(train_dataset) == 0:
         msg = "fit: the training dataset is empty"
         raise ValueError(msg)
+    from ..models import get_encoder_config
+
+    get_encoder_config(config.encoder)  # an unknown name or missing folder: before any work
     rank, world, init_here = _dist_info()
     try:
         with _output_folder_lock(config, rank, world):
