@@ -144,11 +144,11 @@ def test_concurrent_train_on_one_folder_is_refused(mob_pairs, store, tmp_path, c
         tmp_path, mob_pairs, tiny_config(out, seed=0, max_steps=2), out / "config.json", release
     )
     try:
-        _wait_for(out / "config.json", first)
+        _wait_for(out / "log.csv", first)  # step-0 validation done, training blocked
         with pytest.raises(FolderLockedError, match=rf"in use by pid {first.pid} .*stalign train"):
             fit(tiny_config(out, seed=1), mob_pairs)
         assert main([*_train_cli(store, out), "--seed", "1"]) == 1
-        _one_line_error(capsys, str(out), "in use")
+        _one_line_error(capsys, str(out), f"in use by pid {first.pid}")
         release.touch()
         assert first.wait(timeout=120) == 0, first.communicate()
     finally:

@@ -199,10 +199,23 @@ def _datasets(args: argparse.Namespace):
     return train, val
 
 
-def _check_fresh_start(config, overwrite: bool) -> None:
-    """Refuse to start afresh over an earlier run unless ``--overwrite`` says so."""
-    from ..train._checkpoint import previous_run_files
+def _check_output_folder(config, overwrite: bool) -> None:
+    """Refuse an --out that another run is using, or that holds an earlier run.
 
+    An earlier run is only replaced with ``--overwrite`` (``--resume auto`` continues
+    it). :func:`stalign.train.fit` takes the folder's lock for real; this early look
+    only gives the right message before any data is read.
+    """
+    from pathlib import Path
+
+    from .._lock import folder_lock
+    from ..train._checkpoint import previous_run_files
+    from ..train._fit import LOCK_FILE
+
+    out = Path(config.output_dir)
+    if (out / LOCK_FILE).is_file():  # in use by a live run? (refuses at once if so)
+        with folder_lock(out / LOCK_FILE, command="stalign train", what=f"--out {out}"):
+            pass
     if config.resume is not None or overwrite:
         return
     found = previous_run_files(config.output_dir)
@@ -220,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train import fit
 
     config = build_config(args)
-    _check_fresh_start(config, args.overwrite)
+    _check_output_folder(config, args.overwrite)
     train, val = _datasets(args)
     logger.info("training on %d pairs, validating on %d", len(train), len(val) if val else 0)
     result = fit(config, train, val)
