@@ -278,17 +278,17 @@ def _output_folder_lock(config: TrainConfig, rank: int, world: int):
         yield
         return
     with contextlib.ExitStack() as stack:
-        error: FolderLockedError | None = None
+        error: Exception | None = None
         if rank == 0:
             out = Path(config.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            lock = folder_lock(
-                out / LOCK_FILE, command="stalign train", what=f"training output folder {out}"
-            )
+            what = f"training output folder {out}"
             try:
-                stack.enter_context(lock)
-            except FolderLockedError as e:
-                error = e
+                out.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(
+                    folder_lock(out / LOCK_FILE, command="stalign train", what=what)
+                )
+            except (FolderLockedError, OSError) as e:  # in use, or not writable
+                error = e  # raised on every rank, so none waits for the others forever
         if world > 1:
             import torch.distributed as dist
 
@@ -335,10 +335,15 @@ def _restore(
     set_rng_state(resume.rng, generator)
 
 
-def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Copy what training changes to the CPU: trainable parameters and all buffers."""
+def _trainable_names(model: torch.nn.Module) -> set[str]:
+    """Names of what training changes: trainable parameters and all buffers."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    names |= {n for n, _ in model.named_buffers()}
+    return names | {n for n, _ in model.named_buffers()}
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copy what training changes (:func:`_trainable_names`) to the CPU."""
+    names = _trainable_names(model)
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k in names}
 
 
@@ -358,7 +363,7 @@ def _best_from_disk(
     best = out_dir / "best"
     if not (best / MODEL_FILE).is_file() or weights_step(best / MODEL_FILE) != best_step:
         return None  # written after the checkpoint we resume from; replay rewrites it
-    keep = _trainable_state(model).keys()
+    keep = _trainable_names(model)
     return {k: v for k, v in read_tensors(best / MODEL_FILE).items() if k in keep}
 
 
