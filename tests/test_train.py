@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _fixtures_train import one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 from stalign.train import (
     GlobalBatchSampler,
@@ -22,35 +23,10 @@ from stalign.train import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one intra-op thread is faster and avoids oversubscribing shared CI cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def mob_pairs(mob_dir) -> TensorPairsDataset:
     """48 real (64-px H&E patch, Hallmark ssGSEA) pairs from MOB1."""
     return mob_example_pairs(mob_dir, ["MOB1"], max_pairs=48)
-
-
-def _tiny(tmp_path=None, **kw) -> TrainConfig:
-    base = dict(
-        encoder="vit_tiny_patch16_224",
-        encoder_kwargs={"depth": 2},
-        img_size=32,
-        batch_size=16,
-        max_steps=4,
-        lr=1e-3,
-        log_every_steps=1,
-        progress=False,
-        output_dir=str(tmp_path) if tmp_path is not None else None,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def test_mob_pairs_are_real_patches_and_pathways(mob_pairs):
@@ -141,7 +117,7 @@ def _params(model):
 
 
 def test_fit_is_bit_reproducible_and_learns(mob_pairs, tmp_path):
-    cfg = _tiny(max_steps=6, lr=3e-3, augment=False)
+    cfg = tiny_config(max_steps=6, lr=3e-3, augment=False)
     a = fit(cfg, mob_pairs)
     b = fit(cfg, mob_pairs)
     pa, pb = _params(a.model), _params(b.model)
@@ -159,7 +135,7 @@ def test_fit_is_bit_reproducible_and_learns(mob_pairs, tmp_path):
 
 def test_exact_resume_matches_uninterrupted_run(mob_pairs, tmp_path):
     # 3 batches of 16 per epoch: the step-4 checkpoint is in the middle of epoch 2
-    cfg = _tiny(
+    cfg = tiny_config(
         tmp_path / "full", max_steps=6, checkpoint_every_steps=4, lora_dropout=0.1, mol_dropout=0.1
     )
     full = fit(cfg, mob_pairs)
@@ -178,7 +154,7 @@ def test_exact_resume_matches_uninterrupted_run(mob_pairs, tmp_path):
 
 def test_validation_early_stopping_outputs_and_reload(mob_pairs, tmp_path):
     val = mob_pairs.subset(range(32))
-    cfg = _tiny(
+    cfg = tiny_config(
         tmp_path,
         max_steps=9,
         eval_every_steps=1,

@@ -56,9 +56,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument(
+        "--allow-patient-overlap",
+        action="store_true",
+        help=(
+            "let --train-samples and --val-samples share patients (an inner split by "
+            "section); samples may never overlap"
+        ),
+    )
+    p.add_argument(
         "--pretrained", action="store_true", help="load the encoder's pretrained weights"
     )
     p.add_argument("--resume", help="'auto' or a checkpoint directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --out that holds an earlier run (its files are removed)",
+    )
     for name, typ in _FLAGS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
     p.add_argument(
@@ -106,6 +119,55 @@ def build_config(args: argparse.Namespace):
     return TrainConfig.from_dict(base)
 
 
+def _known_patient(patient_id) -> bool:
+    return patient_id is not None and str(patient_id).strip().lower() not in ("", "nan", "none")
+
+
+def check_disjoint_split(
+    patients: dict[str, str],
+    train_samples: list[str],
+    val_samples: list[str],
+    *,
+    allow_patient_overlap: bool = False,
+) -> None:
+    """Refuse a validation set that shares samples (or, by default, patients) with training.
+
+    Parameters
+    ----------
+    patients
+        Sample id → patient id of the store.
+    train_samples, val_samples
+        The chosen samples.
+    allow_patient_overlap
+        Accept shared patients (an inner split by section of the same animal/person).
+
+    Raises
+    ------
+    ValueError
+        Naming the shared samples or patients.
+    """
+    shared = sorted(set(train_samples) & set(val_samples))
+    if shared:
+        msg = (
+            f"--val-samples {shared} are also training samples (--train-samples): "
+            "validation must be held out from training"
+        )
+        raise ValueError(msg)
+    if allow_patient_overlap:
+        return
+    train_p = {patients[s] for s in train_samples if _known_patient(patients.get(s))}
+    val_p = {patients[s] for s in val_samples if _known_patient(patients.get(s))}
+    both = sorted(train_p & val_p)
+    if both:
+        where = {p: sorted(s for s in val_samples if patients.get(s) == p) for p in both}
+        msg = (
+            f"patients {both} are in both training and validation (validation samples "
+            f"{where}): spots of one patient leak between the sets; hold out whole patients "
+            "(--val-patients) or pass --allow-patient-overlap for an inner split by section"
+        )
+        raise ValueError(msg)
+
+
 def _datasets(args: argparse.Namespace):
     from ..pairs import PairsDataset, read_index
 
@@ -114,6 +176,9 @@ def _datasets(args: argparse.Namespace):
     if args.train_samples or args.val_samples:
         train_s = args.train_samples or [s for s in samples if s not in (args.val_samples or [])]
         val_s = args.val_samples or []
+        check_disjoint_split(
+            samples, train_s, val_s, allow_patient_overlap=args.allow_patient_overlap
+        )
     elif args.val_patients:
         val_s = [s for s, p in samples.items() if p in set(args.val_patients)]
         if not val_s:
@@ -134,11 +199,41 @@ def _datasets(args: argparse.Namespace):
     return train, val
 
 
+def _check_output_folder(config, overwrite: bool) -> None:
+    """Refuse an --out that another run is using, or that holds an earlier run.
+
+    An earlier run is only replaced with ``--overwrite`` (``--resume auto`` continues
+    it). :func:`stalign.train.fit` takes the folder's lock for real; this early look
+    only gives the right message before any data is read.
+    """
+    from pathlib import Path
+
+    from .._lock import folder_lock
+    from ..train._checkpoint import previous_run_files
+    from ..train._fit import LOCK_FILE
+
+    out = Path(config.output_dir)
+    if (out / LOCK_FILE).is_file():  # in use by a live run? (refuses at once if so)
+        with folder_lock(out / LOCK_FILE, command="stalign train", what=f"--out {out}"):
+            pass
+    if config.resume is not None or overwrite:
+        return
+    found = previous_run_files(config.output_dir)
+    if found:
+        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        msg = (
+            f"--out {config.output_dir!r} already holds a training run ({names}); continue "
+            "it with --resume auto, replace it with --overwrite, or choose another --out"
+        )
+        raise ValueError(msg)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``stalign train``."""
     from ..train import fit
 
     config = build_config(args)
+    _check_output_folder(config, args.overwrite)
     train, val = _datasets(args)
     logger.info("training on %d pairs, validating on %d", len(train), len(val) if val else 0)
     result = fit(config, train, val)

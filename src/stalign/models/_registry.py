@@ -226,6 +226,7 @@ def _config_from_timm(name: str) -> EncoderConfig:
 
     arch, _, _tag = name.partition(".")
     if not timm.is_model(arch):
+        _raise_if_path(name)
         msg = (
             f"unknown encoder {name!r}: not in stalign's registry ({', '.join(list_encoders())}) "
             "and not a timm architecture (see timm.list_models())"
@@ -249,6 +250,33 @@ def _config_from_timm(name: str) -> EncoderConfig:
         block_containers=containers,
         notes="derived from timm's pretrained_cfg",
     )
+
+
+def _raise_if_path(name: str) -> None:
+    """Name a missing folder as such instead of calling it an unknown encoder."""
+    import os
+    import re
+    from pathlib import Path
+
+    has_scheme = re.match(r"^[A-Za-z][\w.+-]+:", name) is not None  # hf-hub:, local-dir:
+    looks_like_path = "/" in name or os.sep in name or name.startswith(("~", "."))
+    if has_scheme or not looks_like_path:
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        msg = (
+            f"encoder {name!r} looks like a folder, but it does not exist (expected a "
+            "training run or checkpoint folder, an export folder, or an encoder name "
+            "from `stalign encoders`)"
+        )
+        raise FileNotFoundError(msg)
+    if not path.is_dir():
+        msg = (
+            f"encoder {name!r} is a file, not a folder or an encoder name; to load local "
+            "weights, give the architecture as the encoder and the file as checkpoint_path "
+            "(--checkpoint-path)"
+        )
+        raise ValueError(msg)
 
 
 def _timm_num_features(name: str) -> int:

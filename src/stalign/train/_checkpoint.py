@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,143 @@ CONFIG_FILE = "config.json"
 META_FILE = "model.json"
 STATE_FILE = "state.json"
 OPTIM_FILE = "optimizer.pt"
+HISTORY_FILE = "log.csv"  # the run's log up to this checkpoint (restored on resume)
+_STATE_KEYS = ("step", "micro_in_epoch", "best_metric", "best_step", "bad_evals")
+
+
+def _unreadable(path: Path, error: BaseException) -> ValueError:
+    """Build the one-line error that names a checkpoint file which cannot be read."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    msg = (
+        f"checkpoint file {str(path)!r} is unreadable ({type(error).__name__}: {first}); "
+        f"it is truncated or corrupt: delete {str(path.parent)!r} to resume from an earlier "
+        "checkpoint, or start afresh in a new output folder"
+    )
+    return ValueError(msg)
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a ``.safetensors`` file (no code runs); a corrupt one raises ``ValueError``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        msg = f"checkpoint file {str(path)!r} does not exist"
+        raise FileNotFoundError(msg)
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own SafetensorError (not an OSError)
+        raise _unreadable(path, e) from e
+
+
+def read_torch(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` (tensors and plain containers only, no pickled code).
+
+    A corrupt file raises ``ValueError`` naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"checkpoint file {str(path)!r} does not exist"
+        raise FileNotFoundError(msg)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, ...
+        raise _unreadable(path, e) from e
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a checkpoint's JSON file; malformed content raises ``ValueError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"checkpoint file {str(path)!r} does not exist"
+        raise FileNotFoundError(msg)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _unreadable(path, e) from e
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """``model.load_state_dict(state)``; a mismatch raises ``ValueError`` naming ``path``."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        msg = f"weights in {str(path)!r} do not fit the model built from its config: {first}"
+        raise ValueError(msg) from e
+
+
+@dataclass
+class ResumeState:
+    """Everything a step checkpoint holds for one rank, read and checked before training.
+
+    Attributes
+    ----------
+    path
+        The checkpoint directory.
+    weights, optimizer, scheduler, rng
+        Model tensors, optimiser and LR-scheduler states, this rank's RNG states.
+    state
+        The content of ``state.json`` (step, position in the epoch, early-stopping state).
+    history
+        Log rows up to the checkpoint (``None`` for checkpoints written before the log
+        was stored with them).
+    """
+
+    path: Path
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+    state: dict[str, Any]
+    history: list[dict[str, Any]] | None
+
+
+def read_resume_checkpoint(directory: str | os.PathLike, rank: int = 0) -> ResumeState:
+    """Read every file of a step checkpoint, so a corrupt one is found before any work.
+
+    Raises
+    ------
+    FileNotFoundError
+        A file of the checkpoint is missing.
+    ValueError
+        A file is truncated, corrupt or lacks an entry; the message names it.
+    """
+    d = Path(directory)
+    state = read_json(d / STATE_FILE)
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        msg = f"checkpoint file {str(d / STATE_FILE)!r} lacks {missing}; it is corrupt"
+        raise ValueError(msg)
+    opt = read_torch(d / OPTIM_FILE)
+    if not isinstance(opt, dict) or not {"optimizer", "scheduler"} <= set(opt):
+        msg = f"checkpoint file {str(d / OPTIM_FILE)!r} lacks the optimizer/scheduler states"
+        raise ValueError(msg)
+    rng_path = d / f"rng_rank{rank}.pt"
+    if not rng_path.is_file():
+        msg = f"checkpoint {str(d)!r} has no RNG state for rank {rank} ({rng_path.name})"
+        raise FileNotFoundError(msg)
+    rng = read_torch(rng_path)
+    if not isinstance(rng, dict) or not {"torch", "generator", "numpy", "python"} <= set(rng):
+        msg = f"checkpoint file {str(rng_path)!r} lacks RNG states; it is corrupt"
+        raise ValueError(msg)
+    history = None
+    if (d / HISTORY_FILE).is_file():
+        import pandas as pd
+
+        try:
+            history = pd.read_csv(d / HISTORY_FILE).to_dict("records")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _unreadable(d / HISTORY_FILE, e) from e
+    return ResumeState(
+        path=d,
+        weights=read_tensors(d / MODEL_FILE),
+        optimizer=opt["optimizer"],
+        scheduler=opt["scheduler"],
+        rng=rng,
+        state=state,
+        history=history,
+    )
 
 
 def build_model(
@@ -83,12 +221,30 @@ def build_model(
     )
 
 
-def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+def _save_safetensors(
+    state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def weights_step(path: str | os.PathLike) -> int | None:
+    """Training step recorded inside a checkpoint's ``model.safetensors`` (``None`` if absent).
+
+    It is written in the same atomic file as the weights, so it cannot disagree with them
+    (``model.json`` beside it is a separate file and can, after a crash between the two).
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            step = (f.metadata() or {}).get("step")
+    except Exception as e:  # SafetensorError, OSError
+        raise _unreadable(Path(path), e) from e
+    return int(step) if step not in (None, "None") else None
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -139,7 +295,9 @@ def save_checkpoint(
     """Write a checkpoint directory (atomically per file; ``state.json`` last)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    _save_safetensors(model.state_dict(), d / MODEL_FILE)
+    step = (state or {}).get("step", meta.get("step"))
+    metadata = {"step": str(int(step))} if step is not None else None
+    _save_safetensors(model.state_dict(), d / MODEL_FILE, metadata)
     config.to_json(d / CONFIG_FILE)
     atomic_write_text(d / META_FILE, json.dumps(meta, indent=2) + "\n")
     if optimizer_state is not None:
@@ -154,15 +312,6 @@ def save_rng(directory: str | os.PathLike, rank: int, generator: torch.Generator
     """Write this rank's RNG states next to a checkpoint."""
     with atomic_path(Path(directory) / f"rng_rank{rank}.pt") as tmp:
         torch.save(rng_state(generator), tmp)
-
-
-def load_rng(directory: str | os.PathLike, rank: int, generator: torch.Generator) -> None:
-    """Restore this rank's RNG states from a checkpoint."""
-    path = Path(directory) / f"rng_rank{rank}.pt"
-    if not path.is_file():
-        msg = f"checkpoint {str(directory)!r} has no RNG state for rank {rank} ({path.name})"
-        raise FileNotFoundError(msg)
-    set_rng_state(torch.load(path, weights_only=True), generator)
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -182,6 +331,36 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def previous_run_files(output_dir: str | os.PathLike) -> list[Path]:
+    """List what a training run left in ``output_dir``: checkpoints, ``best/``, log, curves."""
+    out = Path(output_dir)
+    found = sorted((out / "checkpoints").glob("step_*")) if (out / "checkpoints").is_dir() else []
+    found += [out / n for n in ("best", "log.csv", "curves.png") if (out / n).exists()]
+    return found
+
+
+def clear_previous_run(output_dir: str | os.PathLike) -> None:
+    """Remove another run's checkpoints, ``best/``, log and curves before a fresh run.
+
+    Left in place they would be mixed with the new run's: pruning by step could delete
+    the new checkpoints and keep the old ones, and ``resume='auto'`` would pick them.
+    """
+    stale = previous_run_files(output_dir)
+    if not stale:
+        return
+    logger.warning(
+        "%s held files of an earlier training run (%s); a fresh run replaces them "
+        "(resume='auto' continues a run instead)",
+        output_dir,
+        ", ".join(p.name for p in stale[:4]) + (", ..." if len(stale) > 4 else ""),
+    )
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def load_model(checkpoint: str | os.PathLike, *, device: str = "cpu") -> AlignmentModel:
     """Rebuild the trained :class:`AlignmentModel` from a checkpoint directory.
 
@@ -193,8 +372,6 @@ def load_model(checkpoint: str | os.PathLike, *, device: str = "cpu") -> Alignme
     FileNotFoundError
         No checkpoint files in ``checkpoint``.
     """
-    from safetensors.torch import load_file
-
     path = Path(checkpoint)
     if not (path / MODEL_FILE).is_file():
         cands = [path / "best", latest_checkpoint(path)]
@@ -209,10 +386,10 @@ def load_model(checkpoint: str | os.PathLike, *, device: str = "cpu") -> Alignme
     config = TrainConfig.from_file(path / CONFIG_FILE).replace(
         pretrained=False, resume=None, checkpoint_path=None
     )
-    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    meta = read_json(path / META_FILE)
+    state = read_tensors(path / MODEL_FILE)
     model = build_model(config, int(meta["n_pathways"]), input_px=meta.get("input_px"))
-    state = load_file(str(path / MODEL_FILE), device="cpu")
-    model.load_state_dict(state)
+    load_weights(model, state, path / MODEL_FILE)
     model.pathway_names = meta.get("pathway_names")  # type: ignore[attr-defined]
     model.meta = meta  # type: ignore[attr-defined]
     return model.to(device).eval()

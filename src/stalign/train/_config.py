@@ -14,6 +14,33 @@ __all__ = ["TrainConfig"]
 _AMP = ("auto", "bf16", "none")
 _NORM = ("cohort", "encoder")
 
+# annotation → the number type its value is coerced to
+_NUMERIC_FIELDS = {"int": int, "int | None": int, "float": float, "float | None": float}
+_PATH_FIELDS = ("checkpoint_path", "output_dir", "resume")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _as_number(value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` when it is a number (or a number written as text), else as is.
+
+    An ``int`` field takes integral values only (``'1e2'`` → 100, ``2.5`` stays 2.5 and
+    fails validation); booleans are never numbers.
+    """
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return value
+    if not _is_number(value):
+        return value
+    if kind is int:
+        return int(value) if float(value).is_integer() else value
+    return float(value)
+
+
 # fields that define the model/optimiser structure: a resumed run must agree on them
 STRUCTURAL_FIELDS = (
     "encoder",
@@ -166,7 +193,23 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self._coerce()
         self.validate()
+
+    def _coerce(self) -> None:
+        """Turn numbers written as text into numbers and paths into strings.
+
+        PyYAML reads ``lr: 1e-3`` (no decimal point) as the string ``'1e-3'``; JSON and
+        ``--set`` may do the same. Values that are not numbers stay as they are, and
+        :meth:`validate` names the field.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = _NUMERIC_FIELDS.get(str(f.type))
+            if kind is not None:
+                setattr(self, f.name, _as_number(value, kind))
+            elif f.name in _PATH_FIELDS and isinstance(value, os.PathLike):
+                setattr(self, f.name, os.fspath(value))
 
     def validate(self) -> None:
         """Check every field; raise ``ValueError`` naming the first bad one."""
@@ -190,6 +233,9 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 bad(name, "a positive integer")
+        for name in (f.name for f in dataclasses.fields(self) if f.type == "bool"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "true or false")
         optional_positive = (
             "img_size",
             "max_steps",
@@ -202,10 +248,13 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 bad(name, "None or a positive integer")
-        if not isinstance(self.jitter_px, int) or self.jitter_px < 0:
-            bad("jitter_px", "an integer >= 0 (px)")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            bad("num_workers", "an integer >= 0")
+        for name, expected in (
+            ("jitter_px", "an integer >= 0 (px)"),
+            ("num_workers", "an integer >= 0"),
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                bad(name, expected)
         for name in (
             "lr",
             "temperature",
@@ -213,11 +262,11 @@ class TrainConfig:
             "lora_alpha",
             "soft_target_temperature",
         ):
-            if not float(getattr(self, name)) > 0:
+            v = getattr(self, name)
+            if not (_is_number(v) and v > 0):
                 bad(name, "a number > 0")
-        for name in ("weight_decay",):
-            if float(getattr(self, name)) < 0:
-                bad(name, "a number >= 0")
+        if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
+            bad("weight_decay", "a number >= 0")
         for name in (
             "lora_dropout",
             "mol_dropout",
@@ -225,9 +274,11 @@ class TrainConfig:
             "min_lr_ratio",
             "color_jitter",
         ):
-            if not 0 <= float(getattr(self, name)) < 1:
+            v = getattr(self, name)
+            if not (_is_number(v) and 0 <= v < 1):
                 bad(name, "a number in [0, 1)")
-        if self.max_grad_norm is not None and not float(self.max_grad_norm) > 0:
+        norm = self.max_grad_norm
+        if norm is not None and not (_is_number(norm) and norm > 0):
             bad("max_grad_norm", "None or a number > 0")
         if self.amp not in _AMP:
             bad("amp", f"one of {_AMP}")
@@ -295,7 +346,11 @@ class TrainConfig:
                 f"{type(data).__name__}"
             )
             raise ValueError(msg)
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            msg = f"training config {str(path)!r}: {e}"
+            raise ValueError(msg) from e
 
     def replace(self, **changes: Any) -> TrainConfig:
         """Copy with ``changes`` (validated)."""

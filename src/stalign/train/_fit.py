@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -18,16 +17,25 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .._lock import FolderLockedError, folder_lock
 from .._utils import atomic_path
 from ._checkpoint import (
+    HISTORY_FILE,
+    MODEL_FILE,
     OPTIM_FILE,
     STATE_FILE,
+    ResumeState,
     build_model,
+    clear_previous_run,
     latest_checkpoint,
-    load_rng,
+    load_weights,
     prune_checkpoints,
+    read_resume_checkpoint,
+    read_tensors,
     save_checkpoint,
     save_rng,
+    set_rng_state,
+    weights_step,
 )
 from ._config import STRUCTURAL_FIELDS, TrainConfig
 from ._data import (
@@ -47,6 +55,7 @@ __all__ = ["FitResult", "evaluate", "fit"]
 logger = logging.getLogger(__name__)
 
 EARLY_STOPPING_METRIC = "val_recall@5"
+LOCK_FILE = ".lock"  # in output_dir, held while a run writes there (as in a pairs store)
 
 
 @dataclass
@@ -56,8 +65,9 @@ class FitResult:
     Attributes
     ----------
     model
-        The trained model (best validation weights when early stopping was on and a
-        validation set was given; otherwise the final weights).
+        The trained model: the best validation weights when early stopping was on and a
+        validation set was given (kept in memory, so also without ``output_dir``, and
+        on every DDP rank); otherwise the final weights.
     history
         One row per logged training step / evaluation (the content of ``log.csv``).
     best_step, best_metric
@@ -257,7 +267,181 @@ def _write_history(rows: list[dict[str, Any]], path: Path) -> None:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
+@contextlib.contextmanager
+def _output_folder_lock(config: TrainConfig, rank: int, world: int):
+    """Hold ``config.output_dir`` for this run (rank 0 locks; every rank learns the outcome).
+
+    A second run on the same folder is refused at once instead of mixing its config,
+    log and checkpoints into the first run's. The lock dies with its process.
+    """
+    if config.output_dir is None:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        error: Exception | None = None
+        if rank == 0:
+            out = Path(config.output_dir)
+            what = f"training output folder {out}"
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(
+                    folder_lock(out / LOCK_FILE, command="stalign train", what=what)
+                )
+            except (FolderLockedError, OSError) as e:  # in use, or not writable
+                error = e  # raised on every rank, so none waits for the others forever
+        if world > 1:
+            import torch.distributed as dist
+
+            box = [str(error) if error is not None else None]
+            dist.broadcast_object_list(box, src=0)
+            if box[0] is not None and error is None:
+                error = FolderLockedError(box[0])
+        if error is not None:
+            raise error
+        yield
+
+
+def _resume_dir(config: TrainConfig, out_dir: Path | None) -> Path | None:
+    """Return the checkpoint to resume from: the latest in ``out_dir`` or the given one."""
+    if config.resume == "auto":
+        return latest_checkpoint(out_dir) if out_dir is not None else None
+    if config.resume is None:
+        return None
+    resume_dir = Path(config.resume)
+    if not (resume_dir / STATE_FILE).is_file():
+        msg = (
+            f"cannot resume from {str(resume_dir)!r}: {STATE_FILE} is missing "
+            "(incomplete checkpoint?)"
+        )
+        raise FileNotFoundError(msg)
+    return resume_dir
+
+
+def _restore(
+    resume: ResumeState,
+    model: AlignmentModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+) -> None:
+    """Put the weights, optimiser, scheduler and RNG states of ``resume`` in place."""
+    load_weights(model, resume.weights, resume.path / MODEL_FILE)
+    try:
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+    except (ValueError, KeyError, RuntimeError) as e:
+        msg = f"{str(resume.path / OPTIM_FILE)!r} does not fit this run's optimiser: {e}"
+        raise ValueError(msg) from e
+    set_rng_state(resume.rng, generator)
+
+
+def _trainable_names(model: torch.nn.Module) -> set[str]:
+    """Names of what training changes: trainable parameters and all buffers."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return names | {n for n, _ in model.named_buffers()}
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copy what training changes (:func:`_trainable_names`) to the CPU."""
+    names = _trainable_names(model)
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k in names}
+
+
+def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:  # pragma: no cover - the state came from this model
+        msg = f"best weights hold keys the model lacks: {result.unexpected_keys[:5]}"
+        raise RuntimeError(msg)
+
+
+def _best_from_disk(
+    out_dir: Path | None, best_step: int | None, model: AlignmentModel
+) -> dict[str, torch.Tensor] | None:
+    """On resume: the best weights saved in ``out_dir/best`` if they are those of ``best_step``."""
+    if out_dir is None or best_step is None:
+        return None
+    best = out_dir / "best"
+    if not (best / MODEL_FILE).is_file() or weights_step(best / MODEL_FILE) != best_step:
+        return None  # written after the checkpoint we resume from; replay rewrites it
+    keep = _trainable_names(model)
+    return {k: v for k, v in read_tensors(best / MODEL_FILE).items() if k in keep}
+
+
 # ------------------------------------------------------------------------ fit
+def _build(
+    config: TrainConfig,
+    train_dataset: Dataset,
+    val_dataset: Dataset | None,
+    device: torch.device,
+    world: int,
+    *,
+    log: bool,
+) -> tuple[AlignmentModel, dict[str, Any]]:
+    """Compute the cohort statistics and build the model; return it with its metadata."""
+    patch_px = _patch_px(train_dataset)
+    n_pathways = int(torch.as_tensor(train_dataset[0]["pathways"]).numel())
+    input_px = config.img_size or patch_px - 2 * config.jitter_px
+    pw_mean, pw_std = pathway_statistics(train_dataset, seed=config.seed)
+    img_mean = img_std = None
+    if config.normalization == "cohort":
+        img_mean, img_std = image_statistics(
+            train_dataset,
+            max_items=config.stats_max_items,
+            seed=config.seed,
+            jitter_px=config.jitter_px,
+        )
+    model = build_model(
+        config,
+        n_pathways,
+        image_mean=img_mean,
+        image_std=img_std,
+        pathway_mean=pw_mean,
+        pathway_std=pw_std,
+        input_px=input_px,
+    ).to(device)
+    meta: dict[str, Any] = {
+        "n_pathways": n_pathways,
+        "pathway_names": list(getattr(train_dataset, "pathway_names", []) or []),
+        "patch_px": patch_px,
+        "input_px": input_px,
+        "jitter_px": config.jitter_px,
+        "image_mean": list(model.image_tower.encoder.normalization[0]),
+        "image_std": list(model.image_tower.encoder.normalization[1]),
+        "encoder": model.image_tower.encoder.config.to_dict(),
+        "n_train": len(train_dataset),
+        "n_val": len(val_dataset) if val_dataset is not None else 0,
+        "world_size": world,
+    }
+    lora = getattr(model.image_tower.encoder, "lora_summary", None)
+    from ..models import count_parameters
+
+    trainable, total = count_parameters(model)
+    meta["trainable_params"], meta["total_params"] = trainable, total
+    if log:
+        logger.info(
+            "%s; model: %s of %s parameters trainable (%.2f %%)",
+            lora or "no LoRA",
+            f"{trainable:,}",
+            f"{total:,}",
+            100 * trainable / total,
+        )
+    return model, meta
+
+
+def _write_outputs(result: FitResult, out_dir: Path) -> None:
+    """Point ``result`` at the run's log and best checkpoint; draw ``curves.png``."""
+    result.log_csv = out_dir / "log.csv"
+    if (out_dir / "best").is_dir():
+        result.best_checkpoint = out_dir / "best"
+    if len(result.history):
+        import matplotlib.pyplot as plt
+
+        from ..pl import training_curves
+
+        result.curves_png = out_dir / "curves.png"
+        plt.close(training_curves(result.history, save=result.curves_png))
+
+
 def fit(
     config: TrainConfig,
     train_dataset: Dataset,
@@ -282,8 +466,20 @@ def fit(
     ``config.json``, ``model.json``, ``state.json``, ``optimizer.pt``,
     ``rng_rank<r>.pt``) and ``best/`` (best validation recall@5).
 
+    Raises
+    ------
+    FolderLockedError
+        Another live process trains into the same ``output_dir`` (see
+        ``stalign._lock``); nothing is written.
+    ValueError, FileNotFoundError
+        A bad dataset, or a resume checkpoint that is incomplete, corrupt or from a
+        run with other structural settings (the message names the file).
+
     Notes
     -----
+    The run holds a lock on ``output_dir`` (``.lock``) while it runs; the lock
+    dies with the process, so a crashed run never blocks the next.
+
     Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised here
     (NCCL on GPU, gloo on CPU); ``batch_size`` is the global batch, split across ranks,
     and embeddings are gathered across ranks for the loss, so the result matches a
@@ -296,9 +492,13 @@ def fit(
     if len(train_dataset) == 0:
         msg = "fit: the training dataset is empty"
         raise ValueError(msg)
+    from ..models import get_encoder_config
+
+    get_encoder_config(config.encoder)  # an unknown name or missing folder: before any work
     rank, world, init_here = _dist_info()
     try:
-        return _fit(config, train_dataset, val_dataset, rank, world)
+        with _output_folder_lock(config, rank, world):
+            return _fit(config, train_dataset, val_dataset, rank, world)
     finally:
         if init_here:
             import torch.distributed as dist
@@ -322,70 +522,17 @@ def _fit(
     is_main = rank == 0
     _seed_everything(config.seed)
 
-    # ---- resume point
-    resume_dir: Path | None = None
-    if config.resume == "auto" and out_dir is not None:
-        resume_dir = latest_checkpoint(out_dir)
-    elif config.resume not in (None, "auto"):
-        resume_dir = Path(config.resume)
-        if not (resume_dir / STATE_FILE).is_file():
-            msg = (
-                f"cannot resume from {str(resume_dir)!r}: {STATE_FILE} is missing "
-                "(incomplete checkpoint?)"
-            )
-            raise FileNotFoundError(msg)
+    # ---- resume point: every file read and checked before any statistics or model
+    resume_dir = _resume_dir(config, out_dir)
+    resume: ResumeState | None = None
     if resume_dir is not None:
         saved = TrainConfig.from_file(resume_dir / "config.json").replace(resume=None)
         _check_resume_config(saved, config, resume_dir)
+        resume = read_resume_checkpoint(resume_dir, rank)
+    elif out_dir is not None and is_main:
+        clear_previous_run(out_dir)  # a fresh run: nothing of an earlier one may mix in
 
-    # ---- statistics, model
-    patch_px = _patch_px(train_dataset)
-    n_pathways = int(torch.as_tensor(train_dataset[0]["pathways"]).numel())
-    input_px = config.img_size or patch_px - 2 * config.jitter_px
-    pw_mean, pw_std = pathway_statistics(train_dataset, seed=config.seed)
-    img_mean = img_std = None
-    if config.normalization == "cohort":
-        img_mean, img_std = image_statistics(
-            train_dataset,
-            max_items=config.stats_max_items,
-            seed=config.seed,
-            jitter_px=config.jitter_px,
-        )
-    model = build_model(
-        config,
-        n_pathways,
-        image_mean=img_mean,
-        image_std=img_std,
-        pathway_mean=pw_mean,
-        pathway_std=pw_std,
-        input_px=input_px,
-    ).to(device)
-    meta = {
-        "n_pathways": n_pathways,
-        "pathway_names": list(getattr(train_dataset, "pathway_names", []) or []),
-        "patch_px": patch_px,
-        "input_px": input_px,
-        "jitter_px": config.jitter_px,
-        "image_mean": list(model.image_tower.encoder.normalization[0]),
-        "image_std": list(model.image_tower.encoder.normalization[1]),
-        "encoder": model.image_tower.encoder.config.to_dict(),
-        "n_train": len(train_dataset),
-        "n_val": len(val_dataset) if val_dataset is not None else 0,
-        "world_size": world,
-    }
-    lora = getattr(model.image_tower.encoder, "lora_summary", None)
-    from ..models import count_parameters
-
-    trainable, total = count_parameters(model)
-    meta["trainable_params"], meta["total_params"] = trainable, total
-    if is_main:
-        logger.info(
-            "%s; model: %s of %s parameters trainable (%.2f %%)",
-            lora or "no LoRA",
-            f"{trainable:,}",
-            f"{total:,}",
-            100 * trainable / total,
-        )
+    model, meta = _build(config, train_dataset, val_dataset, device, world, log=is_main)
 
     sampler = GlobalBatchSampler(
         len(train_dataset), config.batch_size, seed=config.seed, rank=rank, world_size=world
@@ -409,22 +556,28 @@ def _fit(
     best_step: int | None = None
     bad_evals = 0
     history: list[dict[str, Any]] = []
-    if resume_dir is not None:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(resume_dir / "model.safetensors"), device="cpu"))
-        opt_state = torch.load(resume_dir / OPTIM_FILE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(opt_state["optimizer"])
-        scheduler.load_state_dict(opt_state["scheduler"])
-        load_rng(resume_dir, rank, generator)
-        st = json.loads((resume_dir / STATE_FILE).read_text(encoding="utf-8"))
+    loss_window: list[float] = []  # training losses since the last log row
+    n_window = 0  # images since the last log row
+    # early stopping: a CPU copy of the best weights, kept by every rank
+    best_state: dict[str, torch.Tensor] | None = None
+    keep_best = config.early_stopping_patience is not None and val_dataset is not None
+    if resume is not None:
+        _restore(resume, model, optimizer, scheduler, generator)
+        st = resume.state
         step, micro_done = int(st["step"]), int(st["micro_in_epoch"])
         best_metric, best_step, bad_evals = st["best_metric"], st["best_step"], st["bad_evals"]
-        if out_dir is not None and (out_dir / "log.csv").is_file():
+        loss_window = [float(x) for x in st.get("loss_window", [])]
+        n_window = int(st.get("images_in_window", 0))
+        if resume.history is not None:
+            history = [r for r in resume.history if r["step"] <= step]
+        elif out_dir is not None and (out_dir / "log.csv").is_file():
             old = pd.read_csv(out_dir / "log.csv")
             history = old[old["step"] <= step].to_dict("records")
+        if keep_best:
+            best_state = _best_from_disk(out_dir, best_step, model)
         if is_main:
-            logger.info("resumed from %s at step %d", resume_dir, step)
+            logger.info("resumed from %s at step %d", resume.path, step)
+        del resume  # the tensors are in the model and optimiser now
 
     ddp_model: torch.nn.Module = model
     if world > 1:
@@ -443,6 +596,8 @@ def _fit(
         # (logged only: it never counts as a "best" checkpoint)
         metrics = evaluate(model, val_dataset, config, device=device)
         history.append({"step": 0, "epoch": 0.0, **metrics})
+        if out_dir is not None:
+            _write_history(history, out_dir / "log.csv")
         logger.info(
             "step 0 (before training): %s",
             ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "chance" not in k),
@@ -461,8 +616,11 @@ def _fit(
                 "best_step": best_step,
                 "bad_evals": bad_evals,
                 "total_steps": total_steps,
+                "loss_window": loss_window,
+                "images_in_window": n_window,
             }
             d.mkdir(parents=True, exist_ok=True)
+            _write_history(history, d / HISTORY_FILE)
             with atomic_path(d / OPTIM_FILE) as tmp:
                 torch.save(
                     {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp
@@ -488,8 +646,7 @@ def _fit(
     model.train()
     stopped_early = False
     last_ckpt: Path | None = None
-    t_window, n_window = time.perf_counter(), 0
-    loss_window: list[float] = []
+    t_window = time.perf_counter()
     while step < total_steps and not stopped_early:
         epoch = step // steps_per_epoch
         batches = sampler.epoch_batches(epoch)
@@ -583,6 +740,8 @@ def _fit(
                     flag = [stopped_early, best_metric, best_step, bad_evals]
                     dist.broadcast_object_list(flag, src=0)
                     stopped_early, best_metric, best_step, bad_evals = flag
+                if keep_best and best_step == step:
+                    best_state = _trainable_state(model)  # the same weights on every rank
             if row is not None and is_main:
                 history.append(row)
                 if out_dir is not None:
@@ -595,10 +754,9 @@ def _fit(
     if pbar is not None:
         pbar.close()
 
-    hist_df = pd.DataFrame(history)
     result = FitResult(
         model=model,
-        history=hist_df,
+        history=pd.DataFrame(history),
         best_step=best_step,
         best_metric=best_metric,
         steps=step,
@@ -608,23 +766,16 @@ def _fit(
         extra={"meta": meta},
     )
     if out_dir is not None and is_main:
-        result.log_csv = out_dir / "log.csv"
-        if (out_dir / "best").is_dir():
-            result.best_checkpoint = out_dir / "best"
-        if len(hist_df):
-            import matplotlib.pyplot as plt
-
-            from ..pl import training_curves
-
-            result.curves_png = out_dir / "curves.png"
-            plt.close(training_curves(hist_df, save=result.curves_png))
-    if (
-        config.early_stopping_patience is not None
-        and result.best_checkpoint is not None
-        and best_step != step
-    ):
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(result.best_checkpoint / "model.safetensors")))
+        _write_outputs(result, out_dir)
+    if keep_best and best_step is not None and best_step != step:
+        if best_state is None:
+            logger.warning(
+                "the best weights (step %s) are not available after resuming; "
+                "returning the final weights (step %d)",
+                best_step,
+                step,
+            )
+        else:
+            _load_trainable(model, best_state)
     model.eval()
     return result

@@ -1,0 +1,373 @@
+"""Training faults: locks, SIGKILL + resume, corrupt checkpoints, leakage, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from _fixtures_train import one_thread, tiny_config  # noqa: F401 (autouse fixture)
+
+from stalign._lock import FolderLockedError
+from stalign.cli import main
+from stalign.train import TrainConfig, fit, mob_example_pairs
+
+REPO = Path(__file__).resolve().parents[1]
+MANIFEST_COLS = "sample_id,patient_id,organ,species,platform,path,image,mpp,source,license"
+
+
+@pytest.fixture(scope="module")
+def mob_pairs(mob_dir):
+    """48 real (64-px H&E patch, Hallmark ssGSEA) pairs from MOB1."""
+    return mob_example_pairs(mob_dir, ["MOB1"], max_pairs=48)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, mob_dir) -> Path:
+    """A small pairs store: MOB1 and MOB2 from animal1, MOB3 from animal2."""
+    from stalign.pairs import build_pairs, merge_pairs
+
+    root = tmp_path_factory.mktemp("fault_store")
+    rows = [
+        f"{s},{p},olfactory_bulb,mus_musculus,legacy_st,{mob_dir / f'{s}.tsv.gz'},"
+        f"{mob_dir / f'{s}.jpg'},,test,MIT"
+        for s, p in (("MOB1", "animal1"), ("MOB2", "animal1"), ("MOB3", "animal2"))
+    ]
+    (root / "manifest.csv").write_text("\n".join([MANIFEST_COLS, *rows]) + "\n")
+    build_pairs(
+        root / "manifest.csv", root / "pairs", mpp=4.7, size_px=24, progress=False, report=False
+    )
+    merge_pairs(root / "pairs", report=False)
+    return root / "pairs"
+
+
+def _train_cli(store: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--pairs",
+        str(store),
+        "--out",
+        str(out),
+        "--img-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "2",
+        "--set",
+        'encoder_kwargs={"depth": 2}',
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _one_line_error(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    t0 = time.monotonic()
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            msg = f"child exited ({proc.returncode}) before {path} appeared:\n{out}\n{err}"
+            raise AssertionError(msg)
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            msg = f"{path} did not appear within {timeout} s"
+            raise AssertionError(msg)
+        time.sleep(0.02)
+
+
+def _spawn(code: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# a training child that blocks (inside the data loader) once TRIGGER exists and until
+# RELEASE does, so the parent can SIGKILL it at a known point or run a second job meanwhile
+_CHILD = """
+    import sys, time
+    from pathlib import Path
+    import torch
+    from stalign.train import TensorPairsDataset, TrainConfig, fit
+
+    torch.set_num_threads(1)
+    data_path, config_path, trigger, release = sys.argv[1:5]
+    data = torch.load(data_path, weights_only=True)
+
+
+    class Blocking(TensorPairsDataset):
+        def __getitem__(self, i):
+            while Path(trigger).exists() and not Path(release).exists():
+                time.sleep(0.05)
+            return super().__getitem__(i)
+
+
+    train = Blocking(data["images"], data["pathways"])
+    val = TensorPairsDataset(data["images"][:32], data["pathways"][:32])
+    fit(TrainConfig.from_file(config_path), train, val)
+"""
+
+
+def _start_child(tmp_path: Path, mob_pairs, cfg: TrainConfig, trigger: Path, release: Path):
+    data = tmp_path / "data.pt"
+    torch.save({"images": mob_pairs.images, "pathways": mob_pairs.pathways}, data)
+    cfg_path = tmp_path / "child_config.json"
+    cfg.to_json(cfg_path)
+    return _spawn(_CHILD, str(data), str(cfg_path), str(trigger), str(release))
+
+
+# ------------------------------------------------------------------------ the lock
+def test_concurrent_train_on_one_folder_is_refused(mob_pairs, store, tmp_path, capsys):
+    out = tmp_path / "run"
+    release = tmp_path / "release"
+    first = _start_child(
+        tmp_path, mob_pairs, tiny_config(out, seed=0, max_steps=2), out / "config.json", release
+    )
+    try:
+        _wait_for(out / "log.csv", first)  # step-0 validation done, training blocked
+        with pytest.raises(FolderLockedError, match=rf"in use by pid {first.pid} .*stalign train"):
+            fit(tiny_config(out, seed=1), mob_pairs)
+        assert main([*_train_cli(store, out), "--seed", "1"]) == 1
+        _one_line_error(capsys, str(out), f"in use by pid {first.pid}")
+        release.touch()
+        assert first.wait(timeout=120) == 0, first.communicate()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # nothing of the refused runs was mixed in: seed 0's config and log only
+    assert json.loads((out / "config.json").read_text())["seed"] == 0
+    assert pd.read_csv(out / "log.csv")["step"].max() == 2
+
+
+# ------------------------------------------------------------------------ SIGKILL + resume
+def test_sigkill_during_training_then_resume_matches_uninterrupted(mob_pairs, tmp_path):
+    val = mob_pairs.subset(range(32))
+    kw = dict(
+        max_steps=8,
+        checkpoint_every_steps=1,
+        keep_checkpoints=2,
+        eval_every_steps=4,
+        log_every_steps=5,  # log.csv not yet written when the child dies at step 3
+        resume="auto",
+    )
+    killed = tmp_path / "killed"
+    block = killed / "checkpoints" / "step_00000003" / "state.json"
+    child = _start_child(tmp_path, mob_pairs, tiny_config(killed, **kw), block, tmp_path / "never")
+    try:
+        _wait_for(block, child)
+        time.sleep(0.2)  # let it reach the next batch (blocked there)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    done = sorted(p.name for p in (killed / "checkpoints").glob("step_*"))
+    assert done[-1] == "step_00000003"  # killed in the middle, not at the end
+    # the dead run's lock file is still there (naming it), but it does not block
+    assert (killed / ".lock").read_text().startswith(f"pid={child.pid} ")
+
+    resumed = fit(tiny_config(killed, **kw), mob_pairs, val)
+    full = fit(tiny_config(tmp_path / "full", **kw), mob_pairs, val)
+    assert resumed.steps == full.steps == 8
+    pr, pf = resumed.model.state_dict(), full.model.state_dict()
+    assert all(torch.equal(pr[k], pf[k]) for k in pf)
+    # the log is the uninterrupted run's log, step-0 validation row included
+    timing = ["images_per_s"]
+    log_r = pd.read_csv(killed / "log.csv").drop(columns=timing)
+    log_f = pd.read_csv(tmp_path / "full" / "log.csv").drop(columns=timing)
+    assert log_r["step"].iloc[0] == 0 and not pd.isna(log_r["val_recall@5"].iloc[0])
+    pd.testing.assert_frame_equal(log_r, log_f)
+
+
+# ------------------------------------------------------------------------ corrupt checkpoints
+@pytest.fixture(scope="module")
+def trained_run(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
+    split = ["--train-samples", "MOB1", "--val-samples", "MOB3"]
+    assert main([*_train_cli(store, out), *split, "--checkpoint-every-steps", "1"]) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("model.safetensors", b"\x00garbage"),
+        ("optimizer.pt", b"PK\x03\x04truncated"),
+        ("rng_rank0.pt", b"not a torch file"),
+        ("state.json", b'{"step": 2, "micro_in'),
+    ],
+)
+def test_corrupt_checkpoint_on_resume_is_one_line_naming_the_file(
+    trained_run, store, tmp_path, capsys, name, content
+):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    bad = out / "checkpoints" / "step_00000002" / name
+    bad.write_bytes(content)
+    capsys.readouterr()
+    split = ["--train-samples", "MOB1", "--val-samples", "MOB3"]
+    args = [*_train_cli(store, out), *split, "--resume", "auto"]
+    args[args.index("--max-steps") + 1] = "3"
+    assert main(args) == 1
+    _one_line_error(capsys, str(bad))
+
+
+# ------------------------------------------------------------------------ leakage
+def test_overlapping_train_and_val_samples_are_refused(store, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*_train_cli(store, out), "--train-samples", "MOB1", "MOB3", "--val-samples", "MOB3"]
+    assert main(args) == 1
+    _one_line_error(capsys, "MOB3", "--val-samples")
+    assert not out.exists()  # refused before anything was written
+
+
+def test_train_and_val_sharing_a_patient_are_refused_unless_allowed(store, tmp_path, capsys):
+    out = tmp_path / "run"
+    split = ["--train-samples", "MOB1", "--val-samples", "MOB2"]  # both animal1
+    assert main([*_train_cli(store, out), *split]) == 1
+    _one_line_error(capsys, "animal1", "--allow-patient-overlap")
+    assert not out.exists()
+    # an inner validation split by section is a deliberate choice
+    assert main([*_train_cli(store, out), *split, "--allow-patient-overlap"]) == 0
+    assert (out / "log.csv").is_file()
+
+
+# ------------------------------------------------------------------------ configs
+def test_yaml_numbers_written_as_strings_are_numbers(tmp_path):
+    # PyYAML reads 1e-3 (no dot) as the string '1e-3'
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\nweight_decay: 1e-4\nmax_steps: 1e2\n")
+    cfg = TrainConfig.from_file(tmp_path / "c.yaml")
+    assert cfg.lr == 1e-3 and isinstance(cfg.lr, float)
+    assert cfg.weight_decay == 1e-4 and cfg.max_steps == 100 and isinstance(cfg.max_steps, int)
+    assert TrainConfig(lr="2e-3", epochs="3").epochs == 3
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr: expected a number"):
+        TrainConfig(lr="fast")
+    with pytest.raises(ValueError, match=r"TrainConfig\.epochs: expected a positive integer"):
+        TrainConfig(epochs="2.5")
+    with pytest.raises(ValueError, match=r"TrainConfig\.augment: expected true or false"):
+        TrainConfig(augment="no way")
+
+
+def test_bad_yaml_value_fails_before_any_model_is_built(store, tmp_path, capsys, monkeypatch):
+    import stalign.train._fit as fit_module
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(fit_module, "build_model", no_model)
+    (tmp_path / "bad.yaml").write_text("lr: fast\n")
+    out = tmp_path / "run"
+    assert main([*_train_cli(store, out), "--config", str(tmp_path / "bad.yaml")]) == 1
+    _one_line_error(capsys, "bad.yaml", "lr", "'fast'")
+    assert not out.exists()
+
+
+def test_encoder_pointing_at_a_missing_folder_says_so(store, tmp_path, capsys):
+    from stalign.models import create_encoder
+
+    missing = tmp_path / "runs" / "seed0"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        create_encoder(str(missing))
+    assert main(["embed", "--encoder", str(missing), "--pairs", str(store), "--out", "e.h5"]) == 1
+    err = _one_line_error(capsys, str(missing), "does not exist")
+    assert "unknown encoder" not in err
+    out = tmp_path / "run"
+    assert (
+        main([*_train_cli(store, out), "--train-samples", "MOB1", "--encoder", str(missing)]) == 1
+    )
+    _one_line_error(capsys, str(missing), "does not exist")
+    assert not out.exists()  # refused before anything was written
+
+
+# ------------------------------------------------------------------------ best weights
+def test_early_stopping_returns_best_weights_without_output_dir(mob_pairs, tmp_path):
+    val = mob_pairs.subset(range(32))
+    cfg = tiny_config(max_steps=12, lr=3e-2, eval_every_steps=1, early_stopping_patience=3)
+    on_disk = fit(cfg.replace(output_dir=str(tmp_path)), mob_pairs, val)
+    assert on_disk.stopped_early and on_disk.best_step < on_disk.steps  # best ≠ last
+    from safetensors.torch import load_file
+
+    best = load_file(str(tmp_path / "best" / "model.safetensors"))
+    in_memory = fit(cfg, mob_pairs, val)
+    assert (in_memory.best_step, in_memory.steps) == (on_disk.best_step, on_disk.steps)
+    for result in (on_disk, in_memory):
+        state = result.model.state_dict()
+        assert all(torch.equal(state[k], best[k]) for k in best)
+
+
+def test_resume_after_the_best_step_restores_the_best_weights_from_disk(mob_pairs, tmp_path):
+    import shutil
+
+    val = mob_pairs.subset(range(32))
+    cfg = tiny_config(
+        tmp_path / "full",
+        max_steps=12,
+        lr=3e-2,
+        eval_every_steps=1,
+        early_stopping_patience=3,
+        checkpoint_every_steps=1,
+        keep_checkpoints=20,
+    )
+    full = fit(cfg, mob_pairs, val)
+    assert full.stopped_early and full.best_step + 1 < full.steps
+    # the run as a crash right after the step following the best would have left it
+    run = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "full", run)
+    for ckpt in (run / "checkpoints").glob("step_*"):
+        if int(ckpt.name.removeprefix("step_")) > full.best_step + 1:
+            shutil.rmtree(ckpt)
+    resumed = fit(cfg.replace(output_dir=str(run), resume="auto"), mob_pairs, val)
+    assert (resumed.best_step, resumed.steps) == (full.best_step, full.steps)
+    pf, pr = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(pf[k], pr[k]) for k in pf)
+
+
+# ------------------------------------------------------------------------ runs one after another
+def test_a_fresh_run_in_a_used_folder_replaces_the_earlier_run(mob_pairs, tmp_path):
+    from stalign.train import latest_checkpoint
+
+    kw = dict(checkpoint_every_steps=2, keep_checkpoints=2)
+    fit(tiny_config(tmp_path, seed=0, max_steps=6, **kw), mob_pairs)
+    fit(tiny_config(tmp_path, seed=1, max_steps=2, **kw), mob_pairs)
+    # only the second run's files: its checkpoint survives pruning and is the one resumed
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002"]
+    assert json.loads((latest_checkpoint(tmp_path) / "config.json").read_text())["seed"] == 1
+    assert pd.read_csv(tmp_path / "log.csv")["step"].max() == 2
+
+
+def test_cli_refuses_to_start_afresh_over_a_run_without_overwrite(
+    trained_run, store, tmp_path, capsys
+):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    split = ["--train-samples", "MOB1", "--val-samples", "MOB3"]
+    capsys.readouterr()
+    assert main([*_train_cli(store, out), *split, "--seed", "1"]) == 1
+    _one_line_error(capsys, str(out), "--resume auto", "--overwrite")
+    assert json.loads((out / "config.json").read_text())["seed"] == 0
+    assert main([*_train_cli(store, out), *split, "--seed", "1", "--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
