@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import _keys as K
 from ..io._image import is_tiff, open_pil, tiff_mpp, to_rgb_uint8
+from ..io._mpp import reconcile_mpp
 from ._levels import ArrayLevel, Level, OpenSlideLevel, TiledTiffLevel, ZarrLevel
 from ._resample import Window, outside_mask, patch_window, resample
 
@@ -383,23 +384,19 @@ def _check_size(value: int, name: str = "size_px") -> int:
 
 
 # ----------------------------------------------------------------------------------
-# resolution from metadata: one rule for readers and images (stalign.io._image.tiff_mpp)
-def _reconcile_mpp(
+# resolution from metadata: µm/px from TIFF tags is stalign.io._image.tiff_mpp, and
+# several µm/px are reconciled by stalign.io._mpp.reconcile_mpp (one rule for both)
+def _slide_mpp(
     user: float | None, found: float | None, found_source: str | None, source: str
 ) -> tuple[float | None, str | None]:
-    if user is None:
-        return found, found_source
-    user = _check_positive(user, "mpp")
-    if found is not None and abs(found - user) / user > 0.10:
-        logger.warning(
-            "%s: the given mpp %.4g µm/px and the image's own %.4g µm/px (%s) differ "
-            "by more than 10%%; using the given value",
-            source,
-            user,
-            found,
-            found_source,
-        )
-    return user, "user"
+    """µm/px of an opened image: ``user`` wins over the file's ``found`` value.
+
+    Disagreement by more than 10 % emits :class:`~stalign.io.MppMismatchWarning`.
+    """
+    if user is not None:
+        user = _check_positive(user, "mpp")
+    mpp, src = reconcile_mpp({"user": user, found_source or "image": found}, context=source)
+    return (mpp, src) if mpp is not None else (None, None)
 
 
 # ----------------------------------------------------------------------------------
@@ -432,7 +429,7 @@ def _open_tiff(path: Path, mpp: float | None) -> SlideImage:
         raise
     w0, h0 = levels[0].width, levels[0].height
     ds = [w0 / lv.width for lv in levels]
-    mpp_val, mpp_src = _reconcile_mpp(mpp, found, found_src, str(path))
+    mpp_val, mpp_src = _slide_mpp(mpp, found, found_src, str(path))
     return SlideImage(
         levels,
         width=w0,
@@ -498,7 +495,8 @@ def _open_openslide(path: Path, mpp: float | None) -> SlideImage:
         raise ValueError(msg) from e
     found = slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
     found_f = float(found) if found else None
-    mpp_val, mpp_src = _reconcile_mpp(mpp, found_f, "openslide" if found_f else None, str(path))
+    found_f = found_f if found_f and math.isfinite(found_f) and found_f > 0 else None
+    mpp_val, mpp_src = _slide_mpp(mpp, found_f, "openslide" if found_f else None, str(path))
     levels = [OpenSlideLevel(slide, i) for i in range(slide.level_count)]
     return SlideImage(
         levels,
@@ -567,16 +565,10 @@ def _open_anndata(adata: AnnData, mpp: float | None, max_pixels: int | None) -> 
         ref = mpp if mpp is not None else found
         ref_src = "user" if mpp is not None else found_src
         if ref is not None:
-            if img.mpp is not None and abs(img.mpp - ref) / ref > 0.10:
-                logger.warning(
-                    "%s: image metadata says %.4g µm/px, %s says %.4g µm/px (>10%% apart); "
-                    "using the latter",
-                    path,
-                    img.mpp,
-                    ref_src,
-                    ref,
-                )
-            img.mpp, img.mpp_source = float(ref), ref_src
+            tags = f"{img.mpp_source} (image metadata)"
+            img.mpp, img.mpp_source = reconcile_mpp(
+                {ref_src: ref, tags: img.mpp}, context=str(path), prefer=(ref_src,)
+            )
         return img
     lib = meta.get(K.LIBRARY_ID)
     spatial = adata.uns.get(K.SPATIAL, {})
