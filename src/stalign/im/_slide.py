@@ -384,19 +384,23 @@ def _check_size(value: int, name: str = "size_px") -> int:
 
 
 # ----------------------------------------------------------------------------------
-# resolution from metadata: µm/px from TIFF tags is stalign.io._image.tiff_mpp, and
-# several µm/px are reconciled by stalign.io._mpp.reconcile_mpp (one rule for both)
-def _slide_mpp(
+# resolution from metadata: one rule for readers and images (stalign.io._image.tiff_mpp)
+def _reconcile_mpp(
     user: float | None, found: float | None, found_source: str | None, source: str
 ) -> tuple[float | None, str | None]:
-    """µm/px of an opened image: ``user`` wins over the file's ``found`` value.
+    """Return ``(µm/px, source)`` of an image: the user's value if given, else its own.
 
-    Disagreement by more than 10 % emits :class:`~stalign.io.MppMismatchWarning`.
+    The one rule of :func:`stalign.io.reconcile_mpp` (the readers use it too): the
+    user's value wins and a :class:`~stalign.io.MppMismatchWarning` is emitted when the
+    image's own value differs by more than 10 %.
     """
-    if user is not None:
-        user = _check_positive(user, "mpp")
-    mpp, src = reconcile_mpp({"user": user, found_source or "image": found}, context=source)
-    return (mpp, src) if mpp is not None else (None, None)
+    estimates: dict[str, float | None] = {
+        "user": None if user is None else _check_positive(user, "mpp")
+    }
+    if found is not None and math.isfinite(found) and found > 0:
+        estimates[found_source or "image_metadata"] = found
+    mpp, mpp_source = reconcile_mpp(estimates, context=source)
+    return (mpp, mpp_source) if mpp is not None else (None, None)
 
 
 # ----------------------------------------------------------------------------------
@@ -429,7 +433,7 @@ def _open_tiff(path: Path, mpp: float | None) -> SlideImage:
         raise
     w0, h0 = levels[0].width, levels[0].height
     ds = [w0 / lv.width for lv in levels]
-    mpp_val, mpp_src = _slide_mpp(mpp, found, found_src, str(path))
+    mpp_val, mpp_src = _reconcile_mpp(mpp, found, found_src, str(path))
     return SlideImage(
         levels,
         width=w0,
@@ -495,8 +499,7 @@ def _open_openslide(path: Path, mpp: float | None) -> SlideImage:
         raise ValueError(msg) from e
     found = slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
     found_f = float(found) if found else None
-    found_f = found_f if found_f and math.isfinite(found_f) and found_f > 0 else None
-    mpp_val, mpp_src = _slide_mpp(mpp, found_f, "openslide" if found_f else None, str(path))
+    mpp_val, mpp_src = _reconcile_mpp(mpp, found_f, "openslide" if found_f else None, str(path))
     levels = [OpenSlideLevel(slide, i) for i in range(slide.level_count)]
     return SlideImage(
         levels,
