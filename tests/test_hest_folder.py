@@ -233,8 +233,19 @@ def test_tissue_seg_files(tmp_path):
     }
     (seg / "S1_contours.geojson").write_text(json.dumps(old_style))
     mask = read_hest_tissue(seg, "S1", width=100, height=100)
-    frac = mask.fraction(np.array([[0.0, 0.0], [10.0, 10.0], [30.0, 30.0], [60.0, 60.0]]), 10.0)
+    topleft = np.array([[0.0, 0.0], [10.0, 10.0], [30.0, 30.0], [60.0, 60.0]])
+    frac = mask.coverage(topleft + 5.0, 10.0)  # 10 px windows, by their centres
     np.testing.assert_allclose(frac, [1.0, 0.0, 1.0, 0.0], atol=0.15)
+    # the same TissueMask as a slide's own segmentation, saying where it came from
+    from stalign.im import TissueMask
+
+    assert isinstance(mask, TissueMask) and mask.params["kind"] == "hest_contours"
+    assert mask.params["source"].endswith("S1_contours.geojson") and mask.mpp is None
+    with pytest.raises(ValueError, match=r"µm/px is unknown"):
+        _ = mask.tissue_area_mm2
+    with_mpp = read_hest_tissue(seg, "S1", width=100, height=100, mpp=2.0)
+    # 51 × 51 px filled square (boundary included) less the 11 × 11 px hole, at 2 µm/px
+    assert with_mpp.tissue_area_mm2 == pytest.approx((51**2 - 11**2) * 4 / 1e6)
     (seg / "S2_contours.geojson").write_text("{not json")
     with pytest.raises(ValueError, match="expected GeoJSON tissue contours"):
         read_hest_tissue(seg, "S2", width=100, height=100)

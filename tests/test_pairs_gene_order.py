@@ -8,6 +8,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pytest
 
 from stalign import _keys
 from stalign.pairs import build_pairs
@@ -59,3 +60,18 @@ def test_shuffled_gene_columns_give_identical_pathway_scores(tmp_path, mob_dir):
     info = json.loads(pairs.uns[_keys.PAIRS_INFO])
     assert info["params"]["ties"] == "average"
     assert info["pathway_scores"]["params"]["ties"] == "average"
+
+
+def test_tie_mode_is_a_build_pairs_argument_and_a_cli_flag(tmp_path, mob_dir):
+    from stalign.cli import main
+
+    manifest = _one_section_manifest(tmp_path, mob_dir / "MOB1.tsv.gz")
+    out = tmp_path / "pairs"
+    args = ["build-pairs", str(manifest), "--out", str(out), "--mpp", "9.4", "--size-px", "32"]
+    assert main([*args, "--ties", "gseapy", "--no-progress"]) == 0
+    assert json.loads((out / "build.json").read_text())["params"]["ties"] == "gseapy"
+    info = json.loads(ad.read_h5ad(out / "samples" / "MOB1" / "pairs.h5ad").uns[_keys.PAIRS_INFO])
+    assert info["pathway_scores"]["params"]["ties"] == "gseapy"
+    with pytest.raises(ValueError, match="ties must be one of"):  # before any work
+        build_pairs(manifest, tmp_path / "bad", ties="first", **FAST)
+    assert not (tmp_path / "bad" / "build.json").exists()

@@ -18,6 +18,7 @@ def _build(args: argparse.Namespace) -> int:
         min_mask_coverage=args.min_mask_coverage,
         gene_sets=None if args.gene_sets.lower() == "none" else args.gene_sets,
         method=args.method,
+        ties=args.ties,
         min_genes=args.min_genes,
         gene_panel=args.gene_panel,
         use_in_tissue=not args.ignore_in_tissue,
@@ -92,6 +93,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--method",
         default="ssgsea",
         help="pathway scoring method of stalign.tl.score_pathways (default ssgsea)",
+    )
+    p.add_argument(
+        "--ties",
+        choices=("average", "gseapy"),
+        default="average",
+        help="ssGSEA tie mode: 'average' ranks tied genes by their mean rank, so scores do "
+        "not depend on the gene order; 'gseapy' walks them in matrix order like gseapy "
+        "(default average)",
     )
     p.add_argument(
         "--min-genes", type=int, default=5, help="minimum genes of a set in the panel (default 5)"

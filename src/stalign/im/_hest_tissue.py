@@ -4,76 +4,27 @@ HEST ships, per sample, ``<id>_contours.geojson`` (tissue polygons in level-0 px
 the WSI; holes as interior rings, or — older files — as features classified
 ``hole``) and ``<id>_mask.jpg`` (a down-scaled greyscale mask, white = tissue).
 ``<id>_mask.pkl`` is never read: unpickling a downloaded file can run any code.
+Either file becomes the same :class:`~stalign.im.TissueMask` that
+:func:`~stalign.im.tissue_mask` segments from a slide, so a patch's tissue fraction
+is :meth:`~stalign.im.TissueMask.coverage` whichever made the mask.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+
+from ._tissue import TissueMask
 
 logger = logging.getLogger(__name__)
 
 #: longest side (px) of the raster the contours are drawn into
 _RASTER_MAX_PX = 4096
-
-
-@dataclass(frozen=True)
-class TissueMask:
-    """A boolean tissue raster over the whole slide.
-
-    Attributes
-    ----------
-    mask
-        ``(h, w)`` bool, True = tissue.
-    scale
-        Raster px per level-0 px (≤ 1).
-    source
-        File it was made from.
-    """
-
-    mask: np.ndarray
-    scale: float
-    source: str
-
-    @cached_property
-    def _integral(self) -> np.ndarray:
-        """Summed-area table of the mask (computed once)."""
-        h, w = self.mask.shape
-        integral = np.zeros((h + 1, w + 1), np.int64)
-        integral[1:, 1:] = self.mask.cumsum(0).cumsum(1)
-        return integral
-
-    def fraction(self, topleft: np.ndarray, side0: float) -> np.ndarray:
-        """Tissue fraction of square windows (outside the slide counts as background).
-
-        Parameters
-        ----------
-        topleft
-            ``(n, 2)`` level-0 ``(x, y)`` of each window's top-left corner (px).
-        side0
-            Window side in level-0 px.
-
-        Returns
-        -------
-        ``(n,)`` float32 in ``[0, 1]``.
-        """
-        h, w = self.mask.shape
-        integral = self._integral
-        tl = np.asarray(topleft, dtype=float) * self.scale
-        side = max(side0 * self.scale, 1.0)
-        x0 = np.clip(np.floor(tl[:, 0]).astype(np.int64), 0, w)
-        y0 = np.clip(np.floor(tl[:, 1]).astype(np.int64), 0, h)
-        x1 = np.clip(np.floor(tl[:, 0] + side).astype(np.int64), 0, w)
-        y1 = np.clip(np.floor(tl[:, 1] + side).astype(np.int64), 0, h)
-        inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-        area = max(1, round(side)) ** 2
-        return np.clip(inside / area, 0.0, 1.0).astype(np.float32)
 
 
 def _rings(geometry: dict) -> list[list[list[list[float]]]]:
@@ -92,7 +43,23 @@ def _is_hole(feature: dict) -> bool:
     return "hole" in json.dumps(props).lower()
 
 
-def _contours_mask(path: Path, width: int, height: int) -> TissueMask:
+def _hest_mask(
+    mask: np.ndarray, path: Path, kind: str, width: int, height: int, mpp: float | None
+) -> TissueMask:
+    """Wrap a raster covering the whole ``width`` × ``height`` px slide as a :class:`TissueMask`."""
+    h, w = mask.shape
+    scale = (width / w, height / h)  # level-0 px per mask px along (x, y)
+    return TissueMask(
+        mask=mask,
+        scale=scale,
+        width=width,
+        height=height,
+        mpp=None if mpp is None else float(mpp * math.sqrt(scale[0] * scale[1])),
+        params={"source": str(path), "kind": kind},
+    )
+
+
+def _contours_mask(path: Path, width: int, height: int, mpp: float | None) -> TissueMask:
     from PIL import Image, ImageDraw
 
     try:
@@ -106,6 +73,7 @@ def _contours_mask(path: Path, width: int, height: int) -> TissueMask:
         raise ValueError(msg)
     scale = min(1.0, _RASTER_MAX_PX / max(width, height))
     w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    sx, sy = w / width, h / height  # raster px per level-0 px, exactly, per axis
     img = Image.new("1", (w, h), 0)
     draw = ImageDraw.Draw(img)
     n_polygons = 0
@@ -116,7 +84,7 @@ def _contours_mask(path: Path, width: int, height: int) -> TissueMask:
                 continue
             for polygon in _rings(feat.get("geometry") or {}):
                 for k, ring in enumerate(polygon):
-                    pts = [(float(x) * scale, float(y) * scale) for x, y, *_ in ring]
+                    pts = [(float(x) * sx, float(y) * sy) for x, y, *_ in ring]
                     if len(pts) >= 3:
                         fill = 0 if (holes_pass or k > 0) else 1
                         draw.polygon(pts, fill=fill)
@@ -124,10 +92,10 @@ def _contours_mask(path: Path, width: int, height: int) -> TissueMask:
     if n_polygons == 0:
         msg = f"{path}: expected tissue polygons, found none among {len(features)} features"
         raise ValueError(msg)
-    return TissueMask(np.asarray(img, dtype=bool), scale, str(path))
+    return _hest_mask(np.asarray(img, dtype=bool), path, "hest_contours", width, height, mpp)
 
 
-def _image_mask(path: Path, width: int, height: int) -> TissueMask:
+def _image_mask(path: Path, width: int, height: int, mpp: float | None) -> TissueMask:
     from PIL import Image
 
     with Image.open(path) as im:
@@ -140,11 +108,16 @@ def _image_mask(path: Path, width: int, height: int) -> TissueMask:
             "slide (different aspect ratio)"
         )
         raise ValueError(msg)
-    return TissueMask(grey > 127, float(scale_x), str(path))
+    return _hest_mask(grey > 127, path, "hest_mask_image", width, height, mpp)
 
 
 def read_hest_tissue(
-    tissue_seg: str | os.PathLike, sample_id: str, *, width: int, height: int
+    tissue_seg: str | os.PathLike,
+    sample_id: str,
+    *,
+    width: int,
+    height: int,
+    mpp: float | None = None,
 ) -> TissueMask | None:
     """Read a HEST sample's tissue segmentation, or ``None`` when it has none.
 
@@ -160,6 +133,16 @@ def read_hest_tissue(
     width, height
         Level-0 size of the slide (px), e.g. HEST's ``fullres_px_width`` /
         ``fullres_px_height``.
+    mpp
+        Level-0 µm/px of the slide, if known (sets :attr:`TissueMask.mpp
+        <stalign.im.TissueMask>` and so its area in mm²).
+
+    Returns
+    -------
+    TissueMask or None
+        The mask over the whole slide (``params['source']`` is the file read,
+        ``params['kind']`` ``"hest_contours"`` or ``"hest_mask_image"``); a
+        patch's tissue fraction is ``mask.coverage(centres, side_px)``.
 
     Raises
     ------
@@ -171,9 +154,9 @@ def read_hest_tissue(
         return None
     contours = sorted(folder.glob(f"*{sample_id}_contours.geojson"))
     if contours:
-        return _contours_mask(contours[0], width, height)
+        return _contours_mask(contours[0], width, height, mpp)
     for ext in ("jpg", "jpeg", "png"):
         masks = sorted(folder.glob(f"*{sample_id}_mask.{ext}"))
         if masks:
-            return _image_mask(masks[0], width, height)
+            return _image_mask(masks[0], width, height, mpp)
     return None

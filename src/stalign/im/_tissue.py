@@ -134,7 +134,11 @@ def tissue_fraction(
 
 @dataclass(frozen=True)
 class TissueMask:
-    """A slide-level tissue mask on a low-resolution grid (from :func:`tissue_mask`).
+    """A slide-level tissue mask on a low-resolution grid.
+
+    Made by :func:`tissue_mask` (segmented from the slide's thumbnail) or by
+    :func:`~stalign.im.read_hest_tissue` (HEST-1k's ``tissue_seg/`` contours or
+    mask image); both give a patch's tissue fraction through :meth:`coverage`.
 
     Attributes
     ----------
@@ -146,24 +150,39 @@ class TissueMask:
     width, height
         Level-0 size of the slide (px).
     mpp
-        µm per mask pixel.
+        µm per mask pixel; ``None`` when the slide's µm/px is not known (a HEST
+        mask read without ``mpp=``).
     params
-        How the mask was made: ``mask_mpp`` (µm/px), ``closing_um``,
-        ``min_object_um2``, ``max_hole_um2``, ``hysteresis``, and the saturation
-        thresholds found on this slide (``saturation_high``, ``saturation_low``,
-        ``glass_saturation``, 0–255).
+        How the mask was made. From :func:`tissue_mask`: ``mask_mpp`` (µm/px),
+        ``closing_um``, ``min_object_um2``, ``max_hole_um2``, ``hysteresis``, and
+        the saturation thresholds found on this slide (``saturation_high``,
+        ``saturation_low``, ``glass_saturation``, 0–255). From
+        :func:`~stalign.im.read_hest_tissue`: ``source`` (the file read) and
+        ``kind`` (``"hest_contours"`` or ``"hest_mask_image"``).
     """
 
     mask: np.ndarray
     scale: tuple[float, float]
     width: int
     height: int
-    mpp: float
+    mpp: float | None
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tissue_area_mm2(self) -> float:
-        """Tissue area (mm²)."""
+        """Tissue area (mm²).
+
+        Raises
+        ------
+        ValueError
+            The mask's µm/px is unknown.
+        """
+        if self.mpp is None:
+            msg = (
+                f"tissue mask from {self.params.get('source', 'an unknown source')}: its "
+                "µm/px is unknown, so its area in mm² is too; pass mpp= when reading it"
+            )
+            raise ValueError(msg)
         return float(self.mask.sum()) * self.mpp * self.mpp / 1e6
 
     def coverage(self, coords: np.ndarray, window_px: float) -> np.ndarray:

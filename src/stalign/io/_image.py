@@ -289,15 +289,17 @@ def tiff_mpp(tif: Any, page: Any) -> tuple[float | None, str | None]:
     """
     if tif.is_ome and tif.ome_metadata:
         mpp = _mpp_from_ome(tif.ome_metadata)
-        if mpp:
+        if mpp is not None and mpp > 0 and math.isfinite(mpp):
             return mpp, "ome"
     desc = page.description or ""
     m = re.search(r"\bMPP\s*=\s*([0-9.eE+-]+)", desc)
     if m:
         try:
-            return float(m.group(1)), "aperio"
+            mpp = float(m.group(1))
         except ValueError:
-            pass
+            mpp = 0.0
+        if mpp > 0 and math.isfinite(mpp):  # "MPP = 0" / "nan": no information
+            return mpp, "aperio"
     unit = int(page.resolutionunit)
     per_unit_um = {2: 25400.0, 3: 10000.0}.get(unit)
     xres = page.resolution[0] if page.resolution else 0

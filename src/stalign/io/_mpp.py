@@ -1,9 +1,16 @@
-"""µm/px reconciliation: pick one estimate, warn when independent estimates disagree."""
+"""µm/px reconciliation: pick one estimate, warn when independent estimates disagree.
+
+The one rule for every place that holds more than one µm/px of an image: the
+readers (platform geometry vs image metadata vs the user's value) and
+:func:`stalign.im.open_image` (the user's value vs the file's tags; an AnnData's
+µm/px vs its image's tags).
+"""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +29,11 @@ _PRIORITY = (
     "xenium_alignment",
     "spot_pitch",
     "tiff_metadata",
+    # the tags behind tiff_metadata, as stalign.im.open_image names them
+    "ome",
+    "aperio",
+    "tiff_resolution",
+    "openslide",
 )
 
 
@@ -30,7 +42,11 @@ class MppMismatchWarning(UserWarning):
 
 
 def reconcile_mpp(
-    estimates: dict[str, float | None], *, context: str, tolerance: float = MPP_TOLERANCE
+    estimates: dict[str, float | None],
+    *,
+    context: str,
+    tolerance: float = MPP_TOLERANCE,
+    prefer: Sequence[str] = (),
 ) -> tuple[float | None, str]:
     """Choose the µm/px of an image from several estimates and warn on disagreement.
 
@@ -39,12 +55,17 @@ def reconcile_mpp(
     estimates
         Source name → µm/px (``None`` entries are ignored). Known sources, in priority
         order: ``user``, ``hest_metadata``, ``scalefactors``, ``xenium_alignment``,
-        ``spot_pitch``, ``tiff_metadata``; unknown sources rank last.
+        ``spot_pitch``, ``tiff_metadata`` (then the TIFF tags it comes from:
+        ``ome``, ``aperio``, ``tiff_resolution``, ``openslide``); unknown sources
+        rank last.
     context
         What is being read (named in the warning), e.g. the sample path.
     tolerance
         Relative difference (to the chosen value) above which a
         :class:`MppMismatchWarning` is emitted.
+    prefer
+        Sources ranked ahead of the order above, first one first (e.g. the
+        already reconciled µm/px of an AnnData over its image's tags).
 
     Returns
     -------
@@ -66,7 +87,8 @@ def reconcile_mpp(
         valid[src] = v
     if not valid:
         return None, "unknown"
-    order = sorted(valid, key=lambda s: _PRIORITY.index(s) if s in _PRIORITY else len(_PRIORITY))
+    ranking = [*prefer, *_PRIORITY]
+    order = sorted(valid, key=lambda s: ranking.index(s) if s in ranking else len(ranking))
     chosen = order[0]
     mpp = valid[chosen]
     for other in order[1:]:

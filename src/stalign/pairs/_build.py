@@ -409,6 +409,7 @@ def build_pairs(
     gene_sets: str | None = "hallmark",
     method: str = "ssgsea",
     min_genes: int = 5,
+    ties: str = "average",
     gene_panel: str = "all",
     use_in_tissue: bool = True,
     jpeg: bool = False,
@@ -444,8 +445,10 @@ def build_pairs(
         measures each patch's coverage by the slide's tissue mask; spots the
         platform calls in tissue are kept down to ``min_mask_coverage``, other
         samples need ``tissue_threshold``. ``"pixels"`` is the per-pixel rule.
-    gene_sets, method, min_genes
+    gene_sets, method, min_genes, ties
         Passed to :func:`stalign.tl.score_pathways`; ``gene_sets=None`` skips scores.
+        ``ties`` is ssGSEA's tie mode: ``"average"`` (scores independent of the
+        gene order) or ``"gseapy"`` (gseapy's order-dependent walk).
     gene_panel
         Genes whose counts are stored: ``"all"``, ``"hvg:N"`` or a gene-list file.
     use_in_tissue
@@ -503,6 +506,7 @@ def build_pairs(
         gene_sets=gene_sets,
         method=method,
         min_genes=int(min_genes),
+        ties=str(ties),
         gene_panel=str(gene_panel),
         use_in_tissue=bool(use_in_tissue),
         jpeg=bool(jpeg),

@@ -92,7 +92,6 @@ class HestPatchSource:
 
     def __init__(self, plan: HestPlan, adata: Any, params: PairsParams, mpp0: float) -> None:
         from .. import im
-        from ..im._hest_tissue import read_hest_tissue
 
         self.plan = plan
         self.params = params
@@ -101,8 +100,12 @@ class HestPatchSource:
         self.side0 = params.size_px * params.mpp / mpp0  # kept patch side, level-0 px
         im.check_hest_coords(plan.geometry, self.barcodes, self.xy, mpp0=mpp0)
         self.width, self.height = _slide_size(adata, self.xy, self.side0)
-        self.tissue = read_hest_tissue(
-            plan.root / "tissue_seg", plan.sample_id, width=self.width, height=self.height
+        self.tissue = im.read_hest_tissue(
+            plan.root / "tissue_seg",
+            plan.sample_id,
+            width=self.width,
+            height=self.height,
+            mpp=mpp0,
         )
         self.reader = im.HestPatchReader(plan.geometry, params.size_px)
         self.rows = self.reader.rows(self.barcodes)
@@ -119,7 +122,7 @@ class HestPatchSource:
                 "centre_crop_px": params.size_px,
             },
             "tissue_source": (
-                f"hest_tissue_seg:{Path(self.tissue.source).name}"
+                f"hest_tissue_seg:{Path(self.tissue.params['source']).name}"
                 if self.tissue is not None
                 else "patch_saturation_otsu"
             ),
@@ -166,7 +169,7 @@ class HestPatchSource:
                 & (topleft[:, 1] + self.side0 <= self.height)
             )
             if self.tissue is not None:
-                frac = self.tissue.fraction(topleft, self.side0)
+                frac = self.tissue.coverage(self.xy[idx], self.side0)  # centres
             else:
                 if self._otsu is None:
                     self._otsu = self._saturation_threshold()

@@ -116,11 +116,15 @@ class PairsParams:
     def _check_scoring(self) -> None:
         """Validate ``method`` and ``gene_sets`` before any work (not after extraction)."""
         from ..tl._pathways import METHODS
+        from ..tl._scoring import SSGSEA_TIES
 
         if self.gene_sets is None:
             return
         if self.method not in METHODS:
             msg = f"method must be one of {list(METHODS)}, got {self.method!r}"
+            raise ValueError(msg)
+        if self.ties not in SSGSEA_TIES:
+            msg = f"ties must be one of {list(SSGSEA_TIES)}, got {self.ties!r}"
             raise ValueError(msg)
         path = self.gene_sets_file()
         if path is not None:
