@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-API_MODULES = ("io", "im", "pp", "tl", "pairs", "models", "train", "bench", "pl")
+API_MODULES = ("io", "im", "pp", "tl", "pairs", "models", "train", "bench", "pl", "datasets")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from ._data import (
     image_statistics,
     pathway_statistics,
 )
-from ._example import mob_example_pairs
 from ._fit import FitResult, evaluate, fit
 from ._loss import contrastive_loss, gather_features, pathway_soft_targets
 from ._metrics import retrieval_metrics
@@ -41,9 +40,26 @@ __all__ = [
     "image_statistics",
     "latest_checkpoint",
     "load_model",
-    "mob_example_pairs",
     "pathway_soft_targets",
     "pathway_statistics",
     "retrieval_metrics",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str):
+    # deprecated home of the example pairs (moved to stalign.datasets): a lazy shim, so
+    # that stalign.train itself never imports stalign.datasets (which sits above it)
+    if name == "mob_example_pairs":
+        import warnings
+
+        from ..datasets import mob_example_pairs
+
+        warnings.warn(
+            "stalign.train.mob_example_pairs moved to stalign.datasets.mob_example_pairs",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return mob_example_pairs
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
