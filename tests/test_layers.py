@@ -176,3 +176,37 @@ def test_no_import_cycles_between_subpackages():
 def test_pending_upward_imports_are_still_there(edge):
     """Remove an entry of PENDING as soon as its import is gone (keeps the list honest)."""
     assert edge in import_edges(), f"{edge} no longer imported: delete it from PENDING"
+
+
+#: "file: imported private module" -> what removes it
+PENDING_PRIVATE = {
+    "stalign/cli/_models.py: stalign.tl._embed": "use stalign.tl.resolve_encoder, public once "
+    "branch scaleeval is merged",
+}
+
+
+def private_imports_of_cli() -> dict[str, str]:
+    """``"file: module"`` for every private module of another subpackage the CLI imports."""
+    found = {}
+    for path in sorted((SRC / "cli").glob("*.py")):
+        module = _module_name(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for name in _imported(node, module, path.name == "__init__.py"):
+                    parts = name.split(".")
+                    other = len(parts) > 2 and parts[1] != "cli"
+                    if other and any(p.startswith("_") for p in parts[2:]):
+                        found[f"{path.relative_to(SRC.parent)}: {name}"] = str(node.lineno)
+    return found
+
+
+def test_cli_imports_public_names_only():
+    """The CLI calls what a notebook calls: ``stalign.<module>.<name>``, no private module."""
+    extra = set(private_imports_of_cli()) - set(PENDING_PRIVATE)
+    assert not extra, f"the CLI imports private modules: {sorted(extra)}"
+
+
+@pytest.mark.parametrize("entry", sorted(PENDING_PRIVATE))
+def test_pending_private_imports_are_still_there(entry):
+    assert entry in private_imports_of_cli(), f"{entry} is gone: delete it from PENDING_PRIVATE"

@@ -11,15 +11,15 @@ installed package finds them without a checkout::
     pairs = datasets.mob_example_pairs(sections=["MOB1"], max_pairs=48)
 """
 
-from ._mob import MOB_PATIENTS, mob_example_pairs, mob_section
+from ._mob import mob_example_pairs, mob_patients, mob_section
 from ._paths import data_dir, example_manifest, examples_dir, mob_dir
 
 __all__ = [
-    "MOB_PATIENTS",
     "data_dir",
     "example_manifest",
     "examples_dir",
     "mob_dir",
     "mob_example_pairs",
+    "mob_patients",
     "mob_section",
 ]

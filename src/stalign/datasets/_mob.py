@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._paths import example_manifest
 from ._paths import mob_dir as _default_mob_dir
 
 if TYPE_CHECKING:
@@ -17,12 +19,19 @@ if TYPE_CHECKING:
 
     from ..train import TensorPairsDataset
 
-__all__ = ["MOB_PATIENTS", "mob_example_pairs", "mob_section"]
+__all__ = ["mob_example_pairs", "mob_patients", "mob_section"]
 
 logger = logging.getLogger(__name__)
 
-# the two animals of the STUtility MOB data (Ståhl et al. 2016)
-MOB_PATIENTS = {"MOB1": "animal1", "MOB2": "animal1", "MOB3": "animal2", "MOB4": "animal2"}
+
+def mob_patients() -> dict[str, str]:
+    """Return section → patient id of the bundled MOB data, as its manifest states them.
+
+    The two mice of the STUtility MOB data (Ståhl et al. 2016): ``mouse1`` (MOB1, MOB2)
+    and ``mouse2`` (MOB3, MOB4). The manifest is the one home of these ids.
+    """
+    with open(example_manifest(), newline="", encoding="utf-8") as fh:
+        return {row["sample_id"]: row["patient_id"] for row in csv.DictReader(fh)}
 
 
 def mob_section(name: str = "MOB1") -> AnnData:
@@ -80,20 +89,21 @@ def mob_example_pairs(
     in_tissue_only
         Keep spots the alignment table marks as under tissue.
     patients
-        Section → patient id (default: the two animals).
+        Section → patient id (default: :func:`mob_patients`, the manifest's
+        ``mouse1`` / ``mouse2``).
     max_pairs
         Keep at most this many pairs per section (evenly spaced; for quick tests).
 
     Returns
     -------
     A :class:`stalign.train.TensorPairsDataset` with ``pathway_names``, ``sample_ids`` = section and
-    ``patient_ids`` = animal.
+    ``patient_ids`` = mouse.
     """
     from .. import im, io, tl
     from ..train._data import TensorPairsDataset
 
     mob_dir = _default_mob_dir() if mob_dir is None else Path(mob_dir)
-    patients = dict(MOB_PATIENTS if patients is None else patients)
+    patients = dict(mob_patients() if patients is None else patients)
     images, scores, sids, pids, bcs = [], [], [], [], []
     names: list[str] | None = None
     for sec in sections:
