@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 import tifffile
@@ -11,6 +9,7 @@ from PIL import Image
 
 import stalign.im as im
 from stalign.im._slide import _open_openslide
+from stalign.io import MppMismatchWarning
 
 MOB_MPP = 4.3853  # µm/px of MOB1.jpg from the 200 µm spot pitch (stalign.io estimate)
 
@@ -150,7 +149,7 @@ def test_thumbnail_is_bounded_and_matches(pyramid_tif, mob_rgb):
         assert np.abs(th.astype(int) - want).mean() < 6.0
 
 
-def test_ome_tiff_physical_size_and_user_override_warning(tmp_path, mob_rgb, caplog):
+def test_ome_tiff_physical_size_and_user_override_warning(tmp_path, mob_rgb):
     path = tmp_path / "crop.ome.tif"
     tifffile.imwrite(
         path,
@@ -162,9 +161,9 @@ def test_ome_tiff_physical_size_and_user_override_warning(tmp_path, mob_rgb, cap
     with im.open_image(path) as img:
         assert img.mpp == pytest.approx(0.25) and img.mpp_source == "ome"
         np.testing.assert_array_equal(img.read_region(10, 20, 30, 40), mob_rgb[20:60, 10:40])
-    with caplog.at_level(logging.WARNING), im.open_image(path, mpp=0.5) as img:
+    # one reconciliation rule for readers and images: stalign.io.reconcile_mpp
+    with pytest.warns(MppMismatchWarning, match="disagree"), im.open_image(path, mpp=0.5) as img:
         assert img.mpp == 0.5 and img.mpp_source == "user"
-    assert "differ by more than 10%" in caplog.text
 
 
 def test_striped_gray_tiff_goes_through_zarr(tmp_path, mob_rgb):

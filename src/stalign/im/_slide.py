@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import _keys as K
 from ..io._image import is_tiff, open_pil, tiff_mpp, to_rgb_uint8
+from ..io._mpp import reconcile_mpp
 from ._levels import ArrayLevel, Level, OpenSlideLevel, TiledTiffLevel, ZarrLevel
 from ._resample import Window, outside_mask, patch_window, resample
 
@@ -387,19 +388,19 @@ def _check_size(value: int, name: str = "size_px") -> int:
 def _reconcile_mpp(
     user: float | None, found: float | None, found_source: str | None, source: str
 ) -> tuple[float | None, str | None]:
-    if user is None:
-        return found, found_source
-    user = _check_positive(user, "mpp")
-    if found is not None and abs(found - user) / user > 0.10:
-        logger.warning(
-            "%s: the given mpp %.4g µm/px and the image's own %.4g µm/px (%s) differ "
-            "by more than 10%%; using the given value",
-            source,
-            user,
-            found,
-            found_source,
-        )
-    return user, "user"
+    """Return ``(µm/px, source)`` of an image: the user's value if given, else its own.
+
+    The one rule of :func:`stalign.io.reconcile_mpp` (the readers use it too): the
+    user's value wins and a :class:`~stalign.io.MppMismatchWarning` is emitted when the
+    image's own value differs by more than 10 %.
+    """
+    estimates: dict[str, float | None] = {
+        "user": None if user is None else _check_positive(user, "mpp")
+    }
+    if found is not None and math.isfinite(found) and found > 0:
+        estimates[found_source or "image_metadata"] = found
+    mpp, mpp_source = reconcile_mpp(estimates, context=source)
+    return (mpp, mpp_source) if mpp is not None else (None, None)
 
 
 # ----------------------------------------------------------------------------------
