@@ -548,19 +548,17 @@ def _open_anndata(adata: AnnData, mpp: float | None, max_pixels: int | None) -> 
     path = meta.get(K.IMAGE_PATH)
     if path:
         img = open_image(path, max_pixels=max_pixels)
-        # the AnnData's mpp (platform geometry) is the reference unless the user overrides
-        ref = mpp if mpp is not None else found
-        ref_src = "user" if mpp is not None else found_src
+        # the user's value, else the AnnData's (platform geometry), else the image's own:
+        # stalign.io.reconcile_mpp's rule (unknown sources rank in insertion order)
+        estimates: dict[str, float] = {}
+        if mpp is not None:
+            estimates["user"] = _check_positive(mpp, "mpp")
+        if found is not None:  # a reader's "user" source does not override this call's
+            estimates.setdefault(found_src, float(found))
+        if img.mpp is not None:
+            estimates.setdefault(img.mpp_source or "image_metadata", img.mpp)
+        ref, ref_src = reconcile_mpp(estimates, context=str(path))
         if ref is not None:
-            if img.mpp is not None and abs(img.mpp - ref) / ref > 0.10:
-                logger.warning(
-                    "%s: image metadata says %.4g µm/px, %s says %.4g µm/px (>10%% apart); "
-                    "using the latter",
-                    path,
-                    img.mpp,
-                    ref_src,
-                    ref,
-                )
             img.mpp, img.mpp_source = float(ref), ref_src
         return img
     lib = meta.get(K.LIBRARY_ID)
