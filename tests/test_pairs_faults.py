@@ -187,6 +187,22 @@ def test_killing_the_parent_kills_the_workers(tmp_path, manifest):
     assert not list(out.glob("samples/*/_FAILED"))
 
 
+def test_a_killed_worker_stops_the_build_with_one_line_and_it_resumes(tmp_path, ref, manifest):
+    out = tmp_path / "pairs"
+    proc = _cli(manifest, out, "--workers", "2")
+    tmp = out / "samples"
+    _wait_for(lambda: tmp.is_dir() and len(list(tmp.glob(".tmp-MOB3.*"))) == 1, proc, "MOB3")
+    worker = int(next(tmp.glob(".tmp-MOB3.*")).name.rsplit(".", 1)[1])
+    os.kill(worker, signal.SIGKILL)  # e.g. the kernel's OOM killer
+    assert proc.wait(timeout=120) == 1
+    err = proc.stderr.read().decode().strip().splitlines()
+    assert err[-1].startswith("stalign build-pairs: error:") and "MOB3" in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    result = build_pairs(manifest, out, **FAST)
+    assert result.table.set_index("sample_id").loc["MOB3", "status"] == "done"
+    assert _files(out) == _files(ref)
+
+
 # ----------------------------------------------------------------------------- concurrency
 def test_a_second_run_on_the_same_folder_is_refused_at_once(tmp_path, ref, manifest):
     out = tmp_path / "pairs"
@@ -249,17 +265,27 @@ def test_edited_gene_set_file_changes_the_fingerprint(tmp_path, one):
     assert len(read_index(out)["pathways"]) < 20 and result.table["status"][0] == "done"
 
 
-def test_changed_input_file_rebuilds_its_shard(tmp_path, mob_dir):
+def test_changed_input_file_rebuilds_its_shard(tmp_path, mob_dir, monkeypatch):
+    import stalign.pairs._store as store
+
     data = tmp_path / "data"
     counts = _copy_section(mob_dir, data, "MOB1")
     manifest = _manifest(tmp_path / "m", [("MOB1", "m1", counts)])
     out = tmp_path / "pairs"
     build_pairs(manifest, out, **FAST)
     before = _files(out)
+    read: list[str] = []
+    identity = store.file_identity
+    monkeypatch.setattr(store, "file_identity", lambda p: read.append(Path(p).name) or identity(p))
+    assert set(build_pairs(manifest, out, **FAST).table["status"]) == {"skipped"}
+    assert read == []  # unchanged size + mtime: the inputs are not read again
     shutil.copy2(data / "MOB1.jpg", tmp_path / "copy.jpg")  # a copy with a new mtime only
     os.replace(tmp_path / "copy.jpg", data / "MOB1.jpg")
     os.utime(data / "MOB1.jpg")
     assert set(build_pairs(manifest, out, **FAST).table["status"]) == {"skipped"}
+    assert read == ["MOB1.jpg"]  # re-read, same content: still finished
+    assert set(build_pairs(manifest, out, **FAST).table["status"]) == {"skipped"}
+    assert read == ["MOB1.jpg"]  # and its new mtime is cached
     table = (data / "alignment_table_MOB1.tsv").read_text().splitlines()
     header, body = table[0], table[1:]
     (data / "alignment_table_MOB1.tsv").write_text(

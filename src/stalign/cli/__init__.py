@@ -16,6 +16,7 @@ from .. import __version__
 
 # module name (inside stalign.cli) -> registers one or more sub-commands
 _COMMAND_MODULES = (
+    "_manifest",  # manifest --from-hest
     "_pairs",  # build-pairs, merge-pairs
     "_train",  # train
     "_models",  # embed, export, encoders

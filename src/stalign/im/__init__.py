@@ -3,21 +3,37 @@
 Coordinates are level-0 image pixels ``(x, y)``; resolutions are µm/px.
 """
 
-from ._hest import HestPatches, read_hest_patches, write_hest_patches
+from ._hest import (
+    HEST_PATCH_MPP,
+    HestPatches,
+    HestPatchGeometry,
+    HestPatchReader,
+    check_hest_coords,
+    hest_patch_geometry,
+    read_hest_patches,
+    write_hest_patches,
+)
+from ._hest_tissue import read_hest_tissue
 from ._patches import PatchBatch, extract_patches, iter_patches
 from ._slide import SlideImage, from_array, open_image
 from ._tissue import TissueMask, saturation, tissue_fraction, tissue_mask, tissue_threshold
 
 __all__ = [
+    "HEST_PATCH_MPP",
+    "HestPatchGeometry",
+    "HestPatchReader",
     "HestPatches",
     "PatchBatch",
     "SlideImage",
     "TissueMask",
+    "check_hest_coords",
     "extract_patches",
     "from_array",
+    "hest_patch_geometry",
     "iter_patches",
     "open_image",
     "read_hest_patches",
+    "read_hest_tissue",
     "saturation",
     "tissue_fraction",
     "tissue_mask",

@@ -140,3 +140,182 @@ def read_hest_patches(path: str | os.PathLike) -> HestPatches:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
     barcode = np.array([b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in raw])
     return HestPatches(img=img, coords=coords, barcode=barcode, attrs=attrs)
+
+
+# --------------------------------------------------------------------------- HEST-1k reuse
+#: µm/px of the patches HEST-1k ships in ``patches/<id>.h5`` (their files do not record it)
+HEST_PATCH_MPP = 0.5
+
+
+@dataclass(frozen=True)
+class HestPatchGeometry:
+    """Geometry of a HEST patch file, read from its header (no pixels decoded).
+
+    Attributes
+    ----------
+    path
+        The ``.h5`` file.
+    n
+        Number of patches.
+    size_px
+        Patch side (px).
+    mpp
+        µm/px of the patches: the file's ``mpp`` attribute (``img`` or file), else
+        :data:`HEST_PATCH_MPP`.
+    mpp_source
+        ``'file'`` or ``'hest_default'``.
+    """
+
+    path: Path
+    n: int
+    size_px: int
+    mpp: float
+    mpp_source: str
+
+    def serves(self, *, mpp: float, size_px: int, rtol: float = 0.01) -> str | None:
+        """Return why these patches cannot give ``size_px`` px at ``mpp`` µm/px, or None."""
+        if abs(self.mpp - mpp) > rtol * mpp:
+            return f"patches are {self.mpp:g} µm/px ({self.mpp_source}), {mpp:g} requested"
+        if self.size_px < size_px:
+            return f"patches are {self.size_px} px, {size_px} px requested"
+        return None
+
+
+def hest_patch_geometry(path: str | os.PathLike) -> HestPatchGeometry:
+    """Read the geometry of a HEST ``patches/<id>.h5`` from its header.
+
+    Raises
+    ------
+    ValueError
+        Not a HEST patch file (``img`` of shape ``(n, H, H, 3)`` uint8 is expected).
+    """
+    import h5py
+
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        msg = f"{path}: not a readable HDF5 file ({e})"
+        raise ValueError(msg) from e
+    with f:
+        if not all(k in f for k in ("img", "coords", "barcode")):
+            msg = f"{path}: expected HEST datasets 'img', 'coords', 'barcode'; found {list(f)}"
+            raise ValueError(msg)
+        img = f["img"]
+        if img.ndim != 4 or img.shape[1] != img.shape[2] or img.shape[3] != 3:
+            msg = f"{path}: expected 'img' of shape (n, H, H, 3), found {img.shape}"
+            raise ValueError(msg)
+        attrs = {**dict(f.attrs), **dict(img.attrs)}
+    mpp = attrs.get("mpp", attrs.get("pixel_size"))
+    if mpp is not None and np.isfinite(float(mpp)) and float(mpp) > 0:
+        return HestPatchGeometry(path, int(img.shape[0]), int(img.shape[1]), float(mpp), "file")
+    return HestPatchGeometry(
+        path, int(img.shape[0]), int(img.shape[1]), HEST_PATCH_MPP, "hest_default"
+    )
+
+
+def check_hest_coords(
+    geometry: HestPatchGeometry,
+    barcodes: np.ndarray,
+    centres: np.ndarray,
+    *,
+    mpp0: float,
+    tolerance: float = 0.05,
+) -> None:
+    """Check that a HEST patch file's top-left ``coords`` belong to these spot centres.
+
+    HEST stores ``centre - side0 // 2`` with ``side0`` the patch side in level-0 px.
+
+    Parameters
+    ----------
+    geometry
+        The patch file.
+    barcodes, centres
+        Spots (obs order) and their level-0 ``(x, y)`` centres (px).
+    mpp0
+        µm per level-0 px of the slide the coordinates refer to.
+    tolerance
+        Largest allowed median offset, as a fraction of the patch side.
+
+    Raises
+    ------
+    ValueError
+        No barcode in common, or the patch centres are off the spots (the file was
+        cut from another image or at another geometry).
+    """
+    import h5py
+
+    with h5py.File(geometry.path, "r") as f:
+        coords = np.asarray(f["coords"][()], dtype=float)
+        raw = np.asarray(f["barcode"][()]).reshape(-1)
+    names = [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in raw]
+    row = {b: i for i, b in enumerate(names)}
+    pos = {b: i for i, b in enumerate(barcodes)}
+    common = [b for b in names if b in pos]
+    if not common:
+        msg = (
+            f"{geometry.path}: none of its {len(names)} barcodes is a spot of the sample "
+            f"(e.g. {names[:3]} vs {list(barcodes[:3])})"
+        )
+        raise ValueError(msg)
+    side0 = geometry.size_px * geometry.mpp / mpp0
+    got = coords[[row[b] for b in common]] + side0 // 2
+    want = centres[[pos[b] for b in common]]
+    offset = float(np.median(np.hypot(*(got - want).T)))
+    if offset > max(2.0, tolerance * side0):
+        msg = (
+            f"{geometry.path}: patch centres lie a median {offset:.1f} level-0 px from the "
+            f"spots (patch side {side0:.0f} px); the file does not match this sample's "
+            "coordinates or µm/px"
+        )
+        raise ValueError(msg)
+
+
+class HestPatchReader:
+    """Centre-cropped patches of a HEST ``patches/<id>.h5``, looked up by barcode.
+
+    Parameters
+    ----------
+    geometry
+        From :func:`hest_patch_geometry`.
+    size_px
+        Side of the patches handed out (≤ the file's); the centre is kept.
+    """
+
+    def __init__(self, geometry: HestPatchGeometry, size_px: int) -> None:
+        import h5py
+
+        self.geometry = geometry
+        self.size_px = int(size_px)
+        self._f = h5py.File(geometry.path, "r")
+        raw = np.asarray(self._f["barcode"][()]).reshape(-1)
+        names = [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in raw]
+        self._row = {b: i for i, b in enumerate(names)}
+        self._offset = (geometry.size_px - self.size_px) // 2
+
+    def rows(self, barcodes: np.ndarray) -> np.ndarray:
+        """Row of each barcode in the file, ``-1`` where it has no patch."""
+        return np.array([self._row.get(str(b), -1) for b in barcodes], dtype=np.int64)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), size_px, size_px, 3)`` uint8; zeros where ``rows == -1``."""
+        s, o = self.size_px, self._offset
+        out = np.zeros((len(rows), s, s, 3), np.uint8)
+        have = np.flatnonzero(rows >= 0)
+        if len(have):
+            order = np.argsort(rows[have])  # h5py reads increasing, unique indices
+            sorted_rows = rows[have][order]
+            uniq, inverse = np.unique(sorted_rows, return_inverse=True)
+            block = self._f["img"][uniq, o : o + s, o : o + s, :]
+            out[have[order]] = block[inverse]
+        return out
+
+    def close(self) -> None:
+        """Close the file."""
+        self._f.close()
+
+    def __enter__(self) -> HestPatchReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

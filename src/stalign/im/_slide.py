@@ -446,6 +446,22 @@ def _open_tiff(path: Path, mpp: float | None) -> SlideImage:
     )
 
 
+def _open_ome_zarr(path: Path, mpp: float | None) -> SlideImage:
+    from ._ome_zarr import ome_zarr_levels
+
+    levels, ds = ome_zarr_levels(path)
+    mpp_val = None if mpp is None else _check_positive(mpp, "mpp")
+    return SlideImage(
+        levels,
+        width=levels[0].width,
+        height=levels[0].height,
+        downsamples=ds,
+        mpp=mpp_val,
+        mpp_source="user" if mpp_val is not None else None,
+        source=str(path),
+    )
+
+
 def _open_pil(path: Path, mpp: float | None, max_pixels: int | None) -> SlideImage:
     """Decode a plain image (JPEG/PNG/...) into memory under stalign's pixel limit."""
     try:
@@ -606,7 +622,9 @@ def open_image(
     ----------
     source
         * a path: pyramidal/tiled TIFF, OME-TIFF or SVS (tifffile; tiles decoded on
-          demand), JPEG/PNG (loaded into memory), or an OpenSlide format
+          demand), an OME-Zarr multiscale image folder (e.g. a SpatialData
+          ``<store>.zarr/images/<name>``; chunks read on demand), JPEG/PNG (loaded
+          into memory), or an OpenSlide format
           (``.ndpi``, ``.mrxs``, ... — needs ``pip install 'stalign[openslide]'``);
         * an ``(h, w, 3)`` uint8 ``np.ndarray``;
         * an AnnData read by :mod:`stalign.io` (uses ``uns['stalign']['image_path']``
@@ -651,6 +669,8 @@ def open_image(
         )
         raise TypeError(msg)
     path = Path(source)
+    if path.is_dir():  # an OME-Zarr image, e.g. <store>.zarr/images/<name> of SpatialData
+        return _open_ome_zarr(path, mpp)
     if not path.is_file():
         msg = f"image file not found: {path}"
         raise FileNotFoundError(msg)

@@ -6,13 +6,16 @@ the H&E image, ``uns['spatial'][library_id]`` (squidpy layout) and ``uns['stalig
 (``mpp``, ``mpp_source``, ``image_path``, ``platform``, ``spot_diameter_um``).
 
 ``read(path)`` detects the platform from the layout; the platform readers are
-``read_visium``, ``read_visium_hd``, ``read_xenium``, ``read_legacy_st``, ``read_hest``
-and ``read_h5ad``.
+``read_visium``, ``read_visium_hd``, ``read_xenium``, ``read_legacy_st``, ``read_hest``,
+``read_h5ad`` and ``read_spatialdata`` (a SpatialData object or ``.zarr`` store;
+:func:`to_spatialdata` writes back). ``hest_manifest`` makes a sample manifest from a
+HEST-1k folder.
 """
 
 from __future__ import annotations
 
 from ._h5ad import find_hest_files, read_h5ad, read_hest
+from ._hest_folder import hest_manifest, read_hest_metadata
 from ._image import (
     MAX_IMAGE_PIXELS,
     ImageInfo,
@@ -23,6 +26,7 @@ from ._image import (
 from ._legacy_st import estimate_mpp_from_grid, find_legacy_st_files, read_legacy_st
 from ._mpp import MppMismatchWarning, reconcile_mpp
 from ._read import PLATFORMS, detect_platform, read
+from ._spatialdata import read_spatialdata, to_spatialdata
 from ._visium import read_visium, read_visium_hd
 from ._xenium import read_alignment_matrix, read_xenium
 
@@ -36,15 +40,19 @@ __all__ = [
     "estimate_mpp_from_grid",
     "find_hest_files",
     "find_legacy_st_files",
+    "hest_manifest",
     "image_info",
     "max_image_pixels",
     "read",
     "read_alignment_matrix",
     "read_h5ad",
     "read_hest",
+    "read_hest_metadata",
     "read_legacy_st",
+    "read_spatialdata",
     "read_visium",
     "read_visium_hd",
     "read_xenium",
     "reconcile_mpp",
+    "to_spatialdata",
 ]

@@ -284,6 +284,7 @@ def read_hest(
     mpp: float | None = None,
     library_id: str | None = None,
     load_images: bool = True,
+    use_wsi: bool = True,
 ) -> ad.AnnData:
     """Read one HEST-1k sample (``st/<id>.h5ad`` + ``wsis/<id>.tif`` + ``metadata/<id>.json``).
 
@@ -300,6 +301,10 @@ def read_hest(
         Key in ``uns['spatial']``; default the sample id.
     load_images
         Store ``hires``/``lowres`` thumbnails of the WSI (read from a small pyramid level).
+    use_wsi
+        ``False``: neither require nor open ``wsis/<id>.tif`` (for a folder whose
+        ``patches/`` are reused); ``image_path`` still names the WSI when it exists,
+        unchecked, and µm/px comes from the metadata alone.
 
     Returns
     -------
@@ -323,7 +328,7 @@ def read_hest(
         ("wsi", f"wsis/{sid}.tif"),
         ("metadata", f"metadata/{sid}.json"),
     ):
-        if found[key] is None:
+        if found[key] is None and (use_wsi or key != "wsi"):
             msg = f"HEST sample {sid!r} under '{path}': expected {what}, not found"
             raise FileNotFoundError(msg)
     meta_path: Path = found["metadata"]  # type: ignore[assignment]
@@ -348,18 +353,21 @@ def read_hest(
     h5ad_path: Path = found["h5ad"]  # type: ignore[assignment]
     src = _load_h5ad(h5ad_path)
     clean_meta = {k: v for k, v in meta.items() if isinstance(v, str | int | float | bool)}
-    return _from_anndata(
+    adata = _from_anndata(
         src,
         source=h5ad_path,
         platform="hest",
-        image=found["wsi"],
+        image=found["wsi"] if use_wsi else None,
         mpp_estimates=estimates,
         library_id=library_id or sid,
         spot_diameter_um=diameter,
-        load_images=load_images,
+        load_images=load_images and use_wsi,
         require_counts=True,
         metadata={"hest": clean_meta, "metadata_path": str(absolute(meta_path))},
     )
+    if not use_wsi and found["wsi"] is not None:
+        adata.uns[K.STALIGN][K.IMAGE_PATH] = str(Path(found["wsi"]).resolve())
+    return adata
 
 
 def _number(meta: dict, key: str, path: Path, *, required: bool = True) -> float | None:

@@ -10,13 +10,14 @@ import anndata as ad
 
 from ._core import PathLike
 
-PLATFORMS = ("visium", "visium_hd", "xenium", "legacy_st", "hest", "h5ad")
+PLATFORMS = ("visium", "visium_hd", "xenium", "legacy_st", "hest", "h5ad", "spatialdata")
 
 _LOOKED_FOR = """\
   visium     a folder with spatial/ and filtered_ or raw_feature_bc_matrix(.h5)
   visium_hd  a folder with binned_outputs/square_XXXum/, or a square_XXXum/ folder
   xenium     a folder with cell_feature_matrix(.h5) and cells.parquet / cells.csv.gz
   hest       a folder with st/<id>.h5ad and wsis/, or st/<id>.h5ad beside ../wsis/
+  spatialdata  a SpatialData .zarr store (a zarr group with tables/)
   h5ad       any other .h5ad file
   legacy_st  a counts table <name>.tsv[.gz] (or prefix <name>) + alignment_table_<name>.tsv"""
 
@@ -49,6 +50,8 @@ def detect_platform(path: PathLike) -> str:
             return "xenium"
         if (p / "st").is_dir() and (p / "wsis").is_dir():
             return "hest"
+        if (p / "tables").is_dir() and any((p / n).is_file() for n in ("zarr.json", ".zgroup")):
+            return "spatialdata"
     elif p.is_file() and p.suffix.lower() == ".h5ad":
         if p.parent.name == "st" and (p.parent.parent / "wsis").is_dir():
             return "hest"
@@ -72,6 +75,7 @@ def detect_platform(path: PathLike) -> str:
 def _readers() -> dict[str, Callable[..., ad.AnnData]]:
     from ._h5ad import read_h5ad, read_hest
     from ._legacy_st import read_legacy_st
+    from ._spatialdata import read_spatialdata
     from ._visium import read_visium, read_visium_hd
     from ._xenium import read_xenium
 
@@ -82,6 +86,7 @@ def _readers() -> dict[str, Callable[..., ad.AnnData]]:
         "legacy_st": read_legacy_st,
         "hest": read_hest,
         "h5ad": read_h5ad,
+        "spatialdata": read_spatialdata,
     }
 
 
@@ -94,7 +99,8 @@ def read(path: PathLike, *, platform: str | None = None, **kwargs: Any) -> ad.An
         Space Ranger ``outs/`` folder (Visium, Visium HD), Xenium output folder, HEST root
         or sample ``.h5ad``, any ``.h5ad``, or a legacy ST counts table / section prefix.
     platform
-        One of ``visium``, ``visium_hd``, ``xenium``, ``legacy_st``, ``hest``, ``h5ad``;
+        One of ``visium``, ``visium_hd``, ``xenium``, ``legacy_st``, ``hest``, ``h5ad``,
+        ``spatialdata``;
         detected from the layout when ``None`` (see :func:`detect_platform`).
     **kwargs
         Passed to the platform reader (``image=``, ``mpp=``, ``library_id=``, …).

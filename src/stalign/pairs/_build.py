@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -34,11 +35,13 @@ from ._store import (
     SUCCESS,
     bind_to_parent,
     clean_stale_tmpdirs,
-    commit_extra,
+    commit_inputs,
     input_identity,
+    known_inputs,
     read_failure,
     read_json,
     read_success,
+    refresh_input_stats,
     remove_index,
     remove_shard,
     sample_dir,
@@ -317,11 +320,14 @@ def _run_one(
     params: PairsParams,
     out: str,
     fp: str,
-    inputs: dict[str, Any],
+    inputs: tuple[dict[str, Any], dict[str, list[int]]],
     position: int | None,
     progress: bool,
 ) -> dict[str, Any]:
     """Build a shard, turning a sample's error into a failure record.
+
+    ``inputs`` is the identity of the sample's input files and their stat
+    (:func:`_inputs_of`), recorded in the shard.
 
     A full or read-only disk stops the whole build (re-raised, naming the sample
     and the store) instead of failing every remaining sample; the partial shard is
@@ -329,7 +335,7 @@ def _run_one(
     """
     t0 = time.perf_counter()
     try:
-        with commit_extra(inputs=inputs):
+        with commit_inputs(*inputs):
             rec = build_sample(
                 sample, params, out, fingerprint=fp, progress_position=position, progress=progress
             )
@@ -520,7 +526,7 @@ def build_pairs(
                 remove_shard(out, s.sample_id)
         _write_build_json(out, samples, params, fp, resume)
         clean_stale_tmpdirs(out, [s.sample_id for s in mine])
-        inputs = {s.sample_id: input_identity(sample_inputs(s)) for s in mine}
+        inputs = {s.sample_id: _inputs_of(out, s, use_cache=not verify) for s in mine}
         rows, todo = _plan(out, mine, fp, inputs, verify=verify)
         if todo:
             remove_index(out)  # shards are about to change: the index would be stale
@@ -547,6 +553,16 @@ def build_pairs(
     return result
 
 
+def _inputs_of(
+    out: Path, sample: Sample, *, use_cache: bool
+) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """Return the identity of a sample's input files and their ``[size, mtime_ns]``."""
+    known = known_inputs(out, sample.sample_id) if use_cache else None
+    stats: dict[str, list[int]] = {}
+    identity = input_identity(sample_inputs(sample), known=known, stats=stats)
+    return identity, stats
+
+
 def _command_line(shard: tuple[int, int] | None) -> str:
     job = f" --shard {shard[0]}/{shard[1]}" if shard else ""
     return f"build-pairs{job}"
@@ -559,8 +575,9 @@ def _plan(
     rows: dict[str, dict[str, Any]] = {}
     todo: list[Sample] = []
     for s in mine:
-        problem = shard_problem(out, s.sample_id, fp, inputs=inputs[s.sample_id], verify=verify)
+        problem = shard_problem(out, s.sample_id, fp, inputs=inputs[s.sample_id][0], verify=verify)
         if problem is None:
+            refresh_input_stats(out, s.sample_id, inputs[s.sample_id][1])
             rec = read_success(out, s.sample_id) or {}
             rows[s.sample_id] = {
                 "status": "skipped",
@@ -667,7 +684,17 @@ def _run_pool(
             for fut in done:
                 s = pending.pop(fut)
                 slots.append(slot_of.pop(fut))
-                record(s, fut.result())
+                try:
+                    res = fut.result()
+                except BrokenProcessPool as e:
+                    busy = sorted({s.sample_id, *(x.sample_id for x in pending.values())})
+                    msg = (
+                        f"a worker process died (killed, e.g. for memory?) while samples {busy} "
+                        "were being built; finished shards are kept: run again (with fewer "
+                        "--workers if memory is short) to resume"
+                    )
+                    raise RuntimeError(msg) from e
+                record(s, res)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise

@@ -32,7 +32,7 @@ OPTIONAL_COLUMNS = ("image", "mpp", "source", "license")
 MANIFEST_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 #: platforms ``stalign.io.read`` understands (see ``stalign._keys.PLATFORM``)
-PLATFORMS = frozenset({"visium", "visium_hd", "xenium", "legacy_st", "hest", "h5ad"})
+PLATFORMS = frozenset({"visium", "visium_hd", "xenium", "legacy_st", "hest", "h5ad", "spatialdata"})
 
 # sample ids become directory names in the pairs store
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

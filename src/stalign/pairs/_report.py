@@ -128,6 +128,8 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
                 "median tissue (kept)": f"{kept['tissue_fraction'].median():.2f}",
                 "genes": s["n_genes"],
                 "pathways": s["n_pathways"],
+                "patches from": _patch_source(rec),
+                "licence": s.get("license") or "unknown",
             }
         )
     if spots:
@@ -151,6 +153,8 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
         f"{params['gene_sets'] or 'none'} ({params['method']}), "
         f"{len(index['pathways'])} pathways scored in every sample; "
         f"{len(index['genes'])} genes in the union of panels.",
+        "",
+        _licence_line(index),
         "",
         "## Samples",
         "",
@@ -213,6 +217,25 @@ def _tissue_rule(params: dict[str, Any]) -> str:
         "'kept % of in-tissue' compare this build with the per-pixel rule "
         f"(tissue_qc='pixels', threshold {params['tissue_threshold']}) on the same spots"
     )
+
+
+def _patch_source(rec: dict[str, Any]) -> str:
+    """Where a shard's patches and tissue fractions came from (``_SUCCESS`` fields)."""
+    if rec.get("patch_source") == "hest_patches":
+        geo = rec.get("hest_patch_geometry", {})
+        return (
+            f"HEST patches/ ({geo.get('size_px')} px → centre {geo.get('centre_crop_px')} px, "
+            f"no WSI read); tissue: {rec.get('tissue_source')}"
+        )
+    return "WSI" + (f" ({rec['hest_patches_not_used']})" if "hest_patches_not_used" in rec else "")
+
+
+def _licence_line(index: dict[str, Any]) -> str:
+    licences = index.get("licenses") or {}
+    if len(licences) > 1:
+        parts = "; ".join(f"{lic}: {', '.join(ids)}" for lic, ids in licences.items())
+        return f"**Mixed licences** — the store is bound by each of them: {parts}."
+    return f"Licence: {next(iter(licences), 'unknown')}."
 
 
 def _has_tabulate() -> bool:

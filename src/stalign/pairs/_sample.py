@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys as K
+from ._hest_reuse import NO_HEST_PATCH, HestPatchSource, plan_hest_reuse
 from ._manifest import Sample
 from ._params import PairsParams
 from ._store import (
@@ -42,15 +43,14 @@ class SampleError(RuntimeError):
     """A sample could not be turned into pairs; the message says why."""
 
 
-def _read(sample: Sample) -> Any:
+def _read(sample: Sample, **kwargs: Any) -> Any:
     """Read a manifest row with the platform's reader ``stalign.io.read_<platform>``.
 
     Falls back to ``stalign.io.read(path, platform=...)`` for platforms without a
-    dedicated reader function.
+    dedicated reader function. ``kwargs`` go to the reader.
     """
     from .. import io as st_io
 
-    kwargs: dict[str, Any] = {}
     if sample.image:
         kwargs["image"] = sample.image
     if sample.mpp:
@@ -135,15 +135,20 @@ def _tissue_qc_info(
     has_call: bool,
     min_tissue: float,
     tmask: Any,
-    pixel_threshold: float,
+    pixel_threshold: float | None,
 ) -> dict[str, Any]:
-    """How this sample's tissue QC was decided (recorded in ``_SUCCESS`` and pairs.h5ad)."""
+    """How this sample's tissue QC was decided (recorded in ``_SUCCESS`` and pairs.h5ad).
+
+    ``pixel_threshold`` is ``None`` when no slide was opened (HEST's own patches and
+    tissue segmentation were used; ``_SUCCESS['tissue_source']`` says which).
+    """
     info: dict[str, Any] = {
-        "rule": params.tissue_qc,
+        "rule": params.tissue_qc if pixel_threshold is not None else "hest",
         "in_tissue_call": bool(has_call),
         "min_tissue_fraction": float(min_tissue),
-        "pixel_saturation_threshold": round(float(pixel_threshold), 4),
     }
+    if pixel_threshold is not None:
+        info["pixel_saturation_threshold"] = round(float(pixel_threshold), 4)
     if tmask is not None:
         info["mask"] = tmask.params
         info["mask_area_mm2"] = round(tmask.tissue_area_mm2, 4)
@@ -203,8 +208,12 @@ def build_sample(
     bar = None
     writer = None
     slide = None
+    tmask = None
+    pixel_threshold = None
+    source: HestPatchSource | None = None
     try:
-        adata = _read(sample)
+        plan, wsi_reason = plan_hest_reuse(sample, params)
+        adata = _read(sample, use_wsi=False) if plan is not None else _read(sample)
         meta = adata.uns.get(K.STALIGN, {})
         mpp0 = meta.get(K.MPP)
         if not mpp0:
@@ -233,6 +242,13 @@ def build_sample(
         tissue_fraction = np.zeros(n, np.float32)
         pixel_fraction = np.zeros(n, np.float32)  # the per-pixel rule, for the QC report
         xy = np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64)[:, :2]
+        if plan is not None:
+            try:
+                source = HestPatchSource(plan, adata, params, mpp0)
+            except ValueError as e:  # the HEST patches do not fit: read the WSI instead
+                logger.warning("sample %s: %s; using the WSI", sample.sample_id, e)
+                plan, wsi_reason = None, str(e)
+                adata = _read(sample)
 
         # patches stream from the image straight into the shard (bounded memory)
         tmp = new_shard_tmpdir(out, sample.sample_id)
@@ -251,19 +267,23 @@ def build_sample(
             leave=False,
             disable=not progress,
         )
-        slide = im.open_image(adata)
-        tmask = im.tissue_mask(slide) if params.tissue_qc == "mask" else None
-        pixel_threshold = im.tissue_threshold(slide)
-        for batch in im.iter_patches(
-            adata,
-            image=slide,
-            mpp=params.mpp,
-            size_px=params.size_px,
-            tissue_qc=params.tissue_qc,
-            tissue_mask=tmask,
-            saturation_threshold=None if tmask is not None else pixel_threshold,
-            progress=False,
-        ):
+        if source is not None:  # HEST's own patches: no WSI is opened
+            batches = source.batches()
+        else:
+            slide = im.open_image(adata)
+            tmask = im.tissue_mask(slide) if params.tissue_qc == "mask" else None
+            pixel_threshold = im.tissue_threshold(slide)
+            batches = im.iter_patches(
+                adata,
+                image=slide,
+                mpp=params.mpp,
+                size_px=params.size_px,
+                tissue_qc=params.tissue_qc,
+                tissue_mask=tmask,
+                saturation_threshold=None if tmask is not None else pixel_threshold,
+                progress=False,
+            )
+        for batch in batches:
             sl = slice(batch.start, batch.start + len(batch))
             in_image[sl] = batch.in_image
             tissue_fraction[sl] = batch.tissue_fraction
@@ -280,8 +300,9 @@ def build_sample(
             )
             writer.append(batch.images[ok], batch.topleft[ok], list(batch.barcodes[ok]))
             bar.update(len(batch))
-        slide.close()
-        slide = None
+        if slide is not None:
+            slide.close()
+            slide = None
         writer.close()
         timings["patches"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
@@ -292,6 +313,7 @@ def build_sample(
             ("low_tissue", tissue_fraction < min_tissue),
             ("not_in_tissue_call", ~in_tissue_call),
             ("outside_image", ~in_image),
+            *([(NO_HEST_PATCH, source.missing())] if source is not None else []),
         ):  # the last assignment wins: each spot reports the first reason of DROP_REASONS
             reason[bad] = name
         keep = reason == ""
@@ -386,7 +408,10 @@ def build_sample(
         )
         spots.to_csv(tmp / SPOTS_CSV, float_format="%.6g", lineterminator="\n")
 
-        thumb, thumb_info = _thumbnail(adata, mpp0, params.thumbnail_px)
+        if source is not None:
+            thumb, thumb_info = source.thumbnail()
+        else:
+            thumb, thumb_info = _thumbnail(adata, mpp0, params.thumbnail_px)
         (tmp / THUMBNAIL_PNG).write_bytes(_png_bytes(thumb))
         if tmask is not None:  # the mask on the thumbnail's grid, for the QC report
             cover = np.rint(tmask.resized(thumb.shape[:2]) * 255).astype(np.uint8)
@@ -404,7 +429,11 @@ def build_sample(
             "n_genes": len(genes),
             "genes": genes,
             "pathways": pathway_names,
-            "dropped": {r: int((reason == r).sum()) for r in DROP_REASONS},
+            "dropped": {
+                r: int((reason == r).sum())
+                for r in DROP_REASONS + ((NO_HEST_PATCH,) if source is not None else ())
+            },
+            **(source.info if source is not None else _wsi_info(adata, wsi_reason, params)),
             "mpp_level0": mpp0,
             "spot_diameter_um": meta.get(K.SPOT_DIAMETER_UM),
             "patch": {"mpp": params.mpp, "size_px": params.size_px, "window_level0_px": window0},
@@ -418,10 +447,21 @@ def build_sample(
     finally:
         if slide is not None:
             slide.close()
+        if source is not None:
+            source.close()
         if writer is not None:
             writer.close()
         if bar is not None:
             bar.close()
+
+
+def _wsi_info(adata: Any, reason: str, params: PairsParams) -> dict[str, Any]:
+    """``_SUCCESS`` fields of a shard whose patches were read from the image."""
+    tissue = "wsi_tissue_mask" if params.tissue_qc == "mask" else "wsi_saturation_otsu"
+    info: dict[str, Any] = {"patch_source": "wsi", "tissue_source": tissue}
+    if adata.uns.get(K.STALIGN, {}).get(K.PLATFORM) == "hest":
+        info["hest_patches_not_used"] = reason
+    return info
 
 
 def _anndata(X: Any, *, obs: pd.DataFrame, var: pd.DataFrame) -> Any:

@@ -11,7 +11,7 @@ Layout (see ``docs/architecture.md``)::
       samples/<sample_id>/spots.csv    every spot of the sample with its keep/drop reason (QC)
       samples/<sample_id>/thumbnail.png  the H&E, down-sampled (QC)
       samples/<sample_id>/_SUCCESS     JSON with checksums and input identities; written last
-      samples/<sample_id>/.stat.json   size + mtime of each file at commit (a cache, see below)
+      samples/<sample_id>/.stat.json   size + mtime of its files and inputs at commit (a cache)
       samples/<sample_id>/_FAILED      JSON with the reason when the sample failed
       qc/report.md, qc/*.png           QC report
 
@@ -25,7 +25,8 @@ identity of its input files (:func:`input_identity`) and its files' content matc
 Content is checked against the SHA-256 recorded at commit; a file whose size and
 mtime are those recorded in ``.stat.json`` is not re-hashed (the cache git and make
 use), so resuming a store of hundreds of GB stays fast while any write to a shard
-file (which changes its mtime) is caught. ``verify=True`` re-hashes everything.
+file (which changes its mtime) is caught. Input files are likewise re-read only
+when their size or mtime changed. ``verify=True`` re-hashes everything.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def file_identity(path: str | os.PathLike) -> dict[str, Any]:
     Files up to :data:`FULL_DIGEST_MAX_BYTES` (counts, tables, gene lists, small
     images) are hashed whole. Larger ones (multi-GB whole-slide images) are
     identified by their size and the SHA-256 of their first and last MiB
-    (``digest='size+head+tail'``): 2 MiB read instead of GBs, at every resume. Any
+    (``digest='size+head+tail'``): 2 MiB read instead of GBs whenever the file's
+    size or mtime changed (otherwise resume reuses the recorded identity). Any
     re-save of a compressed (JPEG/TIFF) slide changes its size, header or tail
     (TIFF directories, JPEG end markers); only an in-place same-size overwrite of
     the middle of a large file is missed, which no imaging tool does. The mtime is
@@ -164,10 +166,29 @@ def file_identity(path: str | os.PathLike) -> dict[str, Any]:
     return {"bytes": size, "sha256": digest.hexdigest(), "digest": kind}
 
 
-def input_identity(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
+def input_identity(
+    paths: Sequence[str | os.PathLike],
+    *,
+    known: dict[str, tuple[list[int], dict[str, Any]]] | None = None,
+    stats: dict[str, list[int]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Return :func:`file_identity` of every file in ``paths`` (folders walked), by path.
 
-    A path that does not exist is recorded as ``{'missing': True}``.
+    Parameters
+    ----------
+    paths
+        Files or folders.
+    known
+        Identities computed earlier, with the ``[size, mtime_ns]`` the file had
+        then (see :func:`known_inputs`): a file whose size and mtime are unchanged
+        is not read again.
+    stats
+        If given, filled with each file's ``[size, mtime_ns]``.
+
+    Returns
+    -------
+    dict
+        Path → identity; a path that does not exist is ``{'missing': True}``.
     """
     files: dict[str, Path] = {}
     for p in paths:
@@ -179,14 +200,31 @@ def input_identity(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, An
                     files[os.path.join(root, name)] = Path(root) / name
         else:
             files[str(p)] = p
+    known = known or {}
     out: dict[str, dict[str, Any]] = {}
     for key in sorted(files):
         f = files[key]
-        out[key] = file_identity(f) if f.is_file() else {"missing": True}
+        if not f.is_file():
+            out[key] = {"missing": True}
+            continue
+        stat = _stat_key(f)
+        if stats is not None:
+            stats[key] = stat
+        hit = known.get(key)
+        out[key] = hit[1] if hit is not None and hit[0] == stat else file_identity(f)
     return out
 
 
-# --------------------------------------------------------------------------- shards
+def known_inputs(
+    out: str | os.PathLike, sample_id: str
+) -> dict[str, tuple[list[int], dict[str, Any]]]:
+    """Return the input identities a finished shard recorded, with their files' stat then."""
+    record = read_success(out, sample_id) or {}
+    recorded = record.get("inputs") or {}
+    cache = _read_stat_cache(sample_dir(out, sample_id))["inputs"]
+    return {k: (stat, recorded[k]) for k, stat in cache.items() if k in recorded}
+
+
 def shard_tmpdir(out: str | os.PathLike, sample_id: str) -> Path:
     """Return this process's private directory for building ``sample_id``'s shard."""
     return Path(out) / SAMPLES_DIR / f"{_TMP_PREFIX}{sample_id}.{os.getpid()}"
@@ -241,10 +279,21 @@ def _exit_if_orphaned() -> None:
         os._exit(1)
 
 
+def refresh_input_stats(out: str | os.PathLike, sample_id: str, stats: dict[str, list]) -> None:
+    """Cache the inputs' current size + mtime of a shard that matched them (after a copy)."""
+    d = sample_dir(out, sample_id)
+    cache = _read_stat_cache(d)
+    if cache["inputs"] != stats:
+        with contextlib.suppress(OSError):  # a cache only: read-only stores stay usable
+            write_json(d / STAT_CACHE, {**cache, "inputs": stats})
+
+
 @contextlib.contextmanager
-def commit_extra(**fields: Any) -> Iterator[None]:
-    """Add ``fields`` to the ``_SUCCESS`` record of shards committed inside the block."""
-    token = _COMMIT_EXTRA.set(dict(fields))
+def commit_inputs(
+    identity: dict[str, Any], stats: dict[str, list[int]] | None = None
+) -> Iterator[None]:
+    """Record ``identity`` (and the files' ``stats``) in shards committed inside the block."""
+    token = _COMMIT_EXTRA.set({"inputs": identity, "stats": stats or {}})
     try:
         yield
     finally:
@@ -255,7 +304,8 @@ def commit_shard(tmp: Path, final: Path, success: dict[str, Any]) -> None:
     """Checksum the files in ``tmp``, write ``_SUCCESS`` last, move ``tmp`` onto ``final``.
 
     ``success`` is extended with ``files`` (name → sha256 and bytes) and the
-    fields of an enclosing :func:`commit_extra`. A previous (incomplete or failed)
+    input identity of an enclosing :func:`commit_inputs`; ``.stat.json`` caches
+    the size and mtime of the files and the inputs. A previous (incomplete or failed)
     ``final`` directory is removed first; a crash between the removal and the
     rename leaves no shard, which the next run redoes. A worker whose build
     process is gone (:func:`bind_to_parent`) exits instead of committing.
@@ -269,9 +319,12 @@ def commit_shard(tmp: Path, final: Path, success: dict[str, Any]) -> None:
     if missing:
         msg = f"internal error: shard {tmp} lacks {missing} before commit"
         raise RuntimeError(msg)
-    success.update(_COMMIT_EXTRA.get() or {})
+    extra = _COMMIT_EXTRA.get() or {}
+    if "inputs" in extra:
+        success["inputs"] = extra["inputs"]
     record = {**success, "files": files}
-    _write_stat_cache(tmp, files)
+    cache = {"files": {name: _stat_key(tmp / name) for name in files}}
+    write_json(tmp / STAT_CACHE, {**cache, "inputs": extra.get("stats", {})})
     write_json(tmp / SUCCESS, record)
     _fsync_dir(tmp)
     _exit_if_orphaned()
@@ -284,10 +337,6 @@ def commit_shard(tmp: Path, final: Path, success: dict[str, Any]) -> None:
 def _stat_key(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]
-
-
-def _write_stat_cache(d: Path, files: dict[str, Any]) -> None:
-    write_json(d / STAT_CACHE, {name: _stat_key(d / name) for name in files})
 
 
 def remove_shard(out: str | os.PathLike, sample_id: str) -> None:
@@ -402,12 +451,12 @@ def shard_problem(
         p = d / name
         if not p.is_file() or p.stat().st_size != info["bytes"]:
             return f"{name} is missing or truncated"
-        if not verify and cache.get(name) == _stat_key(p):
+        if not verify and cache["files"].get(name) == _stat_key(p):
             continue
         if file_sha256(p) != info["sha256"]:
             (d / STAT_CACHE).unlink(missing_ok=True)  # so no later check trusts the stat
             return f"{name} does not match its checksum (corrupted or modified)"
-        cache[name] = _stat_key(p)
+        cache["files"][name] = _stat_key(p)
         refreshed = True
     if refreshed:
         with contextlib.suppress(OSError):  # a cache only: read-only stores stay usable
@@ -415,12 +464,15 @@ def shard_problem(
     return None
 
 
-def _read_stat_cache(d: Path) -> dict[str, Any]:
+def _read_stat_cache(d: Path) -> dict[str, dict[str, Any]]:
+    """Return ``.stat.json`` as ``{'files': {...}, 'inputs': {...}}`` (empty if unusable)."""
     try:
         cache = json.loads((d / STAT_CACHE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
-    return cache if isinstance(cache, dict) else {}
+        cache = {}
+    if not isinstance(cache, dict):
+        cache = {}
+    return {k: v if isinstance(v := cache.get(k), dict) else {} for k in ("files", "inputs")}
 
 
 def _first_change(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -614,8 +666,35 @@ def patches_digest(path: str | os.PathLike) -> str:
 
 
 # --------------------------------------------------------------------------- index
+def licence_summary(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Return ``{'licenses': {licence: [sample ids]}, 'mixed_licenses': bool}``.
+
+    A sample without a ``license`` entry counts under ``"unknown"``; a store whose
+    samples carry more than one licence is *mixed* (its use is bound by all of them).
+    """
+    by_licence: dict[str, list[str]] = {}
+    for s in samples:
+        key = str(s.get("license") or "").strip() or "unknown"
+        by_licence.setdefault(key, []).append(str(s.get("sample_id")))
+    return {"licenses": dict(sorted(by_licence.items())), "mixed_licenses": len(by_licence) > 1}
+
+
 def write_index(out: str | os.PathLike, index: dict[str, Any]) -> Path:
-    """Write ``OUT/index.json`` atomically and return its path."""
+    """Write ``OUT/index.json`` atomically and return its path.
+
+    Adds ``licenses`` (licence → sample ids) and ``mixed_licenses`` from the
+    samples' ``license`` entries (see :func:`licence_summary`); a mixed store is
+    also logged as a warning. ``index`` is updated in place with both keys.
+    """
+    summary = licence_summary(index.get("samples", []))
+    index.update(summary)
+    if summary["mixed_licenses"]:
+        logger.warning(
+            "pairs store %s mixes %d licences: %s",
+            out,
+            len(summary["licenses"]),
+            ", ".join(summary["licenses"]),
+        )
     path = Path(out) / INDEX_JSON
     write_json(path, index)
     return path

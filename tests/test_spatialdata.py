@@ -1,0 +1,173 @@
+"""SpatialData bridge: zarr stores made from shipped real samples build the same pairs
+as the native readers, and scores go back into the SpatialData table."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+
+pytest.importorskip("spatialdata")
+
+import spatialdata as sd
+
+from stalign.io import (
+    detect_platform,
+    read,
+    read_legacy_st,
+    read_spatialdata,
+    read_visium,
+    to_spatialdata,
+)
+from stalign.pairs import build_pairs, patches_digest, read_index
+
+HEADER = "sample_id,patient_id,organ,species,platform,path,image,mpp,source,license\n"
+
+
+def _build(tmp, name, platform, path, image_mpp="", **kw):
+    m = tmp / f"{name}.csv"
+    m.write_text(HEADER + f"{name},p1,organ,species,{platform},{path},,{image_mpp},test,MIT\n")
+    out = tmp / f"pairs_{name}"
+    build_pairs(m, out, progress=False, **kw)
+    return out / "samples" / name
+
+
+def _same_pairs(a_dir, b_dir, *, scores: bool) -> None:
+    a, b = ad.read_h5ad(a_dir / "pairs.h5ad"), ad.read_h5ad(b_dir / "pairs.h5ad")
+    assert list(a.obs_names) == list(b.obs_names) and a.n_obs > 0
+    assert list(a.var_names) == list(b.var_names)
+    assert (a.X != b.X).nnz == 0
+    np.testing.assert_allclose(a.obsm["spatial"], b.obsm["spatial"], atol=1e-6)
+    if scores:
+        np.testing.assert_allclose(a.obsm["pathway_scores"], b.obsm["pathway_scores"], atol=1e-5)
+    assert patches_digest(a_dir / "patches.h5") == patches_digest(b_dir / "patches.h5")
+
+
+def test_mob_zarr_builds_the_native_pairs_and_takes_scores_back(tmp_path, mob_dir):
+    native = read_legacy_st(mob_dir / "MOB1")
+    store = tmp_path / "mob1.zarr"
+    to_spatialdata(native, path=store)
+    assert detect_platform(store) == "spatialdata"
+    back = read(store)  # platform detected; the image stays on disk (OME-Zarr folder)
+    assert back.uns["stalign"]["image_path"] == str(store.resolve() / "images" / "he")
+    assert back.uns["stalign"]["mpp"] == pytest.approx(native.uns["stalign"]["mpp"])
+    np.testing.assert_allclose(back.obsm["spatial"], native.obsm["spatial"])
+    fast = {"mpp": 9.4, "size_px": 32, "gene_sets": "hallmark"}
+    a = _build(tmp_path, "MOB1", "legacy_st", mob_dir / "MOB1.tsv.gz", **fast)
+    b = _build(tmp_path, "MOB1zarr", "spatialdata", store, **fast)
+    _same_pairs(a, b, scores=True)
+    assert read_index(b.parent.parent)["samples"][0]["platform"] == "spatialdata"
+    # the way back: pathway scores of the kept spots into the store's table
+    pairs = ad.read_h5ad(b / "pairs.h5ad")
+    pairs.obsm["X_toy"] = np.arange(pairs.n_obs * 2, dtype=np.float32).reshape(-1, 2)
+    to_spatialdata(pairs, sdata=store)
+    table = sd.read_zarr(store).tables["table"]
+    scores = table.obsm["pathway_scores"]
+    assert list(scores.columns) == list(pairs.obsm["pathway_scores"].columns)
+    np.testing.assert_allclose(
+        scores.loc[pairs.obs_names].to_numpy(), pairs.obsm["pathway_scores"].to_numpy(), atol=1e-6
+    )
+    dropped = ~table.obs_names.isin(pairs.obs_names)
+    assert dropped.any() and np.isnan(scores.to_numpy()[dropped]).all()
+    assert table.obsm["X_toy"].shape == (table.n_obs, 2)
+
+
+def test_visium_lowres_zarr_builds_the_native_pairs(tmp_path, examples_dir):
+    path = examples_dir / "visium_human_heart"
+    store = tmp_path / "heart.zarr"
+    to_spatialdata(read_visium(path), path=store)
+    back = read_spatialdata(store)
+    assert back.uns["stalign"]["image_path"] is None  # a lowres stand-in: kept in memory
+    geometry = {"mpp": 20.0, "size_px": 16, "gene_sets": None, "tissue_threshold": 0.0}
+    a = _build(tmp_path, "heart", "visium", path, **geometry)
+    b = _build(tmp_path, "heartzarr", "spatialdata", store, **geometry)
+    _same_pairs(a, b, scores=False)
+
+
+def test_xenium_table_round_trip(tmp_path, shared_data):
+    from stalign.io import read_xenium
+
+    native = read_xenium(shared_data / "xenium_mouse_brain_subset")
+    store = tmp_path / "xenium.zarr"
+    to_spatialdata(native, path=store, image=False)  # no H&E in the subset
+    back = read_spatialdata(store)
+    assert list(back.obs_names) == list(native.obs_names)
+    assert (back.layers["counts"] != native.layers["counts"]).nnz == 0
+    np.testing.assert_allclose(back.obsm["spatial"], native.obsm["spatial"])
+    assert back.uns["stalign"]["image_path"] is None
+
+
+def test_spatialdata_io_visium_store_builds_the_native_pairs(tmp_path, examples_dir):
+    """A store written by spatialdata-io (not by stalign) gives the native reader's pairs."""
+    sdio = pytest.importorskip("spatialdata_io")
+    path = examples_dir / "visium_human_heart"
+    sdata = sdio.visium(path, dataset_id="heart", counts_file="filtered_feature_bc_matrix.h5")
+    store = tmp_path / "heart_sdio.zarr"
+    sdata.write(store)
+    native = read_visium(path)
+    # the hires image is a black placeholder: the lowres one is chosen, as natively
+    back = read_spatialdata(store, spot_diameter_um=55.0)
+    assert back.uns["spatial"]["table"]["metadata"]["image"] == "heart_lowres_image"
+    assert back.uns["stalign"]["mpp"] == pytest.approx(native.uns["stalign"]["mpp"], rel=1e-6)
+    np.testing.assert_allclose(back.obsm["spatial"], native.obsm["spatial"], atol=1e-6)
+    geometry = {"mpp": 20.0, "size_px": 16, "gene_sets": None, "tissue_threshold": 0.0}
+    mpp = native.uns["stalign"]["mpp"]  # spatialdata-io stores no µm: the manifest gives it
+    a = _build(tmp_path, "heart", "visium", path, **geometry)
+    b = _build(tmp_path, "heartsdio", "spatialdata", store, image_mpp=mpp, **geometry)
+    _same_pairs(a, b, scores=False)
+
+
+def test_bad_choices_are_named(tmp_path, mob_dir):
+    native = read_legacy_st(mob_dir / "MOB1")
+    sdata = to_spatialdata(native)
+    with pytest.raises(ValueError, match=r"no image named 'nope'; found \['he'\]"):
+        read_spatialdata(sdata, image="nope")
+    with pytest.raises(ValueError, match="no transformation to coordinate system 'x'"):
+        read_spatialdata(sdata, coordinate_system="x")
+    with pytest.raises(FileNotFoundError, match="SpatialData store not found"):
+        read_spatialdata(tmp_path / "missing.zarr")
+    with pytest.raises(ValueError, match="nothing of stalign's to write back"):
+        to_spatialdata(native, sdata=sdata)
+    store = tmp_path / "t.zarr"
+    to_spatialdata(native, path=store, image=False)
+    with pytest.raises(ValueError, match="exists; pass overwrite=True"):
+        to_spatialdata(native, path=store, image=False)
+    to_spatialdata(native[:10], path=store, image=False, overwrite=True)  # swapped in whole
+    assert sd.read_zarr(store).tables["table"].n_obs == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.zarr"]  # no temporary left
+
+
+def test_transformations_place_the_spots(mob_dir):
+    from spatialdata.transformations import Affine, Translation, set_transformation
+
+    native = read_legacy_st(mob_dir / "MOB1")
+    sdata = to_spatialdata(native)
+    set_transformation(sdata.images["he"], Translation([10.0, 20.0], axes=("x", "y")), "global")
+    back = read_spatialdata(sdata)  # image shifted by (10, 20): spots move the other way
+    np.testing.assert_allclose(back.obsm["spatial"], native.obsm["spatial"] - [10.0, 20.0])
+    rotation = Affine(
+        np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+        input_axes=("x", "y"),
+        output_axes=("x", "y"),
+    )
+    set_transformation(sdata.images["he"], rotation, "global")
+    with pytest.raises(ValueError, match="rotation, shear or unequal x/y scale"):
+        read_spatialdata(sdata)
+
+
+def test_ome_zarr_pyramid_is_read_lazily_by_level(tmp_path, mob_dir):
+    from spatialdata.models import Image2DModel
+
+    from stalign import im
+
+    rgb = im.open_image(mob_dir / "MOB1.jpg", mpp=4.0)
+    full = rgb.read_region(0, 0, rgb.width, rgb.height)
+    element = Image2DModel.parse(
+        np.moveaxis(full, -1, 0), dims=("c", "y", "x"), scale_factors=[2, 2], chunks=(3, 256, 256)
+    )
+    sd.SpatialData(images={"he": element}).write(tmp_path / "p.zarr")
+    slide = im.open_image(tmp_path / "p.zarr" / "images" / "he", mpp=4.0)
+    assert slide.level_count == 3
+    assert slide.level_downsamples == pytest.approx((1.0, 1905 / 952, 1905 / 476))
+    np.testing.assert_array_equal(slide.read_region(300, 500, 64, 48), full[500:548, 300:364])
+    assert slide.best_level(8.0) == 1
