@@ -23,6 +23,7 @@ COMMANDS = {
     "export",
     "evaluate",
     "demo",
+    "manifest",
 }
 HEAVY = ("torch", "scanpy", "anndata", "squidpy", "timm", "matplotlib", "stalign.io")
 
