@@ -26,8 +26,6 @@ PENDING: dict[str, str] = {
     "stalign/train/_fit.py::_fit": "trainfaults: training state + step / evaluate / checkpoint",
     "stalign/bench/_evaluate.py::_evaluate": "scaleeval: a spec and one function per level",
     "stalign/tl/_embed.py::embed": "scaleeval: one embedding loop for tl and bench",
-    "stalign/pairs/_sample.py::build_sample": "hestsdata merged: to split next (read, QC, "
-    "scores, write as one function each)",
 }
 
 
