@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._paths import example_manifest
+from ._paths import example_manifest, require
 from ._paths import mob_dir as _default_mob_dir
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def mob_patients() -> dict[str, str]:
     The two mice of the STUtility MOB data (Ståhl et al. 2016): ``mouse1`` (MOB1, MOB2)
     and ``mouse2`` (MOB3, MOB4). The manifest is the one home of these ids.
     """
-    with open(example_manifest(), newline="", encoding="utf-8") as fh:
+    with open(require(example_manifest()), newline="", encoding="utf-8") as fh:
         return {row["sample_id"]: row["patient_id"] for row in csv.DictReader(fh)}
 
 
@@ -49,7 +49,7 @@ def mob_section(name: str = "MOB1") -> AnnData:
     """
     from .. import io
 
-    folder = _default_mob_dir()
+    folder = require(_default_mob_dir())
     if not (folder / f"{name}.tsv.gz").is_file():
         available = sorted(p.name.removesuffix(".tsv.gz") for p in folder.glob("MOB*.tsv.gz"))
         msg = f"mob_section: no section {name!r} in {str(folder)!r}; available: {available}"
@@ -102,7 +102,7 @@ def mob_example_pairs(
     from .. import im, io, tl
     from ..train._data import TensorPairsDataset
 
-    mob_dir = _default_mob_dir() if mob_dir is None else Path(mob_dir)
+    mob_dir = require(_default_mob_dir()) if mob_dir is None else Path(mob_dir)
     patients = dict(mob_patients() if patients is None else patients)
     images, scores, sids, pids, bcs = [], [], [], [], []
     names: list[str] | None = None

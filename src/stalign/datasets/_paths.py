@@ -14,22 +14,27 @@ def data_dir() -> Path:
     """Return the folder holding ``examples/`` and ``manifests/examples.csv``.
 
     The copy inside the installed package is used when present; an editable install
-    or a source checkout falls back to the repository's ``data/`` folder.
-
-    Raises
-    ------
-    FileNotFoundError
-        Neither location holds the example manifest (a wheel built without the data).
+    or a source checkout falls back to the repository's ``data/`` folder. When neither
+    holds the data, the package's location is returned (never an error here: the CLI
+    names the path as a default); the functions that read the files raise then.
     """
     for root in (PACKAGED_DATA, CHECKOUT_DATA):
         if (root / "manifests" / "examples.csv").is_file():
             return root
-    msg = (
-        f"stalign's example data were not found in {str(PACKAGED_DATA)!r} (installed "
-        f"package) nor in {str(CHECKOUT_DATA)!r} (source checkout); reinstall stalign "
-        "from a wheel built by hatchling, which includes them"
-    )
-    raise FileNotFoundError(msg)
+    return PACKAGED_DATA
+
+
+def require(path: Path) -> Path:
+    """Return ``path`` if it exists, else raise a :class:`FileNotFoundError` that says why."""
+    if not path.exists():
+        msg = (
+            f"stalign's example data are missing: {str(path)!r} does not exist (looked in "
+            f"{str(PACKAGED_DATA)!r}, the installed package, and {str(CHECKOUT_DATA)!r}, a "
+            "source checkout); reinstall stalign from a wheel built by hatchling, which "
+            "includes them"
+        )
+        raise FileNotFoundError(msg)
+    return path
 
 
 def examples_dir() -> Path:
