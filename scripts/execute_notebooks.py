@@ -86,9 +86,8 @@ def _locked() -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _kernel_dir() -> Path:
-    """Return a kernelspec folder that runs *this* interpreter, whatever Jupyter finds."""
-    root = Path(tempfile.mkdtemp(prefix="stalign-kernels-"))
+def _kernel_dir(root: Path) -> Path:
+    """Write into ``root`` a kernelspec that runs *this* interpreter, whatever Jupyter finds."""
     spec = root / "stalign-nb"
     spec.mkdir()
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -113,9 +112,10 @@ def execute(notebook: Path, results_dir: Path) -> float:
 
     tree = tree_digest()
     nb = nbformat.read(notebook, as_version=4)
+    kernels = tempfile.TemporaryDirectory(prefix="stalign-kernels-")
     km = AsyncKernelManager(
         kernel_name="stalign-nb",
-        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(_kernel_dir())]),
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(_kernel_dir(Path(kernels.name)))]),
     )
     client = NotebookClient(
         nb, km=km, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
@@ -127,6 +127,8 @@ def execute(notebook: Path, results_dir: Path) -> float:
         client.execute(env=env)
     except CellExecutionError:
         pass  # the error output stays in the copy; callers check for it
+    finally:
+        kernels.cleanup()
     seconds = time.perf_counter() - start
     nb.metadata[FINGERPRINT_KEY] = fingerprint(notebook, tree)
     target = executed_path(notebook)
