@@ -12,13 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-API_MODULES = ("io", "im", "pp", "tl", "pairs", "models", "train", "bench", "pl")
+API_MODULES = ("io", "im", "pp", "tl", "pairs", "models", "train", "bench", "pl", "datasets")
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    """Build the site once with ``mkdocs build --strict`` into a temporary folder."""
-    out = tmp_path_factory.mktemp("site")
+def _build_site(out: Path) -> Path:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
@@ -31,6 +28,12 @@ def site(tmp_path_factory) -> Path:
     if proc.returncode != 0:
         pytest.fail(f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr[-6000:]}")
     return out
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """Build the site once with ``mkdocs build --strict`` into a temporary folder."""
+    return _build_site(tmp_path_factory.mktemp("site"))
 
 
 def _html(site: Path, page: str) -> str:
@@ -100,3 +103,33 @@ def test_manifest_page_lists_every_column(site):
         assert f"<code>{column}</code>" in html, f"manifest column {column!r} undocumented"
     for platform in PLATFORMS:
         assert f"<code>{platform}</code>" in html, f"platform {platform!r} undocumented"
+
+
+def _executor():
+    import importlib.util
+
+    path = REPO / "scripts" / "execute_notebooks.py"
+    spec = importlib.util.spec_from_file_location("execute_notebooks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("notebooks")  # the worker of tests/test_notebooks.py: one execution
+def test_tutorial_pages_show_outputs_and_figures(tmp_path_factory):
+    """The site renders executed tutorials: their figures and tables, not bare code cells."""
+    executor = _executor()
+    results = tmp_path_factory.mktemp("tutorials")
+    notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
+    for nb in notebooks:  # reused when tests/test_notebooks.py already executed them
+        executed = executor.ensure_executed(nb, results)
+        assert not executor.errors(executed), f"{nb.name}: {executor.errors(executed)}"
+    site = _build_site(tmp_path_factory.mktemp("executed_site"))
+    figures = {}
+    for nb in notebooks:
+        html = _html(site, f"notebooks/{nb.stem}")
+        # mkdocs-jupyter renders a cell's outputs as jp-OutputArea, PNG figures as <img
+        assert "jp-OutputArea-output" in html, f"{nb.name} is rendered without outputs"
+        figures[nb.stem] = len(re.findall(r'<img[^>]+src="data:image/png', html))
+    assert any(figures.values()), f"no tutorial page shows a figure: {figures}"

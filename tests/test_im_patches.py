@@ -68,6 +68,17 @@ def test_tissue_fraction_separates_tissue_from_background_spots(mob_adata, tissu
     assert agree > 0.9
 
 
+def test_extract_patches_copy_leaves_the_input_unchanged(mob_adata):
+    obs_before, uns_before = list(mob_adata.obs.columns), set(mob_adata.uns)
+    patches, result = im.extract_patches(mob_adata, mpp=4.0, size_px=16, copy=True, progress=False)
+    assert list(mob_adata.obs.columns) == obs_before and set(mob_adata.uns) == uns_before
+    assert result is not mob_adata and K.PATCH_IN_TISSUE in result.obs
+    assert result.uns[K.PATCHES]["size_px"] == 16
+    in_place = im.extract_patches(mob_adata, mpp=4.0, size_px=16, progress=False)
+    np.testing.assert_array_equal(patches, in_place)
+    assert (result.obs[K.PATCH_IN_TISSUE] == mob_adata.obs[K.PATCH_IN_TISSUE]).all()
+
+
 def test_iter_patches_batches_equal_extract_and_are_bounded(mob_adata):
     sub = mob_adata[:150].copy()
     full = im.extract_patches(sub, mpp=4.0, size_px=16, progress=False)

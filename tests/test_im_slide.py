@@ -237,18 +237,25 @@ def test_bad_inputs_raise_specific_errors(tmp_path, mob_rgb):
         im.open_image(42)
 
 
-def test_anndata_mpp_wins_over_its_image_tags_with_a_warning(tmp_path, mob_rgb, mob_adata):
-    """An AnnData's µm/px (platform geometry) outranks the TIFF tags of its image."""
-    path = tmp_path / "tagged.tif"
-    tifffile.imwrite(path, mob_rgb[:300, :400], photometric="rgb", description="Aperio |MPP = 2.0")
-    adata = mob_adata.copy()
-    adata.uns["stalign"] = {**adata.uns["stalign"], "image_path": str(path)}
-    with pytest.warns(MppMismatchWarning, match=r"spot_pitch=4.385 vs aperio \(image metadata\)=2"):
-        img = im.open_image(adata)
-    with img:
-        assert img.mpp == pytest.approx(MOB_MPP, rel=1e-4) and img.mpp_source == "spot_pitch"
-    with im.open_image(adata, mpp=2.0) as img:  # the user's value agrees with the tags
+def test_anndata_mpp_and_image_mpp_follow_the_readers_rule(tmp_path, mob_rgb):
+    """The AnnData's µm/px (platform geometry) wins over the TIFF's, with the io warning."""
+    import anndata as ad
+
+    from stalign import _keys as K
+
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(
+        path, mob_rgb[:200, :300], photometric="rgb", resolution=(25400 / 0.5, 25400 / 0.5)
+    )
+    adata = ad.AnnData(np.zeros((2, 1), np.float32))
+    adata.uns[K.STALIGN] = {K.IMAGE_PATH: str(path), K.MPP: 1.0, K.MPP_SOURCE: "spot_pitch"}
+    with pytest.warns(MppMismatchWarning, match="spot_pitch=1 vs"), im.open_image(adata) as img:
+        assert img.mpp == 1.0 and img.mpp_source == "spot_pitch"
+    with pytest.warns(MppMismatchWarning), im.open_image(adata, mpp=2.0) as img:
         assert img.mpp == 2.0 and img.mpp_source == "user"
+    adata.uns[K.STALIGN][K.MPP] = None  # no geometry: the image's own value
+    with im.open_image(adata) as img:
+        assert img.mpp == pytest.approx(0.5) and img.mpp_source == "tiff_resolution"
 
 
 def test_meaningless_mpp_tags_are_ignored(tmp_path, mob_rgb):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -15,34 +12,22 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-CELL_TIMEOUT_S = 600
 
 
-def _load_stripper():
-    spec = importlib.util.spec_from_file_location(
-        "strip_notebooks", REPO / "scripts" / "strip_notebooks.py"
-    )
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-@pytest.fixture(scope="module")
-def kernel_spec_dir(tmp_path_factory) -> Path:
-    """A kernelspec that runs *this* interpreter, whatever Jupyter finds elsewhere."""
-    root = tmp_path_factory.mktemp("kernels")
-    spec = root / "stalign-test"
-    spec.mkdir()
-    (spec / "kernel.json").write_text(
-        json.dumps(
-            {
-                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                "display_name": "stalign test",
-                "language": "python",
-            }
-        )
-    )
-    return root
+def _load_stripper():
+    return _load_script("strip_notebooks")
+
+
+def load_executor():
+    """``scripts/execute_notebooks.py`` (also used by tests/test_docs.py)."""
+    return _load_script("execute_notebooks")
 
 
 def test_notebooks_exist():
@@ -83,41 +68,12 @@ def tutorial_out(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.xdist_group("notebooks")  # one worker, in file order (03, 04, then 05)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, kernel_spec_dir, tutorial_out):
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import AsyncKernelManager
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(path, as_version=4)
-    km = AsyncKernelManager(
-        kernel_name="stalign-test",
-        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_spec_dir)]),
-    )
-    client = NotebookClient(
-        nb,
-        km=km,
-        timeout=CELL_TIMEOUT_S,
-        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},  # cwd = notebooks/
-    )
-    # results go to a temporary folder instead of results/tutorials/; one BLAS/torch
-    # thread per kernel: CI runs two test workers on two cores, and oversubscribed
-    # threads made tutorial 04 five times slower (207 s vs 43 s on a shared 2-core box)
-    env = {
-        **os.environ,
-        "STALIGN_TUTORIAL_OUT": str(tutorial_out),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-    }
+def test_notebook_runs(path, tutorial_out):
+    # executed once per change of the notebook, src/stalign or data/ (the copy in
+    # build/notebooks/ is what the docs site renders; tests/test_docs.py reuses it)
+    executor = load_executor()
     start = time.perf_counter()
-    client.execute(env=env)
-    elapsed = time.perf_counter() - start
-    errors = [
-        o
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
-    assert not errors
-    print(f"{path.name}: {elapsed:.1f} s")
+    executed = executor.ensure_executed(path, tutorial_out)
+    errors = executor.errors(executed)
+    assert not errors, f"{path.name} raised: {errors}"
+    print(f"{path.name}: {time.perf_counter() - start:.1f} s")

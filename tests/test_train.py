@@ -36,7 +36,7 @@ def test_mob_pairs_are_real_patches_and_pathways(mob_pairs):
     assert float(item["image"].std()) > 0.02  # real tissue, not a blank
     assert len(mob_pairs.pathway_names) == item["pathways"].shape[0] >= 30
     assert all(n.startswith("HALLMARK_") for n in mob_pairs.pathway_names)
-    assert set(mob_pairs.patient_ids) == {"animal1"}
+    assert set(mob_pairs.patient_ids) == {"mouse1"}  # as in data/manifests/examples.csv
 
 
 @pytest.mark.parametrize(

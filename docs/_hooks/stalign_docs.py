@@ -8,7 +8,10 @@
   when it exists.
 * The notebooks in ``notebooks/*.ipynb`` are added to the site as pages
   ``notebooks/<name>/`` and to the ``Tutorials`` nav section (rendered by
-  mkdocs-jupyter, never executed).
+  mkdocs-jupyter). A page shows the executed copy from ``build/notebooks/`` (written
+  by ``scripts/execute_notebooks.py`` and by ``tests/test_notebooks.py``) while its
+  fingerprint matches the notebook, ``src/stalign`` and ``data/``; otherwise the
+  stripped notebook, without outputs (logged at INFO).
 
 Nothing is written into the source tree; the build stays reproducible.
 """
@@ -30,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 KEYS_FILE = REPO / "src" / "stalign" / "_keys.py"
 MANIFEST_README = REPO / "data" / "manifests" / "README.md"
+EXECUTOR = REPO / "scripts" / "execute_notebooks.py"
 HELP_WIDTH = 100
 
 
@@ -167,16 +171,31 @@ def on_config(config):
     return config
 
 
+def _executor():
+    """``scripts/execute_notebooks.py``: where executed copies are and whether current."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("execute_notebooks", EXECUTOR)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @event_priority(100)  # before mkdocs-jupyter wraps the notebook files
 def on_files(files: Files, config) -> Files:
-    """Add ``notebooks/*.ipynb`` to the site as pages ``notebooks/<name>/``."""
+    """Add ``notebooks/*.ipynb`` (executed copies where current) as ``notebooks/<name>/``."""
+    executor = _executor()
+    tree = executor.tree_digest()
     for nb in sorted(NOTEBOOKS.glob("*.ipynb")):
-        # a real File rooted at the repository (mkdocs-jupyter cannot wrap
-        # File.generated(...) objects: their abs_src_path is lost)
+        executed = executor.current_copy(nb, tree)
+        if executed is None:
+            log.info("%s: no current executed copy, the page shows no outputs", nb.name)
+        # a real File (mkdocs-jupyter cannot wrap File.generated(...) objects: their
+        # abs_src_path is lost), rooted where the copy is: its page stays notebooks/<name>/
         files.append(
             File(
                 f"{NOTEBOOKS.name}/{nb.name}",
-                src_dir=str(REPO),
+                src_dir=str(REPO if executed is None else executed.parent.parent),
                 dest_dir=config.site_dir,
                 use_directory_urls=config.use_directory_urls,
             )

@@ -16,10 +16,22 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("io", "im", "pp", "tl", "pl", "pairs", "models", "train", "bench", "cli")
+_SUBMODULES = (
+    "io",
+    "im",
+    "pp",
+    "tl",
+    "pl",
+    "pairs",
+    "models",
+    "train",
+    "bench",
+    "datasets",
+    "cli",
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import bench, cli, im, io, models, pairs, pl, pp, tl, train  # noqa: F401
+    from . import bench, cli, datasets, im, io, models, pairs, pl, pp, tl, train  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from .datasets import example_manifest
+
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE_MANIFEST = REPO_ROOT / "data" / "manifests" / "examples.csv"
+EXAMPLE_MANIFEST = example_manifest()  # the installed package's copy, else the checkout's
 
 
 @dataclass(frozen=True)

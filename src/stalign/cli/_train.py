@@ -209,8 +209,7 @@ def _check_output_folder(config, overwrite: bool) -> None:
     from pathlib import Path
 
     from .._lock import folder_lock
-    from ..train._checkpoint import previous_run_files
-    from ..train._fit import LOCK_FILE
+    from ..train import LOCK_FILE, previous_run_files
 
     out = Path(config.output_dir)
     if (out / LOCK_FILE).is_file():  # in use by a live run? (refuses at once if so)

@@ -294,7 +294,8 @@ def extract_patches(
     saturation_threshold: float | None = None,
     spatial_key: str = K.SPATIAL,
     progress: bool = True,
-) -> np.ndarray:
+    copy: bool = False,
+) -> np.ndarray | tuple[np.ndarray, AnnData]:
     """Extract one patch per spot at a target resolution, with tissue QC.
 
     Each patch is centred on the spot (``obsm[spatial_key]``, level-0 px), read
@@ -341,11 +342,15 @@ def extract_patches(
         ``obsm`` key of the spot centres.
     progress
         Show a tqdm progress bar.
+    copy
+        Leave ``adata`` unchanged: write the keys below into a copy and return
+        ``(patches, copy)`` (scanpy's ``copy=``; the patches come first as usual).
 
     Returns
     -------
     np.ndarray
-        ``(n_obs, size_px, size_px, 3)`` uint8 in ``obs_names`` order. Also writes
+        ``(n_obs, size_px, size_px, 3)`` uint8 in ``obs_names`` order (with ``copy=True``
+        the tuple ``(patches, adata copy)``). Also writes
 
         * ``adata.obs['patch_in_image']`` (bool): the whole patch is inside the image;
         * ``adata.obs['tissue_fraction']`` (float): mask coverage of the patch
@@ -366,6 +371,7 @@ def extract_patches(
             raise ValueError(msg)
     _check_tissue_qc(tissue_qc, saturation_threshold)
     size_px = _check_size(size_px)
+    adata = adata.copy() if copy else adata
     src = adata if image is None else image
     owns = not isinstance(src, SlideImage)
     slide = open_image(src)
@@ -428,7 +434,7 @@ def extract_patches(
         int(inside.sum()),
         int(adata.obs[K.PATCH_IN_TISSUE].sum()),
     )
-    return out
+    return (out, adata) if copy else out
 
 
 def _in_tissue_call(adata: AnnData) -> np.ndarray | None:

@@ -564,14 +564,18 @@ def _open_anndata(adata: AnnData, mpp: float | None, max_pixels: int | None) -> 
     path = meta.get(K.IMAGE_PATH)
     if path:
         img = open_image(path, max_pixels=max_pixels)
-        # the AnnData's mpp (platform geometry) is the reference unless the user overrides
-        ref = mpp if mpp is not None else found
-        ref_src = "user" if mpp is not None else found_src
+        # the user's value, else the AnnData's (platform geometry), else the image's own:
+        # stalign.io.reconcile_mpp's rule (unknown sources rank in insertion order)
+        estimates: dict[str, float] = {}
+        if mpp is not None:
+            estimates["user"] = _check_positive(mpp, "mpp")
+        if found is not None:  # a reader's "user" source does not override this call's
+            estimates.setdefault(found_src, float(found))
+        if img.mpp is not None:
+            estimates.setdefault(img.mpp_source or "image_metadata", img.mpp)
+        ref, ref_src = reconcile_mpp(estimates, context=str(path))
         if ref is not None:
-            tags = f"{img.mpp_source} (image metadata)"
-            img.mpp, img.mpp_source = reconcile_mpp(
-                {ref_src: ref, tags: img.mpp}, context=str(path), prefer=(ref_src,)
-            )
+            img.mpp, img.mpp_source = float(ref), ref_src
         return img
     lib = meta.get(K.LIBRARY_ID)
     spatial = adata.uns.get(K.SPATIAL, {})

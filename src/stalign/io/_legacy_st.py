@@ -296,6 +296,74 @@ def estimate_mpp_from_grid(
     }
 
 
+def _input_paths(
+    counts: PathLike, positions: PathLike | None, image: PathLike | None, genes: PathLike | None
+) -> tuple[Path, Path, Path | None, Path | None]:
+    """Return the counts, alignment table, image and gene table paths of one section."""
+    found = find_legacy_st_files(counts)
+    counts_path: Path = found["counts"]  # type: ignore[assignment]  # never None
+    if positions is None:
+        if found["positions"] is None:
+            stem = _strip(counts_path.name)
+            msg = (
+                f"no alignment table for {counts_path}: expected "
+                f"'alignment_table_{stem}.tsv' in '{counts_path.parent}' or positions=..."
+            )
+            raise FileNotFoundError(msg)
+        positions_path = found["positions"]
+    else:
+        positions_path = as_path(positions, what="alignment table")
+    image_path = as_path(image, what="H&E image") if image is not None else found["image"]
+    genes_path = as_path(genes, what="gene table") if genes is not None else found["genes"]
+    return counts_path, positions_path, image_path, genes_path
+
+
+def _gene_symbols(gene_ids: pd.Index, genes_path: Path, counts_path: Path) -> pd.Index:
+    """Map gene ids to symbols with the gene table (retrying without Ensembl versions)."""
+    names = _read_gene_names(genes_path)
+    symbols = gene_ids.map(names)
+    if symbols.isna().all():  # try without Ensembl version suffixes
+        unversioned = pd.Series(
+            names.to_numpy(), index=names.index.str.replace(r"\.\d+$", "", regex=True)
+        )
+        unversioned = unversioned[~unversioned.index.duplicated()]
+        symbols = gene_ids.str.replace(r"\.\d+$", "", regex=True).map(unversioned)
+    n_unmapped = int(symbols.isna().sum())
+    if n_unmapped == len(gene_ids):
+        logger.warning("%s: no gene id of %s found; keeping ids", genes_path, counts_path)
+    elif n_unmapped:
+        logger.info("%s: %d gene ids without a symbol", genes_path, n_unmapped)
+    return symbols
+
+
+def _grid_mpp(
+    tab: pd.DataFrame, spot_pitch_um: float, positions_path: Path, *, user_mpp: float | None
+) -> dict:
+    """Fit µm/px to the spot grid; refuse an implausible one unless the user gives ``mpp``."""
+    grid = estimate_mpp_from_grid(tab, spot_pitch_um=spot_pitch_um, source=positions_path)
+    lo, hi = MPP_PLAUSIBLE_RANGE
+    if user_mpp is None and not lo <= grid["mpp"] <= hi:
+        msg = (
+            f"{positions_path}: the spot grid implies {grid['mpp']:.4g} µm/px, outside the "
+            f"plausible range for H&E images [{lo:g}, {hi:g}]; check pixel_x/pixel_y or pass "
+            "mpp=<µm per px>"
+        )
+        raise ValueError(msg)
+    aniso = abs(grid["mpp_x"] / grid["mpp_y"] - 1)
+    if aniso > 0.10:
+        logger.warning(
+            "%s: the spot grid implies different µm/px along x (%.3f) and y (%.3f) "
+            "(%.0f%% apart); the image may have been resized anisotropically. Using the "
+            "geometric mean %.3f µm/px.",
+            positions_path,
+            grid["mpp_x"],
+            grid["mpp_y"],
+            100 * aniso,
+            grid["mpp"],
+        )
+    return grid
+
+
 def read_legacy_st(
     counts: PathLike,
     *,
@@ -367,21 +435,10 @@ def read_legacy_st(
         For unparsable tables, non-integer or negative counts, duplicated spot ids,
         spots without positions (see ``missing_positions``), or spots outside the image.
     """
-    found = find_legacy_st_files(counts)
-    counts_path: Path = found["counts"]  # type: ignore[assignment]  # never None
+    counts_path, positions_path, image_path, genes_path = _input_paths(
+        counts, positions, image, genes
+    )
     stem = _strip(counts_path.name)
-    if positions is None:
-        if found["positions"] is None:
-            msg = (
-                f"no alignment table for {counts_path}: expected "
-                f"'alignment_table_{stem}.tsv' in '{counts_path.parent}' or positions=..."
-            )
-            raise FileNotFoundError(msg)
-        positions_path = found["positions"]
-    else:
-        positions_path = as_path(positions, what="alignment table")
-    image_path = as_path(image, what="H&E image") if image is not None else found["image"]
-    genes_path = as_path(genes, what="gene table") if genes is not None else found["genes"]
 
     df = _read_counts(counts_path)
     barcodes = pd.Index(df.index.astype(str))
@@ -396,21 +453,7 @@ def read_legacy_st(
     df = df.loc[keep]
 
     gene_ids = df.columns.astype(str)
-    symbols = None
-    if genes_path is not None:
-        names = _read_gene_names(genes_path)
-        symbols = gene_ids.map(names)
-        if symbols.isna().all():  # try without Ensembl version suffixes
-            unversioned = pd.Series(
-                names.to_numpy(), index=names.index.str.replace(r"\.\d+$", "", regex=True)
-            )
-            unversioned = unversioned[~unversioned.index.duplicated()]
-            symbols = gene_ids.str.replace(r"\.\d+$", "", regex=True).map(unversioned)
-        n_unmapped = int(symbols.isna().sum())
-        if n_unmapped == len(gene_ids):
-            logger.warning("%s: no gene id of %s found; keeping ids", genes_path, counts_path)
-        elif n_unmapped:
-            logger.info("%s: %d gene ids without a symbol", genes_path, n_unmapped)
+    symbols = None if genes_path is None else _gene_symbols(gene_ids, genes_path, counts_path)
     var = make_var(gene_ids, None if symbols is None else symbols.to_numpy(), source=counts_path)
 
     xy = pos[["pixel_x", "pixel_y"]].to_numpy(float)
@@ -421,27 +464,7 @@ def read_legacy_st(
         source=positions_path,
         image_source=image_path,
     )
-    grid = estimate_mpp_from_grid(tab, spot_pitch_um=spot_pitch_um, source=positions_path)
-    lo, hi = MPP_PLAUSIBLE_RANGE
-    if mpp is None and not lo <= grid["mpp"] <= hi:
-        msg = (
-            f"{positions_path}: the spot grid implies {grid['mpp']:.4g} µm/px, outside the "
-            f"plausible range for H&E images [{lo:g}, {hi:g}]; check pixel_x/pixel_y or pass "
-            "mpp=<µm per px>"
-        )
-        raise ValueError(msg)
-    aniso = abs(grid["mpp_x"] / grid["mpp_y"] - 1)
-    if aniso > 0.10:
-        logger.warning(
-            "%s: the spot grid implies different µm/px along x (%.3f) and y (%.3f) "
-            "(%.0f%% apart); the image may have been resized anisotropically. Using the "
-            "geometric mean %.3f µm/px.",
-            positions_path,
-            grid["mpp_x"],
-            grid["mpp_y"],
-            100 * aniso,
-            grid["mpp"],
-        )
+    grid = _grid_mpp(tab, spot_pitch_um, positions_path, user_mpp=mpp)
     mpp_value, mpp_source = reconcile_mpp(
         {
             "user": mpp,

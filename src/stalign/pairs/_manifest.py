@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..io import PLATFORMS  # the one list: platforms stalign.io.read understands
+
 __all__ = [
     "MANIFEST_COLUMNS",
     "OPTIONAL_COLUMNS",
@@ -31,8 +33,6 @@ REQUIRED_COLUMNS = ("sample_id", "patient_id", "organ", "species", "platform", "
 OPTIONAL_COLUMNS = ("image", "mpp", "source", "license")
 MANIFEST_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
-#: platforms ``stalign.io.read`` understands (see ``stalign._keys.PLATFORM``)
-PLATFORMS = frozenset({"visium", "visium_hd", "xenium", "legacy_st", "hest", "h5ad", "spatialdata"})
 
 # sample ids become directory names in the pairs store
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -86,7 +86,7 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
     """
     from PIL import Image
 
-    from .. import pl
+    from . import _qc_plots  # the QC figures live with the store (not in pl, above pairs)
 
     out = Path(out)
     qc = out / QC_DIR
@@ -104,7 +104,7 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
         spot_um = rec.get("spot_diameter_um")
         mpp0 = rec.get("mpp_level0")
         spot_px = float(spot_um) / float(mpp0) / scale if spot_um and mpp0 else None
-        fig = pl.qc_spots(
+        fig = _qc_plots.qc_spots(
             thumb,
             df,
             scale=scale,
@@ -133,9 +133,9 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
             }
         )
     if spots:
-        _savefig(pl.qc_counts_histogram(spots), qc / "counts_per_spot.png")
+        _savefig(_qc_plots.qc_counts_histogram(spots), qc / "counts_per_spot.png")
         _savefig(
-            pl.qc_tissue_histogram(spots, threshold=_tissue_cut(params)),
+            _qc_plots.qc_tissue_histogram(spots, threshold=_tissue_cut(params)),
             qc / "tissue_fraction.png",
         )
     table = pd.DataFrame(rows)

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,8 @@ def _png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# long-function: one try/finally owns the slide, the HEST source, the patch writer and the
+# progress bar, so every exit closes them; each phase (read, stream, QC, score, write) is a helper
 def build_sample(
     sample: Sample,
     params: PairsParams,
@@ -201,7 +204,7 @@ def build_sample(
     """
     from tqdm.auto import tqdm
 
-    from .. import im, tl
+    from .. import im
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -215,52 +218,20 @@ def build_sample(
         plan, wsi_reason = plan_hest_reuse(sample, params)
         adata = _read(sample, use_wsi=False) if plan is not None else _read(sample)
         meta = adata.uns.get(K.STALIGN, {})
-        mpp0 = meta.get(K.MPP)
-        if not mpp0:
-            msg = (
-                f"sample {sample.sample_id}: the image's µm/px is unknown; "
-                "set the 'mpp' column of the manifest"
-            )
-            raise SampleError(msg)
-        mpp0 = float(mpp0)
+        mpp0 = _level0_mpp(sample, meta)
         timings["read"] = round(time.perf_counter() - t0, 3)
         t = time.perf_counter()
 
         counts = _counts(adata)
-        total = np.asarray(counts.sum(axis=1)).ravel()
-        n_genes = np.diff(counts.indptr)
-        n = adata.n_obs
-        has_call = params.use_in_tissue and K.IN_TISSUE in adata.obs
-        in_tissue_call = adata.obs[K.IN_TISSUE].to_numpy(bool) if has_call else np.ones(n, bool)
-        # a trusted platform call needs only a minimum mask coverage (see PairsParams)
-        min_tissue = (
-            params.min_mask_coverage
-            if (params.tissue_qc == "mask" and has_call)
-            else params.tissue_threshold
-        )
-        in_image = np.zeros(n, bool)
-        tissue_fraction = np.zeros(n, np.float32)
-        pixel_fraction = np.zeros(n, np.float32)  # the per-pixel rule, for the QC report
-        xy = np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64)[:, :2]
+        spots = _SpotQC.start(adata, counts, params)
         if plan is not None:
-            try:
-                source = HestPatchSource(plan, adata, params, mpp0)
-            except ValueError as e:  # the HEST patches do not fit: read the WSI instead
-                logger.warning("sample %s: %s; using the WSI", sample.sample_id, e)
-                plan, wsi_reason = None, str(e)
-                adata = _read(sample)
+            source, adata, wsi_reason = _hest_source(sample, plan, adata, params, mpp0)
 
         # patches stream from the image straight into the shard (bounded memory)
         tmp = new_shard_tmpdir(out, sample.sample_id)
-        writer = PatchWriter(
-            tmp / PATCHES_H5,
-            size_px=params.size_px,
-            mpp=params.mpp,
-            encoding="jpeg" if params.jpeg else "raw",
-            jpeg_quality=params.jpeg_quality,
-        )
+        writer = _patch_writer(tmp, params)
         bar = tqdm(
-            total=n,
+            total=spots.n,
             desc=f"{sample.sample_id:>10}",
             unit="spot",
             position=progress_position,
@@ -273,31 +244,10 @@ def build_sample(
             slide = im.open_image(adata)
             tmask = im.tissue_mask(slide) if params.tissue_qc == "mask" else None
             pixel_threshold = im.tissue_threshold(slide)
-            batches = im.iter_patches(
-                adata,
-                image=slide,
-                mpp=params.mpp,
-                size_px=params.size_px,
-                tissue_qc=params.tissue_qc,
-                tissue_mask=tmask,
-                saturation_threshold=None if tmask is not None else pixel_threshold,
-                progress=False,
-            )
+            batches = _wsi_batches(adata, slide, params, tmask, pixel_threshold)
         for batch in batches:
-            sl = slice(batch.start, batch.start + len(batch))
-            in_image[sl] = batch.in_image
-            tissue_fraction[sl] = batch.tissue_fraction
-            pixel_fraction[sl] = (
-                im.tissue_fraction(batch.images, pixel_threshold)
-                if tmask is not None
-                else batch.tissue_fraction
-            )
-            ok = (
-                batch.in_image
-                & (batch.tissue_fraction >= min_tissue)
-                & in_tissue_call[sl]
-                & (total[sl] > 0)
-            )
+            pixels = None if tmask is None else im.tissue_fraction(batch.images, pixel_threshold)
+            ok = spots.record(batch, pixels)
             writer.append(batch.images[ok], batch.topleft[ok], list(batch.barcodes[ok]))
             bar.update(len(batch))
         if slide is not None:
@@ -307,78 +257,20 @@ def build_sample(
         timings["patches"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
 
-        reason = np.full(n, "", dtype=object)
-        for name, bad in (
-            ("no_counts", total <= 0),
-            ("low_tissue", tissue_fraction < min_tissue),
-            ("not_in_tissue_call", ~in_tissue_call),
-            ("outside_image", ~in_image),
-            *([(NO_HEST_PATCH, source.missing())] if source is not None else []),
-        ):  # the last assignment wins: each spot reports the first reason of DROP_REASONS
-            reason[bad] = name
+        missing = source.missing() if source is not None else None
+        reason = spots.reasons(sample.sample_id, missing)
         keep = reason == ""
-        if not in_image.any():
-            lo, hi = xy.min(axis=0), xy.max(axis=0)
-            msg = (
-                f"sample {sample.sample_id}: the coordinates miss the image: none of "
-                f"{n} patch windows lies inside it (spot x in [{lo[0]:.0f}, "
-                f"{hi[0]:.0f}], y in [{lo[1]:.0f}, {hi[1]:.0f}] level-0 px)"
-            )
-            raise SampleError(msg)
-        if not keep.any():
-            counts_by = pd.Series(reason).value_counts().to_dict()
-            msg = f"sample {sample.sample_id}: no spot passed QC (dropped: {counts_by})"
-            raise SampleError(msg)
 
         kept = adata[keep].copy()
-        barcodes = [str(b) for b in kept.obs_names]
-        pathway_names: list[str] = []
-        pathway_uns: dict[str, Any] = {}
-        if params.gene_sets:
-            tl.score_pathways(
-                kept,
-                params.gene_sets,
-                method=params.method,
-                min_genes=params.min_genes,
-                ties=params.ties,
-                key_added=K.PATHWAY_SCORES,
-                progress=False,
-            )
-            scores = kept.obsm[K.PATHWAY_SCORES]
-            pathway_names = [str(c) for c in scores.columns]
-            pathway_uns = {"params": kept.uns.get(K.PATHWAY_SCORES, {}).get("params", {})}
+        pathway_names, pathway_uns = _score_pathways(kept, params)
         timings["pathways"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
 
-        tissue_qc_info = _tissue_qc_info(params, has_call, min_tissue, tmask, pixel_threshold)
+        tissue_qc_info = _tissue_qc_info(
+            params, spots.has_call, spots.min_tissue, tmask, pixel_threshold
+        )
         genes = _panel_genes(adata, params.gene_panel)
-        window0 = params.size_px * params.mpp / mpp0  # patch side in level-0 px
-        pairs_obs = pd.DataFrame(
-            {
-                K.SAMPLE_ID: sample.sample_id,
-                K.PATIENT_ID: sample.patient_id,
-                "organ": sample.organ,
-                "species": sample.species,
-                "platform": sample.platform,
-                K.TISSUE_FRACTION: tissue_fraction[keep].astype(np.float32),
-                K.TOTAL_COUNTS: total[keep].astype(np.float32),
-                K.N_GENES_BY_COUNTS: n_genes[keep].astype(np.int32),
-            },
-            index=pd.Index(barcodes),
-        )
-        for col in ("sample_id", "patient_id", "organ", "species", "platform"):
-            pairs_obs[col] = pairs_obs[col].astype("category")
-        gene_idx = adata.var_names.get_indexer(genes)
-        pairs = _anndata(
-            counts[np.flatnonzero(keep)][:, gene_idx],
-            obs=pairs_obs,
-            var=adata.var.iloc[gene_idx].copy(),
-        )
-        pairs.obsm[K.SPATIAL] = xy[keep]
-        if params.gene_sets:
-            pairs.obsm[K.PATHWAY_SCORES] = (
-                kept.obsm[K.PATHWAY_SCORES].loc[barcodes].astype(np.float32)
-            )
+        pairs = _pairs_anndata(adata, counts, kept, spots, keep, genes, sample, params)
         info = {
             "sample": sample.to_dict(),
             "params": params.to_dict(),
@@ -391,31 +283,10 @@ def build_sample(
         pairs.uns[PAIRS_UNS] = json.dumps(info, sort_keys=True, default=str)
         pairs.write_h5ad(tmp / PAIRS_H5AD)
 
-        spots = pd.DataFrame(
-            {
-                "x": xy[:, 0],
-                "y": xy[:, 1],
-                "total_counts": total,
-                "n_genes_by_counts": n_genes,
-                K.IN_TISSUE: in_tissue_call,
-                K.PATCH_IN_IMAGE: in_image,
-                K.TISSUE_FRACTION: tissue_fraction,
-                TISSUE_FRACTION_PIXELS: pixel_fraction,
-                "kept": keep,
-                "reason": reason,
-            },
-            index=pd.Index(adata.obs_names.astype(str), name="barcode"),
+        spots.table(adata.obs_names, reason).to_csv(
+            tmp / SPOTS_CSV, float_format="%.6g", lineterminator="\n"
         )
-        spots.to_csv(tmp / SPOTS_CSV, float_format="%.6g", lineterminator="\n")
-
-        if source is not None:
-            thumb, thumb_info = source.thumbnail()
-        else:
-            thumb, thumb_info = _thumbnail(adata, mpp0, params.thumbnail_px)
-        (tmp / THUMBNAIL_PNG).write_bytes(_png_bytes(thumb))
-        if tmask is not None:  # the mask on the thumbnail's grid, for the QC report
-            cover = np.rint(tmask.resized(thumb.shape[:2]) * 255).astype(np.uint8)
-            (tmp / TISSUE_MASK_PNG).write_bytes(_png_bytes(cover))
+        thumb_info = _write_thumbnail(tmp, adata, source, tmask, mpp0, params)
         timings["write"] = round(time.perf_counter() - t, 3)
 
         record = {
@@ -424,19 +295,14 @@ def build_sample(
             "patient_id": sample.patient_id,
             "sample": sample.to_dict(),
             "params_fingerprint": fingerprint,
-            "n_spots": int(n),
+            "n_spots": int(spots.n),
             "n_pairs": int(keep.sum()),
             "n_genes": len(genes),
             "genes": genes,
             "pathways": pathway_names,
-            "dropped": {
-                r: int((reason == r).sum())
-                for r in DROP_REASONS + ((NO_HEST_PATCH,) if source is not None else ())
-            },
+            "dropped": _dropped(reason, hest=source is not None),
             **(source.info if source is not None else _wsi_info(adata, wsi_reason, params)),
-            "mpp_level0": mpp0,
-            "spot_diameter_um": meta.get(K.SPOT_DIAMETER_UM),
-            "patch": {"mpp": params.mpp, "size_px": params.size_px, "window_level0_px": window0},
+            **_geometry(meta, params, mpp0),
             "thumbnail": thumb_info,
             "tissue_qc": tissue_qc_info,
         }
@@ -453,6 +319,243 @@ def build_sample(
             writer.close()
         if bar is not None:
             bar.close()
+
+
+def _level0_mpp(sample: Sample, meta: dict[str, Any]) -> float:
+    """Return the µm/px of the sample's level-0 image; refuse an unknown one."""
+    mpp0 = meta.get(K.MPP)
+    if not mpp0:
+        msg = (
+            f"sample {sample.sample_id}: the image's µm/px is unknown; "
+            "set the 'mpp' column of the manifest"
+        )
+        raise SampleError(msg)
+    return float(mpp0)
+
+
+@dataclass
+class _SpotQC:
+    """Per-spot QC of one sample, filled batch by batch as the patches stream past."""
+
+    xy: np.ndarray  # (n, 2) level-0 px
+    total: np.ndarray  # counts per spot
+    n_genes: np.ndarray  # genes with counts per spot
+    in_tissue_call: np.ndarray  # the platform's call (all True when not used)
+    has_call: bool
+    min_tissue: float  # minimum tissue fraction of a kept patch
+    in_image: np.ndarray
+    tissue_fraction: np.ndarray
+    pixel_fraction: np.ndarray  # the per-pixel rule, for the QC report
+
+    @property
+    def n(self) -> int:
+        """Number of spots."""
+        return len(self.xy)
+
+    @classmethod
+    def start(cls, adata: Any, counts: Any, params: PairsParams) -> _SpotQC:
+        """Start from the counts and platform call of every spot; image QC still empty."""
+        n = adata.n_obs
+        has_call = bool(params.use_in_tissue and K.IN_TISSUE in adata.obs)
+        call = adata.obs[K.IN_TISSUE].to_numpy(bool) if has_call else np.ones(n, bool)
+        # a trusted platform call needs only a minimum mask coverage (see PairsParams)
+        trusted = params.tissue_qc == "mask" and has_call
+        return cls(
+            xy=np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64)[:, :2],
+            total=np.asarray(counts.sum(axis=1)).ravel(),
+            n_genes=np.diff(counts.indptr),
+            in_tissue_call=call,
+            has_call=has_call,
+            min_tissue=params.min_mask_coverage if trusted else params.tissue_threshold,
+            in_image=np.zeros(n, bool),
+            tissue_fraction=np.zeros(n, np.float32),
+            pixel_fraction=np.zeros(n, np.float32),
+        )
+
+    def record(self, batch: Any, pixel_fraction: np.ndarray | None) -> np.ndarray:
+        """Store a batch's image QC; return which of its patches are kept."""
+        sl = slice(batch.start, batch.start + len(batch))
+        self.in_image[sl] = batch.in_image
+        self.tissue_fraction[sl] = batch.tissue_fraction
+        self.pixel_fraction[sl] = (
+            batch.tissue_fraction if pixel_fraction is None else pixel_fraction
+        )
+        return (
+            batch.in_image
+            & (batch.tissue_fraction >= self.min_tissue)
+            & self.in_tissue_call[sl]
+            & (self.total[sl] > 0)
+        )
+
+    def reasons(self, sample_id: str, missing: np.ndarray | None) -> np.ndarray:
+        """Drop reason per spot (``""``: kept); refuse a sample with nothing to keep."""
+        reason = np.full(self.n, "", dtype=object)
+        for name, bad in (
+            ("no_counts", self.total <= 0),
+            ("low_tissue", self.tissue_fraction < self.min_tissue),
+            ("not_in_tissue_call", ~self.in_tissue_call),
+            ("outside_image", ~self.in_image),
+            *([(NO_HEST_PATCH, missing)] if missing is not None else []),
+        ):  # the last assignment wins: each spot reports the first reason of DROP_REASONS
+            reason[bad] = name
+        if not self.in_image.any():
+            lo, hi = self.xy.min(axis=0), self.xy.max(axis=0)
+            msg = (
+                f"sample {sample_id}: the coordinates miss the image: none of "
+                f"{self.n} patch windows lies inside it (spot x in [{lo[0]:.0f}, "
+                f"{hi[0]:.0f}], y in [{lo[1]:.0f}, {hi[1]:.0f}] level-0 px)"
+            )
+            raise SampleError(msg)
+        if not (reason == "").any():
+            counts_by = pd.Series(reason).value_counts().to_dict()
+            msg = f"sample {sample_id}: no spot passed QC (dropped: {counts_by})"
+            raise SampleError(msg)
+        return reason
+
+    def table(self, obs_names: Any, reason: np.ndarray) -> pd.DataFrame:
+        """``spots.csv``: every spot, its QC values and why it was dropped."""
+        return pd.DataFrame(
+            {
+                "x": self.xy[:, 0],
+                "y": self.xy[:, 1],
+                "total_counts": self.total,
+                "n_genes_by_counts": self.n_genes,
+                K.IN_TISSUE: self.in_tissue_call,
+                K.PATCH_IN_IMAGE: self.in_image,
+                K.TISSUE_FRACTION: self.tissue_fraction,
+                TISSUE_FRACTION_PIXELS: self.pixel_fraction,
+                "kept": reason == "",
+                "reason": reason,
+            },
+            index=pd.Index(obs_names.astype(str), name="barcode"),
+        )
+
+
+def _wsi_batches(
+    adata: Any, slide: Any, params: PairsParams, tmask: Any, pixel_threshold: float
+) -> Any:
+    """Patch batches read from the whole-slide image, in spatial order."""
+    from .. import im
+
+    return im.iter_patches(
+        adata,
+        image=slide,
+        mpp=params.mpp,
+        size_px=params.size_px,
+        tissue_qc=params.tissue_qc,
+        tissue_mask=tmask,
+        saturation_threshold=None if tmask is not None else pixel_threshold,
+        progress=False,
+    )
+
+
+def _pairs_anndata(
+    adata: Any,
+    counts: Any,
+    kept: Any,
+    spots: _SpotQC,
+    keep: np.ndarray,
+    genes: list[str],
+    sample: Sample,
+    params: PairsParams,
+) -> Any:
+    """``pairs.h5ad`` without its ``uns``: kept spots, panel genes, positions, scores."""
+    barcodes = [str(b) for b in kept.obs_names]
+    obs = pd.DataFrame(
+        {
+            K.SAMPLE_ID: sample.sample_id,
+            K.PATIENT_ID: sample.patient_id,
+            "organ": sample.organ,
+            "species": sample.species,
+            "platform": sample.platform,
+            K.TISSUE_FRACTION: spots.tissue_fraction[keep].astype(np.float32),
+            K.TOTAL_COUNTS: spots.total[keep].astype(np.float32),
+            K.N_GENES_BY_COUNTS: spots.n_genes[keep].astype(np.int32),
+        },
+        index=pd.Index(barcodes),
+    )
+    for col in ("sample_id", "patient_id", "organ", "species", "platform"):
+        obs[col] = obs[col].astype("category")
+    gene_idx = adata.var_names.get_indexer(genes)
+    pairs = _anndata(
+        counts[np.flatnonzero(keep)][:, gene_idx], obs=obs, var=adata.var.iloc[gene_idx].copy()
+    )
+    pairs.obsm[K.SPATIAL] = spots.xy[keep]
+    if params.gene_sets:
+        pairs.obsm[K.PATHWAY_SCORES] = kept.obsm[K.PATHWAY_SCORES].loc[barcodes].astype(np.float32)
+    return pairs
+
+
+def _dropped(reason: np.ndarray, *, hest: bool) -> dict[str, int]:
+    """Return how many spots each reason dropped (``_SUCCESS['dropped']``)."""
+    names = DROP_REASONS + ((NO_HEST_PATCH,) if hest else ())
+    return {r: int((reason == r).sum()) for r in names}
+
+
+def _geometry(meta: dict[str, Any], params: PairsParams, mpp0: float) -> dict[str, Any]:
+    """``_SUCCESS`` fields of the image and patch geometry (µm/px, µm, px)."""
+    window0 = params.size_px * params.mpp / mpp0  # patch side in level-0 px
+    return {
+        "mpp_level0": mpp0,
+        "spot_diameter_um": meta.get(K.SPOT_DIAMETER_UM),
+        "patch": {"mpp": params.mpp, "size_px": params.size_px, "window_level0_px": window0},
+    }
+
+
+def _hest_source(
+    sample: Sample, plan: Any, adata: Any, params: PairsParams, mpp0: float
+) -> tuple[HestPatchSource | None, Any, str]:
+    """HEST's own patches for the sample, or ``None`` (and the AnnData with its WSI)."""
+    try:
+        return HestPatchSource(plan, adata, params, mpp0), adata, ""
+    except ValueError as e:  # the HEST patches do not fit: read the WSI instead
+        logger.warning("sample %s: %s; using the WSI", sample.sample_id, e)
+        return None, _read(sample), str(e)
+
+
+def _patch_writer(tmp: Path, params: PairsParams) -> PatchWriter:
+    """Open the shard's ``patches.h5`` writer (raw or JPEG, as the parameters say)."""
+    return PatchWriter(
+        tmp / PATCHES_H5,
+        size_px=params.size_px,
+        mpp=params.mpp,
+        encoding="jpeg" if params.jpeg else "raw",
+        jpeg_quality=params.jpeg_quality,
+    )
+
+
+def _score_pathways(kept: Any, params: PairsParams) -> tuple[list[str], dict[str, Any]]:
+    """Score the kept spots' pathways in place; return the names and recorded params."""
+    from .. import tl
+
+    if not params.gene_sets:
+        return [], {}
+    tl.score_pathways(
+        kept,
+        params.gene_sets,
+        method=params.method,
+        min_genes=params.min_genes,
+        ties=params.ties,
+        key_added=K.PATHWAY_SCORES,
+        progress=False,
+    )
+    names = [str(c) for c in kept.obsm[K.PATHWAY_SCORES].columns]
+    return names, {"params": kept.uns.get(K.PATHWAY_SCORES, {}).get("params", {})}
+
+
+def _write_thumbnail(
+    tmp: Path, adata: Any, source: Any, tmask: Any, mpp0: float, params: PairsParams
+) -> dict[str, Any]:
+    """Write the QC thumbnail (and the tissue mask on its grid); return its info."""
+    if source is not None:
+        thumb, thumb_info = source.thumbnail()
+    else:
+        thumb, thumb_info = _thumbnail(adata, mpp0, params.thumbnail_px)
+    (tmp / THUMBNAIL_PNG).write_bytes(_png_bytes(thumb))
+    if tmask is not None:  # the mask on the thumbnail's grid, for the QC report
+        cover = np.rint(tmask.resized(thumb.shape[:2]) * 255).astype(np.uint8)
+        (tmp / TISSUE_MASK_PNG).write_bytes(_png_bytes(cover))
+    return thumb_info
 
 
 def _wsi_info(adata: Any, reason: str, params: PairsParams) -> dict[str, Any]:

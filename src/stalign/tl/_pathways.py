@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -153,6 +154,116 @@ def score_pathways(
     ``.uns[key_added]['genes']``
         Dict ``{kept pathway: ;-joined var_names of its genes found in the data}``.
     """
+    sample_norm_method, correl_norm_type = _check_arguments(
+        adata,
+        method=method,
+        layer=layer,
+        sample_norm_method=sample_norm_method,
+        correl_norm_type=correl_norm_type,
+        ties=ties,
+        chunk_size=chunk_size,
+        weight=weight,
+        auc_max_rank=auc_max_rank,
+        copy=copy,
+    )
+    adata = adata.copy() if copy else adata
+    x = adata.layers[layer] if layer is not None else adata.X
+    if x is None:
+        msg = "adata.X is empty; pass layer=... with the counts"
+        raise ValueError(msg)
+    n_spots, n_genes = adata.shape
+
+    sets_dict = load_gene_sets(gene_sets, organism=organism)
+    match = match_gene_sets(
+        adata.var, sets_dict, min_genes=min_genes, max_genes=max_genes, gene_column=gene_column
+    )
+    sets = SetIndex(match.indices, n_genes)
+    names = match.names
+    logger.info(
+        "scoring %d gene sets (%s, matched on %s) in %d spots × %d genes",
+        len(names),
+        method,
+        match.source,
+        n_spots,
+        n_genes,
+    )
+
+    n_chunks = max(1, math.ceil(n_spots / chunk_size))
+    show = progress if progress is not None else n_chunks > 10
+    scores = np.empty((n_spots, len(names)), dtype=np.float64)
+
+    chunks = functools.partial(
+        _finite_chunks, x, chunk_size, total=n_chunks, show=show, layer=layer
+    )
+
+    max_rank = _aucell_max_rank(auc_max_rank, n_genes)
+    if method == "ssgsea":
+        for start, stop, chunk in chunks("ssGSEA"):
+            scores[start:stop] = ssgsea_chunk(
+                chunk,
+                sets,
+                weight=weight,
+                sample_norm_method=sample_norm_method,
+                correl_norm_type=correl_norm_type,
+                ties=ties,
+            )
+        if ssgsea_norm:
+            _normalize_ssgsea(scores)
+    elif method == "aucell":
+        for start, stop, chunk in chunks("AUCell"):
+            scores[start:stop] = aucell_chunk(chunk, sets, max_rank=max_rank)
+    elif method == "zscore":
+        _zscore(chunks, sets, scores, normalize=normalize, target_sum=target_sum, layer=layer)
+    else:
+        for start, stop, chunk in _counts_checked(chunks, "ULM", method, normalize, layer):
+            scores[start:stop] = ulm_chunk(chunk, sets, normalize=normalize, target_sum=target_sum)
+
+    if smooth:
+        scores = _smooth(adata, scores, smooth_kwargs)
+
+    adata.obsm[key_added] = pd.DataFrame(scores, index=adata.obs_names.copy(), columns=names)
+    method_params = {
+        "ssgsea": {
+            "weight": weight,
+            "sample_norm_method": sample_norm_method,
+            "correl_norm_type": correl_norm_type,
+            "ssgsea_norm": ssgsea_norm,
+        },
+        "aucell": {"auc_max_rank": auc_max_rank, "max_rank": max_rank},
+    }.get(method, {"normalize": normalize, "target_sum": target_sum})
+    params = {
+        "gene_sets": gene_sets if isinstance(gene_sets, str) else type(gene_sets).__name__,
+        "method": method,
+        "layer": layer,
+        "min_genes": min_genes,
+        "max_genes": max_genes,
+        "gene_column": match.source,
+        "id_type": match.id_type,
+        "n_genes": n_genes,
+        "chunk_size": chunk_size,
+        "smooth": smooth,
+        "smooth_kwargs": dict(smooth_kwargs or {}),
+        "ties": ties if method in ("ssgsea", "aucell") else "none (values, not ranks)",
+        **method_params,
+    }
+    adata.uns[key_added] = _uns_record(adata, match, params)
+    return adata if copy else None
+
+
+def _check_arguments(
+    adata: AnnData,
+    *,
+    method: str,
+    layer: str | None,
+    sample_norm_method: str | None,
+    correl_norm_type: str | None,
+    ties: str,
+    chunk_size: int,
+    weight: float,
+    auc_max_rank: float,
+    copy: bool,
+) -> tuple[str, str]:
+    """Validate :func:`score_pathways`' arguments; return the two ssGSEA norms (None → default)."""
     if method not in METHODS:
         msg = f"method must be one of {METHODS}, found {method!r}"
         raise ValueError(msg)
@@ -195,108 +306,48 @@ def score_pathways(
         msg = f"layer={layer!r} is not in adata.layers (available: {list(adata.layers)})"
         raise KeyError(msg)
 
-    adata = adata.copy() if copy else adata
-    x = adata.layers[layer] if layer is not None else adata.X
-    if x is None:
-        msg = "adata.X is empty; pass layer=... with the counts"
-        raise ValueError(msg)
-    n_spots, n_genes = adata.shape
+    return sample_norm_method, correl_norm_type
 
-    sets_dict = load_gene_sets(gene_sets, organism=organism)
-    match = match_gene_sets(
-        adata.var, sets_dict, min_genes=min_genes, max_genes=max_genes, gene_column=gene_column
-    )
-    sets = SetIndex(match.indices, n_genes)
-    names = match.names
-    logger.info(
-        "scoring %d gene sets (%s, matched on %s) in %d spots × %d genes",
-        len(names),
-        method,
-        match.source,
-        n_spots,
-        n_genes,
-    )
 
-    n_chunks = max(1, math.ceil(n_spots / chunk_size))
-    show = progress if progress is not None else n_chunks > 10
-    scores = np.empty((n_spots, len(names)), dtype=np.float64)
+def _aucell_max_rank(auc_max_rank: float, n_genes: int) -> int:
+    """AUCell's rank cut-off: a fraction of the genes (< 1) or a number of ranks (>= 1)."""
+    max_rank = max(1, math.ceil(auc_max_rank * n_genes)) if auc_max_rank < 1 else int(auc_max_rank)
+    return min(max_rank, n_genes)
 
-    def chunks(desc: str):
-        from tqdm.auto import tqdm
 
-        it = iter_row_chunks(x, chunk_size)
-        for start, stop, chunk in tqdm(it, total=n_chunks, desc=desc, disable=not show):
-            if not np.isfinite(chunk.data).all():
-                where = f"layers[{layer!r}]" if layer is not None else "X"
-                msg = f"adata.{where} has NaN or infinite values in spots {start}:{stop}"
-                raise ValueError(msg)
-            yield start, stop, chunk
+def _normalize_ssgsea(scores: np.ndarray) -> None:
+    """Divide by ``max - min`` over all finite scores (gseapy's NES), in place."""
+    if not scores.size:
+        return
+    finite = scores[np.isfinite(scores)]
+    span = float(finite.max() - finite.min()) if finite.size else 0.0
+    if span > 0:
+        scores /= span
 
-    if method == "ssgsea":
-        for start, stop, chunk in chunks("ssGSEA"):
-            scores[start:stop] = ssgsea_chunk(
-                chunk,
-                sets,
-                weight=weight,
-                sample_norm_method=sample_norm_method,
-                correl_norm_type=correl_norm_type,
-                ties=ties,
-            )
-        if ssgsea_norm and scores.size:
-            finite = scores[np.isfinite(scores)]
-            span = float(finite.max() - finite.min()) if finite.size else 0.0
-            if span > 0:
-                scores /= span
-    elif method == "aucell":
-        max_rank = (
-            max(1, math.ceil(auc_max_rank * n_genes)) if auc_max_rank < 1 else int(auc_max_rank)
-        )
-        max_rank = min(max_rank, n_genes)
-        for start, stop, chunk in chunks("AUCell"):
-            scores[start:stop] = aucell_chunk(chunk, sets, max_rank=max_rank)
-    elif method == "zscore":
-        _zscore(chunks, sets, scores, normalize=normalize, target_sum=target_sum, layer=layer)
-    else:
-        for start, stop, chunk in _counts_checked(chunks, "ULM", method, normalize, layer):
-            scores[start:stop] = ulm_chunk(chunk, sets, normalize=normalize, target_sum=target_sum)
 
-    if smooth:
-        scores = _smooth(adata, scores, smooth_kwargs)
+def _finite_chunks(x, chunk_size: int, desc: str, *, total: int, show: bool, layer: str | None):
+    """Yield ``(start, stop, CSR chunk)`` of ``x`` with a progress bar; raise on NaN / inf."""
+    from tqdm.auto import tqdm
 
-    adata.obsm[key_added] = pd.DataFrame(scores, index=adata.obs_names.copy(), columns=names)
-    params = {
-        "gene_sets": gene_sets if isinstance(gene_sets, str) else type(gene_sets).__name__,
-        "method": method,
-        "layer": layer,
-        "min_genes": min_genes,
-        "max_genes": max_genes,
-        "gene_column": match.source,
-        "id_type": match.id_type,
-        "n_genes": n_genes,
-        "chunk_size": chunk_size,
-        "smooth": smooth,
-        "smooth_kwargs": dict(smooth_kwargs or {}),
-        "ties": ties if method in ("ssgsea", "aucell") else "none (values, not ranks)",
-    }
-    if method == "ssgsea":
-        params.update(
-            weight=weight,
-            sample_norm_method=sample_norm_method,
-            correl_norm_type=correl_norm_type,
-            ssgsea_norm=ssgsea_norm,
-        )
-    elif method == "aucell":
-        params.update(auc_max_rank=auc_max_rank, max_rank=max_rank)
-    else:
-        params.update(normalize=normalize, target_sum=target_sum)
+    it = iter_row_chunks(x, chunk_size)
+    for start, stop, chunk in tqdm(it, total=total, desc=desc, disable=not show):
+        if not np.isfinite(chunk.data).all():
+            where = f"layers[{layer!r}]" if layer is not None else "X"
+            msg = f"adata.{where} has NaN or infinite values in spots {start}:{stop}"
+            raise ValueError(msg)
+        yield start, stop, chunk
+
+
+def _uns_record(adata: AnnData, match: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``uns[key_added]``: parameters, per-set coverage, the genes of each kept set."""
     coverage = match.coverage.reset_index()
     var_names = np.asarray(adata.var_names)
-    adata.uns[key_added] = {
+    genes = zip(match.names, match.indices, strict=True)
+    return {
         "params": _h5ad_safe(params),
         "coverage": {c: coverage[c].to_numpy() for c in coverage.columns},
-        "genes": {n: ";".join(var_names[i]) for n, i in zip(names, match.indices, strict=True)},
+        "genes": {n: ";".join(var_names[i]) for n, i in genes},
     }
-    return adata if copy else None
 
 
 def _counts_checked(chunks, desc: str, method: str, normalize: bool, layer: str | None):

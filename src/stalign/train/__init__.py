@@ -4,7 +4,13 @@
 >>> result = fit(TrainConfig(encoder="vit_tiny_patch16_224", epochs=5), train_ds, val_ds)
 """
 
-from ._checkpoint import build_model, latest_checkpoint, load_model, save_checkpoint
+from ._checkpoint import (
+    build_model,
+    latest_checkpoint,
+    load_model,
+    previous_run_files,
+    save_checkpoint,
+)
 from ._config import TrainConfig
 from ._data import (
     GlobalBatchSampler,
@@ -15,13 +21,13 @@ from ._data import (
     image_statistics,
     pathway_statistics,
 )
-from ._example import mob_example_pairs
-from ._fit import FitResult, evaluate, fit
+from ._fit import LOCK_FILE, FitResult, evaluate, fit
 from ._loss import contrastive_loss, gather_features, pathway_soft_targets
 from ._metrics import retrieval_metrics
 from ._model import AlignmentModel, ImageTower, MolecularTower, ProjectionHead
 
 __all__ = [
+    "LOCK_FILE",
     "AlignmentModel",
     "FitResult",
     "GlobalBatchSampler",
@@ -41,9 +47,27 @@ __all__ = [
     "image_statistics",
     "latest_checkpoint",
     "load_model",
-    "mob_example_pairs",
     "pathway_soft_targets",
     "pathway_statistics",
+    "previous_run_files",
     "retrieval_metrics",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str):
+    # deprecated home of the example pairs (moved to stalign.datasets): a lazy shim, so
+    # that stalign.train itself never imports stalign.datasets (which sits above it)
+    if name == "mob_example_pairs":
+        import warnings
+
+        from ..datasets import mob_example_pairs
+
+        warnings.warn(
+            "stalign.train.mob_example_pairs moved to stalign.datasets.mob_example_pairs",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return mob_example_pairs
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -1,26 +1,64 @@
-"""Real (patch, Hallmark pathway) pairs from the bundled MOB sections, in memory."""
+"""The bundled mouse olfactory bulb sections: one section as AnnData, or in-memory pairs."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._data import TensorPairsDataset
+from ._paths import example_manifest, require
+from ._paths import mob_dir as _default_mob_dir
 
-__all__ = ["mob_example_pairs"]
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ..train import TensorPairsDataset
+
+__all__ = ["mob_example_pairs", "mob_patients", "mob_section"]
 
 logger = logging.getLogger(__name__)
 
-# the two animals of the STUtility MOB data (Ståhl et al. 2016)
-MOB_PATIENTS = {"MOB1": "animal1", "MOB2": "animal1", "MOB3": "animal2", "MOB4": "animal2"}
+
+def mob_patients() -> dict[str, str]:
+    """Return section → patient id of the bundled MOB data, as its manifest states them.
+
+    The two mice of the STUtility MOB data (Ståhl et al. 2016): ``mouse1`` (MOB1, MOB2)
+    and ``mouse2`` (MOB3, MOB4). The manifest is the one home of these ids.
+    """
+    with open(require(example_manifest()), newline="", encoding="utf-8") as fh:
+        return {row["sample_id"]: row["patient_id"] for row in csv.DictReader(fh)}
+
+
+def mob_section(name: str = "MOB1") -> AnnData:
+    """Read one bundled MOB section (legacy ST, Ståhl et al. 2016) as AnnData.
+
+    Parameters
+    ----------
+    name
+        ``"MOB1"`` … ``"MOB4"``.
+
+    Returns
+    -------
+    The AnnData of :func:`stalign.io.read_legacy_st` (counts, ``obsm['spatial']`` in
+    level-0 px of the H&E, ``uns['stalign']['mpp']`` ≈ 4.4 µm/px).
+    """
+    from .. import io
+
+    folder = require(_default_mob_dir())
+    if not (folder / f"{name}.tsv.gz").is_file():
+        available = sorted(p.name.removesuffix(".tsv.gz") for p in folder.glob("MOB*.tsv.gz"))
+        msg = f"mob_section: no section {name!r} in {str(folder)!r}; available: {available}"
+        raise ValueError(msg)
+    return io.read_legacy_st(folder / name)
 
 
 def mob_example_pairs(
-    mob_dir: str | os.PathLike,
+    mob_dir: str | os.PathLike | None = None,
     sections: Sequence[str] = ("MOB1", "MOB2"),
     *,
     size_px: int = 64,
@@ -40,7 +78,8 @@ def mob_example_pairs(
     Parameters
     ----------
     mob_dir
-        Folder with ``MOBn.tsv.gz``, ``alignment_table_MOBn.tsv`` and ``MOBn.jpg``.
+        Folder with ``MOBn.tsv.gz``, ``alignment_table_MOBn.tsv`` and ``MOBn.jpg``
+        (default: the bundled sections, :func:`stalign.datasets.mob_dir`).
     sections
         Section names to include.
     size_px, mpp
@@ -50,19 +89,21 @@ def mob_example_pairs(
     in_tissue_only
         Keep spots the alignment table marks as under tissue.
     patients
-        Section → patient id (default: the two animals).
+        Section → patient id (default: :func:`mob_patients`, the manifest's
+        ``mouse1`` / ``mouse2``).
     max_pairs
         Keep at most this many pairs per section (evenly spaced; for quick tests).
 
     Returns
     -------
-    A :class:`TensorPairsDataset` with ``pathway_names``, ``sample_ids`` = section and
-    ``patient_ids`` = animal.
+    A :class:`stalign.train.TensorPairsDataset` with ``pathway_names``, ``sample_ids`` = section and
+    ``patient_ids`` = mouse.
     """
     from .. import im, io, tl
+    from ..train._data import TensorPairsDataset
 
-    mob_dir = Path(mob_dir)
-    patients = dict(MOB_PATIENTS if patients is None else patients)
+    mob_dir = require(_default_mob_dir()) if mob_dir is None else Path(mob_dir)
+    patients = dict(mob_patients() if patients is None else patients)
     images, scores, sids, pids, bcs = [], [], [], [], []
     names: list[str] | None = None
     for sec in sections:
