@@ -23,7 +23,6 @@ REASON = "# long-function:"
 
 #: "file::qualified name" -> the branch that is splitting it
 PENDING: dict[str, str] = {
-    "stalign/train/_fit.py::_fit": "trainfaults: training state + step / evaluate / checkpoint",
     "stalign/bench/_evaluate.py::_evaluate": "scaleeval: a spec and one function per level",
     "stalign/tl/_embed.py::embed": "scaleeval: one embedding loop for tl and bench",
 }

@@ -41,8 +41,6 @@ RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 PENDING: dict[tuple[str, str], str] = {
     ("tl", "train"): "tl/_embed.py loads a training run with train.load_model: the resolver "
     "belongs above train (or load_model in models); branch scaleeval owns tl/_embed.py",
-    ("train", "pl"): "train/_fit.py draws curves.png with pl.training_curves although fit "
-    "returns the history table: the caller (cli train, pipeline) should draw; branch trainfaults",
     ("io", "im"): "io/_spatialdata.py (to_spatialdata, merged from hestsdata) reads the H&E "
     "through im.open_image and im's private levels: the writer belongs above im (a module "
     "of its own, or im), io keeping the reader",

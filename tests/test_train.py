@@ -8,6 +8,7 @@ import pytest
 import torch
 from _fixtures_train import one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
+from stalign.pl import save_training_curves
 from stalign.train import (
     GlobalBatchSampler,
     TensorPairsDataset,
@@ -167,12 +168,14 @@ def test_validation_early_stopping_outputs_and_reload(mob_pairs, tmp_path):
     assert res.best_step == 1
     for name in (
         "log.csv",
-        "curves.png",
         "config.json",
         "best/model.safetensors",
         "best/model.json",
     ):
         assert (tmp_path / name).is_file(), name
+    # train draws nothing (no upward import of pl); the caller draws from the log table
+    assert not (tmp_path / "curves.png").exists()
+    assert save_training_curves(tmp_path / "log.csv", tmp_path / "curves.png").is_file()
     evals = res.history.dropna(subset=["val_recall@5"])
     assert {"val_loss", "val_recall@5", "val_chance@5", "val_profile_r"} <= set(evals.columns)
     assert (evals["val_chance@5"] == 5 / 32).all()

@@ -154,13 +154,13 @@ def _without_lora(encoder: Any) -> Any:
     return base
 
 
-def _training_summary(result: Any) -> dict[str, Any]:
+def _training_summary(result: Any, curves_png: Path | None) -> dict[str, Any]:
     """Summarise the validation numbers of one :func:`stalign.train.fit` run (joint space)."""
     history = result.history
     val = history.dropna(subset=["val_loss"]) if "val_loss" in history else history.iloc[:0]
     summary: dict[str, Any] = {
         "steps": result.steps,
-        "curves_png": str(result.curves_png) if result.curves_png else None,
+        "curves_png": str(curves_png) if curves_png else None,
     }
     if len(val):
         first, last = val.iloc[0], val.iloc[-1]
@@ -237,7 +237,7 @@ def run_pipeline(
     -------
     :class:`PipelineResult` with the paths and the time spent per stage (s).
     """
-    from . import bench, models, pairs, train
+    from . import bench, models, pairs, pl, train
 
     config = config or PipelineConfig()
     out = Path(out)
@@ -293,7 +293,8 @@ def run_pipeline(
             exports[base_name] = models.export(
                 _without_lora(encoder), out / "exports" / base_name, adapter=False
             )["timm"]
-        training[name] = _training_summary(result)
+        curves = pl.save_training_curves(result.history, out / "train" / name / "curves.png")
+        training[name] = _training_summary(result, curves)
         seconds[f"train_{name}"] = time.perf_counter() - t0
 
     # 3. evaluate on the held-out patients ------------------------------------------------

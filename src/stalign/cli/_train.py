@@ -236,6 +236,10 @@ def run(args: argparse.Namespace) -> int:
     train, val = _datasets(args)
     logger.info("training on %d pairs, validating on %d", len(train), len(val) if val else 0)
     result = fit(config, train, val)
+    if result.output_dir is not None:
+        from ..pl import save_training_curves
+
+        save_training_curves(result.history, result.output_dir / "curves.png")
     summary = {
         "steps": result.steps,
         "best_step": result.best_step,

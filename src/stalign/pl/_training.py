@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["training_curves"]
+__all__ = ["save_training_curves", "training_curves"]
 
 
 def training_curves(
@@ -84,3 +84,30 @@ def training_curves(
         Path(save).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(save, dpi=150)
     return fig
+
+
+def save_training_curves(
+    history: pd.DataFrame | str | os.PathLike, path: str | os.PathLike
+) -> Path | None:
+    """Draw :func:`training_curves` to ``path`` (PNG) and close the figure.
+
+    What ``stalign train`` and the pipeline write as a run folder's ``curves.png``
+    from :attr:`stalign.train.FitResult.history`.
+
+    Parameters
+    ----------
+    history
+        ``FitResult.history`` or the path of a run's ``log.csv``.
+    path
+        The PNG file to write.
+
+    Returns
+    -------
+    ``path``, or ``None`` when the history has no rows (nothing is drawn).
+    """
+    import matplotlib.pyplot as plt
+
+    if isinstance(history, pd.DataFrame) and not len(history):
+        return None
+    plt.close(training_curves(history, save=path))
+    return Path(path)

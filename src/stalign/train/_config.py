@@ -136,7 +136,7 @@ class TrainConfig:
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     output_dir
-        Where checkpoints, ``log.csv`` and ``curves.png`` go (``None``: nothing written).
+        Where checkpoints and ``log.csv`` go (``None``: nothing written).
     resume
         ``None``, ``"auto"`` (latest checkpoint in ``output_dir`` if any) or a checkpoint
         directory.

@@ -54,7 +54,7 @@ __all__ = ["FitResult", "evaluate", "fit"]
 
 logger = logging.getLogger(__name__)
 
-EARLY_STOPPING_METRIC = "val_recall@5"
+EARLY_STOPPING_METRIC = "val_recall@5"  # higher is better; the only place it is named
 LOCK_FILE = ".lock"  # in output_dir, held while a run writes there (as in a pairs store)
 
 
@@ -71,13 +71,15 @@ class FitResult:
     history
         One row per logged training step / evaluation (the content of ``log.csv``).
     best_step, best_metric
-        Step and value of the best validation recall@5 (``None`` without validation).
+        Step and value of the best :data:`EARLY_STOPPING_METRIC` (``None`` without
+        validation).
     steps
         Optimiser steps done in total.
     stopped_early
         Whether early stopping ended the run.
-    output_dir, last_checkpoint, best_checkpoint, log_csv, curves_png
-        Written paths (``None`` when ``output_dir`` is ``None``).
+    output_dir, last_checkpoint, best_checkpoint, log_csv
+        Written paths (``None`` when ``output_dir`` is ``None``). The curves figure
+        is drawn from ``history`` by the caller (:func:`stalign.pl.training_curves`).
     """
 
     model: AlignmentModel
@@ -90,7 +92,6 @@ class FitResult:
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
     log_csv: Path | None = None
-    curves_png: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -428,18 +429,11 @@ def _build(
     return model, meta
 
 
-def _write_outputs(result: FitResult, out_dir: Path) -> None:
-    """Point ``result`` at the run's log and best checkpoint; draw ``curves.png``."""
+def _point_at_outputs(result: FitResult, out_dir: Path) -> None:
+    """Point ``result`` at the run's ``log.csv`` and best checkpoint."""
     result.log_csv = out_dir / "log.csv"
     if (out_dir / "best").is_dir():
         result.best_checkpoint = out_dir / "best"
-    if len(result.history):
-        import matplotlib.pyplot as plt
-
-        from ..pl import training_curves
-
-        result.curves_png = out_dir / "curves.png"
-        plt.close(training_curves(result.history, save=result.curves_png))
 
 
 def fit(
@@ -462,9 +456,11 @@ def fit(
     -------
     A :class:`FitResult`. With ``config.output_dir`` set, the run writes there:
     ``config.json``, ``log.csv`` (step, epoch, lr, train_loss, temperature, val_* and
-    images_per_s), ``curves.png``, ``checkpoints/step_<n>/`` (``model.safetensors``,
+    images_per_s), ``checkpoints/step_<n>/`` (``model.safetensors``,
     ``config.json``, ``model.json``, ``state.json``, ``optimizer.pt``,
-    ``rng_rank<r>.pt``) and ``best/`` (best validation recall@5).
+    ``rng_rank<r>.pt``) and ``best/`` (best :data:`EARLY_STOPPING_METRIC`). The CLI
+    and the pipeline add ``curves.png``, drawn from the log by
+    :func:`stalign.pl.training_curves`.
 
     Raises
     ------
@@ -506,6 +502,453 @@ def fit(
             dist.destroy_process_group()
 
 
+# ------------------------------------------------------------------------ one run
+@dataclass
+class _Run:
+    """What a run fixes before its first step: settings, model, optimiser and data plan.
+
+    Nothing here changes during training except the tensors inside ``model``,
+    ``optimizer``, ``scheduler`` and ``generator``; the counters live in
+    :class:`TrainingState`.
+    """
+
+    config: TrainConfig
+    train_dataset: Dataset
+    val_dataset: Dataset | None
+    model: AlignmentModel
+    ddp_model: torch.nn.Module  # ``model`` itself, or its DDP wrapper under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator  # crops and augmentation: the same stream on every rank
+    sampler: GlobalBatchSampler
+    meta: dict[str, Any]
+    device: torch.device
+    rank: int
+    world: int
+    out_dir: Path | None
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files, logs and evaluates (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def keep_best(self) -> bool:
+        """Whether the best validation weights are kept (early stopping with a validation set)."""
+        return self.config.early_stopping_patience is not None and self.val_dataset is not None
+
+
+@dataclass
+class TrainingState:
+    """The counters of a run: everything an exact resume restores besides the tensors.
+
+    Attributes
+    ----------
+    step
+        Optimiser steps done.
+    micro_done
+        Micro-batches consumed in the current epoch.
+    best_metric, best_step, bad_evals
+        Early stopping: the best :data:`EARLY_STOPPING_METRIC`, its step, and the
+        evaluations since without improvement.
+    history
+        The rows of ``log.csv``.
+    loss_window, images_in_window, window_start
+        Training losses, images and start time (``time.perf_counter``, s) since the
+        last log row.
+    best_state
+        A CPU copy of the best weights (only with :attr:`_Run.keep_best`), on every rank.
+    stopped_early, last_checkpoint
+        How the run ended, and its last checkpoint folder.
+    """
+
+    step: int = 0
+    micro_done: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    loss_window: list[float] = field(default_factory=list)
+    images_in_window: int = 0
+    window_start: float = 0.0
+    best_state: dict[str, torch.Tensor] | None = None
+    stopped_early: bool = False
+    last_checkpoint: Path | None = None
+
+    def checkpoint_fields(self, run: _Run) -> dict[str, Any]:
+        """Return the content of a checkpoint's ``state.json``."""
+        return {
+            "step": self.step,
+            "epoch": self.step // run.steps_per_epoch,
+            "micro_in_epoch": self.micro_done,
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "bad_evals": self.bad_evals,
+            "total_steps": run.total_steps,
+            "loss_window": self.loss_window,
+            "images_in_window": self.images_in_window,
+        }
+
+
+def _resume_point(config: TrainConfig, out_dir: Path | None, rank: int) -> ResumeState | None:
+    """Read and check the checkpoint to resume from; on a fresh run clear an earlier one."""
+    resume_dir = _resume_dir(config, out_dir)
+    if resume_dir is not None:
+        saved = TrainConfig.from_file(resume_dir / "config.json").replace(resume=None)
+        _check_resume_config(saved, config, resume_dir)
+        return read_resume_checkpoint(resume_dir, rank)
+    if out_dir is not None and rank == 0:
+        clear_previous_run(out_dir)  # a fresh run: nothing of an earlier one may mix in
+    return None
+
+
+def _steps_per_epoch(sampler: GlobalBatchSampler, config: TrainConfig) -> int:
+    steps = len(sampler) // config.grad_accum_steps
+    if steps == 0:
+        msg = (
+            f"one epoch has {len(sampler)} batches of {config.batch_size}, fewer than "
+            f"grad_accum_steps={config.grad_accum_steps}"
+        )
+        raise ValueError(msg)
+    return steps
+
+
+def _setup(
+    config: TrainConfig,
+    train_dataset: Dataset,
+    val_dataset: Dataset | None,
+    rank: int,
+    world: int,
+) -> tuple[_Run, ResumeState | None]:
+    """Seed, read the resume point, build the model, optimiser and batch plan (in this order)."""
+    device = _device(config, world)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    out_dir = Path(config.output_dir) if config.output_dir else None
+    _seed_everything(config.seed)
+    # every resume file read and checked before any statistics or model
+    resume = _resume_point(config, out_dir, rank)
+    model, meta = _build(config, train_dataset, val_dataset, device, world, log=rank == 0)
+    sampler = GlobalBatchSampler(
+        len(train_dataset), config.batch_size, seed=config.seed, rank=rank, world_size=world
+    )
+    steps_per_epoch = _steps_per_epoch(sampler, config)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    optimizer = _optimizer(model, config)
+    run = _Run(
+        config=config,
+        train_dataset=train_dataset,
+        val_dataset=val_dataset,
+        model=model,
+        ddp_model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps)),
+        generator=torch.Generator().manual_seed(config.seed * 7919),
+        sampler=sampler,
+        meta=meta,
+        device=device,
+        rank=rank,
+        world=world,
+        out_dir=out_dir,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        eval_every=config.eval_every_steps or steps_per_epoch,
+    )
+    return run, resume
+
+
+def _restored_state(run: _Run, resume: ResumeState) -> TrainingState:
+    """Put ``resume``'s tensors into ``run`` and return its counters."""
+    _restore(resume, run.model, run.optimizer, run.scheduler, run.generator)
+    st = resume.state
+    state = TrainingState(
+        step=int(st["step"]),
+        micro_done=int(st["micro_in_epoch"]),
+        best_metric=st["best_metric"],
+        best_step=st["best_step"],
+        bad_evals=st["bad_evals"],
+        loss_window=[float(x) for x in st.get("loss_window", [])],
+        images_in_window=int(st.get("images_in_window", 0)),
+    )
+    log_csv = run.out_dir / "log.csv" if run.out_dir is not None else None
+    if resume.history is not None:
+        state.history = [r for r in resume.history if r["step"] <= state.step]
+    elif log_csv is not None and log_csv.is_file():
+        old = pd.read_csv(log_csv)
+        state.history = old[old["step"] <= state.step].to_dict("records")
+    if run.keep_best:
+        state.best_state = _best_from_disk(run.out_dir, state.best_step, run.model)
+    if run.is_main:
+        logger.info("resumed from %s at step %d", resume.path, state.step)
+    return state
+
+
+def _wrap_ddp(run: _Run) -> None:
+    """Under torchrun, train through a ``DistributedDataParallel`` wrapper of the model."""
+    if run.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        run.ddp_model = DistributedDataParallel(run.model, device_ids=device_ids)
+
+
+def _barrier(run: _Run) -> None:
+    if run.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "chance" not in k)
+
+
+def _append_history(run: _Run, state: TrainingState, row: dict[str, Any]) -> None:
+    """Add a row to the log (rank 0) and rewrite ``log.csv``."""
+    state.history.append(row)
+    if run.out_dir is not None:
+        _write_history(state.history, run.out_dir / "log.csv")
+
+
+def _log_starting_point(run: _Run, state: TrainingState) -> None:
+    """Evaluate the untrained model, so the log and curves show what training changed.
+
+    Logged only: it never counts as a "best" checkpoint.
+    """
+    if run.val_dataset is None or state.step != 0 or not run.is_main:
+        return
+    metrics = evaluate(run.model, run.val_dataset, run.config, device=run.device)
+    _append_history(run, state, {"step": 0, "epoch": 0.0, **metrics})
+    logger.info("step 0 (before training): %s", _format_metrics(metrics))
+
+
+# ------------------------------------------------------------------------ checkpoints
+def _write_checkpoint(run: _Run, state: TrainingState) -> Path | None:
+    """Write ``checkpoints/step_<n>/`` for an exact resume; ``state.json`` comes last."""
+    if run.out_dir is None:
+        return None
+    d = run.out_dir / "checkpoints" / f"step_{state.step:08d}"
+    fields = state.checkpoint_fields(run)
+    if run.is_main:
+        d.mkdir(parents=True, exist_ok=True)
+        _write_history(state.history, d / HISTORY_FILE)
+        with atomic_path(d / OPTIM_FILE) as tmp:
+            torch.save(
+                {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict()},
+                tmp,
+            )
+    _barrier(run)
+    d.mkdir(parents=True, exist_ok=True)
+    save_rng(d, run.rank, run.generator)
+    _barrier(run)
+    if run.is_main:
+        # state.json last: a checkpoint without it is incomplete and never resumed
+        save_checkpoint(d, model=run.model, config=run.config, meta=run.meta, state=fields)
+        prune_checkpoints(run.out_dir, run.config.keep_checkpoints)
+    return d
+
+
+def _checkpoint_due(run: _Run, state: TrainingState) -> bool:
+    every = run.config.checkpoint_every_steps
+    step = state.step
+    return bool(every and step % every == 0) or step == run.total_steps or state.stopped_early
+
+
+# ------------------------------------------------------------------------ early stopping
+def _update_early_stopping(run: _Run, state: TrainingState, metrics: dict[str, float]) -> None:
+    """Track the best :data:`EARLY_STOPPING_METRIC` (rank 0); save ``best/`` when it improves."""
+    value = metrics[EARLY_STOPPING_METRIC]
+    if state.best_metric is None or value > state.best_metric:
+        state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
+        if run.out_dir is not None:
+            save_checkpoint(
+                run.out_dir / "best",
+                model=run.model,
+                config=run.config,
+                meta={**run.meta, "step": state.step, **metrics},
+            )
+    else:
+        state.bad_evals += 1
+    patience = run.config.early_stopping_patience
+    state.stopped_early = patience is not None and state.bad_evals >= patience
+
+
+def _share_early_stopping(run: _Run, state: TrainingState) -> None:
+    """Send rank 0's early-stopping decision to every rank."""
+    if run.world <= 1:
+        return
+    import torch.distributed as dist
+
+    box = [state.stopped_early, state.best_metric, state.best_step, state.bad_evals]
+    dist.broadcast_object_list(box, src=0)
+    state.stopped_early, state.best_metric, state.best_step, state.bad_evals = box
+
+
+def _validate(run: _Run, state: TrainingState, row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Evaluate after this step if due; update early stopping; return the log row."""
+    if run.val_dataset is None:
+        return row
+    if not (state.step % run.eval_every == 0 or state.step == run.total_steps):
+        return row
+    if run.is_main:
+        metrics = evaluate(run.model, run.val_dataset, run.config, device=run.device)
+        row = {**(row or _row_start(run, state)), **metrics}
+        _update_early_stopping(run, state, metrics)
+        logger.info("step %d: %s", state.step, _format_metrics(metrics))
+    _share_early_stopping(run, state)
+    if run.keep_best and state.best_step == state.step:
+        state.best_state = _trainable_state(run.model)  # the same weights on every rank
+    return row
+
+
+# ------------------------------------------------------------------------ training
+def _row_start(run: _Run, state: TrainingState) -> dict[str, Any]:
+    return {"step": state.step, "epoch": state.step / run.steps_per_epoch}
+
+
+def _training_row(run: _Run, state: TrainingState) -> dict[str, Any] | None:
+    """Return the log row of the training window ending now (``None`` if not due)."""
+    step = state.step
+    if not (step % run.config.log_every_steps == 0 or step == run.total_steps):
+        return None
+    elapsed = time.perf_counter() - state.window_start
+    row = {
+        **_row_start(run, state),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "train_loss": float(np.mean(state.loss_window)),
+        "temperature": run.model.temperature,
+        "images_per_s": state.images_in_window / elapsed if elapsed > 0 else float("nan"),
+    }
+    state.loss_window, state.images_in_window = [], 0
+    state.window_start = time.perf_counter()
+    return row
+
+
+def _forward_backward(
+    run: _Run, state: TrainingState, batch: dict[str, torch.Tensor], sync: bool
+) -> None:
+    """Contrastive loss of one micro-batch (gathered over ranks) and its gradients."""
+    config, model, world = run.config, run.model, run.world
+    local = batch["image"].shape[0]
+    images = _prepare(
+        batch["image"], config, run.device, run.generator, slot=(run.rank * local, local * world)
+    )
+    pathways = batch["pathways"].to(run.device, non_blocking=True)
+    no_sync = world > 1 and not sync
+    with run.ddp_model.no_sync() if no_sync else contextlib.nullcontext():
+        with _autocast(config, run.device):
+            zi, zp = run.ddp_model(images, pathways)
+        zi_all, zp_all = gather_features(zi), gather_features(zp)
+        targets = None
+        if config.soft_targets:
+            p_all = gather_features(model.molecular_tower.standardize(pathways), with_grad=False)
+            targets = pathway_soft_targets(p_all, config.soft_target_temperature)
+        loss = contrastive_loss(zi_all, zp_all, model.logit_scale, targets=targets)
+        (loss / config.grad_accum_steps).backward()
+    state.loss_window.append(float(loss.detach()))
+    state.images_in_window += images.shape[0] * world
+
+
+def _optimizer_step(run: _Run) -> None:
+    """Clip, step the optimiser and learning rate, clamp the temperature."""
+    model = run.model
+    if run.config.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in model.parameters() if p.requires_grad], run.config.max_grad_norm
+        )
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100.0))
+
+
+def _after_step(run: _Run, state: TrainingState) -> None:
+    """Log, validate and checkpoint after an optimiser step, as each is due."""
+    row = _validate(run, state, _training_row(run, state))
+    if row is not None and run.is_main:
+        _append_history(run, state, row)
+    if _checkpoint_due(run, state):
+        state.last_checkpoint = _write_checkpoint(run, state)
+
+
+def train_one_epoch(run: _Run, state: TrainingState, pbar: Any = None) -> None:
+    """Train from ``state`` to the end of its epoch, the last step or an early stop.
+
+    Resumes mid-epoch at ``state.micro_done``; each ``grad_accum_steps`` micro-batches
+    make one optimiser step, followed by :func:`_after_step`.
+    """
+    config = run.config
+    epoch = state.step // run.steps_per_epoch
+    n_micro = run.steps_per_epoch * config.grad_accum_steps
+    loader = _loader(
+        run.train_dataset,
+        run.sampler.epoch_batches(epoch)[state.micro_done : n_micro],
+        config,
+        run.device.type == "cuda",
+        seed=config.seed * 1_000_003 + epoch,
+    )
+    accum = 0
+    for batch in loader:
+        sync = accum + 1 == config.grad_accum_steps
+        _forward_backward(run, state, batch, sync)
+        accum += 1
+        state.micro_done += 1
+        if not sync:
+            continue
+        accum = 0
+        _optimizer_step(run)
+        state.step += 1
+        if pbar is not None:
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{state.loss_window[-1]:.3f}")
+        if state.micro_done >= n_micro:
+            state.micro_done = 0
+        _after_step(run, state)
+        if state.step >= run.total_steps or state.stopped_early:
+            return
+
+
+def _progress_bar(run: _Run, state: TrainingState):
+    if not (run.is_main and run.config.progress):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step", leave=False)
+
+
+def _finish(run: _Run, state: TrainingState) -> FitResult:
+    """Return the result; with early stopping, put the best weights back into the model."""
+    result = FitResult(
+        model=run.model,
+        history=pd.DataFrame(state.history),
+        best_step=state.best_step,
+        best_metric=state.best_metric,
+        steps=state.step,
+        stopped_early=state.stopped_early,
+        output_dir=run.out_dir,
+        last_checkpoint=state.last_checkpoint,
+        extra={"meta": run.meta},
+    )
+    if run.out_dir is not None and run.is_main:
+        _point_at_outputs(result, run.out_dir)
+    if run.keep_best and state.best_step is not None and state.best_step != state.step:
+        if state.best_state is None:
+            logger.warning(
+                "the best weights (step %s) are not available after resuming; "
+                "returning the final weights (step %d)",
+                state.best_step,
+                state.step,
+            )
+        else:
+            _load_trainable(run.model, state.best_state)
+    run.model.eval()
+    return result
+
+
 def _fit(
     config: TrainConfig,
     train_dataset: Dataset,
@@ -513,269 +956,22 @@ def _fit(
     rank: int,
     world: int,
 ) -> FitResult:
-    import torch.distributed as dist
-
-    device = _device(config, world)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    out_dir = Path(config.output_dir) if config.output_dir else None
-    is_main = rank == 0
-    _seed_everything(config.seed)
-
-    # ---- resume point: every file read and checked before any statistics or model
-    resume_dir = _resume_dir(config, out_dir)
-    resume: ResumeState | None = None
-    if resume_dir is not None:
-        saved = TrainConfig.from_file(resume_dir / "config.json").replace(resume=None)
-        _check_resume_config(saved, config, resume_dir)
-        resume = read_resume_checkpoint(resume_dir, rank)
-    elif out_dir is not None and is_main:
-        clear_previous_run(out_dir)  # a fresh run: nothing of an earlier one may mix in
-
-    model, meta = _build(config, train_dataset, val_dataset, device, world, log=is_main)
-
-    sampler = GlobalBatchSampler(
-        len(train_dataset), config.batch_size, seed=config.seed, rank=rank, world_size=world
-    )
-    steps_per_epoch = len(sampler) // config.grad_accum_steps
-    if steps_per_epoch == 0:
-        msg = (
-            f"one epoch has {len(sampler)} batches of {config.batch_size}, fewer than "
-            f"grad_accum_steps={config.grad_accum_steps}"
-        )
-        raise ValueError(msg)
-    total_steps = config.max_steps or config.epochs * steps_per_epoch
-    eval_every = config.eval_every_steps or steps_per_epoch
-    optimizer = _optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps))
-    # the same stream on every rank: each draws for the global batch and takes its slice
-    generator = torch.Generator().manual_seed(config.seed * 7919)
-
-    step, micro_done = 0, 0  # micro_done: micro-batches consumed in the current epoch
-    best_metric: float | None = None
-    best_step: int | None = None
-    bad_evals = 0
-    history: list[dict[str, Any]] = []
-    loss_window: list[float] = []  # training losses since the last log row
-    n_window = 0  # images since the last log row
-    # early stopping: a CPU copy of the best weights, kept by every rank
-    best_state: dict[str, torch.Tensor] | None = None
-    keep_best = config.early_stopping_patience is not None and val_dataset is not None
+    """Set up (or resume) a run, train epoch by epoch, and finish."""
+    run, resume = _setup(config, train_dataset, val_dataset, rank, world)
+    state = TrainingState()
     if resume is not None:
-        _restore(resume, model, optimizer, scheduler, generator)
-        st = resume.state
-        step, micro_done = int(st["step"]), int(st["micro_in_epoch"])
-        best_metric, best_step, bad_evals = st["best_metric"], st["best_step"], st["bad_evals"]
-        loss_window = [float(x) for x in st.get("loss_window", [])]
-        n_window = int(st.get("images_in_window", 0))
-        if resume.history is not None:
-            history = [r for r in resume.history if r["step"] <= step]
-        elif out_dir is not None and (out_dir / "log.csv").is_file():
-            old = pd.read_csv(out_dir / "log.csv")
-            history = old[old["step"] <= step].to_dict("records")
-        if keep_best:
-            best_state = _best_from_disk(out_dir, best_step, model)
-        if is_main:
-            logger.info("resumed from %s at step %d", resume.path, step)
+        state = _restored_state(run, resume)
         del resume  # the tensors are in the model and optimiser now
-
-    ddp_model: torch.nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    if out_dir is not None and is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        config.to_json(out_dir / "config.json")
-
-    if val_dataset is not None and step == 0 and is_main:
-        # the starting point, so the log and curves show what training changed
-        # (logged only: it never counts as a "best" checkpoint)
-        metrics = evaluate(model, val_dataset, config, device=device)
-        history.append({"step": 0, "epoch": 0.0, **metrics})
-        if out_dir is not None:
-            _write_history(history, out_dir / "log.csv")
-        logger.info(
-            "step 0 (before training): %s",
-            ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "chance" not in k),
-        )
-
-    def checkpoint(tag_step: int, micro: int) -> Path | None:
-        if out_dir is None:
-            return None
-        d = out_dir / "checkpoints" / f"step_{tag_step:08d}"
-        if is_main:
-            state = {
-                "step": tag_step,
-                "epoch": tag_step // steps_per_epoch,
-                "micro_in_epoch": micro,
-                "best_metric": best_metric,
-                "best_step": best_step,
-                "bad_evals": bad_evals,
-                "total_steps": total_steps,
-                "loss_window": loss_window,
-                "images_in_window": n_window,
-            }
-            d.mkdir(parents=True, exist_ok=True)
-            _write_history(history, d / HISTORY_FILE)
-            with atomic_path(d / OPTIM_FILE) as tmp:
-                torch.save(
-                    {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp
-                )
-        if world > 1:
-            dist.barrier()
-        d.mkdir(parents=True, exist_ok=True)
-        save_rng(d, rank, generator)
-        if world > 1:
-            dist.barrier()
-        if is_main:
-            # state.json last: a checkpoint without it is incomplete and never resumed
-            save_checkpoint(d, model=model, config=config, meta=meta, state=state)
-            prune_checkpoints(out_dir, config.keep_checkpoints)
-        return d
-
-    pbar = None
-    if is_main and config.progress:
-        from tqdm.auto import tqdm
-
-        pbar = tqdm(total=total_steps, initial=step, desc="train", unit="step", leave=False)
-
-    model.train()
-    stopped_early = False
-    last_ckpt: Path | None = None
-    t_window = time.perf_counter()
-    while step < total_steps and not stopped_early:
-        epoch = step // steps_per_epoch
-        batches = sampler.epoch_batches(epoch)
-        n_micro = steps_per_epoch * config.grad_accum_steps
-        loader = _loader(
-            train_dataset,
-            batches[micro_done:n_micro],
-            config,
-            device.type == "cuda",
-            seed=config.seed * 1_000_003 + epoch,
-        )
-        accum = 0
-        for batch in loader:
-            local = batch["image"].shape[0]
-            images = _prepare(
-                batch["image"], config, device, generator, slot=(rank * local, local * world)
-            )
-            pathways = batch["pathways"].to(device, non_blocking=True)
-            sync = accum + 1 == config.grad_accum_steps
-            ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-            with ctx:
-                with _autocast(config, device):
-                    zi, zp = ddp_model(images, pathways)
-                zi_all, zp_all = gather_features(zi), gather_features(zp)
-                targets = None
-                if config.soft_targets:
-                    p_all = gather_features(
-                        model.molecular_tower.standardize(pathways), with_grad=False
-                    )
-                    targets = pathway_soft_targets(p_all, config.soft_target_temperature)
-                loss = contrastive_loss(zi_all, zp_all, model.logit_scale, targets=targets)
-                (loss / config.grad_accum_steps).backward()
-            loss_window.append(float(loss.detach()))
-            n_window += images.shape[0] * world
-            accum += 1
-            micro_done += 1
-            if not sync:
-                continue
-            accum = 0
-            if config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
-                )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100.0))
-            step += 1
-            if pbar is not None:
-                pbar.update(1)
-                pbar.set_postfix(loss=f"{loss_window[-1]:.3f}")
-            if micro_done >= n_micro:
-                micro_done = 0
-            row: dict[str, Any] | None = None
-            if step % config.log_every_steps == 0 or step == total_steps:
-                elapsed = time.perf_counter() - t_window
-                row = {
-                    "step": step,
-                    "epoch": step / steps_per_epoch,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "train_loss": float(np.mean(loss_window)),
-                    "temperature": model.temperature,
-                    "images_per_s": n_window / elapsed if elapsed > 0 else float("nan"),
-                }
-                loss_window, n_window, t_window = [], 0, time.perf_counter()
-            if val_dataset is not None and (step % eval_every == 0 or step == total_steps):
-                if is_main:
-                    metrics = evaluate(model, val_dataset, config, device=device)
-                    row = {**(row or {"step": step, "epoch": step / steps_per_epoch}), **metrics}
-                    value = metrics["val_recall@5"]
-                    if best_metric is None or value > best_metric:
-                        best_metric, best_step, bad_evals = value, step, 0
-                        if out_dir is not None:
-                            save_checkpoint(
-                                out_dir / "best",
-                                model=model,
-                                config=config,
-                                meta={**meta, "step": step, **metrics},
-                            )
-                    else:
-                        bad_evals += 1
-                    logger.info(
-                        "step %d: %s",
-                        step,
-                        ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "chance" not in k),
-                    )
-                    patience = config.early_stopping_patience
-                    stopped_early = patience is not None and bad_evals >= patience
-                if world > 1:
-                    flag = [stopped_early, best_metric, best_step, bad_evals]
-                    dist.broadcast_object_list(flag, src=0)
-                    stopped_early, best_metric, best_step, bad_evals = flag
-                if keep_best and best_step == step:
-                    best_state = _trainable_state(model)  # the same weights on every rank
-            if row is not None and is_main:
-                history.append(row)
-                if out_dir is not None:
-                    _write_history(history, out_dir / "log.csv")
-            every = config.checkpoint_every_steps
-            if (every and step % every == 0) or step == total_steps or stopped_early:
-                last_ckpt = checkpoint(step, micro_done)
-            if step >= total_steps or stopped_early:
-                break
+    _wrap_ddp(run)
+    if run.out_dir is not None and run.is_main:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        config.to_json(run.out_dir / "config.json")
+    _log_starting_point(run, state)
+    pbar = _progress_bar(run, state)
+    run.model.train()
+    state.window_start = time.perf_counter()
+    while state.step < run.total_steps and not state.stopped_early:
+        train_one_epoch(run, state, pbar)
     if pbar is not None:
         pbar.close()
-
-    result = FitResult(
-        model=model,
-        history=pd.DataFrame(history),
-        best_step=best_step,
-        best_metric=best_metric,
-        steps=step,
-        stopped_early=stopped_early,
-        output_dir=out_dir,
-        last_checkpoint=last_ckpt,
-        extra={"meta": meta},
-    )
-    if out_dir is not None and is_main:
-        _write_outputs(result, out_dir)
-    if keep_best and best_step is not None and best_step != step:
-        if best_state is None:
-            logger.warning(
-                "the best weights (step %s) are not available after resuming; "
-                "returning the final weights (step %d)",
-                best_step,
-                step,
-            )
-        else:
-            _load_trainable(model, best_state)
-    model.eval()
-    return result
+    return _finish(run, state)
