@@ -190,6 +190,8 @@ class FeatureCache:
                 bar.update(feats.shape[0])
         finally:
             f.close()
+            if hasattr(self.dataset, "close"):
+                self.dataset.close()  # one sample's patch file open at a time
         os.replace(partial, final)
 
     @staticmethod

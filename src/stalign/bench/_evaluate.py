@@ -184,6 +184,110 @@ def load_pairs_arrays(
     return _pairs_table(PairsDataset(root, samples=samples), root, patches=patches)
 
 
+OTHER_COUNTS = "__other_genes__"  # column of the remaining genes' counts per spot
+
+
+def _sample_counts(ds: Any, root: Path, sid: str, genes: Sequence[str] | None = None):
+    """One sample's AnnData rows in ``ds`` order (joined on barcodes), optionally genes."""
+    import anndata as ad
+
+    entry = next(s for s in ds.index_json["samples"] if s["sample_id"] == sid)
+    a = ad.read_h5ad(Path(root) / entry["path"] / "pairs.h5ad")
+    bc = ds.obs.loc[ds.obs["sample_id"] == sid, "barcode"].to_numpy()
+    a = a[pd.Index(a.obs_names.astype(str)).get_indexer(bc)]
+    return a if genes is None else a[:, list(genes)]
+
+
+def _row_blocks(X, rows: int = 512):
+    """Dense float64 row blocks of a (sparse) matrix."""
+    for start in range(0, X.shape[0], rows):
+        block = X[start : start + rows]
+        yield np.asarray(block.toarray() if hasattr(block, "toarray") else block, np.float64)
+
+
+def _streamed_panel(ds: Any, root: Path, genes: list[str], n_genes: int = 50) -> list[str]:
+    """Choose the HEST panel (:func:`hest_gene_panel`), reading one sample at a time.
+
+    Three passes (detection, mean, variance of ``log1p``) accumulate row by row, which
+    is the order numpy's column reductions use, so the variances, and the panel, are
+    bit-identical to the in-memory rule.
+    """
+    sids = list(dict.fromkeys(ds.obs["sample_id"]))
+    n = len(ds.obs)
+    detected = np.zeros(len(genes))
+    for sid in sids:
+        X = _sample_counts(ds, root, sid, genes).X
+        if (X.min() if hasattr(X, "toarray") else np.nanmin(X)) < 0:
+            msg = f"sample {sid}: counts must be non-negative raw counts"
+            raise ValueError(msg)
+        detected += np.asarray((X > 0).sum(axis=0), dtype=np.float64).ravel()
+    keep = np.flatnonzero(detected / n >= 0.1)
+    if keep.size == 0:
+        msg = f"no gene is detected in >= 10% of the {n} spots among {len(genes)} genes"
+        raise ValueError(msg)
+    kept = [genes[i] for i in keep]
+    total = np.zeros(keep.size)
+    for sid in sids:
+        for block in _row_blocks(_sample_counts(ds, root, sid, kept).X):
+            total = np.add.reduce(np.vstack([total, np.log1p(block)]), axis=0)
+    mean = total / n
+    sq = np.zeros(keep.size)
+    for sid in sids:
+        for block in _row_blocks(_sample_counts(ds, root, sid, kept).X):
+            d = np.log1p(block) - mean
+            sq = np.add.reduce(np.vstack([sq, d * d]), axis=0)
+    order = np.argsort(-(sq / n), kind="stable")
+    return [kept[i] for i in order[:n_genes]]
+
+
+def _spot_table(
+    ds: Any, root: str | os.PathLike, marker_genes: Sequence[str] | None
+) -> tuple[PairsArrays, list[str]]:
+    """Spot table with only the counts the benchmark uses, and the HEST gene panel.
+
+    Counts keep the panel and marker genes plus one column holding each spot's other
+    counts (``OTHER_COUNTS``), so library sizes stay exact (integer counts sum exactly
+    in float64) while memory is ``n × (panel + 1)`` instead of ``n × genes``. Samples are
+    read one at a time.
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+
+    root = Path(root)
+    obs = ds.obs[["sample_id", "patient_id", "barcode"]].reset_index(drop=True)
+    sids = list(dict.fromkeys(obs["sample_id"]))
+    index = {s["sample_id"]: s for s in ds.index_json["samples"]}
+    genes: list[str] | None = None
+    for sid in sids:  # genes common to all samples, in the first sample's order
+        a = ad.read_h5ad(root / index[sid]["path"] / "pairs.h5ad", backed="r")
+        names = [str(g) for g in a.var_names]
+        a.file.close()
+        genes = names if genes is None else [g for g in genes if g in set(names)]
+    if not genes:
+        msg = f"the samples of {root} share no gene"
+        raise ValueError(msg)
+    panel = _streamed_panel(ds, root, genes)
+    wanted = set(panel) | set(marker_genes or ())
+    used = [g for g in genes if g in wanted]
+    parts, coords = [], []
+    for sid in sids:
+        a = _sample_counts(ds, root, sid)
+        every = sp.csr_matrix(a[:, genes].X, dtype=np.float64)
+        some = sp.csr_matrix(a[:, used].X, dtype=np.float64)
+        other = np.asarray(every.sum(axis=1)).ravel() - np.asarray(some.sum(axis=1)).ravel()
+        parts.append(sp.hstack([some, sp.csr_matrix(other[:, None])]).tocsr())
+        coords.append(np.asarray(a.obsm["spatial"], dtype=float))
+    data = PairsArrays(
+        patches=None,
+        counts=sp.vstack(parts).tocsr(),
+        gene_names=[*used, OTHER_COUNTS],
+        pathways=pd.DataFrame(ds.pathways, columns=ds.pathway_names),
+        obs=obs,
+        coords=np.vstack(coords),
+    )
+    return data, panel
+
+
 # --------------------------------------------------------------------------------------
 # spec
 
@@ -447,6 +551,8 @@ class _Context:
     spec: EvaluationSpec
     data: PairsArrays
     cache: FeatureCache
+    panel: list[str]  # HEST gene panel (the same for every feature set: chosen once)
+    compared: tuple[str, str]  # baseline and aligned labels (verdicts, figures)
     task: MarkerTask | None
     progress_bar: Any = None
 
@@ -459,14 +565,14 @@ class _Context:
         return self.data.obs["sample_id"].to_numpy(str)
 
 
-def _marker_task(data: PairsArrays, spec: EvaluationSpec, panel: Sequence[int]) -> MarkerTask:
+def _marker_task(data: PairsArrays, spec: EvaluationSpec, panel: Sequence[str]) -> MarkerTask:
     """Region tasks; default targets are balanced (both classes >= 20 %) in every patient.
 
     A target whose label follows the patient (a batch effect) cannot be learned across
     patients and would leave a fold with one class, so it is passed over.
     """
     marker_genes = spec.marker_genes
-    genes = list(marker_genes) if marker_genes is not None else [data.gene_names[i] for i in panel]
+    genes = list(marker_genes) if marker_genes is not None else list(panel)
     pw = list(data.pathways.var(axis=0).sort_values(ascending=False).index)
     full = region_tasks(
         data.coords,
@@ -498,13 +604,13 @@ def _marker_task(data: PairsArrays, spec: EvaluationSpec, panel: Sequence[int]) 
     return full
 
 
-def _build_marker_task(data: PairsArrays, spec: EvaluationSpec) -> MarkerTask | None:
-    from ._genes import hest_gene_panel
-
+def _build_marker_task(
+    data: PairsArrays, spec: EvaluationSpec, panel: Sequence[str]
+) -> MarkerTask | None:
     if spec.marker_genes is None and not spec.n_marker_genes and not spec.n_marker_pathways:
         return None
     try:
-        return _marker_task(data, spec, hest_gene_panel(data.counts, data.gene_names))
+        return _marker_task(data, spec, panel)
     except ValueError as e:
         logger.warning("marker tasks skipped: %s", e)
         return None
@@ -569,7 +675,14 @@ def _split_scores(
         "test_groups": ctx.spec.test_patients,
         "random_state": seed,
     }
-    g = gene_prediction(X, ctx.data.counts, ctx.patients, gene_names=ctx.data.gene_names, **common)
+    g = gene_prediction(
+        X,
+        ctx.data.counts,
+        ctx.patients,
+        gene_names=ctx.data.gene_names,
+        genes=ctx.panel,
+        **common,
+    )
     p = pathway_prediction(X, ctx.data.pathways, ctx.patients, **common)
     return g, p
 
@@ -656,7 +769,8 @@ class _FeatureSetScores:
 
     rows: list[dict]
     per_target: dict[str, pd.Series]  # genes / pathways → mean over seeds per target
-    first_ridge: dict[str, ProbeResult]  # ridge results of the first seed (for maps)
+    # ridge results of the first seed, kept for the compared pair only (maps; n × targets)
+    first_ridge: dict[str, ProbeResult] | None
     curve: np.ndarray  # recall@k curve, mean over seeds
     chance_curve: np.ndarray | None
 
@@ -664,7 +778,8 @@ class _FeatureSetScores:
 def _score_feature_set(fs: FeatureSet, ctx: _Context, *, with_chance: bool) -> _FeatureSetScores:
     """Score a feature set over the seeds, reloading features only where they change."""
     rows: list[dict] = []
-    ridge_runs: list[dict[str, ProbeResult]] = []
+    means: dict[str, list[pd.Series]] = {"genes": [], "pathways": []}
+    first_ridge: dict[str, ProbeResult] | None = None
     curves: list[np.ndarray] = []
     chance = None
     varying = set(_seed_indices(fs, ctx.spec))
@@ -682,19 +797,18 @@ def _score_feature_set(fs: FeatureSet, ctx: _Context, *, with_chance: bool) -> _
         )
         rows += res.rows
         if res.ridge is not None:
-            ridge_runs.append(res.ridge)
+            for key in means:
+                means[key].append(res.ridge[key].target_means())
             curves.append(res.curve)
+            if first_ridge is None and fs.label in ctx.compared:  # the maps need it
+                first_ridge = res.ridge
         chance = res.chance_curve if res.chance_curve is not None else chance
         if ctx.progress_bar is not None:
             ctx.progress_bar.update(1)
-    per_target = {
-        key: sum(r[key].target_means() for r in ridge_runs) / len(ridge_runs)
-        for key in ("genes", "pathways")
-    }
     return _FeatureSetScores(
         rows=rows,
-        per_target=per_target,
-        first_ridge=ridge_runs[0],
+        per_target={key: sum(m) / len(m) for key, m in means.items()},
+        first_ridge=first_ridge,
         curve=np.mean(curves, axis=0),
         chance_curve=chance,
     )
@@ -865,23 +979,24 @@ def encoder_specs(encoders: Sequence[str] | Mapping[str, Any]) -> list[tuple[str
     return [e if isinstance(e, tuple) else parse_encoder_spec(e) for e in encoders]
 
 
-def _open_store(spec: EvaluationSpec) -> tuple[Any, PairsArrays]:
+def _open_store(spec: EvaluationSpec) -> tuple[Any, PairsArrays, list[str]]:
+    """Open the store: dataset, spot table (only the genes used) and HEST panel."""
     from ..pairs import PairsDataset
 
     ds = PairsDataset(spec.pairs_dir)
-    data = _pairs_table(ds, spec.pairs_dir, patches=False)
+    data, panel = _spot_table(ds, spec.pairs_dir, spec.marker_genes)
     logger.info(
-        "evaluate: %d spots, %d samples, %d patients, %d genes, %d pathways",
+        "evaluate: %d spots, %d samples, %d patients, %d pathways; HEST panel of %d genes",
         len(data.obs),
         data.obs["sample_id"].nunique(),
         data.obs["patient_id"].nunique(),
-        len(data.gene_names),
         data.pathways.shape[1],
+        len(panel),
     )
     if data.pathways.shape[1] == 0:
         msg = f"{spec.pairs_dir} has no pathway scores; rebuild it with gene sets (--gene-sets)"
         raise ValueError(msg)
-    return ds, data
+    return ds, data, panel
 
 
 def _baseline_and_aligned(spec: EvaluationSpec) -> tuple[str, str]:
@@ -907,13 +1022,10 @@ def _baseline_and_aligned(spec: EvaluationSpec) -> tuple[str, str]:
     return base, aligned
 
 
-def _report_params(
-    spec: EvaluationSpec, ctx: _Context, scores: dict[str, _FeatureSetScores]
-) -> dict[str, Any]:
-    """Run description for ``report.md`` and ``results.json``."""
+def _report_params(spec: EvaluationSpec, ctx: _Context) -> dict[str, Any]:
+    """Describe the run for ``report.md`` and ``results.json``."""
     patients, samples, task = set(ctx.patients), set(ctx.samples), ctx.task
-    base, aligned = _baseline_and_aligned(spec)
-    first = next(iter(scores.values()))
+    base, aligned = ctx.compared
     if spec.test_patients is None:
         split = "leave one patient out"
     else:
@@ -930,7 +1042,7 @@ def _report_params(
         "encoders": {lab: str(src) for lab, src in spec.encoders},
         "references": [REFERENCE_FEATURES[r].label for r in spec.references],
         "random_encoder": spec.random_encoder,
-        "gene_panel": first.first_ridge["genes"].target_names,
+        "gene_panel": list(ctx.panel),
         "marker_task": None if task is None else task.definition,
         "marker_targets": [] if task is None else list(task.labels.columns),
         "n_bags": 0 if task is None else len(task.bags),
@@ -951,11 +1063,18 @@ def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
     from ._report import summary_table, write_figures, write_report
 
     (spec.out / "figures").mkdir(parents=True, exist_ok=True)
-    ds, data = _open_store(spec)
+    ds, data, panel = _open_store(spec)
     cache = embed_features(spec, ds)
     if _distributed_rank()[0] != 0:
         return None  # the other ranks embedded their share; rank 0 scores
-    ctx = _Context(spec=spec, data=data, cache=cache, task=_build_marker_task(data, spec))
+    ctx = _Context(
+        spec=spec,
+        data=data,
+        cache=cache,
+        panel=panel,
+        compared=_baseline_and_aligned(spec),
+        task=_build_marker_task(data, spec, panel),
+    )
     total = len(spec.feature_sets()) * len(spec.seeds)
     with tqdm(total=total, disable=not spec.progress, desc="evaluate") as bar:
         ctx.progress_bar = bar
@@ -970,11 +1089,11 @@ def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
     table.to_csv(spec.out / "summary.csv", index=False)
     for key, cols in per_target.items():
         pd.DataFrame(cols).to_csv(spec.out / f"per_target_{key}.csv")
-    params = _report_params(spec, ctx, scores)
+    params = _report_params(spec, ctx)
     figs = write_figures(
         spec.out,
         per_target=per_target,
-        ridge={label: s.first_ridge for label, s in scores.items()},
+        ridge={label: s.first_ridge for label, s in scores.items() if s.first_ridge},
         curves={label: s.curve for label, s in scores.items()},
         chance_curve=next(s.chance_curve for s in scores.values()),
         coords=data.coords,

@@ -228,6 +228,16 @@ class PairsDataset(_TorchDataset):
             self._handles[k] = f
         return f
 
+    def close(self) -> None:
+        """Close the patch files this process opened (they reopen on the next read).
+
+        Streaming readers call it after each sample so that a store of thousands of
+        samples never holds thousands of open files (and their HDF5 chunk caches).
+        """
+        for f in self._handles.values():
+            f.close()
+        self._handles = {}
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_handles"] = {}
