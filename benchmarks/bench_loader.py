@@ -7,6 +7,9 @@ and prints images/s and images/s per worker core. Separately it times the traini
 augmentations (`crop_batch` + `augment_batch`, which `fit` runs on the training device
 after the transfer) on the CPU, per core.
 
+``workers=0`` loads in the main process and also reports images per CPU-second, the
+load-independent cost on a shared machine.
+
 Usage: .venv/bin/python benchmarks/bench_loader.py [--batches 40] [--workers 1 2]
 """
 
@@ -53,8 +56,13 @@ def build_stores(tmp: Path, size_px: int) -> dict[str, Path]:
     return stores
 
 
-def loader_rate(store: Path, workers: int, batches: int, batch_size: int) -> float:
-    """Images/s of a shuffled DataLoader over ``store`` (first batch excluded: start-up)."""
+def loader_rate(store: Path, workers: int, batches: int, batch_size: int) -> tuple[float, float]:
+    """Images/s of a shuffled DataLoader over ``store`` (first batch excluded: start-up).
+
+    Also returns images per CPU-second of the loading processes (``workers=0``: the
+    main process does the work, so this is load independent: images/s of one core
+    that is not shared).
+    """
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
@@ -79,11 +87,11 @@ def loader_rate(store: Path, workers: int, batches: int, batch_size: int) -> flo
     )
     it = iter(loader)
     next(it)  # workers started, files opened
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     n = 0
     for batch in it:
         n += batch["image"].shape[0]
-    return n / (time.perf_counter() - t)
+    return n / (time.perf_counter() - t), n / (time.process_time() - cpu)
 
 
 def augment_rate(size_px: int, batch_size: int, repeats: int) -> float:
@@ -115,11 +123,12 @@ def main() -> None:
     stores = build_stores(tmp, args.size_px)
     print(f"\nCPU cores: {os.cpu_count()}; load average before: {os.getloadavg()[0]:.1f}")
     print(f"\n1. PairsDataset + DataLoader, {args.size_px} px, batch {args.batch_size}, shuffled")
-    print("  store  workers  images/s  images/s per worker core")
+    print("  store  workers  images/s  images/s per worker core  (images per CPU-second)")
     for enc, store in stores.items():
-        for w in args.workers:
-            rate = loader_rate(store, w, args.batches, args.batch_size)
-            print(f"  {enc:5s}  {w:7d}  {rate:8.0f}  {rate / max(w, 1):10.0f}", flush=True)
+        for w in [0, *args.workers]:
+            rate, per_cpu = loader_rate(store, w, args.batches, args.batch_size)
+            extra = f"  ({per_cpu:.0f}, main process only)" if w == 0 else ""
+            print(f"  {enc:5s}  {w:7d}  {rate:8.0f}  {rate / max(w, 1):10.0f}{extra}", flush=True)
     rate = augment_rate(args.size_px, args.batch_size, repeats=max(args.batches // 4, 3))
     print(
         f"\n2. training augmentations (crop_batch + augment_batch) on 1 CPU core: "
