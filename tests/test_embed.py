@@ -176,3 +176,43 @@ def test_cli_errors_and_encoders(tmp_path, capsys):
     assert "index.json" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "e")]) == 1
     assert "not a stalign training checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_embedding_is_bf16_autocast_in_the_one_loop(store, tmp_path):
+    """On CUDA, tl.embed and evaluate's feature cache run the same bf16 loop."""
+    from stalign.bench import encoder_features
+    from stalign.bench._cache import FeatureCache, FeatureSource
+    from stalign.bench._evaluate import EvaluationSpec, _encoder_chunk_fn
+
+    torch.manual_seed(0)
+    enc = st.models.create_encoder("vit_tiny_patch16_224", img_size=32, depth=2)
+    ds = st.pairs.PairsDataset(store, samples=["MOB1"])
+    patches = ds.read_patches(np.arange(len(ds)))
+    cpu = st.tl.embed(patches, enc, batch_size=32, device="cpu", progress=False)
+    seen = []
+
+    def record(module, inputs, output):
+        seen.append(
+            (
+                inputs[0].device.type,
+                torch.is_autocast_enabled("cuda"),
+                torch.get_autocast_dtype("cuda"),
+            )
+        )
+
+    hook = enc.register_forward_hook(record)
+    gpu = st.tl.embed(patches, enc, batch_size=32, device="cuda", progress=False)
+    assert seen and all(s == ("cuda", True, torch.bfloat16) for s in seen)
+    assert not torch.is_autocast_enabled("cuda")  # only inside the loop
+    assert gpu.dtype == np.float32
+    # bf16 rounding only: close to fp32, not equal to it
+    cos = (gpu * cpu).sum(1) / np.linalg.norm(gpu, axis=1) / np.linalg.norm(cpu, axis=1)
+    assert cos.min() > 0.99 and np.abs(gpu - cpu).max() > 0
+    np.testing.assert_array_equal(encoder_features(enc, patches, batch_size=32, device="cuda"), gpu)
+    hook.remove()
+    spec = EvaluationSpec(pairs_dir=store, encoders=[], out=tmp_path, device="cuda", batch_size=32)
+    cache = FeatureCache(tmp_path / "cache", ds, chunk_rows=64)
+    src = FeatureSource("enc", {"test": 1}, lambda: _encoder_chunk_fn(enc, spec, 0))
+    cache.fill(src)
+    np.testing.assert_array_equal(cache.load(src), gpu)

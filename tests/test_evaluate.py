@@ -1,13 +1,24 @@
-"""`stalign evaluate` end to end on a small real MOB pairs store built in the test."""
+"""`stalign evaluate` end to end on a small real MOB pairs store built in the test.
+
+Also its feature cache (streamed, resumable, sharded, shared by torch.distributed
+ranks) and the batched patch reads it streams with.
+"""
 
 import csv
+import json
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from stalign.bench import color_histogram, encoder_features
+from stalign.bench._cache import FeatureCache, FeatureSource
 from stalign.cli import main
+from stalign.pairs import PairsDataset
 
 MANIFEST_COLS = "sample_id,patient_id,organ,species,platform,path,image,mpp,source,license"
 
@@ -107,3 +118,190 @@ def test_evaluate_errors(small_store, tmp_path):
         evaluate(small_store, [], out=tmp_path, probes=("svm",))
     with pytest.raises(FileNotFoundError, match="not a finished pairs store"):
         evaluate(Path(tmp_path) / "nowhere", [], out=tmp_path, references=("histogram",))
+
+
+def _all_patches(ds: PairsDataset) -> np.ndarray:
+    return np.stack([ds.read_patch(i) for i in range(len(ds))])
+
+
+def test_read_patches_matches_read_patch_in_any_order(small_store):
+    ds = PairsDataset(small_store)
+    rng = np.random.default_rng(0)
+    idx = np.concatenate([rng.permutation(len(ds))[:40], [3, 3, 4, 5, len(ds) - 1]])
+    got = ds.read_patches(idx)
+    want = np.stack([ds.read_patch(int(i)) for i in idx])
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="no indices"):
+        ds.read_patches([])
+
+
+def _histogram_source(fail_after: int | None = None, calls: list | None = None):
+    def make():
+        def fn(chunk):
+            if calls is not None:
+                calls.append(len(chunk))
+            if fail_after is not None and calls is not None and len(calls) > fail_after:
+                raise KeyboardInterrupt  # an interrupted job
+            return color_histogram(chunk)
+
+        return fn
+
+    return FeatureSource("colour histogram", {"reference": "histogram"}, make)
+
+
+def test_cache_streams_resumes_and_equals_in_memory_features(small_store, tmp_path):
+    ds = PairsDataset(small_store)
+    cache = FeatureCache(tmp_path / "cache", ds, chunk_rows=50)
+    calls: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        cache.fill(_histogram_source(fail_after=2, calls=calls))
+    first = cache.samples[0]
+    partial = cache.directory(_histogram_source()) / f"{first}.h5.partial"
+    assert partial.is_file() and not cache.is_complete(_histogram_source(), first)
+
+    calls.clear()
+    assert cache.fill(_histogram_source(calls=calls)) == 2  # both samples finished now
+    n_first = int((ds.obs["sample_id"] == first).sum())
+    assert sum(calls) == len(ds) - 100  # the two chunks written before the stop are kept
+    assert not partial.exists()
+    feats = cache.load(_histogram_source())
+    np.testing.assert_array_equal(feats, color_histogram(_all_patches(ds)))
+    assert n_first > 100
+
+    calls.clear()
+    assert cache.fill(_histogram_source(calls=calls)) == 0 and not calls  # all cached
+
+
+def test_cache_is_keyed_by_source_and_sample_digest(small_store, tmp_path):
+    ds = PairsDataset(small_store)
+    cache = FeatureCache(tmp_path / "cache", ds, chunk_rows=1000)
+    src = _histogram_source()
+    cache.fill(src)
+    other = FeatureSource("colour histogram", {"reference": "histogram", "bins": 8}, src.make)
+    assert cache.directory(other) != cache.directory(src)
+    with pytest.raises(FileNotFoundError, match="not cached yet"):
+        cache.load(other)
+    # a rebuilt sample (new patches.h5 digest) is recomputed, never mixed in
+    sid = cache.samples[1]
+    cache._digest[sid] = "0" * 64
+    assert cache.is_complete(src, cache.samples[0]) and not cache.is_complete(src, sid)
+    assert cache.fill(src) == 1
+    with pytest.raises(ValueError, match="chunk_rows"):
+        FeatureCache(tmp_path / "c2", ds, chunk_rows=0)
+
+
+def test_encoder_features_run_through_the_embedding_loop(small_store, tiny_export):
+    from stalign.models import load_exported
+    from stalign.tl import iter_embeddings
+
+    ds = PairsDataset(small_store, samples=["MOB1"])
+    patches = _all_patches(ds)[:37]
+    enc = load_exported(tiny_export)
+    got = encoder_features(enc, patches, batch_size=16, device="cpu")
+    # the pre-unification arithmetic: float /255, antialiased resize, fp32 forward
+    with torch.inference_mode():
+        x = torch.from_numpy(patches).permute(0, 3, 1, 2).float().div_(255.0)
+        x = torch.nn.functional.interpolate(
+            x, size=(32, 32), mode="bilinear", antialias=True
+        ).clamp_(0.0, 1.0)
+        want = enc.eval()(x).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    chunks = [patches[:20], patches[20:]]
+    looped = np.concatenate(list(iter_embeddings(enc, chunks, device="cpu", image_size=32)))
+    np.testing.assert_allclose(looped, got, atol=1e-5, rtol=0)
+
+
+SMALL_RUN = {
+    "references": ("histogram",),
+    "seeds": (0,),
+    "n_marker_genes": 0,
+    "n_marker_pathways": 0,
+    "threads": 1,
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def single_run(small_store, tiny_export, tmp_path_factory):
+    """One process, own cache: the reference for the sharded and distributed runs."""
+    from stalign.bench import evaluate
+
+    out = tmp_path_factory.mktemp("single")
+    return evaluate(small_store, [f"tiny={tiny_export}"], out=out, **SMALL_RUN)
+
+
+def test_sharded_cache_then_one_scoring_step_equals_a_single_run(
+    small_store, tiny_export, single_run, tmp_path, capsys
+):
+    from stalign.bench import evaluate
+    from stalign.cli import main
+
+    for shard in ("0/2", "1/2"):
+        rc = main(
+            [
+                "evaluate",
+                str(small_store),
+                "--encoder",
+                f"tiny={tiny_export}",
+                "--out",
+                str(tmp_path / "sharded"),
+                "--references",
+                "histogram",
+                "--seeds",
+                "0",
+                "--n-markers",
+                "0",
+                "0",
+                "--cache",
+                str(tmp_path / "cache"),
+                "--shard",
+                shard,
+                "--no-progress",
+            ]
+        )
+        assert rc == 0
+    files = sorted(p.name for p in (tmp_path / "cache").rglob("*.h5"))
+    assert files == ["MOB1.h5", "MOB1.h5", "MOB3.h5", "MOB3.h5"]  # 2 feature sets × 2
+    cache = {"cache_dir": tmp_path / "cache"}
+    res = evaluate(
+        small_store, [f"tiny={tiny_export}"], out=tmp_path / "sharded", **SMALL_RUN, **cache
+    )
+    pd.testing.assert_frame_equal(res.table, single_run.table)
+    bad = ["evaluate", str(small_store), "--encoder", str(tiny_export), "--out"]
+    assert main([*bad, str(tmp_path / "x"), "--shard", "2/2"]) != 0
+    assert "--shard I/N needs 0 <= I < N" in capsys.readouterr().err
+
+
+def _rank_worker(rank: int, world: int, port: int, store: str, export: str, out: str) -> None:
+    from stalign.bench import evaluate
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        res = evaluate(store, [f"tiny={export}"], out=out, **SMALL_RUN)
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"result": res is not None}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # two processes of its own: keep it on one worker
+def test_two_process_gloo_evaluate_shares_the_embedding(
+    small_store, tiny_export, single_run, tmp_path
+):
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    out.mkdir()
+    mp.spawn(_rank_worker, args=(2, port, str(small_store), str(tiny_export), str(out)), nprocs=2)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "summary.csv"), pd.read_csv(single_run.out / "summary.csv")
+    )
+    assert (out / "report.md").is_file()
+    # rank 0 scores and reports; rank 1 only embeds its share
+    assert json.loads((out / "rank0.json").read_text()) == {"result": True}
+    assert json.loads((out / "rank1.json").read_text()) == {"result": False}

@@ -6,7 +6,17 @@ Core functions take plain arrays, so any embedding can be scored the same way::
     print(res.mean, res.std)
 """
 
-from ._evaluate import EvaluationResult, evaluate, load_pairs_arrays, parse_encoder_spec
+from ._evaluate import (
+    REFERENCE_FEATURES,
+    EvaluationResult,
+    EvaluationSpec,
+    Reference,
+    embed_features,
+    evaluate,
+    load_pairs_arrays,
+    parse_encoder_spec,
+    run_evaluation,
+)
 from ._features import color_histogram, downsampled_pixels, encoder_features, squidpy_features
 from ._genes import hest_gene_panel
 from ._mil import MarkerResult, marker_prediction
@@ -15,14 +25,18 @@ from ._retrieval import RetrievalResult, retrieval
 from ._tasks import MarkerTask, bags_from_task, region_tasks, slide_task
 
 __all__ = [
+    "REFERENCE_FEATURES",
     "EvaluationResult",
+    "EvaluationSpec",
     "MarkerResult",
     "MarkerTask",
     "ProbeResult",
+    "Reference",
     "RetrievalResult",
     "bags_from_task",
     "color_histogram",
     "downsampled_pixels",
+    "embed_features",
     "encoder_features",
     "evaluate",
     "gene_prediction",
@@ -34,6 +48,7 @@ __all__ = [
     "pearson_columns",
     "region_tasks",
     "retrieval",
+    "run_evaluation",
     "slide_task",
     "squidpy_features",
 ]

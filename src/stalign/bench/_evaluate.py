@@ -1,11 +1,26 @@
-"""``stalign evaluate``: baseline vs aligned encoders on one pairs store, with a report."""
+"""``stalign evaluate``: baseline vs aligned encoders on one pairs store, with a report.
+
+The run is split by level, as HEST's benchmark is:
+
+* :class:`EvaluationSpec` — what to run (validated once);
+* :func:`embed_features` — every image feature set computed once into the
+  :class:`~stalign.bench._cache.FeatureCache` (streamed chunk by chunk, shardable);
+* :func:`_split_scores` — one probe at one seed on one feature matrix (the probes
+  run their patient folds inside);
+* :func:`_score_seed` / :func:`_score_feature_set` — the seeds of one feature set;
+* :func:`_score_grid` — feature sets × tasks;
+* :mod:`._report` — tables, figures and ``report.md``.
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,35 +28,77 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._features import color_histogram, downsampled_pixels, encoder_features, squidpy_features
+from ._cache import FeatureCache, FeatureSource
+from ._features import color_histogram, downsampled_pixels, squidpy_features
 from ._mil import marker_prediction
 from ._probe import ProbeResult, gene_prediction, pathway_prediction
 from ._retrieval import retrieval
-from ._tasks import bags_from_task, region_tasks
+from ._tasks import MarkerTask, bags_from_task, region_tasks
 
-__all__ = ["EvaluationResult", "evaluate", "load_pairs_arrays", "parse_encoder_spec"]
+__all__ = [
+    "EvaluationResult",
+    "EvaluationSpec",
+    "embed_features",
+    "evaluate",
+    "load_pairs_arrays",
+    "parse_encoder_spec",
+]
 
 logger = logging.getLogger(__name__)
 
-REFERENCES = ("histogram", "pixels", "squidpy", "random")
-_REFERENCE_LABELS = {
-    "histogram": "colour histogram",
-    "pixels": "8×8 pixels",
-    "squidpy": "squidpy features",
-    "random": "random-weights encoder",
-}
+PROBES = ("ridge", "ridge_cv", "mlp")
 
 
 @dataclass
 class PairsArrays:
-    """Everything the benchmark needs from a pairs store, in one row order."""
+    """Everything the benchmark needs from a pairs store, in one row order.
 
-    patches: np.ndarray
+    ``patches`` is ``None`` when loaded without them (the benchmark streams patches
+    through its feature cache instead of holding them).
+    """
+
+    patches: np.ndarray | None
     counts: Any  # scipy.sparse csr (n, genes)
     gene_names: list[str]
     pathways: pd.DataFrame
     obs: pd.DataFrame  # sample_id, patient_id, barcode
     coords: np.ndarray
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference feature set of the benchmark.
+
+    Exactly one way of computing it is given:
+
+    Attributes
+    ----------
+    label
+        Row label in the tables and report.
+    patch_features
+        ``(b, H, W, 3)`` uint8 → ``(b, d)``, row-wise: streamed over the store in
+        chunks and cached.
+    spot_features
+        :class:`PairsArrays` (without patches) → ``(n, d)``: features of the spot
+        table itself (e.g. of its counts), computed in memory.
+    random_encoder
+        The ``random_encoder`` with new random weights per seed (an encoder row).
+    """
+
+    label: str
+    patch_features: Callable[[np.ndarray], np.ndarray] | None = None
+    spot_features: Callable[[PairsArrays], np.ndarray] | None = None
+    random_encoder: bool = False
+
+
+#: Reference feature sets by name (``references=`` / ``--references``); add one here.
+REFERENCE_FEATURES: dict[str, Reference] = {
+    "histogram": Reference("colour histogram", patch_features=color_histogram),
+    "pixels": Reference("8×8 pixels", patch_features=functools.partial(downsampled_pixels, size=8)),
+    "squidpy": Reference("squidpy features", patch_features=squidpy_features),
+    "random": Reference("random-weights encoder", random_encoder=True),
+}
+REFERENCES = tuple(REFERENCE_FEATURES)
 
 
 @dataclass
@@ -80,22 +137,16 @@ def parse_encoder_spec(spec: str) -> tuple[str, str]:
     return label, source
 
 
-def load_pairs_arrays(
-    root: str | os.PathLike, *, samples: Sequence[str] | None = None
-) -> PairsArrays:
-    """Read patches, counts, pathway scores and spot centres of a pairs store.
+# --------------------------------------------------------------------------------------
+# the store
 
-    Rows follow :class:`stalign.pairs.PairsDataset` (sample by sample); counts are
-    joined on barcodes, never on row position. Genes are those common to all samples.
-    """
+
+def _pairs_table(ds: Any, root: str | os.PathLike, *, patches: bool) -> PairsArrays:
+    """Read counts (joined on barcodes), pathway scores and spot centres in ``ds``'s order."""
     import anndata as ad
     import scipy.sparse as sp
 
-    from ..pairs import PairsDataset
-
-    ds = PairsDataset(root, samples=samples)
     obs = ds.obs[["sample_id", "patient_id", "barcode"]].reset_index(drop=True)
-    patches = np.stack([ds.read_patch(i) for i in range(len(ds))])
     parts, coords, genes = [], [], None
     index = {s["sample_id"]: s for s in ds.index_json["samples"]}
     for sid in dict.fromkeys(obs["sample_id"]):
@@ -110,7 +161,7 @@ def load_pairs_arrays(
         raise ValueError(msg)
     counts = sp.vstack([sp.csr_matrix(a[:, genes].X) for a in parts]).tocsr()
     return PairsArrays(
-        patches=patches,
+        patches=np.stack([ds.read_patch(i) for i in range(len(ds))]) if patches else None,
         counts=counts,
         gene_names=[str(g) for g in genes],
         pathways=pd.DataFrame(ds.pathways, columns=ds.pathway_names),
@@ -119,71 +170,476 @@ def load_pairs_arrays(
     )
 
 
-# --------------------------------------------------------------------------------------
-# features
+def load_pairs_arrays(
+    root: str | os.PathLike, *, samples: Sequence[str] | None = None, patches: bool = True
+) -> PairsArrays:
+    """Read patches, counts, pathway scores and spot centres of a pairs store.
 
-
-def _reference_features(name: str, patches: np.ndarray) -> np.ndarray:
-    if name == "histogram":
-        return color_histogram(patches)
-    if name == "pixels":
-        return downsampled_pixels(patches, size=8)
-    if name == "squidpy":
-        return squidpy_features(patches)
-    msg = f"unknown reference {name!r}; choose from {REFERENCES}"
-    raise ValueError(msg)
-
-
-def _load_encoder(source: Any, *, image_size: int | None, seed: int, seed_index: int = 0):
-    """Load an export dir, or create a registry name with random weights.
-
-    A list of sources holds one model per seed: seed number ``seed_index`` uses
-    ``source[seed_index]``, so the spread over seeds is the spread over trained models.
+    Rows follow :class:`stalign.pairs.PairsDataset` (sample by sample); counts are
+    joined on barcodes, never on row position. Genes are those common to all samples.
+    ``patches=False`` leaves the patches on disk (``PairsArrays.patches`` is ``None``).
     """
+    from ..pairs import PairsDataset
+
+    return _pairs_table(PairsDataset(root, samples=samples), root, patches=patches)
+
+
+OTHER_COUNTS = "__other_genes__"  # column of the remaining genes' counts per spot
+
+
+def _sample_counts(ds: Any, root: Path, sid: str, genes: Sequence[str] | None = None):
+    """One sample's AnnData rows in ``ds`` order (joined on barcodes), optionally genes."""
+    import anndata as ad
+
+    entry = next(s for s in ds.index_json["samples"] if s["sample_id"] == sid)
+    a = ad.read_h5ad(Path(root) / entry["path"] / "pairs.h5ad")
+    bc = ds.obs.loc[ds.obs["sample_id"] == sid, "barcode"].to_numpy()
+    a = a[pd.Index(a.obs_names.astype(str)).get_indexer(bc)]
+    return a if genes is None else a[:, list(genes)]
+
+
+def _row_blocks(X, rows: int = 512):
+    """Dense float64 row blocks of a (sparse) matrix."""
+    for start in range(0, X.shape[0], rows):
+        block = X[start : start + rows]
+        yield np.asarray(block.toarray() if hasattr(block, "toarray") else block, np.float64)
+
+
+def _streamed_panel(ds: Any, root: Path, genes: list[str], n_genes: int = 50) -> list[str]:
+    """Choose the HEST panel (:func:`hest_gene_panel`), reading one sample at a time.
+
+    Three passes (detection, mean, variance of ``log1p``) accumulate row by row, which
+    is the order numpy's column reductions use, so the variances, and the panel, are
+    bit-identical to the in-memory rule.
+    """
+    sids = list(dict.fromkeys(ds.obs["sample_id"]))
+    n = len(ds.obs)
+    detected = np.zeros(len(genes))
+    for sid in sids:
+        X = _sample_counts(ds, root, sid, genes).X
+        if (X.min() if hasattr(X, "toarray") else np.nanmin(X)) < 0:
+            msg = f"sample {sid}: counts must be non-negative raw counts"
+            raise ValueError(msg)
+        detected += np.asarray((X > 0).sum(axis=0), dtype=np.float64).ravel()
+    keep = np.flatnonzero(detected / n >= 0.1)
+    if keep.size == 0:
+        msg = f"no gene is detected in >= 10% of the {n} spots among {len(genes)} genes"
+        raise ValueError(msg)
+    kept = [genes[i] for i in keep]
+    total = np.zeros(keep.size)
+    for sid in sids:
+        for block in _row_blocks(_sample_counts(ds, root, sid, kept).X):
+            total = np.add.reduce(np.vstack([total, np.log1p(block)]), axis=0)
+    mean = total / n
+    sq = np.zeros(keep.size)
+    for sid in sids:
+        for block in _row_blocks(_sample_counts(ds, root, sid, kept).X):
+            d = np.log1p(block) - mean
+            sq = np.add.reduce(np.vstack([sq, d * d]), axis=0)
+    order = np.argsort(-(sq / n), kind="stable")
+    return [kept[i] for i in order[:n_genes]]
+
+
+def _spot_table(
+    ds: Any, root: str | os.PathLike, marker_genes: Sequence[str] | None
+) -> tuple[PairsArrays, list[str]]:
+    """Spot table with only the counts the benchmark uses, and the HEST gene panel.
+
+    Counts keep the panel and marker genes plus one column holding each spot's other
+    counts (``OTHER_COUNTS``), so library sizes stay exact (integer counts sum exactly
+    in float64) while memory is ``n × (panel + 1)`` instead of ``n × genes``. Samples are
+    read one at a time.
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+
+    root = Path(root)
+    obs = ds.obs[["sample_id", "patient_id", "barcode"]].reset_index(drop=True)
+    sids = list(dict.fromkeys(obs["sample_id"]))
+    index = {s["sample_id"]: s for s in ds.index_json["samples"]}
+    genes: list[str] | None = None
+    for sid in sids:  # genes common to all samples, in the first sample's order
+        a = ad.read_h5ad(root / index[sid]["path"] / "pairs.h5ad", backed="r")
+        names = [str(g) for g in a.var_names]
+        a.file.close()
+        genes = names if genes is None else [g for g in genes if g in set(names)]
+    if not genes:
+        msg = f"the samples of {root} share no gene"
+        raise ValueError(msg)
+    panel = _streamed_panel(ds, root, genes)
+    wanted = set(panel) | set(marker_genes or ())
+    used = [g for g in genes if g in wanted]
+    parts, coords = [], []
+    for sid in sids:
+        a = _sample_counts(ds, root, sid)
+        every = sp.csr_matrix(a[:, genes].X, dtype=np.float64)
+        some = sp.csr_matrix(a[:, used].X, dtype=np.float64)
+        other = np.asarray(every.sum(axis=1)).ravel() - np.asarray(some.sum(axis=1)).ravel()
+        parts.append(sp.hstack([some, sp.csr_matrix(other[:, None])]).tocsr())
+        coords.append(np.asarray(a.obsm["spatial"], dtype=float))
+    data = PairsArrays(
+        patches=None,
+        counts=sp.vstack(parts).tocsr(),
+        gene_names=[*used, OTHER_COUNTS],
+        pathways=pd.DataFrame(ds.pathways, columns=ds.pathway_names),
+        obs=obs,
+        coords=np.vstack(coords),
+    )
+    return data, panel
+
+
+# --------------------------------------------------------------------------------------
+# spec
+
+
+@dataclass
+class EvaluationSpec:
+    """What :func:`evaluate` runs; see its docstring for every field.
+
+    ``encoders`` is a list of ``(label, source)`` (``"LABEL=SOURCE"`` strings and a
+    label → source mapping are converted); a source is an export / training
+    directory, a registry name (random weights), a module, or a list of those (one
+    trained model per seed). Validated on creation.
+    """
+
+    pairs_dir: Path
+    encoders: Sequence[Any] | Mapping[str, Any]
+    out: Path
+    test_patients: Sequence[str] | None = None
+    references: Sequence[str] = REFERENCES
+    random_encoder: str = "vit_tiny_patch16_224"
+    image_size: int | None = None
+    seeds: Sequence[int] = (0, 1, 2)
+    probes: Sequence[str] = ("ridge",)
+    marker_genes: Sequence[str] | None = None
+    n_marker_genes: int = 2
+    n_marker_pathways: int = 2
+    mil_epochs: int = 30
+    region_window: int = 5
+    n_maps: int = 3
+    max_k: int = 50
+    batch_size: int = 64
+    device: str = "auto"
+    cache_dir: Path | None = None
+    chunk_rows: int = 1024
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.encoders = encoder_specs(self.encoders)
+        self.pairs_dir, self.out = Path(self.pairs_dir), Path(self.out)
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir else self.out / "cache"
+        unknown = [r for r in self.references if r not in REFERENCE_FEATURES]
+        if unknown:
+            msg = f"references {unknown} unknown; choose from {REFERENCES}"
+            raise ValueError(msg)
+        labels = [lab for lab, _ in self.encoders]
+        if len(set(labels)) != len(labels):
+            msg = f"encoder labels must be unique, got {labels}"
+            raise ValueError(msg)
+        if not self.seeds:
+            msg = "seeds must name at least one seed"
+            raise ValueError(msg)
+        bad = [q for q in self.probes if q not in PROBES]
+        if bad or "ridge" not in self.probes:
+            msg = (
+                "probes must include 'ridge' and be among ridge, ridge_cv, mlp; "
+                f"got {list(self.probes)}"
+            )
+            raise ValueError(msg)
+        if int(self.batch_size) <= 0:
+            msg = f"batch_size must be a positive integer, got {self.batch_size!r}"
+            raise ValueError(msg)
+
+    @property
+    def encoder_labels(self) -> list[str]:
+        """Labels of the compared encoders, in order (first baseline, last aligned)."""
+        return [lab for lab, _ in self.encoders]
+
+    def feature_sets(self) -> list[FeatureSet]:
+        """Return the feature sets in report order: references, then encoders."""
+        sets = [
+            FeatureSet(REFERENCE_FEATURES[r].label, "reference", r)
+            if not REFERENCE_FEATURES[r].random_encoder
+            else FeatureSet(REFERENCE_FEATURES[r].label, "encoder", self.random_encoder)
+            for r in self.references
+        ]
+        return sets + [FeatureSet(lab, "encoder", src) for lab, src in self.encoders]
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """One group of rows in the report: a reference, or an encoder (source per seed)."""
+
+    label: str
+    kind: str  # "reference" | "encoder"
+    source: Any
+
+    def source_at(self, seed_index: int) -> Any:
+        """Return the source used at seed number ``seed_index`` (lists hold one per seed)."""
+        if isinstance(self.source, list | tuple):
+            return self.source[seed_index % len(self.source)]
+        return self.source
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the features change with the seed (random init, one model per seed)."""
+        if self.kind == "reference":
+            return False
+        if isinstance(self.source, list | tuple):
+            return True
+        return isinstance(self.source, str) and not Path(self.source).is_dir()
+
+
+# --------------------------------------------------------------------------------------
+# features: one FeatureSource per (feature set, seed), cached
+
+
+def _files_digest(path: Path) -> str:
+    """SHA-256 over the files of an export directory (names and contents)."""
+    files = sorted(q for q in path.iterdir() if q.is_file())
+    stats = tuple((q.name, q.stat().st_size, q.stat().st_mtime_ns) for q in files)
+    return _files_digest_cached(str(path), stats)
+
+
+@functools.lru_cache(maxsize=64)
+def _files_digest_cached(path: str, stats: tuple) -> str:
+    from ..pairs._store import file_sha256
+
+    h = hashlib.sha256()
+    for name, _, _ in stats:
+        h.update(f"{name}:{file_sha256(Path(path) / name)}".encode())
+    return h.hexdigest()
+
+
+def _encoder_key(source: Any, spec: EvaluationSpec, seed: int) -> dict[str, Any]:
+    """Identity of an encoder's features: weights digest (or init seed) and input size."""
+    import timm
     import torch
 
-    from .. import models
+    from ..tl import encoder_digest
 
-    if isinstance(source, list | tuple):
-        # one trained model per seed (e.g. the aligned exports of seeds 0, 1, ...)
-        encoder, _ = _load_encoder(
-            source[seed_index % len(source)], image_size=image_size, seed=seed
-        )
-        return encoder, True
     if isinstance(source, torch.nn.Module):
-        return source, False
+        return {"module_sha256": encoder_digest(source)}
     path = Path(str(source))
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            msg = f"encoder {source!r}: directory without config.json (not a timm export)"
-            raise FileNotFoundError(msg)
-        return models.load_exported(path), False
-    if path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
-        msg = (
-            f"encoder {source!r}: a bare checkpoint needs its architecture; "
-            "use a `stalign export` directory or a registry name"
-        )
-        raise ValueError(msg)
-    torch.manual_seed(seed)
-    return models.create_encoder(str(source), pretrained=False, img_size=image_size), True
+    if path.is_dir() and (path / "stalign.json").is_file():
+        return {"export_sha256": _files_digest(path)}
+    if path.is_dir():  # a training run: digest of the image tower it resolves to
+        from ..tl import resolve_encoder
+
+        return {"module_sha256": encoder_digest(resolve_encoder(path)[0])}
+    return {
+        "random_init": str(source),
+        "seed": int(seed),
+        "image_size": spec.image_size,
+        "versions": {"timm": timm.__version__, "torch": torch.__version__},
+    }
+
+
+def _encoder_chunk_fn(source: Any, spec: EvaluationSpec, seed: int) -> Callable:
+    """Load the encoder once; return chunk → embeddings through the one embedding loop."""
+    from ..tl import iter_embeddings, resolve_encoder
+
+    module, _, input_px = resolve_encoder(source, image_size=spec.image_size, seed=seed)
+    bs = int(spec.batch_size)
+
+    def embed_chunk(chunk: np.ndarray) -> np.ndarray:
+        batches = (chunk[s : s + bs] for s in range(0, chunk.shape[0], bs))
+        out = list(iter_embeddings(module, batches, device=spec.device, image_size=input_px))
+        return np.concatenate(out)
+
+    return embed_chunk
+
+
+def _code_digest(fn: Callable) -> str:
+    """Hash of a feature function's source and bound arguments (cache invalidation)."""
+    base = fn.func if isinstance(fn, functools.partial) else fn
+    bound = fn.keywords if isinstance(fn, functools.partial) else {}
+    text = inspect.getsource(base) + json.dumps(bound, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _feature_source(fs: FeatureSet, spec: EvaluationSpec, seed_index: int) -> FeatureSource:
+    seed = int(spec.seeds[seed_index])
+    if fs.kind == "reference":
+        fn = REFERENCE_FEATURES[fs.source].patch_features
+        key = {"reference": fs.source, "code_sha256": _code_digest(fn)}
+        return FeatureSource(fs.label, key, lambda: fn)
+    src = fs.source_at(seed_index)
+    key = _encoder_key(src, spec, seed)
+    return FeatureSource(fs.label, key, lambda: _encoder_chunk_fn(src, spec, seed))
+
+
+def _seed_indices(fs: FeatureSet, spec: EvaluationSpec) -> list[int]:
+    """Seed numbers whose features differ (all seeds when stochastic, else the first)."""
+    return list(range(len(spec.seeds))) if fs.stochastic else [0]
+
+
+def _cached(fs: FeatureSet) -> bool:
+    return fs.kind == "encoder" or REFERENCE_FEATURES[fs.source].patch_features is not None
+
+
+def embed_features(
+    spec: EvaluationSpec,
+    dataset: Any,
+    *,
+    shard: tuple[int, int] | None = None,
+) -> FeatureCache:
+    """Compute every image feature set of ``spec`` into its cache (resumable).
+
+    Parameters
+    ----------
+    spec
+        The evaluation.
+    dataset
+        The store as a :class:`stalign.pairs.PairsDataset`.
+    shard
+        ``(i, n)``: only samples ``i, i + n, ...`` (array jobs filling one cache in
+        parallel; run :func:`evaluate` afterwards to score). Default: all samples, or,
+        inside an initialised ``torch.distributed`` group (``torchrun``), this rank's
+        share followed by a barrier.
+
+    Returns
+    -------
+    The :class:`~stalign.bench._cache.FeatureCache`.
+    """
+    cache = FeatureCache(spec.cache_dir, dataset, chunk_rows=spec.chunk_rows)
+    samples = cache.samples
+    rank, world = _distributed_rank()
+    if shard is None and world > 1:
+        shard = (rank, world)
+    if shard is not None:
+        i, n = shard
+        if not (0 <= i < n):
+            msg = f"shard must be I/N with 0 <= I < N, got {i}/{n}"
+            raise ValueError(msg)
+        samples = samples[i::n]
+    for fs in spec.feature_sets():
+        if not _cached(fs):
+            continue
+        for si in _seed_indices(fs, spec):
+            cache.fill(_feature_source(fs, spec, si), samples=samples, progress=spec.progress)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank's samples are cached before anyone reads them
+    return cache
+
+
+def _distributed_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of an initialised ``torch.distributed`` group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _features(fs: FeatureSet, seed_index: int, ctx: _Context) -> np.ndarray:
+    if not _cached(fs):
+        return np.asarray(REFERENCE_FEATURES[fs.source].spot_features(ctx.data), np.float32)
+    return ctx.cache.load(_feature_source(fs, ctx.spec, seed_index))
 
 
 # --------------------------------------------------------------------------------------
-# tasks
+# tasks built once from the measured data
+
+
+@dataclass
+class _Context:
+    """Data shared by every level: spec, spot table, marker task, feature cache."""
+
+    spec: EvaluationSpec
+    data: PairsArrays
+    cache: FeatureCache
+    panel: list[str]  # HEST gene panel (the same for every feature set: chosen once)
+    compared: tuple[str, str]  # baseline and aligned labels (verdicts, figures)
+    task: MarkerTask | None
+    progress_bar: Any = None
+
+    @property
+    def patients(self) -> np.ndarray:
+        return self.data.obs["patient_id"].to_numpy(str)
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self.data.obs["sample_id"].to_numpy(str)
+
+
+def _marker_task(data: PairsArrays, spec: EvaluationSpec, panel: Sequence[str]) -> MarkerTask:
+    """Region tasks; default targets are balanced (both classes >= 20 %) in every patient.
+
+    A target whose label follows the patient (a batch effect) cannot be learned across
+    patients and would leave a fold with one class, so it is passed over.
+    """
+    marker_genes = spec.marker_genes
+    genes = list(marker_genes) if marker_genes is not None else list(panel)
+    pw = list(data.pathways.var(axis=0).sort_values(ascending=False).index)
+    full = region_tasks(
+        data.coords,
+        data.obs["sample_id"].to_numpy(str),
+        data.obs["patient_id"].to_numpy(str),
+        counts=data.counts,
+        gene_names=data.gene_names,
+        genes=genes,
+        pathway_scores=data.pathways,
+        pathways=pw,
+        window=spec.region_window,
+    )
+    pat = full.bag_obs["patient_id"].to_numpy()
+    frac = full.labels.groupby(pat).mean()
+    ok = ((frac >= 0.2) & (frac <= 0.8)).all(axis=0)
+    keep_g = [f"gene:{g}" for g in genes if marker_genes is not None or ok[f"gene:{g}"]]
+    keep_g = keep_g if marker_genes is not None else keep_g[: spec.n_marker_genes]
+    keep_p = [f"pathway:{q}" for q in pw if ok[f"pathway:{q}"]][: spec.n_marker_pathways]
+    cols = keep_g + keep_p
+    if not cols:
+        msg = "no marker target is balanced within every patient"
+        raise ValueError(msg)
+    full.labels = full.labels[cols]
+    full.values = full.values[cols]
+    full.definition += (
+        "; default targets: the most variable panel genes / pathways whose label is "
+        "balanced (20–80 % positive) within every patient"
+    )
+    return full
+
+
+def _build_marker_task(
+    data: PairsArrays, spec: EvaluationSpec, panel: Sequence[str]
+) -> MarkerTask | None:
+    if spec.marker_genes is None and not spec.n_marker_genes and not spec.n_marker_pathways:
+        return None
+    try:
+        return _marker_task(data, spec, panel)
+    except ValueError as e:
+        logger.warning("marker tasks skipped: %s", e)
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# scoring, one level per function
+
+
+def _rows(
+    features: str, seed: int, task: str, metric: str, values: Sequence[tuple[Any, float]]
+) -> list[dict]:
+    """Make result rows ``(features, seed, task, metric, fold, value)``, one per fold."""
+    return [
+        {
+            "features": features,
+            "seed": seed,
+            "task": task,
+            "metric": metric,
+            "fold": fold,
+            "value": value,
+        }
+        for fold, value in values
+    ]
 
 
 def _probe_rows(res: ProbeResult, label: str, seed: int, task: str) -> list[dict]:
-    return [
-        {
-            "features": label,
-            "seed": seed,
-            "task": task,
-            "metric": "pearson",
-            "fold": r.test_groups,
-            "value": r.pearson_mean,
-        }
-        for r in res.per_fold.itertuples()
-    ]
+    folds = [(r.test_groups, r.pearson_mean) for r in res.per_fold.itertuples()]
+    return _rows(label, seed, task, "pearson", folds)
 
 
 def _retrieval_from_probe(res: ProbeResult, samples: np.ndarray, max_k: int):
@@ -202,45 +658,168 @@ def _retrieval_from_probe(res: ProbeResult, samples: np.ndarray, max_k: int):
     )
 
 
-def _marker_task(data, samples, patients, marker_genes, panel, n_genes, n_paths, window):
-    """Region tasks; default targets are balanced (both classes >= 20 %) in every patient.
+def _chance_curve(res: ProbeResult, samples: np.ndarray, max_k: int) -> np.ndarray:
+    """recall@k of a random ranking within each section of the tested spots."""
+    pool = pd.Series(samples[~np.isnan(res.predictions).any(1)]).value_counts()
+    w = pool.to_numpy(float)
+    return np.array([np.average(np.minimum(k / w, 1), weights=w) for k in range(1, max_k + 1)])
 
-    A target whose label follows the patient (a batch effect) cannot be learned across
-    patients and would leave a fold with one class, so it is passed over.
+
+def _split_scores(
+    X: np.ndarray, ctx: _Context, probe: str, seed: int
+) -> tuple[ProbeResult, ProbeResult]:
+    """Gene and pathway probes of one feature matrix at one seed (folds inside)."""
+    common = {
+        "samples": ctx.samples,
+        "probe": probe,
+        "test_groups": ctx.spec.test_patients,
+        "random_state": seed,
+    }
+    g = gene_prediction(
+        X,
+        ctx.data.counts,
+        ctx.patients,
+        gene_names=ctx.data.gene_names,
+        genes=ctx.panel,
+        **common,
+    )
+    p = pathway_prediction(X, ctx.data.pathways, ctx.patients, **common)
+    return g, p
+
+
+@dataclass
+class _SeedScores:
+    """Rows of one feature set at one seed, plus the ridge results the figures use."""
+
+    rows: list[dict]
+    ridge: dict[str, ProbeResult] | None = None  # "genes"/"pathways", when ridge ran
+    curve: np.ndarray | None = None
+    chance_curve: np.ndarray | None = None
+
+
+def _retrieval_metric_rows(
+    label: str, seed: int, recall: Mapping[int, float], profile_corr: float
+) -> list[dict]:
+    rows: list[dict] = []
+    for k, v in recall.items():
+        rows += _rows(label, seed, "retrieval", f"recall@{k}", [("all", v)])
+    return rows + _rows(label, seed, "retrieval", "profile_corr", [("all", profile_corr)])
+
+
+def _retrieval_rows(
+    p: ProbeResult, ctx: _Context, label: str, seed: int, with_chance: bool
+) -> tuple[list[dict], Any]:
+    """Score retrieval from the pathway ridge probe (with ``with_chance`` chance rows too)."""
+    ret = _retrieval_from_probe(p, ctx.samples, ctx.spec.max_k)
+    rows = _retrieval_metric_rows(label, seed, ret.recall, ret.profile_corr)
+    if with_chance:
+        rows += _retrieval_metric_rows("chance", 0, ret.chance, ret.profile_corr_chance)
+    return rows, ret
+
+
+def _marker_rows(X: np.ndarray, ctx: _Context, label: str, seed: int) -> list[dict]:
+    task = ctx.task
+    if task is None:
+        return []
+    bags = bags_from_task(X, task)
+    rows: list[dict] = []
+    for col in task.labels.columns:
+        mres = marker_prediction(
+            bags,
+            task.labels[col].to_numpy(),
+            task.bag_obs["patient_id"].to_numpy(),
+            seeds=[seed],
+            test_groups=ctx.spec.test_patients,
+            epochs=ctx.spec.mil_epochs,
+        )
+        folds = [(r.test_groups, r.auc) for r in mres.per_fold.itertuples()]
+        rows += _rows(label, seed, f"marker {col}", "roc_auc", folds)
+    return rows
+
+
+def _score_seed(
+    X: np.ndarray, ctx: _Context, label: str, seed: int, *, new_features: bool, with_chance: bool
+) -> _SeedScores:
+    """All tasks of one feature matrix at one seed.
+
+    ``new_features`` is False when ``X`` is the same as at an earlier seed: then only
+    the seeded parts (MLP probe, MIL) run again.
     """
-    if marker_genes is not None:
-        genes = list(marker_genes)
-    else:
-        genes = [data.gene_names[i] for i in panel]
-    pw = list(data.pathways.var(axis=0).sort_values(ascending=False).index)
-    full = region_tasks(
-        data.coords,
-        samples,
-        patients,
-        counts=data.counts,
-        gene_names=data.gene_names,
-        genes=genes,
-        pathway_scores=data.pathways,
-        pathways=pw,
-        window=window,
+    out = _SeedScores(rows=[])
+    for probe in ctx.spec.probes:
+        if not new_features and probe != "mlp":
+            continue
+        g, p = _split_scores(X, ctx, probe, seed)
+        suffix = "" if probe == "ridge" else f" ({probe})"
+        out.rows += _probe_rows(g, label, seed, "genes" + suffix)
+        out.rows += _probe_rows(p, label, seed, "pathways" + suffix)
+        if probe == "ridge":
+            rows, ret = _retrieval_rows(p, ctx, label, seed, with_chance)
+            out.rows += rows
+            out.ridge, out.curve = {"genes": g, "pathways": p}, ret.curve
+            if with_chance:
+                out.chance_curve = _chance_curve(p, ctx.samples, ctx.spec.max_k)
+    out.rows += _marker_rows(X, ctx, label, seed)
+    return out
+
+
+@dataclass
+class _FeatureSetScores:
+    """One feature set over all seeds."""
+
+    rows: list[dict]
+    per_target: dict[str, pd.Series]  # genes / pathways → mean over seeds per target
+    # ridge results of the first seed, kept for the compared pair only (maps; n × targets)
+    first_ridge: dict[str, ProbeResult] | None
+    curve: np.ndarray  # recall@k curve, mean over seeds
+    chance_curve: np.ndarray | None
+
+
+def _score_feature_set(fs: FeatureSet, ctx: _Context, *, with_chance: bool) -> _FeatureSetScores:
+    """Score a feature set over the seeds, reloading features only where they change."""
+    rows: list[dict] = []
+    means: dict[str, list[pd.Series]] = {"genes": [], "pathways": []}
+    first_ridge: dict[str, ProbeResult] | None = None
+    curves: list[np.ndarray] = []
+    chance = None
+    varying = set(_seed_indices(fs, ctx.spec))
+    X = None
+    for si, seed in enumerate(ctx.spec.seeds):
+        if si in varying:
+            X = _features(fs, si, ctx)
+        res = _score_seed(
+            X,
+            ctx,
+            fs.label,
+            int(seed),
+            new_features=si in varying,
+            with_chance=with_chance and si == 0,
+        )
+        rows += res.rows
+        if res.ridge is not None:
+            for key in means:
+                means[key].append(res.ridge[key].target_means())
+            curves.append(res.curve)
+            if first_ridge is None and fs.label in ctx.compared:  # the maps need it
+                first_ridge = res.ridge
+        chance = res.chance_curve if res.chance_curve is not None else chance
+        if ctx.progress_bar is not None:
+            ctx.progress_bar.update(1)
+    return _FeatureSetScores(
+        rows=rows,
+        per_target={key: sum(m) / len(m) for key, m in means.items()},
+        first_ridge=first_ridge,
+        curve=np.mean(curves, axis=0),
+        chance_curve=chance,
     )
-    pat = full.bag_obs["patient_id"].to_numpy()
-    frac = full.labels.groupby(pat).mean()
-    ok = ((frac >= 0.2) & (frac <= 0.8)).all(axis=0)
-    keep_g = [f"gene:{g}" for g in genes if marker_genes is not None or ok[f"gene:{g}"]]
-    keep_g = keep_g if marker_genes is not None else keep_g[:n_genes]
-    keep_p = [f"pathway:{q}" for q in pw if ok[f"pathway:{q}"]][:n_paths]
-    cols = keep_g + keep_p
-    if not cols:
-        msg = "no marker target is balanced within every patient"
-        raise ValueError(msg)
-    full.labels = full.labels[cols]
-    full.values = full.values[cols]
-    full.definition += (
-        "; default targets: the most variable panel genes / pathways whose label is "
-        "balanced (20–80 % positive) within every patient"
-    )
-    return full
+
+
+def _score_grid(ctx: _Context) -> dict[str, _FeatureSetScores]:
+    """Every feature set (references, then encoders) × every task, in report order."""
+    scores: dict[str, _FeatureSetScores] = {}
+    for i, fs in enumerate(ctx.spec.feature_sets()):
+        scores[fs.label] = _score_feature_set(fs, ctx, with_chance=i == 0)
+    return scores
 
 
 # --------------------------------------------------------------------------------------
@@ -266,9 +845,12 @@ def evaluate(
     n_maps: int = 3,
     max_k: int = 50,
     batch_size: int = 64,
+    device: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+    chunk_rows: int = 1024,
     threads: int | None = None,
     progress: bool = True,
-) -> EvaluationResult:
+) -> EvaluationResult | None:
     """Compare encoders (e.g. a baseline and its aligned export) on one pairs store.
 
     Every feature set is scored in the same run, on the same spots and splits:
@@ -289,25 +871,32 @@ def evaluate(
     Stochastic parts are repeated over ``seeds``: random-init encoders (a new init per
     seed), the MLP probe and the MIL. Deterministic feature sets run once.
 
+    Patches are never all in memory: every image feature set is computed once,
+    streaming the store in chunks of ``chunk_rows`` patches, into a per-sample
+    feature cache (``cache_dir``) that the probes read; a rerun reuses it. Peak
+    memory is one chunk of patches plus the ``(n, d)`` feature matrices.
+
     Parameters
     ----------
     pairs_dir
         A pairs store written by ``stalign build-pairs``.
     encoders
         ``"LABEL=SOURCE"`` strings (or a mapping label → source / ``Encoder``). SOURCE
-        is a ``stalign export`` timm directory, or a registry / timm name created with
-        random weights (``pretrained=False``: nothing is downloaded). A list of sources
-        under one label holds one trained model per seed (seed ``i`` uses source ``i``),
-        so its mean ± sd is over independently trained models. Order matters for
-        the figures: the first is the baseline, the last the aligned model.
+        is a ``stalign export`` timm directory, a training run, or a registry / timm
+        name created with random weights (``pretrained=False``: nothing is
+        downloaded). A list of sources under one label holds one trained model per
+        seed (seed ``i`` uses source ``i``), so its mean ± sd is over independently
+        trained models. Order matters for the figures: the first is the baseline,
+        the last the aligned model.
     out
         Output directory: ``report.md``, ``summary.csv``, ``runs.csv``,
         ``per_target_*.csv``, ``results.json``, ``figures/*.png``.
     test_patients
         Fixed test patients (default: leave-one-patient-out over all patients).
     references
-        Reference feature sets among ``"histogram"``, ``"pixels"``, ``"squidpy"``,
-        ``"random"`` (``random_encoder`` with random weights).
+        Reference feature sets, names of :data:`REFERENCE_FEATURES`:
+        ``"histogram"``, ``"pixels"``, ``"squidpy"``, ``"random"``
+        (``random_encoder`` with random weights).
     random_encoder
         Registry name of the random-weights reference.
     image_size
@@ -331,6 +920,14 @@ def evaluate(
         Length of the recall@k curves.
     batch_size
         Patches per encoder forward pass.
+    device
+        Where encoders run: ``"auto"`` (CUDA if available; bf16 autocast there),
+        ``"cpu"``, ``"cuda"``... (:func:`stalign.tl.iter_embeddings`).
+    cache_dir
+        Feature cache (default ``out/cache``); share it between runs on the same
+        store, or fill it in parallel first with :func:`embed_features`.
+    chunk_rows
+        Patches read and featurised at once (bounds memory).
     threads
         Cap BLAS/OpenMP and torch threads during the run (restored afterwards);
         ``1`` is several times faster on a small, shared CPU machine where the
@@ -340,334 +937,174 @@ def evaluate(
 
     Returns
     -------
-    :class:`EvaluationResult`.
+    :class:`EvaluationResult`; ``None`` on ranks other than 0 of a
+    ``torch.distributed`` run (``torchrun -m stalign evaluate ...``: all ranks embed
+    their share of the samples, rank 0 scores).
     """
-    kwargs = {k: v for k, v in locals().items() if k not in ("pairs_dir", "encoders", "threads")}
+    spec = EvaluationSpec(
+        pairs_dir=Path(pairs_dir),
+        encoders=encoders,
+        out=Path(out),
+        test_patients=test_patients,
+        references=references,
+        random_encoder=random_encoder,
+        image_size=image_size,
+        seeds=seeds,
+        probes=probes,
+        marker_genes=marker_genes,
+        n_marker_genes=n_marker_genes,
+        n_marker_pathways=n_marker_pathways,
+        mil_epochs=mil_epochs,
+        region_window=region_window,
+        n_maps=n_maps,
+        max_k=max_k,
+        batch_size=batch_size,
+        device=device,
+        cache_dir=Path(cache_dir) if cache_dir is not None else None,
+        chunk_rows=chunk_rows,
+        progress=progress,
+    )
     if threads is None:
-        return _evaluate(pairs_dir, encoders, **kwargs)
+        return run_evaluation(spec)
     from .._utils import limit_threads
 
     with limit_threads(threads):
-        return _evaluate(pairs_dir, encoders, **kwargs)
+        return run_evaluation(spec)
 
 
-def _evaluate(
-    pairs_dir,
-    encoders,
-    *,
-    out,
-    test_patients,
-    references,
-    random_encoder,
-    image_size,
-    seeds,
-    probes,
-    marker_genes,
-    n_marker_genes,
-    n_marker_pathways,
-    mil_epochs,
-    region_window,
-    n_maps,
-    max_k,
-    batch_size,
-    progress,
-) -> EvaluationResult:
-    from tqdm.auto import tqdm
-
-    from .. import pl
-    from .._utils import atomic_write_text
-
-    out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    unknown = [r for r in references if r not in REFERENCES]
-    if unknown:
-        msg = f"references {unknown} unknown; choose from {REFERENCES}"
-        raise ValueError(msg)
+def encoder_specs(encoders: Sequence[str] | Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``"LABEL=SOURCE"`` strings or a label → source mapping as ``(label, source)`` pairs."""
     if isinstance(encoders, Mapping):
-        enc_specs = [(str(k), v) for k, v in encoders.items()]
-    else:
-        enc_specs = [parse_encoder_spec(s) for s in encoders]
-    labels = [lab for lab, _ in enc_specs]
-    if len(set(labels)) != len(labels):
-        msg = f"encoder labels must be unique, got {labels}"
-        raise ValueError(msg)
-    if not seeds:
-        msg = "seeds must name at least one seed"
-        raise ValueError(msg)
-    bad = [q for q in probes if q not in ("ridge", "ridge_cv", "mlp")]
-    if bad or "ridge" not in probes:
-        msg = f"probes must include 'ridge' and be among ridge, ridge_cv, mlp; got {list(probes)}"
-        raise ValueError(msg)
+        return [(str(k), v) for k, v in encoders.items()]
+    return [e if isinstance(e, tuple) else parse_encoder_spec(e) for e in encoders]
 
-    data = load_pairs_arrays(pairs_dir)
-    n = len(data.obs)
-    patients = data.obs["patient_id"].to_numpy(str)
-    samples = data.obs["sample_id"].to_numpy(str)
+
+def _open_store(spec: EvaluationSpec) -> tuple[Any, PairsArrays, list[str]]:
+    """Open the store: dataset, spot table (only the genes used) and HEST panel."""
+    from ..pairs import PairsDataset
+
+    ds = PairsDataset(spec.pairs_dir)
+    data, panel = _spot_table(ds, spec.pairs_dir, spec.marker_genes)
     logger.info(
-        "evaluate: %d spots, %d samples, %d patients, %d genes, %d pathways",
-        n,
-        len(set(samples)),
-        len(set(patients)),
-        len(data.gene_names),
+        "evaluate: %d spots, %d samples, %d patients, %d pathways; HEST panel of %d genes",
+        len(data.obs),
+        data.obs["sample_id"].nunique(),
+        data.obs["patient_id"].nunique(),
         data.pathways.shape[1],
+        len(panel),
     )
     if data.pathways.shape[1] == 0:
-        msg = f"{pairs_dir} has no pathway scores; rebuild it with gene sets (--gene-sets)"
+        msg = f"{spec.pairs_dir} has no pathway scores; rebuild it with gene sets (--gene-sets)"
         raise ValueError(msg)
+    return ds, data, panel
 
-    # marker tasks (built once, from measured data)
-    from ._genes import hest_gene_panel
 
-    panel = hest_gene_panel(data.counts, data.gene_names)
-    task = None
-    if marker_genes is not None or n_marker_genes or n_marker_pathways:
-        try:
-            task = _marker_task(
-                data,
-                samples,
-                patients,
-                marker_genes,
-                panel,
-                n_marker_genes,
-                n_marker_pathways,
-                region_window,
-            )
-        except ValueError as e:
-            logger.warning("marker tasks skipped: %s", e)
+def _baseline_and_aligned(spec: EvaluationSpec) -> tuple[str, str]:
+    """Which two rows the verdicts and figures compare: first and last encoder.
 
-    # feature sets: (label, kind, seed-dependent source)
-    jobs: list[tuple[str, str, Any]] = []
-    for r in references:
-        jobs.append((_REFERENCE_LABELS[r], "random" if r == "random" else "reference", r))
-    for lab, src in enc_specs:
-        jobs.append((lab, "encoder", src))
-
-    rows: list[dict] = []
-    per_target: dict[str, dict[str, pd.Series]] = {"genes": {}, "pathways": {}}
-    preds: dict[str, dict[str, ProbeResult]] = {"genes": {}, "pathways": {}}
-    curves: dict[str, np.ndarray] = {}
-    chance_curve = None
-    bar = tqdm(total=len(jobs) * len(seeds), disable=not progress, desc="evaluate")
-    for label, kind, src in jobs:
-        X, stochastic = None, kind == "random"
-        for si, seed in enumerate(seeds):
-            bar.set_postfix_str(f"{label} seed {seed}")
-            if kind == "reference":
-                X = X if X is not None else _reference_features(src, data.patches)
-            elif X is None or stochastic:
-                source = random_encoder if kind == "random" else src
-                enc, stochastic = _load_encoder(
-                    source, image_size=image_size, seed=seed, seed_index=si
-                )
-                X = encoder_features(enc, data.patches, batch_size=batch_size)
-                del enc
-            first = si == 0
-            for probe in probes:
-                if si > 0 and not stochastic and probe != "mlp":
-                    continue
-                g = gene_prediction(
-                    X,
-                    data.counts,
-                    patients,
-                    gene_names=data.gene_names,
-                    samples=samples,
-                    probe=probe,
-                    test_groups=test_patients,
-                    random_state=seed,
-                )
-                p = pathway_prediction(
-                    X,
-                    data.pathways,
-                    patients,
-                    samples=samples,
-                    probe=probe,
-                    test_groups=test_patients,
-                    random_state=seed,
-                )
-                suffix = "" if probe == "ridge" else f" ({probe})"
-                rows += _probe_rows(g, label, seed, "genes" + suffix)
-                rows += _probe_rows(p, label, seed, "pathways" + suffix)
-                if probe == "ridge":
-                    if first:
-                        preds["genes"][label], preds["pathways"][label] = g, p
-                    for key, res in (("genes", g), ("pathways", p)):
-                        s = res.target_means()
-                        prev = per_target[key].get(label)
-                        per_target[key][label] = s if prev is None else (prev * si + s) / (si + 1)
-                    ret = _retrieval_from_probe(p, samples, max_k)
-                    for k, v in ret.recall.items():
-                        rows.append(
-                            {
-                                "features": label,
-                                "seed": seed,
-                                "task": "retrieval",
-                                "metric": f"recall@{k}",
-                                "fold": "all",
-                                "value": v,
-                            }
-                        )
-                    rows.append(
-                        {
-                            "features": label,
-                            "seed": seed,
-                            "task": "retrieval",
-                            "metric": "profile_corr",
-                            "fold": "all",
-                            "value": ret.profile_corr,
-                        }
-                    )
-                    curves[label] = (
-                        ret.curve if first else (curves[label] * si + ret.curve) / (si + 1)
-                    )
-                    if chance_curve is None:
-                        pool = pd.Series(samples[~np.isnan(p.predictions).any(1)]).value_counts()
-                        w = pool.to_numpy(float)
-                        chance_curve = np.array(
-                            [
-                                np.average(np.minimum(k / w, 1), weights=w)
-                                for k in range(1, max_k + 1)
-                            ]
-                        )
-                        rows += [
-                            {
-                                "features": "chance",
-                                "seed": 0,
-                                "task": "retrieval",
-                                "metric": f"recall@{k}",
-                                "fold": "all",
-                                "value": v,
-                            }
-                            for k, v in ret.chance.items()
-                        ]
-                        rows.append(
-                            {
-                                "features": "chance",
-                                "seed": 0,
-                                "task": "retrieval",
-                                "metric": "profile_corr",
-                                "fold": "all",
-                                "value": ret.profile_corr_chance,
-                            }
-                        )
-            if task is not None:
-                bags = bags_from_task(X, task)
-                for col in task.labels.columns:
-                    y = task.labels[col].to_numpy()
-                    mres = marker_prediction(
-                        bags,
-                        y,
-                        task.bag_obs["patient_id"].to_numpy(),
-                        seeds=[seed],
-                        test_groups=test_patients,
-                        epochs=mil_epochs,
-                    )
-                    rows += [
-                        {
-                            "features": label,
-                            "seed": seed,
-                            "task": f"marker {col}",
-                            "metric": "roc_auc",
-                            "fold": r.test_groups,
-                            "value": r.auc,
-                        }
-                        for r in mres.per_fold.itertuples()
-                    ]
-            bar.update(1)
-    bar.close()
-
-    runs = pd.DataFrame(rows)
-    table = (
-        runs.groupby(["task", "metric", "features"], sort=False)["value"]
-        .agg(mean="mean", std=lambda v: float(np.nanstd(v)), n="count")
-        .reset_index()
-    )
-    runs.to_csv(out / "runs.csv", index=False)
-    table.to_csv(out / "summary.csv", index=False)
-    for key in ("genes", "pathways"):
-        pd.DataFrame(per_target[key]).to_csv(out / f"per_target_{key}.csv")
-
-    # ---------------------------------------------------------------- figures
-    figs: dict[str, str] = {}
-    feat_labels = [j[0] for j in jobs]
+    With one encoder it is compared with the random-weights reference when present
+    (else the last feature set); the baseline falls back to the first feature set.
+    """
+    labels = spec.encoder_labels
+    feat_labels = [fs.label for fs in spec.feature_sets()]
+    random_labels = [
+        REFERENCE_FEATURES[r].label for r in spec.references if REFERENCE_FEATURES[r].random_encoder
+    ]
     base = labels[0] if labels else feat_labels[0]
-    aligned = (
-        labels[-1]
-        if len(labels) >= 2
-        else (_REFERENCE_LABELS["random"] if labels and "random" in references else feat_labels[-1])
-    )
+    if len(labels) >= 2:
+        aligned = labels[-1]
+    elif labels and random_labels:
+        aligned = random_labels[0]
+    else:
+        aligned = feat_labels[-1]
     if base == aligned and len(feat_labels) > 1:
         base = feat_labels[0]
-    for key, unit in (("genes", "gene"), ("pathways", "pathway")):
-        f = f"figures/scatter_{key}.png"
-        pl.bench_scatter(
-            per_target[key][base],
-            per_target[key][aligned],
-            xlabel=base,
-            ylabel=aligned,
-            title=f"Pearson per {unit} (held-out spots)",
-            save=out / f,
-        )
-        figs[f"scatter_{key}"] = f
-        res_a, res_b = preds[key][base], preds[key][aligned]
-        tested = ~np.isnan(res_b.predictions).any(axis=1)
-        smp = pd.Series(samples[tested]).value_counts().index[0]
-        rows_s = np.flatnonzero(tested & (samples == smp))
-        best = per_target[key][aligned].sort_values(ascending=False).index[:n_maps]
-        cols = [res_b.target_names.index(t) for t in best]
-        sc = {
-            lab: [
-                float(np.corrcoef(res.targets[rows_s, c], res.predictions[rows_s, c])[0, 1])
-                for c in cols
-            ]
-            for lab, res in ((base, res_a), (aligned, res_b))
-        }
-        f = f"figures/maps_{key}.png"
-        pl.bench_maps(
-            data.coords[rows_s],
-            res_b.targets[rows_s][:, cols],
-            {base: res_a.predictions[rows_s][:, cols], aligned: res_b.predictions[rows_s][:, cols]},
-            [str(t) for t in best],
-            scores=sc,
-            title=f"{smp}: measured vs predicted (best {unit}s of {aligned})",
-            save=out / f,
-        )
-        figs[f"maps_{key}"] = f
-    f = "figures/retrieval_curves.png"
-    pl.bench_retrieval_curves(
-        curves,
-        chance=chance_curve,
-        title="predicted → measured pathway profile, within section",
-        save=out / f,
-    )
-    figs["retrieval"] = f
+    return base, aligned
 
-    # ---------------------------------------------------------------- report
-    from ._report import write_report
 
-    params = {
-        "pairs_dir": str(pairs_dir),
-        "n_spots": n,
-        "samples": sorted(set(samples)),
-        "patients": sorted(set(patients)),
-        "split": "leave one patient out"
-        if test_patients is None
-        else f"train on {sorted(str(p) for p in set(patients) - set(test_patients))}, "
-        f"test on {list(test_patients)}",
-        "seeds": list(seeds),
-        "probes": list(probes),
-        "encoders": {lab: str(src) for lab, src in enc_specs},
-        "references": [_REFERENCE_LABELS[r] for r in references],
-        "random_encoder": random_encoder,
-        "gene_panel": preds["genes"][feat_labels[0]].target_names,
+def _report_params(spec: EvaluationSpec, ctx: _Context) -> dict[str, Any]:
+    """Describe the run for ``report.md`` and ``results.json``."""
+    patients, samples, task = set(ctx.patients), set(ctx.samples), ctx.task
+    base, aligned = ctx.compared
+    if spec.test_patients is None:
+        split = "leave one patient out"
+    else:
+        train = sorted(str(p) for p in patients - set(spec.test_patients))
+        split = f"train on {train}, test on {list(spec.test_patients)}"
+    return {
+        "pairs_dir": str(spec.pairs_dir),
+        "n_spots": len(ctx.data.obs),
+        "samples": sorted(samples),
+        "patients": sorted(patients),
+        "split": split,
+        "seeds": list(spec.seeds),
+        "probes": list(spec.probes),
+        "encoders": {lab: str(src) for lab, src in spec.encoders},
+        "references": [REFERENCE_FEATURES[r].label for r in spec.references],
+        "random_encoder": spec.random_encoder,
+        "gene_panel": list(ctx.panel),
         "marker_task": None if task is None else task.definition,
         "marker_targets": [] if task is None else list(task.labels.columns),
         "n_bags": 0 if task is None else len(task.bags),
         "baseline": base,
         "aligned": aligned,
     }
-    report = write_report(out, table, params, figs)
+
+
+def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
+    """Run an :class:`EvaluationSpec`: features → grid of scores → tables, figures, report.
+
+    Under ``torchrun`` every rank embeds its share of the samples and only rank 0
+    scores and writes the report (the other ranks return ``None``).
+    """
+    from tqdm.auto import tqdm
+
+    from .._utils import atomic_write_text
+    from ._report import summary_table, write_figures, write_report
+
+    (spec.out / "figures").mkdir(parents=True, exist_ok=True)
+    ds, data, panel = _open_store(spec)
+    cache = embed_features(spec, ds)
+    if _distributed_rank()[0] != 0:
+        return None  # the other ranks embedded their share; rank 0 scores
+    ctx = _Context(
+        spec=spec,
+        data=data,
+        cache=cache,
+        panel=panel,
+        compared=_baseline_and_aligned(spec),
+        task=_build_marker_task(data, spec, panel),
+    )
+    total = len(spec.feature_sets()) * len(spec.seeds)
+    with tqdm(total=total, disable=not spec.progress, desc="evaluate") as bar:
+        ctx.progress_bar = bar
+        scores = _score_grid(ctx)
+    runs = pd.DataFrame([row for s in scores.values() for row in s.rows])
+    table = summary_table(runs)
+    per_target = {
+        key: {label: s.per_target[key] for label, s in scores.items()}
+        for key in ("genes", "pathways")
+    }
+    runs.to_csv(spec.out / "runs.csv", index=False)
+    table.to_csv(spec.out / "summary.csv", index=False)
+    for key, cols in per_target.items():
+        pd.DataFrame(cols).to_csv(spec.out / f"per_target_{key}.csv")
+    params = _report_params(spec, ctx)
+    figs = write_figures(
+        spec.out,
+        per_target=per_target,
+        ridge={label: s.first_ridge for label, s in scores.items() if s.first_ridge},
+        curves={label: s.curve for label, s in scores.items()},
+        chance_curve=next(s.chance_curve for s in scores.values()),
+        coords=data.coords,
+        samples=ctx.samples,
+        base=params["baseline"],
+        aligned=params["aligned"],
+        n_maps=spec.n_maps,
+    )
+    report = write_report(spec.out, table, params, figs)
     atomic_write_text(
-        out / "results.json",
+        spec.out / "results.json",
         json.dumps(
             {"params": params, "summary": table.to_dict(orient="records")}, indent=2, default=float
         ),
@@ -677,6 +1114,6 @@ def _evaluate(
         table=table,
         runs=runs,
         report=report,
-        out=out,
+        out=spec.out,
         extras={"per_target": per_target, "figures": figs},
     )

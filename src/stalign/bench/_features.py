@@ -118,9 +118,13 @@ def encoder_features(
     *,
     batch_size: int = 64,
     image_size: int | None = None,
+    device: str = "auto",
     progress: bool = False,
 ) -> np.ndarray:
     """Embed patches with an image encoder (a torch module taking ``[0, 1]`` RGB).
+
+    Runs :func:`stalign.tl.iter_embeddings` (the package's one embedding loop: bf16
+    autocast on CUDA, float32 on the CPU).
 
     Parameters
     ----------
@@ -133,6 +137,8 @@ def encoder_features(
     image_size
         Resize to this side in px first (bilinear, antialiased); default: the
         encoder's ``config.input_size`` when it has one, else unchanged.
+    device
+        ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...
     progress
         Show a tqdm progress bar.
 
@@ -140,28 +146,18 @@ def encoder_features(
     -------
     ``(n, embed_dim)`` float32.
     """
-    import torch
     from tqdm.auto import tqdm
+
+    from ..tl import iter_embeddings
 
     p = _check_patches(patches)
     if image_size is None:
         cfg = getattr(encoder, "config", None)
         image_size = getattr(cfg, "input_size", None)
-    was_training = encoder.training
-    encoder.eval()
-    out = []
-    try:
-        with torch.inference_mode():
-            for start in tqdm(
-                range(0, p.shape[0], batch_size), disable=not progress, desc="embed", leave=False
-            ):
-                x = torch.from_numpy(p[start : start + batch_size]).permute(0, 3, 1, 2).float()
-                x = x.div_(255.0)
-                if image_size is not None and x.shape[-1] != image_size:
-                    x = torch.nn.functional.interpolate(
-                        x, size=(image_size, image_size), mode="bilinear", antialias=True
-                    ).clamp_(0.0, 1.0)
-                out.append(encoder(x).float().cpu().numpy())
-    finally:
-        encoder.train(was_training)
+    starts = range(0, p.shape[0], batch_size)
+    batches = (p[s : s + batch_size] for s in tqdm(starts, disable=not progress, desc="embed"))
+    out = list(iter_embeddings(encoder, batches, device=device, image_size=image_size))
+    if not out:
+        msg = "encoder_features: no patches to embed"
+        raise ValueError(msg)
     return np.concatenate(out).astype(np.float32)

@@ -10,10 +10,32 @@ import scipy.sparse as sp
 __all__ = ["hest_gene_panel"]
 
 
-def _as_dense(Y) -> np.ndarray:
+_BLOCK_BYTES = 64 * 2**20  # dense float64 columns densified at once from sparse counts
+
+
+def _detected_fraction(Y) -> np.ndarray:
+    """Fraction of spots with a count > 0, per gene (sparse input stays sparse)."""
     if sp.issparse(Y):
-        return np.asarray(Y.toarray(), dtype=np.float64)
-    return np.asarray(Y, dtype=np.float64)
+        return np.asarray((Y > 0).sum(axis=0), dtype=np.float64).ravel() / Y.shape[0]
+    return (Y > 0).mean(axis=0)
+
+
+def _log1p_var(Y, cols: np.ndarray) -> np.ndarray:
+    """Variance over spots of ``log1p`` of the columns ``cols``.
+
+    Sparse counts are densified a block of columns at a time (at most ``_BLOCK_BYTES``),
+    so memory does not grow with spots × genes; the arithmetic per column is that of
+    the dense path.
+    """
+    if not sp.issparse(Y):
+        return np.log1p(Y[:, cols]).var(axis=0)
+    Y = sp.csc_matrix(Y)
+    step = max(1, _BLOCK_BYTES // (8 * max(Y.shape[0], 1)))
+    parts = [
+        np.log1p(np.asarray(Y[:, cols[i : i + step]].toarray(), dtype=np.float64)).var(axis=0)
+        for i in range(0, cols.size, step)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def hest_gene_panel(
@@ -33,7 +55,8 @@ def hest_gene_panel(
     Parameters
     ----------
     counts
-        ``(n_spots, n_genes_total)`` raw counts, dense or sparse, all samples stacked.
+        ``(n_spots, n_genes_total)`` raw counts, dense or sparse, all samples stacked
+        (sparse counts are never densified whole).
     gene_names
         Names of the columns; only used for error messages.
     n_genes
@@ -45,7 +68,7 @@ def hest_gene_panel(
     -------
     Column indices (into ``counts``) of the panel, sorted by decreasing variance.
     """
-    Y = _as_dense(counts)
+    Y = counts if sp.issparse(counts) else np.asarray(counts, dtype=np.float64)
     if Y.ndim != 2:
         msg = f"counts must be a 2-D (spots × genes) matrix, got shape {Y.shape}"
         raise ValueError(msg)
@@ -55,10 +78,10 @@ def hest_gene_panel(
     if n_genes < 1:
         msg = f"n_genes must be >= 1, got {n_genes}"
         raise ValueError(msg)
-    if np.nanmin(Y) < 0:
+    if (Y.min() if sp.issparse(Y) else np.nanmin(Y)) < 0:
         msg = "counts must be non-negative raw counts (found negative values)"
         raise ValueError(msg)
-    detected = (Y > 0).mean(axis=0)
+    detected = _detected_fraction(Y)
     keep = np.flatnonzero(detected >= min_spot_fraction)
     if keep.size == 0:
         where = f" among {len(gene_names)} genes" if gene_names is not None else ""
@@ -67,6 +90,6 @@ def hest_gene_panel(
             f"{where}; pass raw counts or lower min_spot_fraction"
         )
         raise ValueError(msg)
-    var = np.log1p(Y[:, keep]).var(axis=0)
+    var = _log1p_var(Y, keep)
     order = np.argsort(-var, kind="stable")
     return keep[order[:n_genes]]

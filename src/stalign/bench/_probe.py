@@ -460,7 +460,7 @@ def gene_prediction(
     :class:`ProbeResult`; ``.mean`` / ``.std`` are the headline mean ± std over folds,
     ``.per_target`` / ``.per_fold`` / ``.per_sample`` the tidy tables.
     """
-    Yd = Y.toarray() if sp.issparse(Y) else np.asarray(Y)
+    Yd = sp.csc_matrix(Y) if sp.issparse(Y) else np.asarray(Y)  # only the panel densified
     if Yd.ndim != 2:
         msg = f"Y must be 2-D (spots × genes), got shape {Yd.shape}"
         raise ValueError(msg)
@@ -486,7 +486,8 @@ def gene_prediction(
         idx = hest_gene_panel(Yd, names, n_genes=n_genes, min_spot_fraction=min_spot_fraction)
     else:
         idx = np.arange(Yd.shape[1])
-    target = np.asarray(Yd[:, idx], dtype=np.float64)
+    target = Yd[:, idx]
+    target = np.asarray(target.toarray() if sp.issparse(target) else target, dtype=np.float64)
     if protocol == "hest":
         if target.min(initial=0) < 0:
             msg = "protocol='hest' expects raw counts in Y (found negative values)"

@@ -1,15 +1,17 @@
-"""Markdown report of :func:`stalign.bench.evaluate`."""
+"""Tables, figures and the markdown report of :func:`stalign.bench.evaluate`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .._utils import atomic_write_text
 
-__all__ = ["write_report"]
+__all__ = ["summary_table", "write_figures", "write_report"]
 
 _TASK_TEXT = {
     "genes": "Gene expression (HEST ridge probe, Pearson per gene averaged over the panel)",
@@ -73,6 +75,126 @@ def _verdicts(table: pd.DataFrame, base: str, aligned: str) -> list[str]:
     pairs += [(t, "roc_auc") for t in dict.fromkeys(table["task"]) if t.startswith("marker ")]
     lines = [_verdict(table, task, base, aligned, metric) for task, metric in pairs]
     return [v for v in lines if v]
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sd (``ddof=0``, NaN-skipping) and count per (task, metric, features)."""
+    return (
+        runs.groupby(["task", "metric", "features"], sort=False)["value"]
+        .agg(mean="mean", std=lambda v: float(np.nanstd(v)), n="count")
+        .reset_index()
+    )
+
+
+def _maps(
+    out: Path,
+    key: str,
+    unit: str,
+    res_a: Any,
+    res_b: Any,
+    best_of_b: pd.Series,
+    coords: np.ndarray,
+    samples: np.ndarray,
+    base: str,
+    aligned: str,
+    n_maps: int,
+) -> str:
+    """Measured vs predicted maps of the largest tested section; return the figure path."""
+    from .. import pl
+
+    tested = ~np.isnan(res_b.predictions).any(axis=1)
+    smp = pd.Series(samples[tested]).value_counts().index[0]
+    rows_s = np.flatnonzero(tested & (samples == smp))
+    best = best_of_b.sort_values(ascending=False).index[:n_maps]
+    cols = [res_b.target_names.index(t) for t in best]
+    sc = {
+        lab: [
+            float(np.corrcoef(res.targets[rows_s, c], res.predictions[rows_s, c])[0, 1])
+            for c in cols
+        ]
+        for lab, res in ((base, res_a), (aligned, res_b))
+    }
+    f = f"figures/maps_{key}.png"
+    pl.bench_maps(
+        coords[rows_s],
+        res_b.targets[rows_s][:, cols],
+        {base: res_a.predictions[rows_s][:, cols], aligned: res_b.predictions[rows_s][:, cols]},
+        [str(t) for t in best],
+        scores=sc,
+        title=f"{smp}: measured vs predicted (best {unit}s of {aligned})",
+        save=out / f,
+    )
+    return f
+
+
+def write_figures(
+    out: Path,
+    *,
+    per_target: Mapping[str, Mapping[str, pd.Series]],
+    ridge: Mapping[str, Mapping[str, Any]],
+    curves: Mapping[str, np.ndarray],
+    chance_curve: np.ndarray | None,
+    coords: np.ndarray,
+    samples: np.ndarray,
+    base: str,
+    aligned: str,
+    n_maps: int,
+) -> dict[str, str]:
+    """Draw the baseline-vs-aligned figures into ``out/figures``; return name → path.
+
+    Parameters
+    ----------
+    out
+        Output directory.
+    per_target
+        ``genes`` / ``pathways`` → feature label → Pearson per target.
+    ridge
+        Feature label → ``genes`` / ``pathways`` → ridge :class:`ProbeResult` (first seed).
+    curves, chance_curve
+        recall@k curves per feature label, and of a random ranking.
+    coords, samples
+        Spot centres (level-0 px) and section of every spot.
+    base, aligned
+        The two feature labels compared.
+    n_maps
+        Targets drawn in the maps.
+    """
+    from .. import pl
+
+    figs: dict[str, str] = {}
+    for key, unit in (("genes", "gene"), ("pathways", "pathway")):
+        f = f"figures/scatter_{key}.png"
+        pl.bench_scatter(
+            per_target[key][base],
+            per_target[key][aligned],
+            xlabel=base,
+            ylabel=aligned,
+            title=f"Pearson per {unit} (held-out spots)",
+            save=out / f,
+        )
+        figs[f"scatter_{key}"] = f
+        figs[f"maps_{key}"] = _maps(
+            out,
+            key,
+            unit,
+            ridge[base][key],
+            ridge[aligned][key],
+            per_target[key][aligned],
+            coords,
+            samples,
+            base,
+            aligned,
+            n_maps,
+        )
+    f = "figures/retrieval_curves.png"
+    pl.bench_retrieval_curves(
+        dict(curves),
+        chance=chance_curve,
+        title="predicted → measured pathway profile, within section",
+        save=out / f,
+    )
+    figs["retrieval"] = f
+    return figs
 
 
 def write_report(out: Path, table: pd.DataFrame, params: dict, figs: dict[str, str]) -> Path:

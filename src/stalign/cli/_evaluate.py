@@ -68,6 +68,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mil-epochs", type=int, default=30, help="ABMIL epochs (default 30)")
     p.add_argument("--batch-size", type=int, default=64, help="patches per forward pass")
     p.add_argument(
+        "--device",
+        default="auto",
+        help="where encoders run: auto (CUDA if available, bf16 there), cpu, cuda, cuda:1 ...",
+    )
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="feature cache (default OUT/cache); reuse it across runs on the same store",
+    )
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=1024,
+        help="patches read and featurised at once (bounds memory; default 1024)",
+    )
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="only fill the feature cache for samples I, I+N, ... and stop (array jobs); "
+        "then run evaluate once without --shard to score",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -78,13 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..bench import evaluate
+    from ..bench import EvaluationSpec, embed_features, evaluate
 
     refs = [] if args.references.strip() == "none" else args.references.split(",")
-    res = evaluate(
-        args.pairs,
-        args.encoders,
-        out=args.out,
+    options = dict(
         test_patients=args.test_patients,
         references=[r.strip() for r in refs if r.strip()],
         random_encoder=args.random_encoder,
@@ -96,8 +117,36 @@ def _run(args: argparse.Namespace) -> int:
         n_marker_pathways=args.n_markers[1],
         mil_epochs=args.mil_epochs,
         batch_size=args.batch_size,
-        threads=args.threads,
+        device=args.device,
+        cache_dir=args.cache,
+        chunk_rows=args.chunk_rows,
         progress=not args.no_progress,
     )
-    print(f"report: {res.report}")
+    if args.shard:
+        from ..pairs import PairsDataset, parse_shard
+
+        spec = EvaluationSpec(pairs_dir=args.pairs, encoders=args.encoders, out=args.out, **options)
+        cache = embed_features(spec, PairsDataset(args.pairs), shard=parse_shard(args.shard))
+        print(f"shard {args.shard}: features cached in {cache.root}")
+        return 0
+    _init_distributed()
+    res = evaluate(args.pairs, args.encoders, out=args.out, threads=args.threads, **options)
+    if res is not None:  # None on the ranks > 0 of a torchrun launch
+        print(f"report: {res.report}")
     return 0
+
+
+def _init_distributed() -> None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) join the process group: ranks share the embedding."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -239,6 +239,16 @@ class PairsDataset(_TorchDataset):
             self._handles[k] = f
         return f
 
+    def close(self) -> None:
+        """Close the patch files this process opened (they reopen on the next read).
+
+        Streaming readers call it after each sample so that a store of thousands of
+        samples never holds thousands of open files (and their HDF5 chunk caches).
+        """
+        for f in self._handles.values():
+            f.close()
+        self._handles = {}
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_handles"] = {}
@@ -249,6 +259,26 @@ class PairsDataset(_TorchDataset):
         """Return pair ``i``'s stored patch, ``(H, W, 3)`` uint8, untransformed."""
         k, row = self._rows[i]
         return read_patch(self._file(int(k)), int(row))
+
+    def read_patches(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Return the stored patches of pairs ``indices``, ``(b, H, W, 3)`` uint8.
+
+        Rows of one sample file are read with one HDF5 call per contiguous run of
+        rows (one chunk per patch, so a run is one sequential read) instead of one
+        call per patch; JPEG stores are decoded patch by patch. The result follows
+        ``indices``' order.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            msg = "read_patches: no indices given"
+            raise ValueError(msg)
+        rows = self._rows[idx]
+        first = read_patch(self._file(int(rows[0, 0])), int(rows[0, 1]))
+        out = np.empty((idx.size, *first.shape), dtype=np.uint8)
+        for k in np.unique(rows[:, 0]):
+            where = np.flatnonzero(rows[:, 0] == k)
+            out[where] = _read_rows(self._file(int(k)), rows[where, 1])
+        return out
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         import torch
@@ -335,3 +365,24 @@ class PairsDataset(_TorchDataset):
         new.pathways = self.pathways[idx]
         new._rows = self._rows[idx]
         return new
+
+
+def _read_rows(f: Any, rows: np.ndarray) -> np.ndarray:
+    """Patches at ``rows`` of an open ``patches.h5``, in ``rows`` order.
+
+    Raw stores: the sorted rows are split into runs of consecutive rows and each run
+    is one slice read (h5py's fancy indexing costs a call per element). JPEG stores:
+    one decode per patch.
+    """
+    img = f["img"]
+    if img.attrs.get("encoding", "raw") == "jpeg":
+        return np.stack([read_patch(f, int(r)) for r in rows])
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    out = np.empty((rows.size, *img.shape[1:]), dtype=np.uint8)
+    breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1  # a repeated row starts a run
+    pos = 0
+    for run in np.split(sorted_rows, breaks):
+        out[order[pos : pos + run.size]] = img[int(run[0]) : int(run[-1]) + 1]
+        pos += run.size
+    return out

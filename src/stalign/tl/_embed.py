@@ -1,10 +1,16 @@
-"""Batch embeddings of H&E patches with an image encoder (memory bounded)."""
+"""Batch embeddings of H&E patches with an image encoder (memory bounded).
+
+:func:`iter_embeddings` is the package's one embedding loop (device, bf16 autocast on
+CUDA, resizing, eval mode): :func:`embed`, :func:`stalign.bench.encoder_features` and
+the embedding cache of :func:`stalign.bench.evaluate` all run through it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +18,11 @@ import numpy as np
 
 from .. import _keys as K
 
-__all__ = ["embed", "resolve_encoder"]
+__all__ = ["embed", "encoder_digest", "iter_embeddings", "resolve_encoder"]
 
 logger = logging.getLogger(__name__)
+
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
 def resolve_encoder(
@@ -23,6 +31,8 @@ def resolve_encoder(
     projected: bool = False,
     pretrained: bool = False,
     checkpoint_path: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    seed: int | None = None,
 ) -> tuple[Any, str, int | None]:
     """Turn ``encoder`` into ``(module, name, input_px)``.
 
@@ -30,6 +40,29 @@ def resolve_encoder(
     ``[0, 1]`` images to ``(B, D)``), a registry/timm name, a stalign training run or
     checkpoint directory (its image tower; with ``projected`` including the projection
     head), or a directory written by :func:`stalign.models.export_timm`.
+
+    Parameters
+    ----------
+    encoder
+        What to load (see above).
+    projected
+        Training checkpoints: return the image tower with its projection head.
+    pretrained, checkpoint_path
+        Registry names: load pretrained weights (from ``checkpoint_path`` if given).
+    image_size
+        Registry names: build the model for this input side (px).
+    seed
+        Registry names without pretrained weights: ``torch.manual_seed(seed)`` before
+        the random initialisation, so the same seed gives the same weights.
+
+    Raises
+    ------
+    FileNotFoundError
+        A directory that is neither a timm export nor a training checkpoint.
+    ValueError
+        A bare weights file (its architecture is unknown).
+    TypeError
+        Anything else.
     """
     import torch
 
@@ -47,30 +80,135 @@ def resolve_encoder(
             return enc, enc.name, enc.config.input_size
         from ..train import load_model
 
-        model = load_model(path)
+        try:
+            model = load_model(path)
+        except FileNotFoundError as e:
+            msg = (
+                f"encoder {str(path)!r}: not a `stalign export` timm directory "
+                f"(config.json + stalign.json) and {e}"
+            )
+            raise FileNotFoundError(msg) from e
         enc: Encoder = model.image_tower.encoder
         module = model.image_tower if projected else enc
         name = f"{enc.name}_aligned" + ("_proj" if projected else "")
         return module, name, int(model.meta.get("input_px") or enc.config.input_size)
+    if isinstance(encoder, str | os.PathLike) and Path(encoder).suffix in _CHECKPOINT_SUFFIXES:
+        msg = (
+            f"encoder {str(encoder)!r}: a bare checkpoint needs its architecture; "
+            "use a `stalign export` directory, a training run or a registry name"
+        )
+        raise ValueError(msg)
     if isinstance(encoder, str):
-        enc = create_encoder(encoder, pretrained=pretrained, checkpoint_path=checkpoint_path)
+        if seed is not None:
+            torch.manual_seed(seed)
+        enc = create_encoder(
+            encoder, pretrained=pretrained, checkpoint_path=checkpoint_path, img_size=image_size
+        )
         return enc, enc.name, enc.config.input_size
     msg = (
-        "embed: encoder must be an Encoder/nn.Module, an encoder name, a training "
+        "encoder must be an Encoder/nn.Module, an encoder name, a training "
         f"checkpoint directory or an export directory; got {type(encoder).__name__} {encoder!r}"
     )
     raise TypeError(msg)
 
 
-def _device(device: str) -> Any:
+def encoder_digest(module: Any) -> str:
+    """SHA-256 of a module's class and state dict (names, dtypes, shapes and values).
+
+    Two modules with the same digest compute the same function, so it keys the
+    embedding cache of :func:`stalign.bench.evaluate` for encoders given as objects.
+    """
     import torch
 
-    if device == "auto":
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, t in module.state_dict().items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        arr = t.detach().cpu().contiguous()
+        if arr.dtype == torch.bfloat16:
+            arr = arr.view(torch.int16)
+        h.update(arr.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _device(device: str | Any) -> Any:
+    import torch
+
+    if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
-def _batches_from_dataset(dataset, batch_size: int, num_workers: int) -> Iterator[dict]:
+def _to_model_input(x: Any, dev: Any, image_size: int | None) -> Any:
+    """Batch → float ``(B, 3, S, S)`` in ``[0, 1]`` on ``dev``.
+
+    ``x`` is uint8 ``(B, H, W, 3)`` (moved to the device as uint8, 4× less transfer,
+    then scaled) or float ``(B, 3, H, W)`` in ``[0, 1]``; resized (bilinear,
+    antialiased) to ``image_size`` px when that differs.
+    """
+    import torch
+
+    x = torch.as_tensor(x)
+    if x.dtype == torch.uint8:
+        if x.ndim != 4 or x.shape[-1] != 3:
+            msg = f"uint8 batches must be (B, H, W, 3), got {tuple(x.shape)}"
+            raise ValueError(msg)
+        x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    else:
+        x = x.to(dev, non_blocking=True)
+    if image_size is not None and x.shape[-1] != image_size:
+        x = torch.nn.functional.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", antialias=True
+        ).clamp_(0.0, 1.0)
+    return x
+
+
+def iter_embeddings(
+    module: Any,
+    batches: Iterable[Any],
+    *,
+    device: str | Any = "auto",
+    image_size: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield ``(B, D)`` float32 embeddings, one per input batch (the one embedding loop).
+
+    Each batch is uint8 ``(B, H, W, 3)`` patches (numpy or torch) or a float
+    ``(B, 3, H, W)`` tensor in ``[0, 1]``. The module runs in eval mode under
+    ``torch.inference_mode`` on ``device``; on CUDA inside bf16 autocast (embeddings are
+    returned as float32 either way), on the CPU in float32. The module is left on
+    ``device`` and its train/eval mode is restored afterwards.
+
+    Parameters
+    ----------
+    module
+        A torch module mapping ``[0, 1]`` RGB ``(B, 3, S, S)`` to ``(B, D)``.
+    batches
+        Iterable of batches (see above); memory is bounded by one batch.
+    device
+        ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    image_size
+        Resize to this side (px) first; ``None`` keeps the batch size.
+
+    Yields
+    ------
+    ``(B, D)`` float32 numpy arrays, in input order.
+    """
+    import torch
+
+    dev = _device(device)
+    was_training = module.training
+    module.eval().to(dev)  # stays there: the caller embeds chunk after chunk
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                x = _to_model_input(batch, dev, image_size)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                    z = module(x)
+                yield z.float().cpu().numpy()
+    finally:
+        module.train(was_training)
+
+
+def _batches_from_dataset(dataset, batch_size: int, num_workers: int, pin: bool) -> Iterator[dict]:
     from torch.utils.data import DataLoader
 
     from ..train import collate_pairs
@@ -81,6 +219,7 @@ def _batches_from_dataset(dataset, batch_size: int, num_workers: int) -> Iterato
         shuffle=False,
         num_workers=num_workers,
         collate_fn=collate_pairs,
+        pin_memory=pin,
     )
     for batch in loader:
         yield {
@@ -91,26 +230,63 @@ def _batches_from_dataset(dataset, batch_size: int, num_workers: int) -> Iterato
 
 
 def _batches_from_array(arr: np.ndarray, batch_size: int) -> Iterator[dict]:
-    import torch
-
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         msg = f"embed: patches must be (n, H, W, 3) uint8, got {arr.shape} {arr.dtype}"
         raise ValueError(msg)
     for s in range(0, arr.shape[0], batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(arr[s : s + batch_size]))
-        yield {"image": x.permute(0, 3, 1, 2).float().div_(255.0)}
+        yield {"image": np.ascontiguousarray(arr[s : s + batch_size])}
 
 
 def _batches_from_adata(adata, batch_size: int, mpp: float, size_px: int) -> Iterator[dict]:
-    import torch
-
     from .. import im
 
     for b in im.iter_patches(
         adata, mpp=mpp, size_px=size_px, batch_size=batch_size, progress=False
     ):
-        x = torch.from_numpy(np.ascontiguousarray(b.images)).permute(0, 3, 1, 2).float()
-        yield {"image": x.div_(255.0), "index": np.asarray(b.index)}
+        yield {"image": np.ascontiguousarray(b.images), "index": np.asarray(b.index)}
+
+
+def _embed_with_meta(
+    module, batches: Iterable[dict], **loop_kw
+) -> Iterator[tuple[dict, np.ndarray]]:
+    """:func:`iter_embeddings` over ``batch['image']``, paired with each batch dict."""
+    pending: list[dict] = []
+
+    def images() -> Iterator[Any]:
+        for b in batches:
+            pending.append(b)
+            yield b["image"]
+
+    for z in iter_embeddings(module, images(), **loop_kw):
+        yield pending.pop(0), z
+
+
+class _H5Sink:
+    """Write embeddings (and barcodes/sample ids when known) into an ``.h5`` file."""
+
+    def __init__(self, out: str | os.PathLike, n: int, dim: int, name: str, ids: bool) -> None:
+        import h5py
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        self.f = h5py.File(out, "w")
+        self.f.create_dataset(
+            "embeddings", (n, dim), dtype="float32", chunks=(max(1, min(n, 1024)), dim)
+        )
+        if ids:
+            str_dt = h5py.string_dtype()
+            self.f.create_dataset("barcode", (n,), dtype=str_dt)
+            self.f.create_dataset("sample_id", (n,), dtype=str_dt)
+        self.f.attrs["encoder"] = name
+
+    def write(self, start: int, z: np.ndarray, batch: dict) -> None:
+        stop = start + z.shape[0]
+        self.f["embeddings"][start:stop] = z
+        if "barcode" in self.f:
+            self.f["barcode"][start:stop] = [str(v) for v in batch["barcode"]]
+            self.f["sample_id"][start:stop] = [str(v) for v in batch["sample_id"]]
+
+    def close(self) -> None:
+        self.f.close()
 
 
 def embed(
@@ -160,7 +336,8 @@ def embed(
         For a training checkpoint: embed with the projection head (the aligned
         ``proj_dim`` space) instead of the encoder's backbone features.
     device
-        ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...
+        ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``... On CUDA the encoder
+        runs under bf16 autocast (see :func:`iter_embeddings`).
     num_workers
         DataLoader workers for dataset input.
     progress
@@ -175,7 +352,6 @@ def embed(
     image_size, mpp, size_px). Other input: the ``(n, D)`` float32 array, or the ``out``
     path when ``out`` is given.
     """
-    import torch
     from tqdm.auto import tqdm
 
     if int(batch_size) <= 0:
@@ -207,67 +383,35 @@ def embed(
         batches = _batches_from_array(data, batch_size)
     elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         n = len(data)
-        batches = _batches_from_dataset(data, batch_size, num_workers)
+        batches = _batches_from_dataset(data, batch_size, num_workers, dev.type == "cuda")
     else:
         msg = (
             f"embed: data must be an AnnData, a dataset or a uint8 array, got {type(data).__name__}"
         )
         raise TypeError(msg)
 
-    was_training = module.training
-    module.eval().to(dev)
-    h5 = result = None
+    sink = result = None
     written = 0
+    pbar = tqdm(total=n, desc=f"embed {name}", unit="patch", disable=not progress, leave=False)
     try:
-        pbar = tqdm(total=n, desc=f"embed {name}", unit="patch", disable=not progress, leave=False)
-        with torch.inference_mode():
-            for batch in batches:
-                x = batch["image"].to(dev)
-                if image_size is not None and x.shape[-1] != image_size:
-                    x = torch.nn.functional.interpolate(
-                        x, size=(image_size, image_size), mode="bilinear", antialias=True
-                    ).clamp_(0.0, 1.0)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                    z = module(x)
-                z = z.float().cpu().numpy()
-                b = z.shape[0]
-                if result is None and h5 is None:
-                    if out is not None and not is_adata:
-                        import h5py
-
-                        Path(out).parent.mkdir(parents=True, exist_ok=True)
-                        h5 = h5py.File(out, "w")
-                        h5.create_dataset(
-                            "embeddings",
-                            (n, z.shape[1]),
-                            dtype="float32",
-                            chunks=(min(n, 1024), z.shape[1]),
-                        )
-                        str_dt = h5py.string_dtype()
-                        if "barcode" in batch:
-                            h5.create_dataset("barcode", (n,), dtype=str_dt)
-                            h5.create_dataset("sample_id", (n,), dtype=str_dt)
-                        h5.attrs["encoder"] = name
-                    else:
-                        result = np.empty((n, z.shape[1]), dtype=np.float32)
-                rows = batch.get("index")
-                sl = rows if rows is not None else slice(written, written + b)
-                if h5 is not None:
-                    h5["embeddings"][written : written + b] = z
-                    if "barcode" in h5:
-                        h5["barcode"][written : written + b] = [str(v) for v in batch["barcode"]]
-                        h5["sample_id"][written : written + b] = [
-                            str(v) for v in batch["sample_id"]
-                        ]
+        for batch, z in _embed_with_meta(module, batches, device=dev, image_size=image_size):
+            if sink is None and result is None:
+                if out is not None and not is_adata:
+                    sink = _H5Sink(out, n, z.shape[1], name, ids="barcode" in batch)
                 else:
-                    result[sl] = z
-                written += b
-                pbar.update(b)
-        pbar.close()
+                    result = np.empty((n, z.shape[1]), dtype=np.float32)
+            b = z.shape[0]
+            if sink is not None:
+                sink.write(written, z, batch)
+            else:
+                rows = batch.get("index")
+                result[rows if rows is not None else slice(written, written + b)] = z
+            written += b
+            pbar.update(b)
     finally:
-        module.train(was_training)
-        if h5 is not None:
-            h5.close()
+        pbar.close()
+        if sink is not None:
+            sink.close()
     if written != n:
         msg = f"embed: expected {n} patches, got {written}"
         raise RuntimeError(msg)
