@@ -22,10 +22,7 @@ MAX_LINES = 120
 REASON = "# long-function:"
 
 #: "file::qualified name" -> the branch that is splitting it
-PENDING: dict[str, str] = {
-    "stalign/bench/_evaluate.py::_evaluate": "scaleeval: a spec and one function per level",
-    "stalign/tl/_embed.py::embed": "scaleeval: one embedding loop for tl and bench",
-}
+PENDING: dict[str, str] = {}
 
 
 def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
