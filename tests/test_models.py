@@ -186,6 +186,33 @@ def test_add_lora_last_n_blocks_and_convnet():
         models.add_lora(models.create_encoder("resnet10t"), r=0)
 
 
+def test_add_lora_efficientnet_adapts_pointwise_convs_and_head(caplog):
+    enc = models.create_encoder("efficientnet_lite0", img_size=64)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = enc(x)
+    with caplog.at_level("INFO", logger="stalign.models._lora"):
+        models.add_lora(enc, r=4, alpha=8)
+    targets = enc.lora_summary.target_modules
+    kinds = {t.rsplit(".", 1)[-1] for t in targets}
+    assert kinds == {"conv_pw", "conv_pwl", "conv_head"}
+    # the first block's conv_pw, expansion + projection of the 15 others, the head
+    assert len(targets) == 1 + 15 * 2 + 1
+    assert not any("conv_dw" in t or "conv_stem" in t for t in targets)
+    assert 0 < enc.lora_summary.trainable_fraction < 0.1
+    assert "LoRA r=4 alpha=8.0 on 32 modules" in caplog.text
+    with torch.no_grad():  # lora_B starts at zero: same function
+        torch.testing.assert_close(enc.eval()(x), before)
+    enc.train()(x).sum().backward()
+    grads = [p.grad for n, p in enc.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None for g in grads)
+    last = models.add_lora(models.create_encoder("efficientnet_lite0"), last_n_blocks=1)
+    in_blocks = [t for t in last.lora_summary.target_modules if t.startswith("blocks")]
+    assert {t.split(".")[1] for t in in_blocks} == {"6"}
+    plain = models.get_encoder_config("mobilenetv3_small_100")
+    assert plain.lora_targets == models.get_encoder_config("efficientnet_lite0").lora_targets
+
+
 # ---------------------------------------------------------------- packaged ImageNet weights
 
 
