@@ -213,6 +213,24 @@ def test_add_lora_efficientnet_adapts_pointwise_convs_and_head(caplog):
     assert plain.lora_targets == models.get_encoder_config("efficientnet_lite0").lora_targets
 
 
+def test_lora_keeps_frozen_batchnorm_statistics():
+    torch.manual_seed(0)
+    enc = models.add_lora(models.create_encoder("resnet10t"), r=4)
+    stats = {k: v.clone() for k, v in enc.state_dict().items() if "running_" in k}
+    assert stats
+    enc.train()
+    bns = [m for m in enc.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert enc.training
+    enc(torch.rand(4, 3, 32, 32) * 5).sum().backward()
+    for k, v in enc.state_dict().items():
+        if k in stats:
+            torch.testing.assert_close(v, stats[k], rtol=0, atol=0)
+    # without LoRA (full fine-tuning) BatchNorm trains as usual
+    full = models.create_encoder("resnet10t").train()
+    assert all(m.training for m in full.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
 # ---------------------------------------------------------------- packaged ImageNet weights
 
 

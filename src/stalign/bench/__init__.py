@@ -7,7 +7,13 @@ Core functions take plain arrays, so any embedding can be scored the same way::
 """
 
 from ._evaluate import EvaluationResult, evaluate, load_pairs_arrays, parse_encoder_spec
-from ._features import color_histogram, downsampled_pixels, encoder_features, squidpy_features
+from ._features import (
+    color_histogram,
+    downsampled_pixels,
+    encoder_features,
+    library_size,
+    squidpy_features,
+)
 from ._genes import hest_gene_panel
 from ._mil import MarkerResult, marker_prediction
 from ._probe import ProbeResult, gene_prediction, pathway_prediction, pearson_columns
@@ -27,6 +33,7 @@ __all__ = [
     "evaluate",
     "gene_prediction",
     "hest_gene_panel",
+    "library_size",
     "load_pairs_arrays",
     "marker_prediction",
     "parse_encoder_spec",

@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._features import color_histogram, downsampled_pixels, encoder_features, squidpy_features
+from ._features import (
+    color_histogram,
+    downsampled_pixels,
+    encoder_features,
+    library_size,
+    squidpy_features,
+)
 from ._mil import marker_prediction
 from ._probe import ProbeResult, gene_prediction, pathway_prediction
 from ._retrieval import retrieval
@@ -23,13 +29,21 @@ __all__ = ["EvaluationResult", "evaluate", "load_pairs_arrays", "parse_encoder_s
 
 logger = logging.getLogger(__name__)
 
-REFERENCES = ("histogram", "pixels", "squidpy", "random")
+REFERENCES = ("histogram", "pixels", "squidpy", "library_size", "random")
 _REFERENCE_LABELS = {
     "histogram": "colour histogram",
     "pixels": "8×8 pixels",
     "squidpy": "squidpy features",
+    "library_size": "library size only",
     "random": "random-weights encoder",
 }
+
+
+def _random_label(name: str) -> str:
+    """Report row of a random-init encoder: ``"random ViT-Tiny"``, ``"random resnet10t"``."""
+    from ..models import get_encoder_config
+
+    return f"random {get_encoder_config(name).label}"
 
 
 @dataclass
@@ -123,7 +137,9 @@ def load_pairs_arrays(
 # features
 
 
-def _reference_features(name: str, patches: np.ndarray) -> np.ndarray:
+def _reference_features(name: str, patches: np.ndarray, counts: Any = None) -> np.ndarray:
+    if name == "library_size":
+        return library_size(counts)
     if name == "histogram":
         return color_histogram(patches)
     if name == "pixels":
@@ -254,7 +270,7 @@ def evaluate(
     out: str | os.PathLike,
     test_patients: Sequence[str] | None = None,
     references: Sequence[str] = REFERENCES,
-    random_encoder: str = "vit_tiny_patch16_224",
+    random_encoder: str | Sequence[str] = "vit_tiny_patch16_224",
     image_size: int | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     probes: Sequence[str] = ("ridge",),
@@ -307,9 +323,11 @@ def evaluate(
         Fixed test patients (default: leave-one-patient-out over all patients).
     references
         Reference feature sets among ``"histogram"``, ``"pixels"``, ``"squidpy"``,
+        ``"library_size"`` (log total counts only: the sequencing-depth floor) and
         ``"random"`` (``random_encoder`` with random weights).
     random_encoder
-        Registry name of the random-weights reference.
+        Registry name(s) of the random-weights reference(s); each is a row named
+        after the architecture (``"random ViT-Tiny"``).
     image_size
         Input side (px) for encoders created by name (default: their config's).
     seeds
@@ -437,8 +455,12 @@ def _evaluate(
 
     # feature sets: (label, kind, seed-dependent source)
     jobs: list[tuple[str, str, Any]] = []
+    random_names = [random_encoder] if isinstance(random_encoder, str) else list(random_encoder)
     for r in references:
-        jobs.append((_REFERENCE_LABELS[r], "random" if r == "random" else "reference", r))
+        if r == "random":
+            jobs += [(_random_label(name), "random", name) for name in random_names]
+        else:
+            jobs.append((_REFERENCE_LABELS[r], "reference", r))
     for lab, src in enc_specs:
         jobs.append((lab, "encoder", src))
 
@@ -453,11 +475,10 @@ def _evaluate(
         for si, seed in enumerate(seeds):
             bar.set_postfix_str(f"{label} seed {seed}")
             if kind == "reference":
-                X = X if X is not None else _reference_features(src, data.patches)
+                X = X if X is not None else _reference_features(src, data.patches, data.counts)
             elif X is None or stochastic:
-                source = random_encoder if kind == "random" else src
                 enc, stochastic = _load_encoder(
-                    source, image_size=image_size, seed=seed, seed_index=si
+                    src, image_size=image_size, seed=seed, seed_index=si
                 )
                 X = encoder_features(enc, data.patches, batch_size=batch_size)
                 del enc
@@ -593,7 +614,11 @@ def _evaluate(
     aligned = (
         labels[-1]
         if len(labels) >= 2
-        else (_REFERENCE_LABELS["random"] if labels and "random" in references else feat_labels[-1])
+        else (
+            _random_label(random_names[0])
+            if labels and "random" in references and random_names
+            else feat_labels[-1]
+        )
     )
     if base == aligned and len(feat_labels) > 1:
         base = feat_labels[0]
@@ -656,8 +681,8 @@ def _evaluate(
         "seeds": list(seeds),
         "probes": list(probes),
         "encoders": {lab: str(src) for lab, src in enc_specs},
-        "references": [_REFERENCE_LABELS[r] for r in references],
-        "random_encoder": random_encoder,
+        "references": [j[0] for j in jobs if j[1] != "encoder"],
+        "random_encoder": ", ".join(random_names),
         "gene_panel": preds["genes"][feat_labels[0]].target_names,
         "marker_task": None if task is None else task.definition,
         "marker_targets": [] if task is None else list(task.labels.columns),

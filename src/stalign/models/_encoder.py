@@ -52,6 +52,24 @@ class Encoder(nn.Module):
         self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
         object.__setattr__(self, "peft_model", None)  # set by add_lora (not a submodule)
 
+    def train(self, mode: bool = True) -> Encoder:
+        """Set training mode; with LoRA, frozen BatchNorm layers stay in eval mode.
+
+        LoRA freezes the backbone, but a BatchNorm layer in training mode would still
+        normalise with batch statistics and overwrite its running statistics (ImageNet's,
+        for a pretrained CNN) with the training cohort's. Keeping frozen BatchNorm in eval
+        mode keeps the base network intact, so the encoder with its adapters removed is
+        the starting encoder bit for bit.
+        """
+        super().train(mode)
+        if mode and self.peft_model is not None:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in module.parameters()
+                ):
+                    module.eval()
+        return self
+
     @property
     def embed_dim(self) -> int:
         """Output dimension."""
