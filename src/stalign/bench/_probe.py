@@ -193,10 +193,30 @@ def _folds(
 # one fold
 
 
+# a feature whose training-spot sd is below this fraction of the median feature sd is
+# constant there up to float noise; standardising it would blow that noise up to unit
+# variance and its test values (e.g. a ReLU unit dead on the training sections but alive
+# on the test ones) up to ~1e7, wrecking the probe. It carries nothing a probe fitted on
+# the training spots could use, so it is dropped.
+_CONSTANT_SD_FRACTION = 1e-6
+
+
+def _informative_columns(X_train: np.ndarray) -> np.ndarray:
+    """Return the columns that vary on the training spots (all of them if none does)."""
+    sd = np.asarray(X_train, dtype=np.float64).std(axis=0)
+    positive = sd[sd > 0]
+    if positive.size == 0:
+        return np.arange(X_train.shape[1])
+    keep = np.flatnonzero(sd > _CONSTANT_SD_FRACTION * np.median(positive))
+    return keep if keep.size else np.arange(X_train.shape[1])
+
+
 def _reduce(X_train, X_test, pca_dim: int | None, random_state: int):
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
+    cols = _informative_columns(X_train)
+    X_train, X_test = np.asarray(X_train)[:, cols], np.asarray(X_test)[:, cols]
     scaler = StandardScaler().fit(X_train)
     Xtr, Xte = scaler.transform(X_train), scaler.transform(X_test)
     if pca_dim is None:
