@@ -119,7 +119,7 @@ class PipelineConfig:
     soft_targets: bool = False
     epochs: int = 3
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-4  # chosen on the inner split (benchmarks/search)
     early_stopping_patience: int | None = 2
     seeds: tuple[int, ...] = (0, 1, 2)
     shuffled_control: bool = True
