@@ -27,7 +27,7 @@ setup_env() {
   .venv/bin/python -m pip install -q --upgrade pip
   # timm needs torchvision; this is the only torch/torchvision pair that imports here.
   .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-  .venv/bin/python -m pip install -q -e ".[dev,openslide,spatialdata]"
+  .venv/bin/python -m pip install -q -e ".[dev,openslide,spatialdata,weights]"
   echo "$want" > "$stamp"
 }
 

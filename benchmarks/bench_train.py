@@ -5,12 +5,19 @@ dataset, crop/augment, forward/backward/step) with the same step on tensors alre
 in memory, in the same run. With CUDA, also ViT-L/16 (random init) + LoRA in bf16.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 20] [--batch 64] [--threads 2]
+        [--encoder efficientnet_lite0 --pretrained --img-size 112]
+
+``--suite`` runs ViT-Tiny (random init, 64 px) and the pretrained EfficientNet-Lite0 +
+LoRA at 112 and 224 px one after the other, each in a fresh process (so each peak RSS
+is its own), and prints one table.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -40,7 +47,9 @@ def _step(model, opt, images, pathways, cfg, gen, device):
 def cpu_bench(args):
     ds = mob_example_pairs(MOB, ["MOB1", "MOB2"], size_px=64)
     cfg = TrainConfig(
-        encoder="vit_tiny_patch16_224",
+        encoder=args.encoder,
+        pretrained=args.pretrained,
+        normalization="encoder" if args.pretrained else "cohort",
         img_size=args.img_size,
         batch_size=args.batch,
         num_workers=args.workers,
@@ -90,13 +99,63 @@ def cpu_bench(args):
         f"batch {args.batch}, {args.steps} timed steps, {torch.get_num_threads()} threads"
     )
     print(
-        f"encoder trainable fraction (LoRA r=8 on qkv|proj|fc1|fc2): "
+        f"encoder {args.encoder} ({'pretrained' if args.pretrained else 'random init'}), "
+        f"trainable fraction (LoRA r=8 on {'|'.join(cfg_targets(model))}): "
         f"{trainable:,}/{total:,} = {100 * trainable / total:.2f} %"
     )
     print(f"end-to-end training: {e2e:.1f} images/s")
     print(f"in-memory tensors  : {mem:.1f} images/s")
     print(f"data pipeline overhead: {100 * (1 - e2e / mem):.1f} % of step time (goal ≤ 15 %)")
     print(f"peak RSS: {rss:.0f} MiB")
+
+
+def cfg_targets(model) -> list[str]:
+    """Distinct module names LoRA adapts (``qkv``, ``conv_pw``, ...)."""
+    names = model.image_tower.encoder.lora_summary.target_modules
+    return sorted({n.rsplit(".", 1)[-1] for n in names})
+
+
+SUITE = [
+    ("vit_tiny_patch16_224", 64, False),
+    ("efficientnet_lite0", 112, True),
+    ("efficientnet_lite0", 224, True),
+]
+
+
+def suite(args):
+    """Each configuration in a fresh process; one summary table."""
+    rows = []
+    for encoder, size, pretrained in SUITE:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--encoder",
+            encoder,
+            "--img-size",
+            str(size),
+            "--steps",
+            str(args.steps),
+            "--batch",
+            str(args.batch),
+            "--no-gpu",
+        ]
+        cmd += ["--pretrained"] if pretrained else []
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        print(out)
+        figures = {}
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            figures[key.strip()] = value.strip()
+        rows.append((encoder, size, pretrained, figures))
+    print("| encoder | weights | px | LoRA fraction | end-to-end images/s | peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for encoder, size, pretrained, f in rows:
+        fraction = next(v for k, v in f.items() if k.startswith("encoder ")).split("= ")[-1]
+        print(
+            f"| {encoder} | {'ImageNet' if pretrained else 'random'} | {size} | {fraction} | "
+            f"{f['end-to-end training'].split()[0]} | {f['peak RSS']} |"
+        )
 
 
 def gpu_bench(args):
@@ -147,11 +206,19 @@ def main():
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--gpu-batch", type=int, default=128)
     p.add_argument("--gpu-steps", type=int, default=20)
+    p.add_argument("--encoder", default="vit_tiny_patch16_224")
+    p.add_argument("--pretrained", action="store_true", help="pretrained weights (offline)")
+    p.add_argument("--suite", action="store_true", help="ViT-Tiny and EfficientNet-Lite0")
+    p.add_argument("--no-gpu", action="store_true", help="skip the GPU section")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cpu_bench(args)
-    gpu_bench(args)
+    if args.suite:
+        suite(args)
+    else:
+        cpu_bench(args)
+    if not args.no_gpu:
+        gpu_bench(args)
 
 
 if __name__ == "__main__":

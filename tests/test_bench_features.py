@@ -45,3 +45,22 @@ def test_squidpy_features_match_squidpy(real_patches):
         ref.update(img.features_histogram("image"))
         ref.update(img.features_texture("image"))
         np.testing.assert_allclose(mine[i], list(ref.values()), rtol=1e-4, atol=1e-4)
+
+
+def test_library_size_is_log_total_counts(mob_dir):
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from stalign.bench import library_size
+
+    counts = pd.read_csv(mob_dir / "MOB1.tsv.gz", sep="\t", index_col=0).iloc[:50]
+    dense = counts.to_numpy()
+    want = np.log1p(dense.sum(axis=1))
+    for matrix in (dense, sp.csr_matrix(dense)):
+        got = library_size(matrix)
+        assert got.shape == (50, 1) and got.dtype == np.float32
+        np.testing.assert_allclose(got[:, 0], want, rtol=1e-6)
+    with pytest.raises(ValueError, match="spots × genes"):
+        library_size(dense[0])
+    with pytest.raises(ValueError, match="non-negative"):
+        library_size(-dense)

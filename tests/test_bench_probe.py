@@ -120,3 +120,44 @@ def test_pathway_prediction_dataframe_and_errors():
         pathway_prediction(X, scores.iloc[:100], groups)
     with pytest.raises(ValueError, match="probe must be one of"):
         pathway_prediction(X, scores, groups, probe="svm")
+
+
+def test_features_constant_on_training_spots_do_not_wreck_the_probe():
+    """A feature that is (numerically) constant on the training spots but varies on the
+    test spots, as ReLU features of an encoder adapted on one section can be, must not
+    dominate the test predictions after standardisation."""
+    rng = np.random.default_rng(0)
+    n, d = 400, 12
+    X = rng.normal(size=(n, d))
+    W = rng.normal(size=(d, 3))
+    scores = pd.DataFrame(X @ W + 0.1 * rng.normal(size=(n, 3)), columns=["a", "b", "c"])
+    groups = np.repeat(["train", "test"], n // 2)
+    clean = pathway_prediction(X, scores, groups, test_groups=["test"], pca_dim=None)
+    dead = np.zeros((n, 1))
+    dead[: n // 2, 0] = rng.normal(scale=1e-11, size=n // 2)  # float noise on training spots
+    dead[n // 2 :, 0] = rng.exponential(size=n // 2)  # alive on the test spots
+    wrecked = pathway_prediction(
+        np.hstack([X, dead]), scores, groups, test_groups=["test"], pca_dim=None
+    )
+    assert clean.mean > 0.9
+    assert wrecked.mean == pytest.approx(clean.mean, abs=1e-6)
+
+
+def test_sparse_features_active_mostly_on_test_spots_do_not_dominate():
+    """A ReLU-like feature active on a few training spots but on many test spots reaches
+    tens of training sd after standardisation; the probe clips test features to their
+    training range instead of extrapolating."""
+    rng = np.random.default_rng(1)
+    n, d = 400, 12
+    X = rng.normal(size=(n, d))
+    W = rng.normal(size=(d, 3))
+    scores = pd.DataFrame(X @ W + 0.1 * rng.normal(size=(n, 3)), columns=["a", "b", "c"])
+    groups = np.repeat(["train", "test"], n // 2)
+    clean = pathway_prediction(X, scores, groups, test_groups=["test"], pca_dim=None)
+    sparse = np.zeros((n, 5))
+    sparse[rng.choice(n // 2, 2, replace=False)] = 0.01  # rarely and weakly on in training
+    sparse[n // 2 :] = rng.exponential(size=(n // 2, 5)) * (rng.random((n // 2, 5)) < 0.5)
+    noisy = pathway_prediction(
+        np.hstack([X, sparse]), scores, groups, test_groups=["test"], pca_dim=None
+    )
+    assert noisy.mean > clean.mean - 0.05

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from stalign import models
@@ -16,9 +17,11 @@ import sys, json
 import numpy as np, torch, timm
 model = timm.create_model("local-dir:" + sys.argv[1], pretrained=True).eval()
 cfg = timm.data.resolve_data_config({}, model=model)
-mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-x = torch.from_numpy(np.load(sys.argv[2]))
+dtype = getattr(torch, sys.argv[4])
+model = model.to(dtype)
+mean = torch.tensor(cfg["mean"], dtype=dtype).view(1, 3, 1, 1)
+std = torch.tensor(cfg["std"], dtype=dtype).view(1, 3, 1, 1)
+x = torch.from_numpy(np.load(sys.argv[2])).to(dtype)
 with torch.no_grad():
     out = model((x - mean) / std)
 np.save(sys.argv[3], out.numpy())
@@ -27,9 +30,9 @@ print(json.dumps({"stalign_imported": any(m.startswith("stalign") for m in sys.m
 """
 
 
-def _trained_like_encoder():
+def _trained_like_encoder(name="vit_tiny_patch16_224", pretrained=False):
     torch.manual_seed(0)
-    enc = models.create_encoder("vit_tiny_patch16_224", img_size=64)
+    enc = models.create_encoder(name, img_size=64, pretrained=pretrained)
     models.add_lora(enc, r=4, alpha=8, dropout=0.0)
     with torch.no_grad():  # pretend training moved the adapters
         for name, p in enc.named_parameters():
@@ -39,16 +42,27 @@ def _trained_like_encoder():
     return enc.eval()
 
 
-def test_export_roundtrip_in_fresh_process(tmp_path):
-    enc = _trained_like_encoder()
+@pytest.mark.parametrize(
+    ("name", "architecture", "pretrained", "dtype"),
+    [
+        ("vit_tiny_patch16_224", "vit_tiny_patch16_224", False, "float32"),
+        # point-wise conv LoRA and BatchNorm, on the packaged ImageNet weights. The float32
+        # export is compared in float64 on both sides: in float32, 17 conv blocks alone
+        # make the merged (W + BA) x and the unmerged W x + B(A x) differ by ~2e-5
+        ("efficientnet_lite0", "tf_efficientnet_lite0", True, "float64"),
+    ],
+)
+def test_export_roundtrip_in_fresh_process(tmp_path, name, architecture, pretrained, dtype):
+    enc = _trained_like_encoder(name, pretrained)
     written = models.export(enc, tmp_path / "export")
+    enc = enc.to(getattr(torch, dtype))
     cfg = json.loads((written["timm"] / "config.json").read_text())
-    assert cfg["architecture"] == "vit_tiny_patch16_224" and cfg["num_classes"] == 0
+    assert cfg["architecture"] == architecture and cfg["num_classes"] == 0
     assert np.allclose(cfg["pretrained_cfg"]["mean"], [0.71, 0.55, 0.69])
     assert (written["timm"] / "model.safetensors").is_file()
     assert not any("lora" in k for k in _safetensor_keys(written["timm"] / "model.safetensors"))
 
-    x = torch.rand(4, 3, 64, 64)
+    x = torch.rand(4, 3, 64, 64, dtype=getattr(torch, dtype))
     np.save(tmp_path / "x.npy", x.numpy())
     with torch.no_grad():
         expected = enc(x).numpy()
@@ -60,6 +74,7 @@ def test_export_roundtrip_in_fresh_process(tmp_path):
             str(written["timm"]),
             str(tmp_path / "x.npy"),
             str(tmp_path / "y.npy"),
+            dtype,
         ],
         capture_output=True,
         text=True,
@@ -78,7 +93,7 @@ def test_export_roundtrip_in_fresh_process(tmp_path):
         enc.peft_model.enable_adapter_layers()
     assert np.abs(without - expected).max() > 1e-3
     # stalign's own loader gives the same embeddings too
-    again = models.load_exported(written["timm"])
+    again = models.load_exported(written["timm"]).to(getattr(torch, dtype))
     with torch.no_grad():
         assert np.abs(again(x).numpy() - expected).max() <= 1e-5
 

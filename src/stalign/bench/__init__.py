@@ -17,7 +17,13 @@ from ._evaluate import (
     parse_encoder_spec,
     run_evaluation,
 )
-from ._features import color_histogram, downsampled_pixels, encoder_features, squidpy_features
+from ._features import (
+    color_histogram,
+    downsampled_pixels,
+    encoder_features,
+    library_size,
+    squidpy_features,
+)
 from ._genes import hest_gene_panel
 from ._mil import MarkerResult, marker_prediction
 from ._probe import ProbeResult, gene_prediction, pathway_prediction, pearson_columns
@@ -41,6 +47,7 @@ __all__ = [
     "evaluate",
     "gene_prediction",
     "hest_gene_panel",
+    "library_size",
     "load_pairs_arrays",
     "marker_prediction",
     "parse_encoder_spec",

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ._cache import FeatureCache, FeatureSource
-from ._features import color_histogram, downsampled_pixels, squidpy_features
+from ._features import color_histogram, downsampled_pixels, library_size, squidpy_features
 from ._mil import marker_prediction
 from ._probe import ProbeResult, gene_prediction, pathway_prediction
 from ._retrieval import retrieval
@@ -96,9 +96,21 @@ REFERENCE_FEATURES: dict[str, Reference] = {
     "histogram": Reference("colour histogram", patch_features=color_histogram),
     "pixels": Reference("8×8 pixels", patch_features=functools.partial(downsampled_pixels, size=8)),
     "squidpy": Reference("squidpy features", patch_features=squidpy_features),
+    # log total counts only: the sequencing-depth floor of the HEST panel
+    "library_size": Reference("library size only", spot_features=lambda d: library_size(d.counts)),
     "random": Reference("random-weights encoder", random_encoder=True),
 }
 REFERENCES = tuple(REFERENCE_FEATURES)
+
+
+def random_encoder_label(name: str) -> str:
+    """Report row of a random-init encoder, named after it: ``"random ViT-Tiny"``."""
+    from ..models import get_encoder_config
+
+    try:
+        return f"random {get_encoder_config(name).label}"
+    except ValueError:  # not a registered or timm name: it fails later, with its own message
+        return f"random {name}"
 
 
 @dataclass
@@ -307,7 +319,7 @@ class EvaluationSpec:
     out: Path
     test_patients: Sequence[str] | None = None
     references: Sequence[str] = REFERENCES
-    random_encoder: str = "vit_tiny_patch16_224"
+    random_encoder: str | Sequence[str] = "vit_tiny_patch16_224"
     image_size: int | None = None
     seeds: Sequence[int] = (0, 1, 2)
     probes: Sequence[str] = ("ridge",)
@@ -326,6 +338,9 @@ class EvaluationSpec:
 
     def __post_init__(self) -> None:
         self.encoders = encoder_specs(self.encoders)
+        if isinstance(self.random_encoder, str):
+            self.random_encoder = (self.random_encoder,)
+        self.random_encoder = tuple(self.random_encoder)
         self.pairs_dir, self.out = Path(self.pairs_dir), Path(self.out)
         self.cache_dir = Path(self.cache_dir) if self.cache_dir else self.out / "cache"
         unknown = [r for r in self.references if r not in REFERENCE_FEATURES]
@@ -357,13 +372,23 @@ class EvaluationSpec:
 
     def feature_sets(self) -> list[FeatureSet]:
         """Return the feature sets in report order: references, then encoders."""
-        sets = [
-            FeatureSet(REFERENCE_FEATURES[r].label, "reference", r)
-            if not REFERENCE_FEATURES[r].random_encoder
-            else FeatureSet(REFERENCE_FEATURES[r].label, "encoder", self.random_encoder)
-            for r in self.references
+        return [
+            *self.reference_sets(),
+            *(FeatureSet(lab, "encoder", s) for lab, s in self.encoders),
         ]
-        return sets + [FeatureSet(lab, "encoder", src) for lab, src in self.encoders]
+
+    def reference_sets(self) -> list[FeatureSet]:
+        """Return the reference rows; ``"random"`` gives one row per ``random_encoder``."""
+        sets = []
+        for r in self.references:
+            if REFERENCE_FEATURES[r].random_encoder:
+                sets += [
+                    FeatureSet(random_encoder_label(name), "encoder", name)
+                    for name in self.random_encoder
+                ]
+            else:
+                sets.append(FeatureSet(REFERENCE_FEATURES[r].label, "reference", r))
+        return sets
 
 
 @dataclass(frozen=True)
@@ -833,7 +858,7 @@ def evaluate(
     out: str | os.PathLike,
     test_patients: Sequence[str] | None = None,
     references: Sequence[str] = REFERENCES,
-    random_encoder: str = "vit_tiny_patch16_224",
+    random_encoder: str | Sequence[str] = "vit_tiny_patch16_224",
     image_size: int | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     probes: Sequence[str] = ("ridge",),
@@ -895,10 +920,12 @@ def evaluate(
         Fixed test patients (default: leave-one-patient-out over all patients).
     references
         Reference feature sets, names of :data:`REFERENCE_FEATURES`:
-        ``"histogram"``, ``"pixels"``, ``"squidpy"``, ``"random"``
-        (``random_encoder`` with random weights).
+        ``"histogram"``, ``"pixels"``, ``"squidpy"``, ``"library_size"`` (log total
+        counts only: the sequencing-depth floor) and ``"random"`` (``random_encoder``
+        with random weights).
     random_encoder
-        Registry name of the random-weights reference.
+        Registry name(s) of the random-weights reference(s); each is a row named
+        after the architecture (``"random ViT-Tiny"``).
     image_size
         Input side (px) for encoders created by name (default: their config's).
     seeds
@@ -1007,9 +1034,7 @@ def _baseline_and_aligned(spec: EvaluationSpec) -> tuple[str, str]:
     """
     labels = spec.encoder_labels
     feat_labels = [fs.label for fs in spec.feature_sets()]
-    random_labels = [
-        REFERENCE_FEATURES[r].label for r in spec.references if REFERENCE_FEATURES[r].random_encoder
-    ]
+    random_labels = [fs.label for fs in spec.reference_sets() if fs.kind == "encoder"]
     base = labels[0] if labels else feat_labels[0]
     if len(labels) >= 2:
         aligned = labels[-1]
@@ -1040,8 +1065,8 @@ def _report_params(spec: EvaluationSpec, ctx: _Context) -> dict[str, Any]:
         "seeds": list(spec.seeds),
         "probes": list(spec.probes),
         "encoders": {lab: str(src) for lab, src in spec.encoders},
-        "references": [REFERENCE_FEATURES[r].label for r in spec.references],
-        "random_encoder": spec.random_encoder,
+        "references": [fs.label for fs in spec.reference_sets()],
+        "random_encoder": ", ".join(spec.random_encoder),
         "gene_panel": list(ctx.panel),
         "marker_task": None if task is None else task.definition,
         "marker_targets": [] if task is None else list(task.labels.columns),

@@ -1,6 +1,7 @@
 """Reference image features for the benchmark: simple baselines and encoder embeddings.
 
-Every function maps patches ``(n, H, W, 3)`` uint8 to features ``(n, d)`` float32.
+Every image function maps patches ``(n, H, W, 3)`` uint8 to features ``(n, d)`` float32;
+:func:`library_size` is the one non-image floor (log total counts per spot).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ __all__ = [
     "color_histogram",
     "downsampled_pixels",
     "encoder_features",
+    "library_size",
     "squidpy_features",
 ]
 
@@ -70,6 +72,36 @@ def downsampled_pixels(patches, *, size: int = 8) -> np.ndarray:
             [np.asarray(Image.fromarray(x).resize((size, size), Image.Resampling.BOX)) for x in p]
         )
     return (small.reshape(p.shape[0], -1) / 255.0).astype(np.float32)
+
+
+def library_size(counts) -> np.ndarray:
+    """Log total counts per spot: the library-size-only reference "feature".
+
+    Not an image feature: it tells what a probe gets from sequencing depth alone. The
+    HEST gene panel (top-50 variance of log1p raw counts, no library-size
+    normalisation) follows depth closely when sections differ in depth, so any image
+    feature that tracks depth (tissue density, staining) inherits that score; this
+    row shows the floor.
+
+    Parameters
+    ----------
+    counts
+        Raw counts ``(n_spots, n_genes)``, dense or scipy sparse.
+
+    Returns
+    -------
+    ``(n, 1)`` float32 ``log1p(total counts)``.
+    """
+    import scipy.sparse as sp
+
+    if not (sp.issparse(counts) or isinstance(counts, np.ndarray)) or counts.ndim != 2:
+        msg = f"counts must be a 2-D array or sparse matrix (spots × genes), got {type(counts)}"
+        raise ValueError(msg)
+    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    if (totals < 0).any():
+        msg = "counts must be raw (non-negative) counts; found a negative total"
+        raise ValueError(msg)
+    return np.log1p(totals)[:, None].astype(np.float32)
 
 
 def squidpy_features(patches) -> np.ndarray:

