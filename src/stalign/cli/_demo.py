@@ -10,7 +10,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``demo`` to ``subparsers``."""
     from ..pipeline import EXAMPLE_MANIFEST, PipelineConfig
 
-    d = PipelineConfig()
+    # the dataclass defaults, without PipelineConfig's validation (it imports torch):
+    # the parser must stay light so that `stalign --help` is fast
+    d = argparse.Namespace(
+        **{f.name: f.default for f in dataclasses.fields(PipelineConfig)},
+    )
     p = subparsers.add_parser(
         "demo",
         help="build pairs → LoRA alignment → evaluation on the bundled MOB data",

@@ -86,7 +86,7 @@ def run_encoders(args: argparse.Namespace) -> int:
 
 def _weights_source(cfg) -> str:
     """Where ``pretrained=True`` takes the weights from, and whether that works offline."""
-    from ..models._packaged import weights_available
+    from ..models import weights_available
 
     if cfg.weights_package is not None:
         if weights_available(cfg.name):
