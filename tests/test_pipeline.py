@@ -100,6 +100,31 @@ def test_without_lora_merges_to_base_weights():
     torch.testing.assert_close(base(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
+def test_without_lora_is_the_pre_training_encoder_bit_for_bit(tmp_path):
+    """peft's adapters removed: the export holds the weights LoRA started from, exactly."""
+    import torch
+    from safetensors.numpy import load_file
+
+    from stalign.models import add_lora, create_encoder, export
+
+    torch.manual_seed(0)
+    enc = create_encoder("vit_tiny_patch16_224", img_size=32)
+    before = {k: v.detach().clone().numpy() for k, v in enc.model.state_dict().items()}
+    add_lora(enc, r=4, alpha=8)
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if "lora_" in name:
+                p.normal_()  # a trained adapter: B != 0
+    base = _without_lora(enc)
+    assert base.peft_model is None and enc.peft_model is not None  # enc untouched
+    assert not any("lora_" in name for name, _ in base.named_parameters())
+    assert any("lora_B" in name for name, _ in enc.named_parameters())
+    saved = load_file(export(base, tmp_path / "base", adapter=False)["timm"] / "model.safetensors")
+    assert saved.keys() == before.keys()
+    for key, value in before.items():
+        np.testing.assert_array_equal(saved[key], value, err_msg=key)
+
+
 def test_shuffled_pairs_permutes_profiles_not_images():
     items = [
         {"image": np.full((3, 2, 2), i, np.float32), "pathways": np.array([i], np.float32)}

@@ -320,19 +320,19 @@ class ShuffledPairs:
 
 
 def _without_lora(encoder: Any) -> Any:
-    """Return a copy of a LoRA-wrapped encoder whose adapters are zeroed (= its base model).
+    """Return a copy of ``encoder`` with its LoRA adapters removed: the encoder it started from.
 
-    LoRA keeps the base weights frozen, so the encoder an alignment started from is the
-    trained one with every ``lora_B`` set to zero; merging then gives the base weights
-    bit for bit, with the same colour normalisation as the aligned export.
+    LoRA keeps the base weights frozen, so peft's :meth:`~peft.PeftModel.unload` (the
+    adapter layers replaced by the layers they wrap, nothing merged) gives back the
+    backbone the alignment started from, bit for bit, with the same colour
+    normalisation as the aligned export. ``encoder`` itself is not modified; one
+    without adapters is returned as a plain copy.
     """
-    import torch
-
     base = copy.deepcopy(encoder)
-    with torch.no_grad():
-        for name, param in base.named_parameters():
-            if "lora_B" in name:
-                param.zero_()
+    if base.peft_model is not None:
+        base.model = base.peft_model.unload()
+        object.__setattr__(base, "peft_model", None)
+        base.__dict__.pop("lora_summary", None)  # set by add_lora
     return base
 
 
