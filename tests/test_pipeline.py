@@ -273,3 +273,37 @@ def test_demo_runs_end_to_end_from_a_local_checkpoint(three_section_manifest, tm
     )
     report = (out / "eval" / "report.md").read_text()
     assert "validated during training on MOB2" in report and "(MOB3)" in report
+
+
+def test_pipeline_config_forwards_to_train_and_pairs_configs(three_section_manifest):
+    """Fields named like TrainConfig's / PairsParams' fields reach them; their rules validate."""
+    import dataclasses
+
+    from stalign.pairs import PairsParams
+    from stalign.pipeline import pairs_params, train_config
+    from stalign.train import TrainConfig
+
+    config = PipelineConfig(
+        manifest=str(three_section_manifest),
+        pretrained=False,
+        lr=1e-4,
+        epochs=5,
+        lora_target_modules=("attn.qkv",),
+        mpp=8.8,
+        size_px=32,
+        method="zscore",
+    )
+    tcfg = train_config(config, seed=3, output_dir=None, early_stopping=False)
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for f in dataclasses.fields(PipelineConfig):
+        if f.name in train_names and f.name not in ("normalization", "early_stopping_patience"):
+            want = getattr(config, f.name)
+            got = getattr(tcfg, f.name)
+            assert (list(want) if isinstance(want, tuple) else want) == got, f.name
+    assert (tcfg.seed, tcfg.normalization, tcfg.early_stopping_patience) == (3, "cohort", None)
+    assert pairs_params(config) == PairsParams(mpp=8.8, size_px=32, method="zscore")
+    # the owners' rules apply up front, before any pairs are built
+    with pytest.raises(ValueError, match="method"):
+        PipelineConfig(manifest=str(three_section_manifest), method="not_a_method")
+    with pytest.raises(ValueError, match="size_px"):
+        PipelineConfig(manifest=str(three_section_manifest), size_px=4, img_size=4)
