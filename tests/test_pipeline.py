@@ -100,6 +100,31 @@ def test_without_lora_merges_to_base_weights():
     torch.testing.assert_close(base(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
+def test_without_lora_is_the_pre_training_encoder_bit_for_bit(tmp_path):
+    """peft's adapters removed: the export holds the weights LoRA started from, exactly."""
+    import torch
+    from safetensors.numpy import load_file
+
+    from stalign.models import add_lora, create_encoder, export
+
+    torch.manual_seed(0)
+    enc = create_encoder("vit_tiny_patch16_224", img_size=32)
+    before = {k: v.detach().clone().numpy() for k, v in enc.model.state_dict().items()}
+    add_lora(enc, r=4, alpha=8)
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if "lora_" in name:
+                p.normal_()  # a trained adapter: B != 0
+    base = _without_lora(enc)
+    assert base.peft_model is None and enc.peft_model is not None  # enc untouched
+    assert not any("lora_" in name for name, _ in base.named_parameters())
+    assert any("lora_B" in name for name, _ in enc.named_parameters())
+    saved = load_file(export(base, tmp_path / "base", adapter=False)["timm"] / "model.safetensors")
+    assert saved.keys() == before.keys()
+    for key, value in before.items():
+        np.testing.assert_array_equal(saved[key], value, err_msg=key)
+
+
 def test_shuffled_pairs_permutes_profiles_not_images():
     items = [
         {"image": np.full((3, 2, 2), i, np.float32), "pathways": np.array([i], np.float32)}
@@ -248,3 +273,37 @@ def test_demo_runs_end_to_end_from_a_local_checkpoint(three_section_manifest, tm
     )
     report = (out / "eval" / "report.md").read_text()
     assert "validated during training on MOB2" in report and "(MOB3)" in report
+
+
+def test_pipeline_config_forwards_to_train_and_pairs_configs(three_section_manifest):
+    """Fields named like TrainConfig's / PairsParams' fields reach them; their rules validate."""
+    import dataclasses
+
+    from stalign.pairs import PairsParams
+    from stalign.pipeline import pairs_params, train_config
+    from stalign.train import TrainConfig
+
+    config = PipelineConfig(
+        manifest=str(three_section_manifest),
+        pretrained=False,
+        lr=1e-4,
+        epochs=5,
+        lora_target_modules=("attn.qkv",),
+        mpp=8.8,
+        size_px=32,
+        method="zscore",
+    )
+    tcfg = train_config(config, seed=3, output_dir=None, early_stopping=False)
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for f in dataclasses.fields(PipelineConfig):
+        if f.name in train_names and f.name not in ("normalization", "early_stopping_patience"):
+            want = getattr(config, f.name)
+            got = getattr(tcfg, f.name)
+            assert (list(want) if isinstance(want, tuple) else want) == got, f.name
+    assert (tcfg.seed, tcfg.normalization, tcfg.early_stopping_patience) == (3, "cohort", None)
+    assert pairs_params(config) == PairsParams(mpp=8.8, size_px=32, method="zscore")
+    # the owners' rules apply up front, before any pairs are built
+    with pytest.raises(ValueError, match="method"):
+        PipelineConfig(manifest=str(three_section_manifest), method="not_a_method")
+    with pytest.raises(ValueError, match="size_px"):
+        PipelineConfig(manifest=str(three_section_manifest), size_px=4, img_size=4)

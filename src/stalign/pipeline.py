@@ -35,6 +35,14 @@ _NORMALIZATION = ("auto", "cohort", "encoder")
 class PipelineConfig:
     """Settings of :func:`run_pipeline` (defaults: the MOB demo, see the README for its time).
 
+    One flat set of settings (the ``stalign demo`` flags), composed of the existing
+    configs by name: a field named like a field of :class:`stalign.train.TrainConfig`
+    (``encoder``, ``lr``, ``lora_r``...) is forwarded to it by :func:`train_config`, one
+    named like a field of :class:`stalign.pairs.PairsParams` (``mpp``, ``size_px``,
+    ``gene_sets``, ``method``) by :func:`pairs_params`; the others are the pipeline's
+    own. The defaults here are the demo's, and the forwarded fields are validated by
+    their owner's rules when the config is created.
+
     Attributes
     ----------
     manifest
@@ -163,17 +171,10 @@ class PipelineConfig:
             msg = f"PipelineConfig.{name}: expected {expected}, got {getattr(self, name)!r}"
             raise ValueError(msg)
 
-        for name in ("size_px", "img_size", "epochs", "batch_size", "lora_r", "mil_epochs"):
+        for name in ("img_size", "mil_epochs", "workers"):  # img_size: also the evaluation's
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 bad(name, "a positive integer")
-        for name in ("mpp", "lr", "lora_alpha", "temperature"):
-            if not float(getattr(self, name)) > 0:
-                bad(name, "a number > 0")
-        for name in ("early_stopping_patience", "lora_last_n_blocks"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-                bad(name, "None or a positive integer")
         if not self.seeds:
             bad("seeds", "at least one seed")
         if not self.train_patients or not self.test_patients:
@@ -183,6 +184,12 @@ class PipelineConfig:
             bad("test_patients", f"patients not also in train_patients (both: {sorted(overlap)})")
         if self.normalization not in _NORMALIZATION:
             bad("normalization", f"one of {_NORMALIZATION}")
+        try:  # the forwarded fields, by the rules of the configs that own them
+            pairs_params(self)
+            train_config(self, seed=self.seeds[0], output_dir=None)
+        except ValueError as e:
+            msg = f"PipelineConfig: {e}"
+            raise ValueError(msg) from e
         if not Path(self.manifest).is_file():
             msg = f"PipelineConfig.manifest: {self.manifest!r} does not exist (a sample CSV)"
             raise FileNotFoundError(msg)
@@ -320,19 +327,19 @@ class ShuffledPairs:
 
 
 def _without_lora(encoder: Any) -> Any:
-    """Return a copy of a LoRA-wrapped encoder whose adapters are zeroed (= its base model).
+    """Return a copy of ``encoder`` with its LoRA adapters removed: the encoder it started from.
 
-    LoRA keeps the base weights frozen, so the encoder an alignment started from is the
-    trained one with every ``lora_B`` set to zero; merging then gives the base weights
-    bit for bit, with the same colour normalisation as the aligned export.
+    LoRA keeps the base weights frozen, so peft's :meth:`~peft.PeftModel.unload` (the
+    adapter layers replaced by the layers they wrap, nothing merged) gives back the
+    backbone the alignment started from, bit for bit, with the same colour
+    normalisation as the aligned export. ``encoder`` itself is not modified; one
+    without adapters is returned as a plain copy.
     """
-    import torch
-
     base = copy.deepcopy(encoder)
-    with torch.no_grad():
-        for name, param in base.named_parameters():
-            if "lora_B" in name:
-                param.zero_()
+    if base.peft_model is not None:
+        base.model = base.peft_model.unload()
+        object.__setattr__(base, "peft_model", None)
+        base.__dict__.pop("lora_summary", None)  # set by add_lora
     return base
 
 
@@ -403,6 +410,28 @@ def _append_training_section(
         fh.write("\n".join(lines))
 
 
+def _forwarded(config: PipelineConfig, owner: type) -> dict[str, Any]:
+    """Return the fields of ``config`` that ``owner`` (a dataclass) also has, with values."""
+    names = {f.name for f in dataclasses.fields(owner)}
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in names}
+
+
+def pairs_params(config: PipelineConfig) -> Any:
+    """Return the :class:`stalign.pairs.PairsParams` of ``config``'s pairs build.
+
+    Every field of ``config`` named like a ``PairsParams`` field is forwarded; the
+    others keep ``PairsParams``' defaults.
+
+    Raises
+    ------
+    ValueError
+        A forwarded value that ``PairsParams`` rejects.
+    """
+    from .pairs import PairsParams
+
+    return PairsParams(**_forwarded(config, PairsParams))
+
+
 def train_config(
     config: PipelineConfig,
     *,
@@ -413,30 +442,26 @@ def train_config(
 ) -> Any:
     """Build the :class:`stalign.train.TrainConfig` of one alignment run of ``config``.
 
+    Every field of ``config`` named like a ``TrainConfig`` field is forwarded (the
+    others keep ``TrainConfig``'s defaults), with ``normalization`` resolved.
     ``early_stopping=False`` trains all epochs (there is no validation section).
+
+    Raises
+    ------
+    ValueError
+        A forwarded value that ``TrainConfig`` rejects.
     """
     from . import train
 
+    settings = _forwarded(config, train.TrainConfig)
+    targets = config.lora_target_modules
+    settings |= {
+        "normalization": config.resolved_normalization,
+        "lora_target_modules": list(targets) if targets is not None else None,
+        "early_stopping_patience": config.early_stopping_patience if early_stopping else None,
+    }
     return train.TrainConfig(
-        encoder=config.encoder,
-        pretrained=config.pretrained,
-        checkpoint_path=config.checkpoint_path,
-        normalization=config.resolved_normalization,
-        img_size=config.img_size,
-        jitter_px=config.jitter_px,
-        lora_r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_target_modules=(
-            list(config.lora_target_modules) if config.lora_target_modules is not None else None
-        ),
-        lora_last_n_blocks=config.lora_last_n_blocks,
-        temperature=config.temperature,
-        learn_temperature=config.learn_temperature,
-        soft_targets=config.soft_targets,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        early_stopping_patience=config.early_stopping_patience if early_stopping else None,
+        **settings,
         seed=seed,
         output_dir=str(output_dir) if output_dir is not None else None,
         progress=progress,
@@ -504,10 +529,7 @@ def run_pipeline(
     pairs.build_pairs(
         config.manifest,
         pairs_dir,
-        mpp=config.mpp,
-        size_px=config.size_px,
-        gene_sets=config.gene_sets,
-        method=config.method,
+        **_forwarded(config, pairs.PairsParams),
         workers=config.workers,
         progress=progress,
     )
