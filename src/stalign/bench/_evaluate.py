@@ -1048,12 +1048,30 @@ def encoder_specs(encoders: Sequence[str] | Mapping[str, Any]) -> list[tuple[str
     return [e if isinstance(e, tuple) else parse_encoder_spec(e) for e in encoders]
 
 
+def _release_freed_heap() -> None:
+    """Hand heap pages freed by the per-sample reads back to the OS (glibc only).
+
+    The large feature matrices of the scoring are mapped on their own and never
+    reuse these pages, so without it they stay resident until the end (~70 MiB at
+    100 k pairs). Elsewhere (no glibc) it does nothing.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        return
+
+
 def _open_store(spec: EvaluationSpec) -> tuple[Any, PairsArrays, list[str]]:
     """Open the store: dataset, spot table (only the genes used) and HEST panel."""
     from ..pairs import PairsDataset
 
     ds = PairsDataset(spec.pairs_dir)
     data, panel = _spot_table(ds, spec.pairs_dir, spec.marker_genes)
+    _release_freed_heap()
     logger.info(
         "evaluate: %d spots, %d samples, %d patients, %d pathways; HEST panel of %d genes",
         len(data.obs),
