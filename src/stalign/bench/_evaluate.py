@@ -886,6 +886,7 @@ def _score_grid(ctx: _Context) -> dict[str, _FeatureSetScores]:
     scores: dict[str, _FeatureSetScores] = {}
     for i, fs in enumerate(ctx.spec.feature_sets()):
         scores[fs.label] = _score_feature_set(fs, ctx, with_chance=i == 0)
+        _release_freed_heap()  # its per-fold matrices
     return scores
 
 
@@ -1051,9 +1052,11 @@ def encoder_specs(encoders: Sequence[str] | Mapping[str, Any]) -> list[tuple[str
 def _release_freed_heap() -> None:
     """Hand heap pages freed by the per-sample reads back to the OS (glibc only).
 
-    The large feature matrices of the scoring are mapped on their own and never
-    reuse these pages, so without it they stay resident until the end (~70 MiB at
-    100 k pairs). Elsewhere (no glibc) it does nothing.
+    glibc raises its mmap threshold after each large free, so later buffers of the
+    same size (patch chunks, per-sample counts, per-fold matrices) land in the heap
+    and, once freed, stay resident; the large matrices allocated later never reuse
+    them. After the spot table alone this returns ~70 MiB at 100 k pairs. Elsewhere
+    (no glibc) it does nothing.
     """
     import ctypes
     import ctypes.util
@@ -1150,6 +1153,7 @@ def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
     (spec.out / "figures").mkdir(parents=True, exist_ok=True)
     ds, data, panel = _open_store(spec)
     cache = embed_features(spec, ds)
+    _release_freed_heap()  # the patch chunks of the embedding loop
     if _distributed_rank()[0] != 0:
         return None  # the other ranks embedded their share; rank 0 scores
     ctx = _Context(
