@@ -114,8 +114,11 @@ def grow_store(base: Path, out: Path, n_pairs: int) -> Path:
     """Copy ``base``'s sections under new ids (patches hard-linked) until ``n_pairs``.
 
     Every copy keeps its patient, so the split stays leave-one-animal-out with two
-    folds and per-section retrieval pools keep their size.
+    folds and per-section retrieval pools keep their size. Each copy gets the
+    original's ``_SUCCESS`` record with the checksums of its own files, so the store
+    passes the shard checks of `stalign evaluate`.
     """
+    import hashlib
     import json
     import os
     import shutil
@@ -143,7 +146,16 @@ def grow_store(base: Path, out: Path, n_pairs: int) -> Path:
             a = originals[s["sample_id"]].copy()
             a.obs["sample_id"] = sid
             a.write_h5ad(d / "pairs.h5ad")
-            samples.append({**s, "sample_id": sid, "path": f"samples/{sid}"})
+            files = {
+                name: {
+                    "bytes": (d / name).stat().st_size,
+                    "sha256": hashlib.sha256((d / name).read_bytes()).hexdigest(),
+                }
+                for name in ("pairs.h5ad", "patches.h5")
+            }
+            record = json.loads((base / s["path"] / "_SUCCESS").read_text())
+            (d / "_SUCCESS").write_text(json.dumps({**record, "files": files}, indent=1))
+            samples.append({**s, "sample_id": sid, "path": f"samples/{sid}", "files": files})
             total += s["n_pairs"]
         copy += 1
     index.update(samples=samples, n_samples=len(samples), n_pairs=total)

@@ -161,3 +161,38 @@ def test_sparse_features_active_mostly_on_test_spots_do_not_dominate():
         np.hstack([X, sparse]), scores, groups, test_groups=["test"], pca_dim=None
     )
     assert noisy.mean > clean.mean - 0.05
+
+
+def test_float32_features_score_exactly_as_their_float64_copy():
+    """The probe converts each fold's rows to float64 itself: no number may change."""
+    X, counts, groups = _linear_counts(n=300, d=40)
+    X32 = (X + np.random.default_rng(3).normal(size=(300, 1))).astype(np.float32)
+    X32[:, 5] = 1.0  # a constant column: the informative-column selection drops it
+    for probe in ("ridge", "mlp"):
+        a = gene_prediction(X32, counts, groups, probe=probe, max_iter=50)
+        b = gene_prediction(X32.astype(np.float64), counts, groups, probe=probe, max_iter=50)
+        np.testing.assert_array_equal(a.predictions, b.predictions)
+    assert np.asarray(X32).dtype == np.float32 and X32[0, 5] == 1.0  # input left untouched
+
+
+def test_in_place_reduction_equals_the_copying_form_bit_for_bit():
+    """`_reduce` clips/scales in place; the numbers must equal the plain copying steps."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    from stalign.bench._probe import _informative_columns, _reduce
+
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(400, 64)) @ rng.normal(size=(64, 64))).astype(np.float32)
+    tr, te = np.arange(0, 250), np.arange(250, 400)
+    X64 = np.asarray(X, dtype=np.float64)
+    cols = _informative_columns(X64[tr])
+    X_train = X64[tr][:, cols]
+    X_test = np.clip(X64[te][:, cols], X_train.min(axis=0), X_train.max(axis=0))
+    scaler = StandardScaler().fit(X_train)
+    Xtr, Xte = scaler.transform(X_train), scaler.transform(X_test)
+    pca = PCA(n_components=32, random_state=0).fit(Xtr)
+    got = _reduce(X, tr, te, 32, 0)
+    np.testing.assert_array_equal(got[0], pca.transform(Xtr))
+    np.testing.assert_array_equal(got[1], pca.transform(Xte))
+    np.testing.assert_array_equal(_reduce(X, tr, te, None, 0)[0], Xtr)

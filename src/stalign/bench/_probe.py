@@ -121,7 +121,14 @@ class ProbeResult:
 
 
 def _check_xy(X, Y, groups, samples) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    X = np.asarray(X, dtype=np.float64)
+    """Validate the inputs of a probe; ``X`` stays float32 or float64 as given.
+
+    The probes work in float64: each fold converts its rows (see :func:`_reduce`), which
+    is exact for float32 input, so no float64 copy of the whole feature matrix is made.
+    """
+    X = np.asarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
     if X.ndim != 2:
         msg = f"X (embeddings) must be 2-D (n_spots × dim), got shape {X.shape}"
         raise ValueError(msg)
@@ -211,24 +218,35 @@ def _informative_columns(X_train: np.ndarray) -> np.ndarray:
     return keep if keep.size else np.arange(X_train.shape[1])
 
 
-def _reduce(X_train, X_test, pca_dim: int | None, random_state: int):
+def _reduce(X: np.ndarray, tr: np.ndarray, te: np.ndarray, pca_dim: int | None, random_state: int):
+    """Standardise (and PCA-reduce) the training rows ``tr`` and test rows ``te`` of ``X``.
+
+    Works in float64 on copies of the fold's rows only, modified in place (clip, scale),
+    which gives the same numbers as copying at each step while holding fewer matrices.
+    """
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
-    cols = _informative_columns(X_train)
-    X_train = np.asarray(X_train)[:, cols]
+    cols = _informative_columns(X[tr])
+    # the column selection is kept even when it takes every column: it lays the matrix
+    # out column-major, and the scaler's sums (so the last bits) depend on the layout
+    X_train = X[tr][:, cols].astype(np.float64, copy=False)
+    X_test = X[te][:, cols].astype(np.float64, copy=False)
     # the probe is not asked to extrapolate: each test feature is clipped to the range
     # it spans on the training spots. Sparse ReLU features (a unit active on 1 % of the
     # training spots and on 30 % of the test spots) otherwise reach tens of training
     # sd after standardisation and dominate the ridge predictions on the test spots
-    X_test = np.clip(np.asarray(X_test)[:, cols], X_train.min(axis=0), X_train.max(axis=0))
-    scaler = StandardScaler().fit(X_train)
-    Xtr, Xte = scaler.transform(X_train), scaler.transform(X_test)
+    np.clip(X_test, X_train.min(axis=0), X_train.max(axis=0), out=X_test)
+    scaler = StandardScaler(copy=False).fit(X_train)
+    Xtr, Xte = scaler.transform(X_train), scaler.transform(X_test)  # in place
+    del X_train, X_test
     if pca_dim is None:
         return Xtr, Xte
     k = int(min(pca_dim, Xtr.shape[0], Xtr.shape[1]))
     pca = PCA(n_components=k, random_state=random_state).fit(Xtr)
-    return pca.transform(Xtr), pca.transform(Xte)
+    Ztr = pca.transform(Xtr)
+    del Xtr
+    return Ztr, pca.transform(Xte)
 
 
 def _mean_pearson_score(y_true, y_pred) -> float:
@@ -331,7 +349,7 @@ def _run(
     preds = np.full(Y.shape, np.nan)
     rows_t, rows_f, rows_s = [], [], []
     for fi, (tr, te, label) in enumerate(_folds(g, folds, test_groups)):
-        Xtr, Xte = _reduce(X[tr], X[te], pca_dim, random_state)
+        Xtr, Xte = _reduce(X, tr, te, pca_dim, random_state)
         p, alpha = _fit_predict(
             probe,
             Xtr,
