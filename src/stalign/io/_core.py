@@ -8,6 +8,7 @@ coordinates inside the image) and lays them out the same way for every platform.
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import zlib
@@ -128,6 +129,23 @@ def read_table(path: Path, *, what: str, **kwargs: Any) -> pd.DataFrame:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         msg = f"{path}: cannot parse the {what} ({type(e).__name__}: {detail})"
         raise ValueError(msg) from e
+
+
+def read_json_object(path: Path, *, what: str, fields: str) -> dict[str, Any]:
+    """Read a JSON file that must hold one object; errors name the file.
+
+    ``what`` describes the file (``"JSON scale factors"``), ``fields`` its entries
+    (``"scale factors"``), for the messages.
+    """
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        msg = f"{path}: expected {what}, cannot parse it ({e})"
+        raise ValueError(msg) from e
+    if not isinstance(obj, dict):
+        msg = f"{path}: expected a JSON object of {fields}, found {type(obj).__name__}"
+        raise ValueError(msg)
+    return obj
 
 
 def check_counts(X: Any, *, source: PathLike) -> sp.csr_matrix:

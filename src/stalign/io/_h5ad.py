@@ -14,7 +14,6 @@ that needs counts can check the flag (or call with ``require_counts=True`` to fa
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -25,7 +24,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _keys as K
-from ._core import PathLike, absolute, as_path, assemble, check_coordinates, find_file, make_var
+from ._core import (
+    PathLike,
+    absolute,
+    as_path,
+    assemble,
+    check_coordinates,
+    find_file,
+    make_var,
+    read_json_object,
+)
 from ._image import image_info, thumbnails, to_rgb_uint8
 from ._mpp import reconcile_mpp
 
@@ -332,14 +340,9 @@ def read_hest(
             msg = f"HEST sample {sid!r} under '{path}': expected {what}, not found"
             raise FileNotFoundError(msg)
     meta_path: Path = found["metadata"]  # type: ignore[assignment]
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        msg = f"{meta_path}: expected HEST metadata JSON, cannot parse it ({e})"
-        raise ValueError(msg) from e
-    if not isinstance(meta, dict) or "pixel_size_um_estimated" not in meta:
-        found_keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
-        msg = f"{meta_path}: expected key 'pixel_size_um_estimated' (µm/px), found {found_keys}"
+    meta = read_json_object(meta_path, what="HEST metadata JSON", fields="metadata fields")
+    if "pixel_size_um_estimated" not in meta:
+        msg = f"{meta_path}: expected key 'pixel_size_um_estimated' (µm/px), found {sorted(meta)}"
         raise ValueError(msg)
     estimates: dict[str, float | None] = {
         "user": mpp,

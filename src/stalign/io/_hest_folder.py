@@ -17,7 +17,6 @@ Field names used (HEST's own): ``id``, ``patient``, ``organ``, ``species``,
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._core import PathLike, as_path
+from ._core import PathLike, as_path, read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +81,7 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        msg = f"{path}: expected HEST metadata JSON, cannot parse it ({e})"
-        raise ValueError(msg) from e
-    if not isinstance(meta, dict):
-        msg = f"{path}: expected a JSON object of metadata fields, found {type(meta).__name__}"
-        raise ValueError(msg)
-    return meta
+    return read_json_object(path, what="HEST metadata JSON", fields="metadata fields")
 
 
 def read_hest_metadata(root: PathLike, *, metadata: PathLike | None = None) -> pd.DataFrame:

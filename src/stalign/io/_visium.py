@@ -18,7 +18,6 @@ for Visium (spots are 55 µm wide) and ``microns_per_pixel`` for Visium HD.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from ._core import (
     check_coordinates,
     join_positions,
     make_var,
+    read_json_object,
     read_table,
 )
 from ._image import image_info, thumbnails
@@ -123,14 +123,7 @@ def read_scalefactors(path: Path, *, required: tuple[str, ...] = _REQUIRED_SCALE
     if not path.is_file():
         msg = f"scale factors not found: expected '{path}' (Space Ranger spatial/ folder)"
         raise FileNotFoundError(msg)
-    try:
-        sf = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        msg = f"{path}: expected JSON scale factors, cannot parse it ({e})"
-        raise ValueError(msg) from e
-    if not isinstance(sf, dict):
-        msg = f"{path}: expected a JSON object of scale factors, found {type(sf).__name__}"
-        raise ValueError(msg)
+    sf = read_json_object(path, what="JSON scale factors", fields="scale factors")
     missing = [k for k in required if k not in sf]
     if missing:
         msg = f"{path}: expected keys {list(required)}, missing {missing} (found {sorted(sf)})"
