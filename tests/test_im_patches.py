@@ -103,6 +103,22 @@ def test_iter_patches_batches_equal_extract_and_are_bounded(mob_adata):
     np.testing.assert_allclose(b0.topleft, b0.coords - half0)
 
 
+def test_iter_patches_without_tissue_qc_builds_no_mask(mob_adata, monkeypatch):
+    """Callers that need only the pixels (tl.embed) do not pay for a slide mask."""
+    import stalign.im._patches as patches_mod
+
+    def no_mask(*_a, **_k):
+        raise AssertionError("a tissue mask was computed")
+
+    monkeypatch.setattr(patches_mod, "_slide_tissue_mask", no_mask)
+    ref = next(im.iter_patches(mob_adata[:40], mpp=4.4, size_px=16, tissue_qc="pixels"))
+    (batch,) = im.iter_patches(mob_adata[:40], mpp=4.4, size_px=16, tissue_qc=None)
+    assert np.isnan(batch.tissue_fraction).all()
+    np.testing.assert_array_equal(batch.images, ref.images)
+    with pytest.raises(ValueError, match="tissue_qc must be one of"):
+        im.extract_patches(mob_adata[:5], mpp=4.4, size_px=16, tissue_qc=None)
+
+
 def test_iter_patches_with_image_and_coords(mob_dir):
     img = im.open_image(mob_dir / "MOB1.jpg", mpp=4.4)
     coords = np.array([[800.0, 900.0], [5.0, 5.0]])  # 20-px patch: 10 px each side

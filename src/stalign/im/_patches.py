@@ -112,7 +112,7 @@ def iter_patches(
     mpp: float = 0.5,
     size_px: int = 224,
     batch_size: int = 256,
-    tissue_qc: str = "mask",
+    tissue_qc: str | None = "mask",
     tissue_mask: TissueMask | None = None,
     saturation_threshold: float | None = None,
     spatial_key: str = K.SPATIAL,
@@ -145,7 +145,9 @@ def iter_patches(
         How ``PatchBatch.tissue_fraction`` is measured: ``"mask"`` (default) —
         coverage of the patch window by the slide-level tissue mask
         (:func:`stalign.im.tissue_mask`, computed once); ``"pixels"`` — fraction
-        of pixels whose saturation exceeds ``saturation_threshold``.
+        of pixels whose saturation exceeds ``saturation_threshold``; ``None`` —
+        not measured (``tissue_fraction`` is NaN; for callers that only need the
+        pixels, e.g. :func:`stalign.tl.embed`, so no slide mask is computed).
     tissue_mask
         A precomputed mask of this slide (``tissue_qc="mask"``).
     saturation_threshold
@@ -174,7 +176,7 @@ def iter_patches(
     if order not in ("obs", "spatial"):
         msg = f"order must be 'obs' or 'spatial', got {order!r}"
         raise ValueError(msg)
-    _check_tissue_qc(tissue_qc, saturation_threshold)
+    _check_tissue_qc(tissue_qc, saturation_threshold, allow_none=True)
     if adata is not None:
         coords = _spot_coords(adata, spatial_key)
         barcodes = np.asarray(adata.obs_names.astype(str))
@@ -231,8 +233,10 @@ def iter_patches(
             slide.close()
 
 
-def _check_tissue_qc(tissue_qc: str, saturation_threshold: float | None) -> None:
-    if tissue_qc not in TISSUE_QC_MODES:
+def _check_tissue_qc(
+    tissue_qc: str | None, saturation_threshold: float | None, *, allow_none: bool = False
+) -> None:
+    if not (allow_none and tissue_qc is None) and tissue_qc not in TISSUE_QC_MODES:
         msg = f"tissue_qc must be one of {TISSUE_QC_MODES}, got {tissue_qc!r}"
         raise ValueError(msg)
     if tissue_qc == "mask" and saturation_threshold is not None:
@@ -246,11 +250,13 @@ def _check_tissue_qc(tissue_qc: str, saturation_threshold: float | None) -> None
 
 def _tissue_measure(
     slide: SlideImage,
-    tissue_qc: str,
+    tissue_qc: str | None,
     mask: TissueMask | None,
     saturation_threshold: float | None,
 ) -> Callable[[np.ndarray, float, np.ndarray], np.ndarray]:
     """``f(centres, window0_px, patches) -> tissue fraction`` for one slide, set up once."""
+    if tissue_qc is None:  # not measured: no mask, no threshold
+        return lambda centres, _window0, _imgs: np.full(len(centres), np.nan, np.float32)
     if tissue_qc == "mask":
         tmask = _slide_tissue_mask(slide) if mask is None else mask
         if (tmask.width, tmask.height) != (slide.width, slide.height):

@@ -240,8 +240,9 @@ def _batches_from_array(arr: np.ndarray, batch_size: int) -> Iterator[dict]:
 def _batches_from_adata(adata, batch_size: int, mpp: float, size_px: int) -> Iterator[dict]:
     from .. import im
 
+    # only the pixels are embedded: no tissue measurement (and so no slide mask)
     for b in im.iter_patches(
-        adata, mpp=mpp, size_px=size_px, batch_size=batch_size, progress=False
+        adata, mpp=mpp, size_px=size_px, batch_size=batch_size, tissue_qc=None, progress=False
     ):
         yield {"image": np.ascontiguousarray(b.images), "index": np.asarray(b.index)}
 
