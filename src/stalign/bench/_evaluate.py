@@ -32,6 +32,7 @@ from ._cache import FeatureCache, FeatureSource
 from ._features import color_histogram, downsampled_pixels, library_size, squidpy_features
 from ._mil import marker_prediction
 from ._probe import ProbeResult, gene_prediction, pathway_prediction
+from ._report import MapSection
 from ._retrieval import retrieval
 from ._tasks import MarkerTask, bags_from_task, region_tasks
 
@@ -836,8 +837,8 @@ class _FeatureSetScores:
 
     rows: list[dict]
     per_target: dict[str, pd.Series]  # genes / pathways → mean over seeds per target
-    # ridge results of the first seed, kept for the compared pair only (maps; n × targets)
-    first_ridge: dict[str, ProbeResult] | None
+    # the maps' section of the first seed's ridge probes, for the compared pair only
+    map_sections: dict[str, MapSection] | None
     curve: np.ndarray  # recall@k curve, mean over seeds
     chance_curve: np.ndarray | None
 
@@ -846,7 +847,7 @@ def _score_feature_set(fs: FeatureSet, ctx: _Context, *, with_chance: bool) -> _
     """Score a feature set over the seeds, reloading features only where they change."""
     rows: list[dict] = []
     means: dict[str, list[pd.Series]] = {"genes": [], "pathways": []}
-    first_ridge: dict[str, ProbeResult] | None = None
+    map_sections: dict[str, MapSection] | None = None
     curves: list[np.ndarray] = []
     chance = None
     varying = set(_seed_indices(fs, ctx.spec))
@@ -867,15 +868,15 @@ def _score_feature_set(fs: FeatureSet, ctx: _Context, *, with_chance: bool) -> _
             for key in means:
                 means[key].append(res.ridge[key].target_means())
             curves.append(res.curve)
-            if first_ridge is None and fs.label in ctx.compared:  # the maps need it
-                first_ridge = res.ridge
+            if map_sections is None and fs.label in ctx.compared:  # the maps need it
+                map_sections = {k: MapSection.of(r, ctx.samples) for k, r in res.ridge.items()}
         chance = res.chance_curve if res.chance_curve is not None else chance
         if ctx.progress_bar is not None:
             ctx.progress_bar.update(1)
     return _FeatureSetScores(
         rows=rows,
         per_target={key: sum(m) / len(m) for key, m in means.items()},
-        first_ridge=first_ridge,
+        map_sections=map_sections,
         curve=np.mean(curves, axis=0),
         chance_curve=chance,
     )
@@ -1182,11 +1183,10 @@ def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
     figs = write_figures(
         spec.out,
         per_target=per_target,
-        ridge={label: s.first_ridge for label, s in scores.items() if s.first_ridge},
+        sections={label: s.map_sections for label, s in scores.items() if s.map_sections},
         curves={label: s.curve for label, s in scores.items()},
         chance_curve=next(s.chance_curve for s in scores.values()),
         coords=data.coords,
-        samples=ctx.samples,
         base=params["baseline"],
         aligned=params["aligned"],
         n_maps=spec.n_maps,

@@ -208,9 +208,18 @@ def _folds(
 _CONSTANT_SD_FRACTION = 1e-6
 
 
-def _informative_columns(X_train: np.ndarray) -> np.ndarray:
-    """Return the columns that vary on the training spots (all of them if none does)."""
-    sd = np.asarray(X_train, dtype=np.float64).std(axis=0)
+def _informative_columns(X_train: np.ndarray, block: int = 16) -> np.ndarray:
+    """Return the columns that vary on the training spots (all of them if none does).
+
+    The sd is taken in float64 over ``block`` columns at a time, so the float64
+    working copy is ``block`` columns wide rather than the whole matrix.
+    """
+    sd = np.concatenate(
+        [
+            np.asarray(X_train[:, j : j + block], dtype=np.float64).std(axis=0)
+            for j in range(0, X_train.shape[1], block)
+        ]
+    )
     positive = sd[sd > 0]
     if positive.size == 0:
         return np.arange(X_train.shape[1])
@@ -227,10 +236,12 @@ def _reduce(X: np.ndarray, tr: np.ndarray, te: np.ndarray, pca_dim: int | None, 
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
-    cols = _informative_columns(X[tr])
+    rows = X[tr]  # one copy of the fold's training rows, in the input dtype
+    cols = _informative_columns(rows)
     # the column selection is kept even when it takes every column: it lays the matrix
     # out column-major, and the scaler's sums (so the last bits) depend on the layout
-    X_train = X[tr][:, cols].astype(np.float64, copy=False)
+    X_train = rows[:, cols].astype(np.float64, copy=False)
+    del rows
     X_test = X[te][:, cols].astype(np.float64, copy=False)
     # the probe is not asked to extrapolate: each test feature is clipped to the range
     # it spans on the training spots. Sparse ReLU features (a unit active on 1 % of the
@@ -397,6 +408,7 @@ def _run(
                     {"fold": fi, "sample": smp, "target": t, "pearson": float(v)}
                     for t, v in zip(target_names, rs, strict=True)
                 )
+        del Xtr, Xte, p  # before the next fold's matrices are made
     per_sample = pd.DataFrame(rows_s, columns=["fold", "sample", "target", "pearson"])
     return ProbeResult(
         per_target=pd.DataFrame(rows_t, columns=["fold", "target", "pearson"]),

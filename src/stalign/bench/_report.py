@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pandas as pd
 
 from .._utils import atomic_write_text
 
-__all__ = ["summary_table", "write_figures", "write_report"]
+__all__ = ["MapSection", "summary_table", "write_figures", "write_report"]
 
 _TASK_TEXT = {
     "genes": "Gene expression (HEST ridge probe, Pearson per gene averaged over the panel)",
@@ -86,15 +87,55 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+@dataclass(frozen=True)
+class MapSection:
+    """What a measured-vs-predicted map needs of a probe: its largest tested section.
+
+    Kept instead of the whole :class:`~stalign.bench.ProbeResult` (``n × targets``
+    predictions and targets), so the figures do not hold two matrices per compared
+    feature set for the whole run.
+
+    Attributes
+    ----------
+    sample
+        The section (``sample_id``) with the most tested spots.
+    rows
+        Positions of its tested spots in the spot table.
+    targets, predictions
+        ``(len(rows), n_targets)`` measured and out-of-fold predicted values there.
+    target_names
+        Names of the target columns.
+    """
+
+    sample: str
+    rows: np.ndarray
+    targets: np.ndarray
+    predictions: np.ndarray
+    target_names: list[str]
+
+    @classmethod
+    def of(cls, res: Any, samples: np.ndarray) -> MapSection:
+        """Cut the largest tested section out of a probe result ``res``."""
+        tested = ~np.isnan(res.predictions).any(axis=1)
+        smp = pd.Series(samples[tested]).value_counts().index[0]
+        rows = np.flatnonzero(tested & (samples == smp))
+        return cls(
+            sample=str(smp),
+            rows=rows,
+            targets=res.targets[rows],
+            predictions=res.predictions[rows],
+            target_names=list(res.target_names),
+        )
+
+
 def _maps(
     out: Path,
     key: str,
     unit: str,
-    res_a: Any,
-    res_b: Any,
+    sec_a: MapSection,
+    sec_b: MapSection,
     best_of_b: pd.Series,
     coords: np.ndarray,
-    samples: np.ndarray,
     base: str,
     aligned: str,
     n_maps: int,
@@ -102,26 +143,26 @@ def _maps(
     """Measured vs predicted maps of the largest tested section; return the figure path."""
     from .. import pl
 
-    tested = ~np.isnan(res_b.predictions).any(axis=1)
-    smp = pd.Series(samples[tested]).value_counts().index[0]
-    rows_s = np.flatnonzero(tested & (samples == smp))
+    if sec_a.sample != sec_b.sample or not np.array_equal(sec_a.rows, sec_b.rows):
+        msg = (
+            f"maps: {base} and {aligned} were tested on different spots of "
+            f"{sec_b.sample!r}; their probes must share the split"
+        )
+        raise RuntimeError(msg)
     best = best_of_b.sort_values(ascending=False).index[:n_maps]
-    cols = [res_b.target_names.index(t) for t in best]
+    cols = [sec_b.target_names.index(t) for t in best]
     sc = {
-        lab: [
-            float(np.corrcoef(res.targets[rows_s, c], res.predictions[rows_s, c])[0, 1])
-            for c in cols
-        ]
-        for lab, res in ((base, res_a), (aligned, res_b))
+        lab: [float(np.corrcoef(sec.targets[:, c], sec.predictions[:, c])[0, 1]) for c in cols]
+        for lab, sec in ((base, sec_a), (aligned, sec_b))
     }
     f = f"figures/maps_{key}.png"
     pl.bench_maps(
-        coords[rows_s],
-        res_b.targets[rows_s][:, cols],
-        {base: res_a.predictions[rows_s][:, cols], aligned: res_b.predictions[rows_s][:, cols]},
+        coords[sec_b.rows],
+        sec_b.targets[:, cols],
+        {base: sec_a.predictions[:, cols], aligned: sec_b.predictions[:, cols]},
         [str(t) for t in best],
         scores=sc,
-        title=f"{smp}: measured vs predicted (best {unit}s of {aligned})",
+        title=f"{sec_b.sample}: measured vs predicted (best {unit}s of {aligned})",
         save=out / f,
     )
     return f
@@ -131,11 +172,10 @@ def write_figures(
     out: Path,
     *,
     per_target: Mapping[str, Mapping[str, pd.Series]],
-    ridge: Mapping[str, Mapping[str, Any]],
+    sections: Mapping[str, Mapping[str, MapSection]],
     curves: Mapping[str, np.ndarray],
     chance_curve: np.ndarray | None,
     coords: np.ndarray,
-    samples: np.ndarray,
     base: str,
     aligned: str,
     n_maps: int,
@@ -148,12 +188,13 @@ def write_figures(
         Output directory.
     per_target
         ``genes`` / ``pathways`` → feature label → Pearson per target.
-    ridge
-        Feature label → ``genes`` / ``pathways`` → ridge :class:`ProbeResult` (first seed).
+    sections
+        Feature label → ``genes`` / ``pathways`` → :class:`MapSection` of its ridge
+        probe (first seed), for the two compared labels.
     curves, chance_curve
         recall@k curves per feature label, and of a random ranking.
-    coords, samples
-        Spot centres (level-0 px) and section of every spot.
+    coords
+        Spot centres (level-0 px) of every spot.
     base, aligned
         The two feature labels compared.
     n_maps
@@ -177,11 +218,10 @@ def write_figures(
             out,
             key,
             unit,
-            ridge[base][key],
-            ridge[aligned][key],
+            sections[base][key],
+            sections[aligned][key],
             per_target[key][aligned],
             coords,
-            samples,
             base,
             aligned,
             n_maps,
