@@ -75,6 +75,32 @@ def test_embed_dataset_to_h5_is_batch_size_independent(store, tiny_encoder, tmp_
         assert f.attrs["encoder"] == "vit_tiny_patch16_224"
 
 
+class _ImagesOnly(torch.utils.data.Dataset):
+    """A dataset of ``{'image': ...}`` items and nothing else (no pathways, no index)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i]}
+
+
+def test_embed_dataset_of_images_only(tiny_encoder):
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, size=(10, 32, 32, 3), dtype=np.uint8)
+    direct = st.tl.embed(patches, tiny_encoder, batch_size=4, progress=False)
+    uint8 = st.tl.embed(
+        _ImagesOnly(torch.from_numpy(patches)), tiny_encoder, batch_size=4, progress=False
+    )
+    np.testing.assert_allclose(uint8, direct, atol=1e-5)
+    floats = torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255.0
+    as_float = st.tl.embed(_ImagesOnly(floats), tiny_encoder, batch_size=3, progress=False)
+    np.testing.assert_allclose(as_float, direct, atol=1e-5)
+
+
 def test_cli_train_export_embed_roundtrip(store, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(

@@ -26,9 +26,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("im",),
     ("pp",),
     ("models",),
+    ("train",),
     ("tl",),
     ("pairs",),
-    ("train",),
     ("pl",),
     ("bench",),
     ("datasets",),
@@ -39,8 +39,6 @@ RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 #: (importer, imported) -> what removes it; each is an upward import
 PENDING: dict[tuple[str, str], str] = {
-    ("tl", "train"): "tl/_embed.py loads a training run with train.load_model: the resolver "
-    "belongs above train (or load_model in models); branch scaleeval owns tl/_embed.py",
     ("io", "im"): "io/_spatialdata.py (to_spatialdata, merged from hestsdata) reads the H&E "
     "through im.open_image and im's private levels: the writer belongs above im (a module "
     "of its own, or im), io keeping the reader",

@@ -208,25 +208,42 @@ def iter_embeddings(
         module.train(was_training)
 
 
+#: per-item labels an embedding batch carries along when every item has them
+_ID_KEYS = ("barcode", "sample_id")
+
+
+def _collate_images(items: list[dict]) -> dict[str, Any]:
+    """Stack the items' ``'image'``; keep ``barcode`` / ``sample_id`` lists when present.
+
+    The embedding loop needs nothing else: a dataset of ``{'image': ...}`` items (uint8
+    ``(H, W, 3)`` or float ``(3, H, W)`` in ``[0, 1]``) is enough.
+    """
+    import torch
+
+    if not items:
+        msg = "embed: empty batch"
+        raise ValueError(msg)
+    if not all(isinstance(it, dict) and "image" in it for it in items):
+        msg = "embed: dataset items must be dicts with an 'image' entry"
+        raise TypeError(msg)
+    batch: dict[str, Any] = {"image": torch.stack([torch.as_tensor(it["image"]) for it in items])}
+    for key in _ID_KEYS:
+        if all(it.get(key) is not None for it in items):
+            batch[key] = [it[key] for it in items]
+    return batch
+
+
 def _batches_from_dataset(dataset, batch_size: int, num_workers: int, pin: bool) -> Iterator[dict]:
     from torch.utils.data import DataLoader
 
-    from ..train import collate_pairs
-
-    loader = DataLoader(
+    yield from DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate_pairs,
+        collate_fn=_collate_images,
         pin_memory=pin,
     )
-    for batch in loader:
-        yield {
-            "image": batch["image"],
-            "barcode": batch["barcode"],
-            "sample_id": batch["sample_id"],
-        }
 
 
 def _batches_from_array(arr: np.ndarray, batch_size: int) -> Iterator[dict]:
@@ -263,9 +280,11 @@ def _embed_with_meta(
 
 
 class _H5Sink:
-    """Write embeddings (and barcodes/sample ids when known) into an ``.h5`` file."""
+    """Write embeddings (and barcodes / sample ids when known) into an ``.h5`` file."""
 
-    def __init__(self, out: str | os.PathLike, n: int, dim: int, name: str, ids: bool) -> None:
+    def __init__(
+        self, out: str | os.PathLike, n: int, dim: int, name: str, ids: Iterable[str]
+    ) -> None:
         import h5py
 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -273,18 +292,16 @@ class _H5Sink:
         self.f.create_dataset(
             "embeddings", (n, dim), dtype="float32", chunks=(max(1, min(n, 1024)), dim)
         )
-        if ids:
-            str_dt = h5py.string_dtype()
-            self.f.create_dataset("barcode", (n,), dtype=str_dt)
-            self.f.create_dataset("sample_id", (n,), dtype=str_dt)
+        self.ids = tuple(ids)
+        for key in self.ids:
+            self.f.create_dataset(key, (n,), dtype=h5py.string_dtype())
         self.f.attrs["encoder"] = name
 
     def write(self, start: int, z: np.ndarray, batch: dict) -> None:
         stop = start + z.shape[0]
         self.f["embeddings"][start:stop] = z
-        if "barcode" in self.f:
-            self.f["barcode"][start:stop] = [str(v) for v in batch["barcode"]]
-            self.f["sample_id"][start:stop] = [str(v) for v in batch["sample_id"]]
+        for key in self.ids:
+            self.f[key][start:stop] = [str(v) for v in batch[key]]
 
     def close(self) -> None:
         self.f.close()
@@ -398,7 +415,7 @@ def embed(
         for batch, z in _embed_with_meta(module, batches, device=dev, image_size=image_size):
             if sink is None and result is None:
                 if out is not None and not is_adata:
-                    sink = _H5Sink(out, n, z.shape[1], name, ids="barcode" in batch)
+                    sink = _H5Sink(out, n, z.shape[1], name, [k for k in _ID_KEYS if k in batch])
                 else:
                     result = np.empty((n, z.shape[1]), dtype=np.float32)
             b = z.shape[0]
