@@ -42,8 +42,6 @@ PENDING: dict[tuple[str, str], str] = {
     ("io", "im"): "io/_spatialdata.py (to_spatialdata, merged from hestsdata) reads the H&E "
     "through im.open_image and im's private levels: the writer belongs above im (a module "
     "of its own, or im), io keeping the reader",
-    ("train", "datasets"): "the deprecated shim train.mob_example_pairs: remove it once tests "
-    "import stalign.datasets.mob_example_pairs (tests/test_train*.py, branch trainfaults)",
 }
 
 

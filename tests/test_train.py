@@ -8,6 +8,7 @@ import pytest
 import torch
 from _fixtures_train import one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
+from stalign.datasets import mob_example_pairs
 from stalign.pl import save_training_curves
 from stalign.train import (
     GlobalBatchSampler,
@@ -18,7 +19,6 @@ from stalign.train import (
     crop_batch,
     fit,
     load_model,
-    mob_example_pairs,
     pathway_soft_targets,
     retrieval_metrics,
 )

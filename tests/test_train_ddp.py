@@ -11,7 +11,8 @@ import torch
 import torch.multiprocessing as mp
 from _fixtures_train import one_thread  # noqa: F401 (autouse fixture)
 
-from stalign.train import TensorPairsDataset, TrainConfig, fit, mob_example_pairs
+from stalign.datasets import mob_example_pairs
+from stalign.train import TensorPairsDataset, TrainConfig, fit
 
 pytestmark = pytest.mark.xdist_group("ddp")  # two processes of its own: keep it on one worker
 

@@ -18,7 +18,8 @@ from _fixtures_train import one_thread, tiny_config  # noqa: F401 (autouse fixtu
 
 from stalign._lock import FolderLockedError
 from stalign.cli import main
-from stalign.train import TrainConfig, fit, mob_example_pairs
+from stalign.datasets import mob_example_pairs
+from stalign.train import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST_COLS = "sample_id,patient_id,organ,species,platform,path,image,mpp,source,license"

@@ -53,21 +53,3 @@ __all__ = [
     "retrieval_metrics",
     "save_checkpoint",
 ]
-
-
-def __getattr__(name: str):
-    # deprecated home of the example pairs (moved to stalign.datasets): a lazy shim, so
-    # that stalign.train itself never imports stalign.datasets (which sits above it)
-    if name == "mob_example_pairs":
-        import warnings
-
-        from ..datasets import mob_example_pairs
-
-        warnings.warn(
-            "stalign.train.mob_example_pairs moved to stalign.datasets.mob_example_pairs",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return mob_example_pairs
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
