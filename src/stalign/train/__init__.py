@@ -21,7 +21,7 @@ from ._data import (
     image_statistics,
     pathway_statistics,
 )
-from ._fit import LOCK_FILE, FitResult, evaluate, fit
+from ._fit import LOCK_FILE, FitResult, fit, validate
 from ._loss import contrastive_loss, gather_features, pathway_soft_targets
 from ._metrics import retrieval_metrics
 from ._model import AlignmentModel, ImageTower, MolecularTower, ProjectionHead
@@ -41,7 +41,6 @@ __all__ = [
     "collate_pairs",
     "contrastive_loss",
     "crop_batch",
-    "evaluate",
     "fit",
     "gather_features",
     "image_statistics",
@@ -52,4 +51,5 @@ __all__ = [
     "previous_run_files",
     "retrieval_metrics",
     "save_checkpoint",
+    "validate",
 ]

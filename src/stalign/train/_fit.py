@@ -50,7 +50,7 @@ from ._loss import contrastive_loss, gather_features, pathway_soft_targets
 from ._metrics import retrieval_metrics
 from ._model import AlignmentModel
 
-__all__ = ["FitResult", "evaluate", "fit"]
+__all__ = ["FitResult", "fit", "validate"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def _loader(
 
 
 @torch.no_grad()
-def evaluate(
+def validate(
     model: AlignmentModel,
     dataset: Dataset,
     config: TrainConfig,
@@ -720,7 +720,7 @@ def _log_starting_point(run: _Run, state: TrainingState) -> None:
     """
     if run.val_dataset is None or state.step != 0 or not run.is_main:
         return
-    metrics = evaluate(run.model, run.val_dataset, run.config, device=run.device)
+    metrics = validate(run.model, run.val_dataset, run.config, device=run.device)
     _append_history(run, state, {"step": 0, "epoch": 0.0, **metrics})
     logger.info("step 0 (before training): %s", _format_metrics(metrics))
 
@@ -794,7 +794,7 @@ def _validate(run: _Run, state: TrainingState, row: dict[str, Any] | None) -> di
     if not (state.step % run.eval_every == 0 or state.step == run.total_steps):
         return row
     if run.is_main:
-        metrics = evaluate(run.model, run.val_dataset, run.config, device=run.device)
+        metrics = validate(run.model, run.val_dataset, run.config, device=run.device)
         row = {**(row or _row_start(run, state)), **metrics}
         _update_early_stopping(run, state, metrics)
         logger.info("step %d: %s", state.step, _format_metrics(metrics))
