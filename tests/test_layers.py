@@ -14,8 +14,6 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src" / "stalign"
 ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
@@ -173,10 +171,7 @@ def test_pending_upward_imports_are_still_there():
 
 
 #: "file: imported private module" -> what removes it
-PENDING_PRIVATE = {
-    "stalign/cli/_models.py: stalign.tl._embed": "use stalign.tl.resolve_encoder, public once "
-    "branch scaleeval is merged",
-}
+PENDING_PRIVATE: dict[str, str] = {}
 
 
 def private_imports_of_cli() -> dict[str, str]:
@@ -201,6 +196,7 @@ def test_cli_imports_public_names_only():
     assert not extra, f"the CLI imports private modules: {sorted(extra)}"
 
 
-@pytest.mark.parametrize("entry", sorted(PENDING_PRIVATE))
-def test_pending_private_imports_are_still_there(entry):
-    assert entry in private_imports_of_cli(), f"{entry} is gone: delete it from PENDING_PRIVATE"
+def test_pending_private_imports_are_still_there():
+    found = private_imports_of_cli()
+    gone = sorted(entry for entry in PENDING_PRIVATE if entry not in found)
+    assert not gone, f"{gone} are gone: delete them from PENDING_PRIVATE"
