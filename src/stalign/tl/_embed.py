@@ -401,6 +401,36 @@ def _check_dataset(caller: str, dataset: Any) -> int:
     return len(dataset)
 
 
+def _run_dataset(
+    caller: str,
+    dataset: Any,
+    encoder: Any,
+    open_sink: Any,
+    *,
+    batch_size: int,
+    image_size: int | None,
+    projected: bool,
+    device: str,
+    num_workers: int,
+    progress: bool,
+) -> Any:
+    """:func:`_run` over a dataset; ``open_sink(n, dim, first_batch, encoder_name)``."""
+    n = _check_dataset(caller, dataset)
+    module, name, image_size = _encoder_for(caller, encoder, batch_size, projected, image_size)
+    dev = _device(device)
+    return _run(
+        caller,
+        module,
+        name,
+        _batches_from_dataset(dataset, batch_size, num_workers, dev.type == "cuda"),
+        n,
+        lambda dim, first: open_sink(n, dim, first, name),
+        image_size=image_size,
+        device=dev,
+        progress=progress,
+    )
+
+
 def embed(
     adata: Any,
     encoder: Any,
@@ -585,20 +615,16 @@ def embed_dataset(
     ``(n, D)`` float32 embeddings in dataset order. For stores too large for memory use
     :func:`write_embeddings`.
     """
-    n = _check_dataset("embed_dataset", dataset)
-    module, name, image_size = _encoder_for(
-        "embed_dataset", encoder, batch_size, projected, image_size
-    )
-    dev = _device(device)
-    sink = _run(
+    sink = _run_dataset(
         "embed_dataset",
-        module,
-        name,
-        _batches_from_dataset(dataset, batch_size, num_workers, dev.type == "cuda"),
-        n,
-        lambda dim, _: _ArraySink(n, dim),
+        dataset,
+        encoder,
+        lambda n, dim, first, name: _ArraySink(n, dim),
+        batch_size=batch_size,
         image_size=image_size,
-        device=dev,
+        projected=projected,
+        device=device,
+        num_workers=num_workers,
         progress=progress,
     )
     return sink.array
@@ -638,20 +664,18 @@ def write_embeddings(
     -------
     ``path`` as a :class:`~pathlib.Path`.
     """
-    n = _check_dataset("write_embeddings", dataset)
-    module, name, image_size = _encoder_for(
-        "write_embeddings", encoder, batch_size, projected, image_size
-    )
-    dev = _device(device)
-    _run(
+    _run_dataset(
         "write_embeddings",
-        module,
-        name,
-        _batches_from_dataset(dataset, batch_size, num_workers, dev.type == "cuda"),
-        n,
-        lambda dim, first: _H5Sink(path, n, dim, name, [k for k in _ID_KEYS if k in first]),
+        dataset,
+        encoder,
+        lambda n, dim, first, name: _H5Sink(
+            path, n, dim, name, [k for k in _ID_KEYS if k in first]
+        ),
+        batch_size=batch_size,
         image_size=image_size,
-        device=dev,
+        projected=projected,
+        device=device,
+        num_workers=num_workers,
         progress=progress,
     )
     return Path(path)
