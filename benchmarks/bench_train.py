@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
+from stalign.datasets import mob_example_pairs
 from stalign.models import count_parameters
-from stalign.train import TrainConfig, build_model, mob_example_pairs
+from stalign.train import TrainConfig, build_model
 from stalign.train._data import GlobalBatchSampler, image_statistics, pathway_statistics
 from stalign.train._fit import _loader, _optimizer, _prepare
 from stalign.train._loss import contrastive_loss

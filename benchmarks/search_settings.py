@@ -130,7 +130,7 @@ def run_one(split: InnerSplit, base: PipelineConfig, setting: dict, seed: int, s
     cfg = _settings_config(base, setting)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="stalign-search-") as tmp:
-        tcfg = train_config(cfg, seed=seed, output_dir=tmp)
+        tcfg = train_config(cfg, seed=seed, out=tmp)
         data = ShuffledPairs(split.fit_ds, seed=seed) if shuffled else split.fit_ds
         result = train.fit(tcfg, data, split.val_ds)
         encoder = result.model.image_tower.encoder

@@ -30,7 +30,7 @@ def tiny_config(out: str | os.PathLike | None = None, **changes) -> TrainConfig:
         lr=1e-3,
         log_every_steps=1,
         progress=False,
-        output_dir=str(out) if out is not None else None,
+        out=str(out) if out is not None else None,
     )
     base.update(changes)
     return TrainConfig(**base)

@@ -1,4 +1,5 @@
-"""tl.embed and the train / embed / export / encoders commands on a small real MOB store."""
+"""tl.embed / embed_patches / embed_dataset / write_embeddings and the train / embed /
+export / encoders commands on a small real MOB store."""
 
 from __future__ import annotations
 
@@ -50,29 +51,72 @@ def tiny_encoder():
 
 def test_embed_adata_writes_obsm_in_obs_order(mob_adata, tiny_encoder):
     adata = mob_adata[:50].copy()
-    st.tl.embed(adata, tiny_encoder, batch_size=16, mpp=4.4, size_px=48, progress=False)
+    kw = dict(batch_size=16, mpp=4.4, size_px=48, progress=False)
+    assert st.tl.embed(adata, tiny_encoder, **kw) is None  # scanpy style: in place
     key = "X_vit_tiny_patch16_224"
     assert adata.obsm[key].shape == (50, 192) and adata.obsm[key].dtype == np.float32
     assert adata.uns[key]["params"]["size_px"] == 48
     # the same as embedding the patches directly, row for row
     patches = st.im.extract_patches(adata, mpp=4.4, size_px=48)
-    direct = st.tl.embed(patches, tiny_encoder, batch_size=50, progress=False)
+    direct = st.tl.embed_patches(patches, tiny_encoder, batch_size=50, progress=False)
     np.testing.assert_allclose(adata.obsm[key], direct, atol=1e-5)
     assert np.abs(direct[0] - direct[1]).max() > 0  # different patches, different embeddings
+    # copy=True: the modified copy comes back, the input is left alone
+    fresh = mob_adata[:50].copy()
+    copied = st.tl.embed(fresh, tiny_encoder, key_added="X_copy", copy=True, **kw)
+    assert isinstance(copied, ad.AnnData) and "X_copy" not in fresh.obsm
+    np.testing.assert_allclose(copied.obsm["X_copy"], direct, atol=1e-5)
     with pytest.raises(ValueError, match="batch_size"):
         st.tl.embed(adata, tiny_encoder, batch_size=0)
     with pytest.raises(ValueError, match="uint8"):
-        st.tl.embed(np.zeros((2, 8, 8, 3), np.float32), tiny_encoder)
+        st.tl.embed_patches(np.zeros((2, 8, 8, 3), np.float32), tiny_encoder)
+
+
+def test_embed_takes_an_anndata_only_and_names_the_function_for_the_rest(tiny_encoder):
+    patches = np.zeros((2, 32, 32, 3), np.uint8)
+    with pytest.raises(TypeError, match="embed_patches"):
+        st.tl.embed(patches, tiny_encoder)
+    with pytest.raises(TypeError, match="embed_dataset / write_embeddings"):
+        st.tl.embed(_ImagesOnly(torch.from_numpy(patches)), tiny_encoder)
+    with pytest.raises(TypeError, match="embed_patches"):
+        st.tl.embed_dataset(patches, tiny_encoder)
 
 
 def test_embed_dataset_to_h5_is_batch_size_independent(store, tiny_encoder, tmp_path):
     ds = st.pairs.PairsDataset(store, samples=["MOB1"])
-    full = st.tl.embed(ds, tiny_encoder, batch_size=len(ds), progress=False)
-    path = st.tl.embed(ds, tiny_encoder, batch_size=7, out=tmp_path / "e.h5", progress=False)
+    full = st.tl.embed_dataset(ds, tiny_encoder, batch_size=len(ds), progress=False)
+    path = st.tl.write_embeddings(ds, tiny_encoder, tmp_path / "e.h5", batch_size=7, progress=False)
+    assert path == tmp_path / "e.h5"
     with h5py.File(path) as f:
         np.testing.assert_allclose(f["embeddings"][:], full, atol=1e-5)
         assert [b.decode() for b in f["barcode"][:3]] == [ds[i]["barcode"] for i in range(3)]
         assert f.attrs["encoder"] == "vit_tiny_patch16_224"
+
+
+class _ImagesOnly(torch.utils.data.Dataset):
+    """A dataset of ``{'image': ...}`` items and nothing else (no pathways, no index)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i]}
+
+
+def test_embed_dataset_of_images_only(tiny_encoder):
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, size=(10, 32, 32, 3), dtype=np.uint8)
+    direct = st.tl.embed_patches(patches, tiny_encoder, batch_size=4, progress=False)
+    uint8 = st.tl.embed_dataset(
+        _ImagesOnly(torch.from_numpy(patches)), tiny_encoder, batch_size=4, progress=False
+    )
+    np.testing.assert_allclose(uint8, direct, atol=1e-5)
+    floats = torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255.0
+    as_float = st.tl.embed_dataset(_ImagesOnly(floats), tiny_encoder, batch_size=3, progress=False)
+    np.testing.assert_allclose(as_float, direct, atol=1e-5)
 
 
 def test_cli_train_export_embed_roundtrip(store, tmp_path, capsys):
@@ -180,7 +224,7 @@ def test_cli_errors_and_encoders(tmp_path, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_embedding_is_bf16_autocast_in_the_one_loop(store, tmp_path):
-    """On CUDA, tl.embed and evaluate's feature cache run the same bf16 loop."""
+    """On CUDA, tl.embed_patches and evaluate's feature cache run the same bf16 loop."""
     from stalign.bench import encoder_features
     from stalign.bench._cache import FeatureCache, FeatureSource
     from stalign.bench._evaluate import EvaluationSpec, _encoder_chunk_fn
@@ -189,7 +233,7 @@ def test_cuda_embedding_is_bf16_autocast_in_the_one_loop(store, tmp_path):
     enc = st.models.create_encoder("vit_tiny_patch16_224", img_size=32, depth=2)
     ds = st.pairs.PairsDataset(store, samples=["MOB1"])
     patches = ds.read_patches(np.arange(len(ds)))
-    cpu = st.tl.embed(patches, enc, batch_size=32, device="cpu", progress=False)
+    cpu = st.tl.embed_patches(patches, enc, batch_size=32, device="cpu", progress=False)
     seen = []
 
     def record(module, inputs, output):
@@ -202,7 +246,7 @@ def test_cuda_embedding_is_bf16_autocast_in_the_one_loop(store, tmp_path):
         )
 
     hook = enc.register_forward_hook(record)
-    gpu = st.tl.embed(patches, enc, batch_size=32, device="cuda", progress=False)
+    gpu = st.tl.embed_patches(patches, enc, batch_size=32, device="cuda", progress=False)
     assert seen and all(s == ("cuda", True, torch.bfloat16) for s in seen)
     assert not torch.is_autocast_enabled("cuda")  # only inside the loop
     assert gpu.dtype == np.float32

@@ -14,8 +14,6 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src" / "stalign"
 ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
@@ -26,9 +24,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("im",),
     ("pp",),
     ("models",),
+    ("train",),
     ("tl",),
     ("pairs",),
-    ("train",),
     ("pl",),
     ("bench",),
     ("datasets",),
@@ -38,15 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 #: (importer, imported) -> what removes it; each is an upward import
-PENDING: dict[tuple[str, str], str] = {
-    ("tl", "train"): "tl/_embed.py loads a training run with train.load_model: the resolver "
-    "belongs above train (or load_model in models); branch scaleeval owns tl/_embed.py",
-    ("io", "im"): "io/_spatialdata.py (to_spatialdata, merged from hestsdata) reads the H&E "
-    "through im.open_image and im's private levels: the writer belongs above im (a module "
-    "of its own, or im), io keeping the reader",
-    ("train", "datasets"): "the deprecated shim train.mob_example_pairs: remove it once tests "
-    "import stalign.datasets.mob_example_pairs (tests/test_train*.py, branch trainfaults)",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 def _subpackage(module: str) -> str | None:
@@ -173,17 +163,15 @@ def test_no_import_cycles_between_subpackages():
     assert not _cycles(edges), f"import cycles between subpackages: {_cycles(edges)}"
 
 
-@pytest.mark.parametrize("edge", sorted(PENDING), ids=lambda e: f"{e[0]}->{e[1]}")
-def test_pending_upward_imports_are_still_there(edge):
+def test_pending_upward_imports_are_still_there():
     """Remove an entry of PENDING as soon as its import is gone (keeps the list honest)."""
-    assert edge in import_edges(), f"{edge} no longer imported: delete it from PENDING"
+    edges = import_edges()
+    gone = sorted(edge for edge in PENDING if edge not in edges)
+    assert not gone, f"{gone} no longer imported: delete them from PENDING"
 
 
 #: "file: imported private module" -> what removes it
-PENDING_PRIVATE = {
-    "stalign/cli/_models.py: stalign.tl._embed": "use stalign.tl.resolve_encoder, public once "
-    "branch scaleeval is merged",
-}
+PENDING_PRIVATE: dict[str, str] = {}
 
 
 def private_imports_of_cli() -> dict[str, str]:
@@ -208,6 +196,7 @@ def test_cli_imports_public_names_only():
     assert not extra, f"the CLI imports private modules: {sorted(extra)}"
 
 
-@pytest.mark.parametrize("entry", sorted(PENDING_PRIVATE))
-def test_pending_private_imports_are_still_there(entry):
-    assert entry in private_imports_of_cli(), f"{entry} is gone: delete it from PENDING_PRIVATE"
+def test_pending_private_imports_are_still_there():
+    found = private_imports_of_cli()
+    gone = sorted(entry for entry in PENDING_PRIVATE if entry not in found)
+    assert not gone, f"{gone} are gone: delete them from PENDING_PRIVATE"

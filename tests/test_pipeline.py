@@ -293,7 +293,7 @@ def test_pipeline_config_forwards_to_train_and_pairs_configs(three_section_manif
         size_px=32,
         method="zscore",
     )
-    tcfg = train_config(config, seed=3, output_dir=None, early_stopping=False)
+    tcfg = train_config(config, seed=3, out=None, early_stopping=False)
     train_names = {f.name for f in dataclasses.fields(TrainConfig)}
     for f in dataclasses.fields(PipelineConfig):
         if f.name in train_names and f.name not in ("normalization", "early_stopping_patience"):

@@ -11,13 +11,13 @@ pytest.importorskip("spatialdata")
 
 import spatialdata as sd
 
+from stalign.im import to_spatialdata
 from stalign.io import (
     detect_platform,
     read,
     read_legacy_st,
     read_spatialdata,
     read_visium,
-    to_spatialdata,
 )
 from stalign.pairs import build_pairs, patches_digest, read_index
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from _fixtures_train import one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
+from stalign.datasets import mob_example_pairs
 from stalign.pl import save_training_curves
 from stalign.train import (
     GlobalBatchSampler,
@@ -18,7 +19,6 @@ from stalign.train import (
     crop_batch,
     fit,
     load_model,
-    mob_example_pairs,
     pathway_soft_targets,
     retrieval_metrics,
 )
@@ -144,7 +144,7 @@ def test_exact_resume_matches_uninterrupted_run(mob_pairs, tmp_path):
     state = json.loads((ckpt / "state.json").read_text())
     assert state["step"] == 4 and state["micro_in_epoch"] == 1
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "config.json").is_file()
-    resumed = fit(cfg.replace(output_dir=str(tmp_path / "resumed"), resume=str(ckpt)), mob_pairs)
+    resumed = fit(cfg.replace(out=str(tmp_path / "resumed"), resume=str(ckpt)), mob_pairs)
     pf, pr = _params(full.model), _params(resumed.model)
     assert resumed.steps == 6
     assert all(torch.equal(pf[k], pr[k]) for k in pf)

@@ -11,7 +11,8 @@ import torch
 import torch.multiprocessing as mp
 from _fixtures_train import one_thread  # noqa: F401 (autouse fixture)
 
-from stalign.train import TensorPairsDataset, TrainConfig, fit, mob_example_pairs
+from stalign.datasets import mob_example_pairs
+from stalign.train import TensorPairsDataset, TrainConfig, fit
 
 pytestmark = pytest.mark.xdist_group("ddp")  # two processes of its own: keep it on one worker
 
@@ -59,8 +60,8 @@ def _worker(rank: int, world: int, port: int, data_path: str, out: str) -> None:
     try:
         small, full, val = _datasets(torch.load(data_path, weights_only=True))
         # with an output folder: rank 0 locks it and writes, every rank its RNG state
-        plain = fit(_config().replace(output_dir=f"{out}.run", checkpoint_every_steps=2), small)
-        stopped = fit(_early_stopping_config(), full, val)  # no output_dir: nothing on disk
+        plain = fit(_config().replace(out=f"{out}.run", checkpoint_every_steps=2), small)
+        stopped = fit(_early_stopping_config(), full, val)  # no out: nothing on disk
         saved = {
             "plain": _state(plain.model),
             "early": _state(stopped.model),
@@ -119,7 +120,7 @@ def test_ddp_early_stopping_restores_best_weights_on_every_rank(ddp_run):
 
     data, ranks, tmp = ddp_run
     _, full, val = _datasets(data)
-    single = fit(_early_stopping_config().replace(output_dir=str(tmp / "one")), full, val)
+    single = fit(_early_stopping_config().replace(out=str(tmp / "one")), full, val)
     assert single.stopped_early and single.best_step < single.steps  # best ≠ last
     best = load_file(str(tmp / "one" / "best" / "model.safetensors"))
     for got in ranks:

@@ -18,7 +18,8 @@ from _fixtures_train import one_thread, tiny_config  # noqa: F401 (autouse fixtu
 
 from stalign._lock import FolderLockedError
 from stalign.cli import main
-from stalign.train import TrainConfig, fit, mob_example_pairs
+from stalign.datasets import mob_example_pairs
+from stalign.train import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST_COLS = "sample_id,patient_id,organ,species,platform,path,image,mpp,source,license"
@@ -302,10 +303,10 @@ def test_encoder_pointing_at_a_missing_folder_says_so(store, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------ best weights
-def test_early_stopping_returns_best_weights_without_output_dir(mob_pairs, tmp_path):
+def test_early_stopping_returns_best_weights_without_out(mob_pairs, tmp_path):
     val = mob_pairs.subset(range(32))
     cfg = tiny_config(max_steps=12, lr=3e-2, eval_every_steps=1, early_stopping_patience=3)
-    on_disk = fit(cfg.replace(output_dir=str(tmp_path)), mob_pairs, val)
+    on_disk = fit(cfg.replace(out=str(tmp_path)), mob_pairs, val)
     assert on_disk.stopped_early and on_disk.best_step < on_disk.steps  # best ≠ last
     from safetensors.torch import load_file
 
@@ -338,10 +339,50 @@ def test_resume_after_the_best_step_restores_the_best_weights_from_disk(mob_pair
     for ckpt in (run / "checkpoints").glob("step_*"):
         if int(ckpt.name.removeprefix("step_")) > full.best_step + 1:
             shutil.rmtree(ckpt)
-    resumed = fit(cfg.replace(output_dir=str(run), resume="auto"), mob_pairs, val)
+    resumed = fit(cfg.replace(out=str(run), resume="auto"), mob_pairs, val)
     assert (resumed.best_step, resumed.steps) == (full.best_step, full.steps)
     pf, pr = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(pf[k], pr[k]) for k in pf)
+
+
+# ------------------------------------------------------------------------ the old spelling
+def test_a_run_whose_config_says_output_dir_still_loads_and_resumes(mob_pairs, tmp_path):
+    """Runs written before ``TrainConfig.output_dir`` became ``out`` keep working."""
+    from stalign.train import load_model
+
+    run = tmp_path / "old_run"
+    first = fit(tiny_config(run, max_steps=2, checkpoint_every_steps=2), mob_pairs)
+    configs = [run / "config.json", *run.glob("checkpoints/*/config.json")]
+    assert len(configs) == 2
+    for path in configs:  # as an earlier stalign wrote them
+        settings = json.loads(path.read_text())
+        settings["output_dir"] = settings.pop("out")
+        path.write_text(json.dumps(settings))
+    with pytest.warns(DeprecationWarning, match="output_dir"):
+        model = load_model(run)
+    loaded, trained = model.state_dict(), first.model.state_dict()
+    assert all(torch.equal(loaded[k], trained[k].cpu()) for k in trained)
+    with pytest.warns(DeprecationWarning, match="output_dir"):
+        resumed = fit(tiny_config(run, max_steps=4, resume="auto"), mob_pairs)
+    assert resumed.steps == 4 and resumed.out == run
+    with pytest.warns(DeprecationWarning, match="output_dir"):
+        assert resumed.output_dir == run
+    assert json.loads((run / "config.json").read_text())["out"] == str(run)
+
+
+def test_train_config_takes_the_old_name_output_dir_with_a_warning(tmp_path):
+    (tmp_path / "old.yaml").write_text("epochs: 1\noutput_dir: runs/a\n")
+    with pytest.warns(DeprecationWarning, match="output_dir"):
+        assert TrainConfig.from_file(tmp_path / "old.yaml").out == "runs/a"
+    with pytest.warns(DeprecationWarning, match="output_dir"):
+        cfg = TrainConfig(output_dir="runs/b")
+    assert cfg.out == "runs/b" and "output_dir" not in cfg.to_dict()
+    with pytest.warns(DeprecationWarning, match="output_dir"):
+        assert cfg.replace(output_dir="runs/c").out == "runs/c"
+    with pytest.warns(DeprecationWarning, match="output_dir"):
+        assert cfg.output_dir == "runs/b"
+    with pytest.raises(ValueError, match=r"output_dir.*out"):
+        TrainConfig.from_dict({"out": "runs/a", "output_dir": "runs/b"})
 
 
 # ------------------------------------------------------------------------ runs one after another

@@ -186,7 +186,7 @@ class PipelineConfig:
             bad("normalization", f"one of {_NORMALIZATION}")
         try:  # the forwarded fields, by the rules of the configs that own them
             pairs_params(self)
-            train_config(self, seed=self.seeds[0], output_dir=None)
+            train_config(self, seed=self.seeds[0], out=None)
         except ValueError as e:
             msg = f"PipelineConfig: {e}"
             raise ValueError(msg) from e
@@ -436,7 +436,7 @@ def train_config(
     config: PipelineConfig,
     *,
     seed: int,
-    output_dir: str | os.PathLike | None,
+    out: str | os.PathLike | None,
     progress: bool = False,
     early_stopping: bool = True,
 ) -> Any:
@@ -463,7 +463,7 @@ def train_config(
     return train.TrainConfig(
         **settings,
         seed=seed,
-        output_dir=str(output_dir) if output_dir is not None else None,
+        out=str(out) if out is not None else None,
         progress=progress,
     )
 
@@ -549,7 +549,7 @@ def run_pipeline(
         tcfg = train_config(
             config,
             seed=seed,
-            output_dir=out / "train" / name,
+            out=out / "train" / name,
             progress=progress,
             early_stopping=bool(sections["val"]),
         )

@@ -16,7 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "embed",
         help="embed patches with an encoder into an .h5 (pairs) or .obsm (h5ad)",
-        description="Memory-bounded batch embedding (see stalign.tl.embed).",
+        description=(
+            "Memory-bounded batch embedding (see stalign.tl.write_embeddings for --pairs, "
+            "stalign.tl.embed for --h5ad)."
+        ),
     )
     p.add_argument(
         "--encoder",
@@ -97,8 +100,7 @@ def _weights_source(cfg) -> str:
 
 def run_embed(args: argparse.Namespace) -> int:
     """Run ``stalign embed``."""
-    from ..tl import embed
-    from ..tl._embed import resolve_encoder
+    from ..tl import embed, resolve_encoder, write_embeddings
 
     encoder, _, _ = resolve_encoder(
         args.encoder,
@@ -111,7 +113,7 @@ def run_embed(args: argparse.Namespace) -> int:
         from ..pairs import PairsDataset
 
         ds = PairsDataset(args.pairs, samples=args.samples)
-        out = embed(ds, encoder, out=args.out, num_workers=args.num_workers, **common)
+        out = write_embeddings(ds, encoder, args.out, num_workers=args.num_workers, **common)
         print(f"wrote {len(ds)} embeddings to {out}")
         return 0
     import anndata as ad
@@ -121,15 +123,8 @@ def run_embed(args: argparse.Namespace) -> int:
         msg = f"--h5ad {str(path)!r} does not exist"
         raise FileNotFoundError(msg)
     adata = ad.read_h5ad(path)
-    embed(
-        adata,
-        encoder,
-        key_added=args.key_added,
-        mpp=args.mpp,
-        size_px=args.size_px,
-        out=args.out,
-        **common,
-    )
+    embed(adata, encoder, key_added=args.key_added, mpp=args.mpp, size_px=args.size_px, **common)
+    adata.write_h5ad(args.out)
     print(f"wrote {adata.n_obs} embeddings to {args.out}")
     return 0
 

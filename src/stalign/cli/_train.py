@@ -115,7 +115,7 @@ def build_config(args: argparse.Namespace):
     if args.no_progress:
         base["progress"] = False
     base.update(_parse_set(args.set))
-    base["output_dir"] = args.out
+    base["out"] = args.out
     return TrainConfig.from_dict(base)
 
 
@@ -211,17 +211,17 @@ def _check_output_folder(config, overwrite: bool) -> None:
     from .._lock import folder_lock
     from ..train import LOCK_FILE, previous_run_files
 
-    out = Path(config.output_dir)
+    out = Path(config.out)
     if (out / LOCK_FILE).is_file():  # in use by a live run? (refuses at once if so)
         with folder_lock(out / LOCK_FILE, command="stalign train", what=f"--out {out}"):
             pass
     if config.resume is not None or overwrite:
         return
-    found = previous_run_files(config.output_dir)
+    found = previous_run_files(config.out)
     if found:
         names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
         msg = (
-            f"--out {config.output_dir!r} already holds a training run ({names}); continue "
+            f"--out {config.out!r} already holds a training run ({names}); continue "
             "it with --resume auto, replace it with --overwrite, or choose another --out"
         )
         raise ValueError(msg)
@@ -236,16 +236,16 @@ def run(args: argparse.Namespace) -> int:
     train, val = _datasets(args)
     logger.info("training on %d pairs, validating on %d", len(train), len(val) if val else 0)
     result = fit(config, train, val)
-    if result.output_dir is not None:
+    if result.out is not None:
         from ..pl import save_training_curves
 
-        save_training_curves(result.history, result.output_dir / "curves.png")
+        save_training_curves(result.history, result.out / "curves.png")
     summary = {
         "steps": result.steps,
         "best_step": result.best_step,
         "best_val_recall@5": result.best_metric,
         "stopped_early": result.stopped_early,
-        "output_dir": str(result.output_dir),
+        "out": str(result.out),
     }
     if len(result.history):
         last = result.history.dropna(subset=["val_loss"]) if "val_loss" in result.history else []

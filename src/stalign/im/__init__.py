@@ -1,5 +1,8 @@
 """H&E image access: the lazy :class:`SlideImage`, spot → patch extraction, tissue QC.
 
+Also the SpatialData writer, :func:`to_spatialdata` (it streams the H&E through
+:func:`open_image`; the reader is :func:`stalign.io.read_spatialdata`).
+
 Coordinates are level-0 image pixels ``(x, y)``; resolutions are µm/px.
 """
 
@@ -16,6 +19,7 @@ from ._hest import (
 from ._hest_tissue import read_hest_tissue
 from ._patches import PatchBatch, extract_patches, iter_patches
 from ._slide import SlideImage, from_array, open_image
+from ._spatialdata import to_spatialdata
 from ._tissue import TissueMask, saturation, tissue_fraction, tissue_mask, tissue_threshold
 
 __all__ = [
@@ -38,5 +42,6 @@ __all__ = [
     "tissue_fraction",
     "tissue_mask",
     "tissue_threshold",
+    "to_spatialdata",
     "write_hest_patches",
 ]

@@ -7,9 +7,12 @@ the H&E image, ``uns['spatial'][library_id]`` (squidpy layout) and ``uns['stalig
 
 ``read(path)`` detects the platform from the layout; the platform readers are
 ``read_visium``, ``read_visium_hd``, ``read_xenium``, ``read_legacy_st``, ``read_hest``,
-``read_h5ad`` and ``read_spatialdata`` (a SpatialData object or ``.zarr`` store;
-:func:`to_spatialdata` writes back). ``hest_manifest`` makes a sample manifest from a
-HEST-1k folder.
+``read_h5ad`` and ``read_spatialdata`` (a SpatialData object or ``.zarr`` store).
+``hest_manifest`` makes a sample manifest from a HEST-1k folder.
+
+``io`` only reads: it sits below ``im`` and never imports it. Writing SpatialData back
+needs the H&E through ``im``'s lazy slide, so the writer is
+:func:`stalign.im.to_spatialdata`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ._image import (
 from ._legacy_st import estimate_mpp_from_grid, find_legacy_st_files, read_legacy_st
 from ._mpp import MppMismatchWarning, reconcile_mpp
 from ._read import PLATFORMS, detect_platform, read
-from ._spatialdata import read_spatialdata, to_spatialdata
+from ._spatialdata import read_spatialdata
 from ._visium import read_visium, read_visium_hd
 from ._xenium import read_alignment_matrix, read_xenium
 
@@ -54,5 +57,4 @@ __all__ = [
     "read_visium_hd",
     "read_xenium",
     "reconcile_mpp",
-    "to_spatialdata",
 ]

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 STALIGN_META = "stalign.json"
 
 
-def export_timm(encoder: Encoder, out_dir: str | os.PathLike) -> Path:
+def export_timm(encoder: Encoder, out: str | os.PathLike) -> Path:
     """Save ``encoder`` (LoRA merged into the base weights) as a timm model directory.
 
     The directory holds ``config.json`` (architecture, ``model_args``, ``num_classes=0``
@@ -38,16 +38,16 @@ def export_timm(encoder: Encoder, out_dir: str | os.PathLike) -> Path:
     ----------
     encoder
         The encoder, with or without LoRA (it is not modified).
-    out_dir
+    out
         Output directory (created).
 
     Returns
     -------
-    ``out_dir`` as a :class:`~pathlib.Path`.
+    ``out`` as a :class:`~pathlib.Path`.
     """
     from timm.models import save_for_hf
 
-    out = Path(out_dir)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     enc = copy.deepcopy(encoder).cpu().eval()
     model = enc.peft_model.merge_and_unload() if enc.peft_model is not None else enc.model
@@ -75,8 +75,19 @@ def export_timm(encoder: Encoder, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def export_adapter(encoder: Encoder, out_dir: str | os.PathLike) -> Path:
+def export_adapter(encoder: Encoder, out: str | os.PathLike) -> Path:
     """Save only the LoRA adapter (peft ``save_pretrained``) plus ``stalign.json``.
+
+    Parameters
+    ----------
+    encoder
+        An encoder with a LoRA adapter (it is not modified).
+    out
+        Output directory (created).
+
+    Returns
+    -------
+    ``out`` as a :class:`~pathlib.Path`.
 
     Raises
     ------
@@ -86,7 +97,7 @@ def export_adapter(encoder: Encoder, out_dir: str | os.PathLike) -> Path:
     if encoder.peft_model is None:
         msg = f"export_adapter: encoder {encoder.name!r} has no LoRA adapter (call add_lora first)"
         raise ValueError(msg)
-    out = Path(out_dir)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     encoder.peft_model.save_pretrained(str(out))
     mean, std = encoder.normalization
@@ -101,18 +112,28 @@ def export_adapter(encoder: Encoder, out_dir: str | os.PathLike) -> Path:
 
 def export(
     encoder: Encoder,
-    out_dir: str | os.PathLike,
+    out: str | os.PathLike,
     *,
     merged: bool = True,
     adapter: bool = True,
 ) -> dict[str, Path]:
-    """Export ``encoder``: merged timm model in ``out_dir/timm`` and adapter in ``out_dir/adapter``.
+    """Export ``encoder``: merged timm model in ``out/timm`` and adapter in ``out/adapter``.
+
+    Parameters
+    ----------
+    encoder
+        The encoder (it is not modified).
+    out
+        Output directory (created).
+    merged, adapter
+        Write the merged timm model / the LoRA adapter (skipped with a warning when the
+        encoder has none).
 
     Returns
     -------
     ``{"timm": path, "adapter": path}`` for what was written.
     """
-    out = Path(out_dir)
+    out = Path(out)
     written: dict[str, Path] = {}
     if merged:
         written["timm"] = export_timm(encoder, out / "timm")

@@ -1,6 +1,23 @@
 """Tools: pathway scoring and embeddings (scanpy-style ``f(adata, ..., key_added=...)``)."""
 
-from ._embed import embed, encoder_digest, iter_embeddings, resolve_encoder
+from ._embed import (
+    embed,
+    embed_dataset,
+    embed_patches,
+    encoder_digest,
+    iter_embeddings,
+    resolve_encoder,
+    write_embeddings,
+)
 from ._pathways import score_pathways
 
-__all__ = ["embed", "encoder_digest", "iter_embeddings", "resolve_encoder", "score_pathways"]
+__all__ = [
+    "embed",
+    "embed_dataset",
+    "embed_patches",
+    "encoder_digest",
+    "iter_embeddings",
+    "resolve_encoder",
+    "score_pathways",
+    "write_embeddings",
+]

@@ -1,8 +1,12 @@
 """Batch embeddings of H&E patches with an image encoder (memory bounded).
 
 :func:`iter_embeddings` is the package's one embedding loop (device, bf16 autocast on
-CUDA, resizing, eval mode): :func:`embed`, :func:`stalign.bench.encoder_features` and
-the embedding cache of :func:`stalign.bench.evaluate` all run through it.
+CUDA, resizing, eval mode): :func:`embed`, :func:`embed_patches`, :func:`embed_dataset`,
+:func:`write_embeddings`, :func:`stalign.bench.encoder_features` and the embedding cache
+of :func:`stalign.bench.evaluate` all run through it. One function per input, each
+with one return type: an AnnData (:func:`embed`, scanpy style: ``obsm``, returns
+``None`` or the copy), an array of patches (:func:`embed_patches` → array), a dataset
+(:func:`embed_dataset` → array, :func:`write_embeddings` → the ``.h5`` path).
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ import numpy as np
 
 from .. import _keys as K
 
-__all__ = ["embed", "encoder_digest", "iter_embeddings", "resolve_encoder"]
+__all__ = [
+    "embed",
+    "embed_dataset",
+    "embed_patches",
+    "encoder_digest",
+    "iter_embeddings",
+    "resolve_encoder",
+    "write_embeddings",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -208,31 +220,55 @@ def iter_embeddings(
         module.train(was_training)
 
 
+#: per-item labels an embedding batch carries along when every item has them
+_ID_KEYS = ("barcode", "sample_id")
+
+
+def _collate_images(items: list[dict]) -> dict[str, Any]:
+    """Stack the items' ``'image'``; keep ``barcode`` / ``sample_id`` lists when present.
+
+    The embedding loop needs nothing else: a dataset of ``{'image': ...}`` items (uint8
+    ``(H, W, 3)`` or float ``(3, H, W)`` in ``[0, 1]``) is enough.
+    """
+    import torch
+
+    if not items:
+        msg = "embed: empty batch"
+        raise ValueError(msg)
+    if not all(isinstance(it, dict) and "image" in it for it in items):
+        msg = "embed: dataset items must be dicts with an 'image' entry"
+        raise TypeError(msg)
+    batch: dict[str, Any] = {"image": torch.stack([torch.as_tensor(it["image"]) for it in items])}
+    for key in _ID_KEYS:
+        if all(it.get(key) is not None for it in items):
+            batch[key] = [it[key] for it in items]
+    return batch
+
+
 def _batches_from_dataset(dataset, batch_size: int, num_workers: int, pin: bool) -> Iterator[dict]:
     from torch.utils.data import DataLoader
 
-    from ..train import collate_pairs
-
-    loader = DataLoader(
+    yield from DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate_pairs,
+        collate_fn=_collate_images,
         pin_memory=pin,
     )
-    for batch in loader:
-        yield {
-            "image": batch["image"],
-            "barcode": batch["barcode"],
-            "sample_id": batch["sample_id"],
-        }
+
+
+def _check_patches(arr: Any) -> None:
+    if not isinstance(arr, np.ndarray) or arr.ndim != 4 or arr.shape[-1] != 3:
+        shape = getattr(arr, "shape", type(arr).__name__)
+        msg = f"embed_patches: patches must be an (n, H, W, 3) uint8 array, got {shape}"
+        raise ValueError(msg)
+    if arr.dtype != np.uint8:
+        msg = f"embed_patches: patches must be an (n, H, W, 3) uint8 array, got {arr.dtype}"
+        raise ValueError(msg)
 
 
 def _batches_from_array(arr: np.ndarray, batch_size: int) -> Iterator[dict]:
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        msg = f"embed: patches must be (n, H, W, 3) uint8, got {arr.shape} {arr.dtype}"
-        raise ValueError(msg)
     for s in range(0, arr.shape[0], batch_size):
         yield {"image": np.ascontiguousarray(arr[s : s + batch_size])}
 
@@ -262,164 +298,239 @@ def _embed_with_meta(
         yield pending.pop(0), z
 
 
-class _H5Sink:
-    """Write embeddings (and barcodes/sample ids when known) into an ``.h5`` file."""
+class _ArraySink:
+    """Collect embeddings in an ``(n, D)`` float32 array (rows by ``batch['index']`` if given)."""
 
-    def __init__(self, out: str | os.PathLike, n: int, dim: int, name: str, ids: bool) -> None:
+    def __init__(self, n: int, dim: int) -> None:
+        self.array = np.empty((n, dim), dtype=np.float32)
+
+    def write(self, start: int, z: np.ndarray, batch: dict) -> None:
+        rows = batch.get("index")
+        self.array[rows if rows is not None else slice(start, start + z.shape[0])] = z
+
+    def close(self) -> None:
+        pass
+
+
+class _H5Sink:
+    """Write embeddings (and barcodes / sample ids when known) into an ``.h5`` file."""
+
+    def __init__(
+        self, path: str | os.PathLike, n: int, dim: int, name: str, ids: Iterable[str]
+    ) -> None:
         import h5py
 
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        self.f = h5py.File(out, "w")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.f = h5py.File(path, "w")
         self.f.create_dataset(
             "embeddings", (n, dim), dtype="float32", chunks=(max(1, min(n, 1024)), dim)
         )
-        if ids:
-            str_dt = h5py.string_dtype()
-            self.f.create_dataset("barcode", (n,), dtype=str_dt)
-            self.f.create_dataset("sample_id", (n,), dtype=str_dt)
+        self.ids = tuple(ids)
+        for key in self.ids:
+            self.f.create_dataset(key, (n,), dtype=h5py.string_dtype())
         self.f.attrs["encoder"] = name
 
     def write(self, start: int, z: np.ndarray, batch: dict) -> None:
         stop = start + z.shape[0]
         self.f["embeddings"][start:stop] = z
-        if "barcode" in self.f:
-            self.f["barcode"][start:stop] = [str(v) for v in batch["barcode"]]
-            self.f["sample_id"][start:stop] = [str(v) for v in batch["sample_id"]]
+        for key in self.ids:
+            self.f[key][start:stop] = [str(v) for v in batch[key]]
 
     def close(self) -> None:
         self.f.close()
 
 
+def _encoder_for(
+    caller: str, encoder: Any, batch_size: int, projected: bool, image_size: int | None
+) -> tuple[Any, str, int | None]:
+    """Check ``batch_size`` and resolve ``encoder``: ``(module, name, input side in px)``."""
+    if isinstance(batch_size, bool) or int(batch_size) <= 0:
+        msg = f"{caller}: batch_size must be a positive integer, got {batch_size!r}"
+        raise ValueError(msg)
+    module, name, input_px = resolve_encoder(encoder, projected=projected)
+    return module, name, image_size or input_px
+
+
+def _run(
+    caller: str,
+    module: Any,
+    name: str,
+    batches: Iterable[dict],
+    n: int,
+    open_sink: Any,
+    *,
+    image_size: int | None,
+    device: Any,
+    progress: bool,
+) -> Any:
+    """Embed ``n`` patches batch by batch into ``open_sink(dim, first_batch)``; return it."""
+    from tqdm.auto import tqdm
+
+    sink = None
+    written = 0
+    pbar = tqdm(total=n, desc=f"embed {name}", unit="patch", disable=not progress, leave=False)
+    try:
+        for batch, z in _embed_with_meta(module, batches, device=device, image_size=image_size):
+            if sink is None:
+                sink = open_sink(z.shape[1], batch)
+            sink.write(written, z, batch)
+            written += z.shape[0]
+            pbar.update(z.shape[0])
+    finally:
+        pbar.close()
+        if sink is not None:
+            sink.close()
+    if sink is None:
+        msg = f"{caller}: nothing to embed (0 patches)"
+        raise ValueError(msg)
+    if written != n:
+        msg = f"{caller}: expected {n} patches, got {written}"
+        raise RuntimeError(msg)
+    return sink
+
+
+def _check_dataset(caller: str, dataset: Any) -> int:
+    if isinstance(dataset, np.ndarray) or not (
+        hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
+    ):
+        msg = (
+            f"{caller}: dataset must be a map-style dataset of {{'image': ...}} items, got "
+            f"{type(dataset).__name__} (arrays of patches: embed_patches)"
+        )
+        raise TypeError(msg)
+    return len(dataset)
+
+
+def _run_dataset(
+    caller: str,
+    dataset: Any,
+    encoder: Any,
+    open_sink: Any,
+    *,
+    batch_size: int,
+    image_size: int | None,
+    projected: bool,
+    device: str,
+    num_workers: int,
+    progress: bool,
+) -> Any:
+    """:func:`_run` over a dataset; ``open_sink(n, dim, first_batch, encoder_name)``."""
+    n = _check_dataset(caller, dataset)
+    module, name, image_size = _encoder_for(caller, encoder, batch_size, projected, image_size)
+    dev = _device(device)
+    return _run(
+        caller,
+        module,
+        name,
+        _batches_from_dataset(dataset, batch_size, num_workers, dev.type == "cuda"),
+        n,
+        lambda dim, first: open_sink(n, dim, first, name),
+        image_size=image_size,
+        device=dev,
+        progress=progress,
+    )
+
+
 def embed(
-    data: Any,
+    adata: Any,
     encoder: Any,
     *,
     batch_size: int = 64,
     key_added: str | None = None,
-    out: str | os.PathLike | None = None,
     image_size: int | None = None,
     mpp: float | None = None,
     size_px: int | None = None,
     projected: bool = False,
     device: str = "auto",
-    num_workers: int = 0,
     progress: bool = True,
     copy: bool = False,
-):
-    """Embed every patch of ``data`` with ``encoder``, batch by batch.
+) -> Any:
+    """Embed the patch of every spot of ``adata`` with ``encoder`` (scanpy style).
+
+    Patches are cut around ``obsm['spatial']`` from the AnnData's H&E, batch by batch
+    (memory is bounded by ``batch_size`` plus the ``(n, D)`` result). Other inputs have
+    their own functions: :func:`embed_patches` (an array of patches),
+    :func:`embed_dataset` (a dataset, e.g. a pairs store) and :func:`write_embeddings`
+    (a dataset into an ``.h5`` file).
 
     Parameters
     ----------
-    data
-        An AnnData with an H&E image (patches are cut around ``obsm['spatial']``), a
-        pairs dataset (:class:`stalign.pairs.PairsDataset`,
-        :class:`stalign.train.TensorPairsDataset`, any dataset of ``{'image': ...}``),
-        or an ``(n, H, W, 3)`` uint8 array of patches.
+    adata
+        An AnnData with an H&E image (any reader of :mod:`stalign.io`).
     encoder
         An :class:`stalign.models.Encoder` (or module mapping ``[0, 1]`` images to
         ``(B, D)``), an encoder name, a training run/checkpoint directory or a timm
         export directory (see :func:`resolve_encoder`).
     batch_size
-        Patches per forward pass; memory is bounded by it (plus the ``(n, D)`` output,
-        which goes to disk with ``out``).
+        Patches per forward pass.
     key_added
-        ``obsm`` key for AnnData input (default ``X_<encoder name>``).
-    out
-        Write the embeddings to this ``.h5`` file (datasets ``embeddings`` and, when
-        known, ``barcode``/``sample_id``) instead of returning them.
+        ``obsm`` / ``uns`` key (default ``X_<encoder name>``).
     image_size
         Resize patches to this side (px) before the encoder; default: the encoder's
         input size.
     mpp, size_px
-        AnnData input only: cut ``size_px`` patches at ``mpp`` µm/px. Defaults: the
-        encoder's native µm/px (else the image's own) and its input size.
+        Cut ``size_px`` patches at ``mpp`` µm/px. Defaults: the encoder's native µm/px
+        (else the image's own) and its input size.
     projected
         For a training checkpoint: embed with the projection head (the aligned
         ``proj_dim`` space) instead of the encoder's backbone features.
     device
         ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``... On CUDA the encoder
         runs under bf16 autocast (see :func:`iter_embeddings`).
-    num_workers
-        DataLoader workers for dataset input.
     progress
         Show a tqdm progress bar.
     copy
-        AnnData input: return a copy instead of writing in place.
+        Return a copy instead of writing in place.
 
     Returns
     -------
-    AnnData input: ``None`` (or the copy), with ``obsm[key_added]`` ``(n, D)`` float32
-    in ``obs_names`` order and ``uns[key_added]['params']`` (encoder, batch_size,
-    image_size, mpp, size_px). Other input: the ``(n, D)`` float32 array, or the ``out``
-    path when ``out`` is given.
-    """
-    from tqdm.auto import tqdm
+    ``None``, or the modified copy with ``copy=True``. Writes ``obsm[key_added]``
+    ``(n, D)`` float32 in ``obs_names`` order and ``uns[key_added]['params']``
+    (encoder, batch_size, image_size, mpp, size_px, projected).
 
-    if int(batch_size) <= 0:
-        msg = f"embed: batch_size must be a positive integer, got {batch_size!r}"
-        raise ValueError(msg)
-    module, name, input_px = resolve_encoder(encoder, projected=projected)
-    image_size = image_size or input_px
-    dev = _device(device)
-    is_adata = type(data).__name__ == "AnnData"
-    n: int
-    if is_adata:
-        adata = data.copy() if copy else data
-        cfg = getattr(module, "config", None) or getattr(
-            getattr(module, "encoder", None), "config", None
-        )
-        native = float(adata.uns.get(K.STALIGN, {}).get(K.MPP) or 0) or None
-        mpp = mpp or getattr(cfg, "mpp", None) or native
-        if mpp is None:
-            msg = (
-                "embed: the AnnData has no uns['stalign']['mpp'] and the encoder no "
-                "native µm/px; pass mpp="
-            )
-            raise ValueError(msg)
-        size_px = size_px or image_size or 224
-        n = adata.n_obs
-        batches = _batches_from_adata(adata, batch_size, mpp, size_px)
-    elif isinstance(data, np.ndarray):
-        n = data.shape[0]
-        batches = _batches_from_array(data, batch_size)
-    elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-        n = len(data)
-        batches = _batches_from_dataset(data, batch_size, num_workers, dev.type == "cuda")
-    else:
+    Raises
+    ------
+    TypeError
+        ``adata`` is not an AnnData (the message names the function for it).
+    ValueError
+        No µm/px known (pass ``mpp=``), or ``batch_size`` not positive.
+    """
+    import anndata as ad
+
+    if not isinstance(adata, ad.AnnData):
         msg = (
-            f"embed: data must be an AnnData, a dataset or a uint8 array, got {type(data).__name__}"
+            f"embed: expected an AnnData, got {type(adata).__name__}; use embed_patches for "
+            "an array of patches, embed_dataset / write_embeddings for a dataset"
         )
         raise TypeError(msg)
-
-    sink = result = None
-    written = 0
-    pbar = tqdm(total=n, desc=f"embed {name}", unit="patch", disable=not progress, leave=False)
-    try:
-        for batch, z in _embed_with_meta(module, batches, device=dev, image_size=image_size):
-            if sink is None and result is None:
-                if out is not None and not is_adata:
-                    sink = _H5Sink(out, n, z.shape[1], name, ids="barcode" in batch)
-                else:
-                    result = np.empty((n, z.shape[1]), dtype=np.float32)
-            b = z.shape[0]
-            if sink is not None:
-                sink.write(written, z, batch)
-            else:
-                rows = batch.get("index")
-                result[rows if rows is not None else slice(written, written + b)] = z
-            written += b
-            pbar.update(b)
-    finally:
-        pbar.close()
-        if sink is not None:
-            sink.close()
-    if written != n:
-        msg = f"embed: expected {n} patches, got {written}"
-        raise RuntimeError(msg)
-    if not is_adata:
-        return Path(out) if out is not None else result
+    module, name, image_size = _encoder_for("embed", encoder, batch_size, projected, image_size)
+    adata = adata.copy() if copy else adata
+    cfg = getattr(module, "config", None) or getattr(
+        getattr(module, "encoder", None), "config", None
+    )
+    native = float(adata.uns.get(K.STALIGN, {}).get(K.MPP) or 0) or None
+    mpp = mpp or getattr(cfg, "mpp", None) or native
+    if mpp is None:
+        msg = (
+            "embed: the AnnData has no uns['stalign']['mpp'] and the encoder no "
+            "native µm/px; pass mpp="
+        )
+        raise ValueError(msg)
+    size_px = size_px or image_size or 224
+    batches = _batches_from_adata(adata, batch_size, mpp, size_px)
+    sink = _run(
+        "embed",
+        module,
+        name,
+        batches,
+        adata.n_obs,
+        lambda dim, _: _ArraySink(adata.n_obs, dim),
+        image_size=image_size,
+        device=_device(device),
+        progress=progress,
+    )
     key = key_added or K.embedding_key(name)
-    adata.obsm[key] = result
+    adata.obsm[key] = sink.array
     adata.uns[key] = {
         "params": {
             "encoder": name,
@@ -430,6 +541,141 @@ def embed(
             "projected": bool(projected),
         }
     }
-    if out is not None:
-        adata.write_h5ad(out)
     return adata if copy else None
+
+
+def embed_patches(
+    patches: np.ndarray,
+    encoder: Any,
+    *,
+    batch_size: int = 64,
+    image_size: int | None = None,
+    projected: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+) -> np.ndarray:
+    """Embed an array of patches with ``encoder``, batch by batch.
+
+    Parameters
+    ----------
+    patches
+        ``(n, H, W, 3)`` uint8 RGB patches (e.g. :func:`stalign.im.extract_patches`).
+    encoder, batch_size, image_size, projected, device, progress
+        As for :func:`embed`.
+
+    Returns
+    -------
+    ``(n, D)`` float32 embeddings, row ``i`` for ``patches[i]``.
+    """
+    _check_patches(patches)  # before the encoder loads
+    module, name, image_size = _encoder_for(
+        "embed_patches", encoder, batch_size, projected, image_size
+    )
+    n = patches.shape[0]
+    sink = _run(
+        "embed_patches",
+        module,
+        name,
+        _batches_from_array(patches, batch_size),
+        n,
+        lambda dim, _: _ArraySink(n, dim),
+        image_size=image_size,
+        device=_device(device),
+        progress=progress,
+    )
+    return sink.array
+
+
+def embed_dataset(
+    dataset: Any,
+    encoder: Any,
+    *,
+    batch_size: int = 64,
+    image_size: int | None = None,
+    projected: bool = False,
+    device: str = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> np.ndarray:
+    """Embed every item of a dataset with ``encoder`` into an in-memory array.
+
+    Parameters
+    ----------
+    dataset
+        A map-style dataset of ``{'image': ...}`` items: uint8 ``(H, W, 3)`` or float
+        ``(3, H, W)`` in ``[0, 1]`` (:class:`stalign.pairs.PairsDataset`,
+        :class:`stalign.train.TensorPairsDataset`, or your own); other keys are ignored.
+    encoder, batch_size, image_size, projected, device, progress
+        As for :func:`embed`.
+    num_workers
+        DataLoader workers.
+
+    Returns
+    -------
+    ``(n, D)`` float32 embeddings in dataset order. For stores too large for memory use
+    :func:`write_embeddings`.
+    """
+    sink = _run_dataset(
+        "embed_dataset",
+        dataset,
+        encoder,
+        lambda n, dim, first, name: _ArraySink(n, dim),
+        batch_size=batch_size,
+        image_size=image_size,
+        projected=projected,
+        device=device,
+        num_workers=num_workers,
+        progress=progress,
+    )
+    return sink.array
+
+
+def write_embeddings(
+    dataset: Any,
+    encoder: Any,
+    path: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    image_size: int | None = None,
+    projected: bool = False,
+    device: str = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Embed every item of a dataset with ``encoder`` into an ``.h5`` file.
+
+    Memory is bounded by one batch: embeddings go to disk as they are computed.
+
+    Parameters
+    ----------
+    dataset
+        As for :func:`embed_dataset`; its items' ``barcode`` / ``sample_id`` are written
+        when every item has them.
+    encoder, batch_size, image_size, projected, device, progress
+        As for :func:`embed`.
+    path
+        The ``.h5`` file to write (parent folders are created): datasets ``embeddings``
+        ``(n, D)`` float32 and, when known, ``barcode`` / ``sample_id`` (strings);
+        attribute ``encoder`` (the encoder's name).
+    num_workers
+        DataLoader workers.
+
+    Returns
+    -------
+    ``path`` as a :class:`~pathlib.Path`.
+    """
+    _run_dataset(
+        "write_embeddings",
+        dataset,
+        encoder,
+        lambda n, dim, first, name: _H5Sink(
+            path, n, dim, name, [k for k in _ID_KEYS if k in first]
+        ),
+        batch_size=batch_size,
+        image_size=image_size,
+        projected=projected,
+        device=device,
+        num_workers=num_workers,
+        progress=progress,
+    )
+    return Path(path)

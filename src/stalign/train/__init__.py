@@ -21,7 +21,7 @@ from ._data import (
     image_statistics,
     pathway_statistics,
 )
-from ._fit import LOCK_FILE, FitResult, evaluate, fit
+from ._fit import LOCK_FILE, FitResult, fit, validate
 from ._loss import contrastive_loss, gather_features, pathway_soft_targets
 from ._metrics import retrieval_metrics
 from ._model import AlignmentModel, ImageTower, MolecularTower, ProjectionHead
@@ -41,7 +41,6 @@ __all__ = [
     "collate_pairs",
     "contrastive_loss",
     "crop_batch",
-    "evaluate",
     "fit",
     "gather_features",
     "image_statistics",
@@ -52,22 +51,5 @@ __all__ = [
     "previous_run_files",
     "retrieval_metrics",
     "save_checkpoint",
+    "validate",
 ]
-
-
-def __getattr__(name: str):
-    # deprecated home of the example pairs (moved to stalign.datasets): a lazy shim, so
-    # that stalign.train itself never imports stalign.datasets (which sits above it)
-    if name == "mob_example_pairs":
-        import warnings
-
-        from ..datasets import mob_example_pairs
-
-        warnings.warn(
-            "stalign.train.mob_example_pairs moved to stalign.datasets.mob_example_pairs",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return mob_example_pairs
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)

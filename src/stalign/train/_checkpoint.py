@@ -314,44 +314,44 @@ def save_rng(directory: str | os.PathLike, rank: int, generator: torch.Generator
         torch.save(rng_state(generator), tmp)
 
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """Return the newest complete ``checkpoints/step_*`` directory (with ``state.json``), if any."""
-    root = Path(output_dir) / "checkpoints"
+    root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return None
     done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
     return done[-1] if done else None
 
 
-def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
     """Delete all but the ``keep`` newest step checkpoints."""
-    root = Path(output_dir) / "checkpoints"
+    root = Path(run_dir) / "checkpoints"
     done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def previous_run_files(output_dir: str | os.PathLike) -> list[Path]:
-    """List what a training run left in ``output_dir``: checkpoints, ``best/``, log, curves."""
-    out = Path(output_dir)
+def previous_run_files(run_dir: str | os.PathLike) -> list[Path]:
+    """List what a training run left in ``run_dir``: checkpoints, ``best/``, log, curves."""
+    out = Path(run_dir)
     found = sorted((out / "checkpoints").glob("step_*")) if (out / "checkpoints").is_dir() else []
     found += [out / n for n in ("best", "log.csv", "curves.png") if (out / n).exists()]
     return found
 
 
-def clear_previous_run(output_dir: str | os.PathLike) -> None:
+def clear_previous_run(run_dir: str | os.PathLike) -> None:
     """Remove another run's checkpoints, ``best/``, log and curves before a fresh run.
 
     Left in place they would be mixed with the new run's: pruning by step could delete
     the new checkpoints and keep the old ones, and ``resume='auto'`` would pick them.
     """
-    stale = previous_run_files(output_dir)
+    stale = previous_run_files(run_dir)
     if not stale:
         return
     logger.warning(
         "%s held files of an earlier training run (%s); a fresh run replaces them "
         "(resume='auto' continues a run instead)",
-        output_dir,
+        run_dir,
         ", ".join(p.name for p in stale[:4]) + (", ..." if len(stale) > 4 else ""),
     )
     for path in stale:
@@ -365,7 +365,7 @@ def load_model(checkpoint: str | os.PathLike, *, device: str = "cpu") -> Alignme
     """Rebuild the trained :class:`AlignmentModel` from a checkpoint directory.
 
     ``checkpoint`` is a ``checkpoints/step_*`` directory, a run's ``best/`` directory,
-    or a run's ``output_dir`` (then ``best/`` or the latest step is used).
+    or a run's folder (``TrainConfig.out``; then ``best/`` or the latest step is used).
 
     Raises
     ------

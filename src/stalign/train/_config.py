@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,11 @@ _NORM = ("cohort", "encoder")
 
 # annotation → the number type its value is coerced to
 _NUMERIC_FIELDS = {"int": int, "int | None": int, "float": float, "float | None": float}
-_PATH_FIELDS = ("checkpoint_path", "output_dir", "resume")
+_PATH_FIELDS = ("checkpoint_path", "out", "resume")
+
+#: earlier spellings of settings -> today's field (still read, with a DeprecationWarning):
+#: config files and ``config.json`` of runs written before the rename keep loading
+RENAMED_FIELDS = {"output_dir": "out"}
 
 
 def _is_number(value: Any) -> bool:
@@ -39,6 +45,35 @@ def _as_number(value: Any, kind: type) -> Any:
     if kind is int:
         return int(value) if float(value).is_integer() else value
     return float(value)
+
+
+def _renamed(settings: dict[str, Any], *, stacklevel: int) -> dict[str, Any]:
+    """Return ``settings`` with the old names of :data:`RENAMED_FIELDS` replaced.
+
+    Each old name found warns (``DeprecationWarning``); an old and a new name with
+    different values is a ``ValueError``.
+    """
+    old = [name for name in settings if name in RENAMED_FIELDS]
+    if not old:
+        return settings
+    settings = dict(settings)
+    for name in old:
+        new = RENAMED_FIELDS[name]
+        value = settings.pop(name)
+        if new in settings and settings[new] != value:
+            msg = (
+                f"TrainConfig: both {name!r} ({value!r}, the old name) and {new!r} "
+                f"({settings[new]!r}) are given; keep only {new!r}"
+            )
+            raise ValueError(msg)
+        warnings.warn(
+            f"TrainConfig: the setting {name!r} is now called {new!r}; "
+            f"{name!r} is read as {new!r} for now",
+            DeprecationWarning,
+            stacklevel=stacklevel + 1,
+        )
+        settings[new] = value
+    return settings
 
 
 # fields that define the model/optimiser structure: a resumed run must agree on them
@@ -135,10 +170,12 @@ class TrainConfig:
         Seed of everything (CPU runs are bit-reproducible).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-    output_dir
-        Where checkpoints and ``log.csv`` go (``None``: nothing written).
+    out
+        The run's output folder: checkpoints, ``config.json`` and ``log.csv`` go there
+        (``None``: nothing written). Formerly ``output_dir``, still accepted (with a
+        ``DeprecationWarning``) as a keyword, in :meth:`replace` and in config files.
     resume
-        ``None``, ``"auto"`` (latest checkpoint in ``output_dir`` if any) or a checkpoint
+        ``None``, ``"auto"`` (latest checkpoint in ``out`` if any) or a checkpoint
         directory.
     stats_max_items
         Items sampled to compute the cohort colour and pathway statistics.
@@ -187,7 +224,7 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
-    output_dir: str | None = None
+    out: str | None = None
     resume: str | None = None
     stats_max_items: int = 2048
     progress: bool = True
@@ -291,8 +328,16 @@ class TrainConfig:
         if self.resume is not None and self.resume != "auto" and not Path(self.resume).is_dir():
             msg = f"TrainConfig.resume: checkpoint directory {self.resume!r} does not exist"
             raise FileNotFoundError(msg)
-        if self.resume == "auto" and self.output_dir is None:
-            bad("resume", "a checkpoint directory when output_dir is None ('auto' needs it)")
+        if self.resume == "auto" and self.out is None:
+            bad("resume", "a checkpoint directory when out is None ('auto' needs it)")
+
+    @property
+    def output_dir(self) -> str | None:
+        """Deprecated name of :attr:`out`."""
+        warnings.warn(
+            "TrainConfig.output_dir is now TrainConfig.out", DeprecationWarning, stacklevel=2
+        )
+        return self.out
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-serialisable)."""
@@ -306,7 +351,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a dict; unknown keys are an error that lists the valid ones."""
+        """Build from a dict; unknown keys are an error that lists the valid ones.
+
+        Old names of settings (:data:`RENAMED_FIELDS`) are read as today's, with a
+        ``DeprecationWarning``.
+        """
+        d = _renamed(d, stacklevel=2)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -354,4 +404,17 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         """Copy with ``changes`` (validated)."""
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **_renamed(changes, stacklevel=2))
+
+
+def _accepting_old_names(init):
+    """Wrap the dataclass ``__init__`` so that ``TrainConfig(output_dir=...)`` still works."""
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **_renamed(kwargs, stacklevel=2))
+
+    return __init__
+
+
+TrainConfig.__init__ = _accepting_old_names(TrainConfig.__init__)  # type: ignore[method-assign]

@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,12 @@ from ._loss import contrastive_loss, gather_features, pathway_soft_targets
 from ._metrics import retrieval_metrics
 from ._model import AlignmentModel
 
-__all__ = ["FitResult", "evaluate", "fit"]
+__all__ = ["FitResult", "fit", "validate"]
 
 logger = logging.getLogger(__name__)
 
 EARLY_STOPPING_METRIC = "val_recall@5"  # higher is better; the only place it is named
-LOCK_FILE = ".lock"  # in output_dir, held while a run writes there (as in a pairs store)
+LOCK_FILE = ".lock"  # in the run's out folder, held while a run writes there (as in a pairs store)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class FitResult:
     ----------
     model
         The trained model: the best validation weights when early stopping was on and a
-        validation set was given (kept in memory, so also without ``output_dir``, and
+        validation set was given (kept in memory, so also without ``out``, and
         on every DDP rank); otherwise the final weights.
     history
         One row per logged training step / evaluation (the content of ``log.csv``).
@@ -77,9 +78,10 @@ class FitResult:
         Optimiser steps done in total.
     stopped_early
         Whether early stopping ended the run.
-    output_dir, last_checkpoint, best_checkpoint, log_csv
-        Written paths (``None`` when ``output_dir`` is ``None``). The curves figure
-        is drawn from ``history`` by the caller (:func:`stalign.pl.training_curves`).
+    out, last_checkpoint, best_checkpoint, log_csv
+        Written paths (``None`` when ``config.out`` is ``None``); ``out`` was called
+        ``output_dir`` (still readable, with a ``DeprecationWarning``). The curves
+        figure is drawn from ``history`` by the caller (:func:`stalign.pl.training_curves`).
     """
 
     model: AlignmentModel
@@ -88,11 +90,17 @@ class FitResult:
     best_metric: float | None = None
     steps: int = 0
     stopped_early: bool = False
-    output_dir: Path | None = None
+    out: Path | None = None
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
     log_csv: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_dir(self) -> Path | None:
+        """Deprecated name of :attr:`out`."""
+        warnings.warn("FitResult.output_dir is now FitResult.out", DeprecationWarning, stacklevel=2)
+        return self.out
 
 
 # ------------------------------------------------------------------------ helpers
@@ -204,7 +212,7 @@ def _loader(
 
 
 @torch.no_grad()
-def evaluate(
+def validate(
     model: AlignmentModel,
     dataset: Dataset,
     config: TrainConfig,
@@ -270,18 +278,18 @@ def _write_history(rows: list[dict[str, Any]], path: Path) -> None:
 
 @contextlib.contextmanager
 def _output_folder_lock(config: TrainConfig, rank: int, world: int):
-    """Hold ``config.output_dir`` for this run (rank 0 locks; every rank learns the outcome).
+    """Hold ``config.out`` for this run (rank 0 locks; every rank learns the outcome).
 
     A second run on the same folder is refused at once instead of mixing its config,
     log and checkpoints into the first run's. The lock dies with its process.
     """
-    if config.output_dir is None:
+    if config.out is None:
         yield
         return
     with contextlib.ExitStack() as stack:
         error: Exception | None = None
         if rank == 0:
-            out = Path(config.output_dir)
+            out = Path(config.out)
             what = f"training output folder {out}"
             try:
                 out.mkdir(parents=True, exist_ok=True)
@@ -454,7 +462,7 @@ def fit(
 
     Returns
     -------
-    A :class:`FitResult`. With ``config.output_dir`` set, the run writes there:
+    A :class:`FitResult`. With ``config.out`` set, the run writes there:
     ``config.json``, ``log.csv`` (step, epoch, lr, train_loss, temperature, val_* and
     images_per_s), ``checkpoints/step_<n>/`` (``model.safetensors``,
     ``config.json``, ``model.json``, ``state.json``, ``optimizer.pt``,
@@ -465,7 +473,7 @@ def fit(
     Raises
     ------
     FolderLockedError
-        Another live process trains into the same ``output_dir`` (see
+        Another live process trains into the same ``out`` (see
         ``stalign._lock``); nothing is written.
     ValueError, FileNotFoundError
         A bad dataset, or a resume checkpoint that is incomplete, corrupt or from a
@@ -473,7 +481,7 @@ def fit(
 
     Notes
     -----
-    The run holds a lock on ``output_dir`` (``.lock``) while it runs; the lock
+    The run holds a lock on ``out`` (``.lock``) while it runs; the lock
     dies with the process, so a crashed run never blocks the next.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised here
@@ -627,7 +635,7 @@ def _setup(
     device = _device(config, world)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    out_dir = Path(config.output_dir) if config.output_dir else None
+    out_dir = Path(config.out) if config.out else None
     _seed_everything(config.seed)
     # every resume file read and checked before any statistics or model
     resume = _resume_point(config, out_dir, rank)
@@ -720,7 +728,7 @@ def _log_starting_point(run: _Run, state: TrainingState) -> None:
     """
     if run.val_dataset is None or state.step != 0 or not run.is_main:
         return
-    metrics = evaluate(run.model, run.val_dataset, run.config, device=run.device)
+    metrics = validate(run.model, run.val_dataset, run.config, device=run.device)
     _append_history(run, state, {"step": 0, "epoch": 0.0, **metrics})
     logger.info("step 0 (before training): %s", _format_metrics(metrics))
 
@@ -794,7 +802,7 @@ def _validate(run: _Run, state: TrainingState, row: dict[str, Any] | None) -> di
     if not (state.step % run.eval_every == 0 or state.step == run.total_steps):
         return row
     if run.is_main:
-        metrics = evaluate(run.model, run.val_dataset, run.config, device=run.device)
+        metrics = validate(run.model, run.val_dataset, run.config, device=run.device)
         row = {**(row or _row_start(run, state)), **metrics}
         _update_early_stopping(run, state, metrics)
         logger.info("step %d: %s", state.step, _format_metrics(metrics))
@@ -929,7 +937,7 @@ def _finish(run: _Run, state: TrainingState) -> FitResult:
         best_metric=state.best_metric,
         steps=state.step,
         stopped_early=state.stopped_early,
-        output_dir=run.out_dir,
+        out=run.out_dir,
         last_checkpoint=state.last_checkpoint,
         extra={"meta": run.meta},
     )
