@@ -713,17 +713,15 @@ def _probe_rows(res: ProbeResult, label: str, seed: int, task: str) -> list[dict
 def _retrieval_from_probe(res: ProbeResult, samples: np.ndarray, max_k: int):
     """Predicted vs measured profiles of the test spots, retrieved within each section."""
     tested = ~np.isnan(res.predictions).any(axis=1)
-    truth = res.targets[tested]
-    mu, sd = truth.mean(0), truth.std(0)
+    z = res.targets[tested]  # a copy, standardised in place (as are the predictions)
+    mu, sd = z.mean(0), z.std(0)
     sd[sd == 0] = 1.0
-    z = (truth - mu) / sd
-    return retrieval(
-        (res.predictions[tested] - mu) / sd,
-        z,
-        groups=samples[tested],
-        profiles=z,
-        max_k=max_k,
-    )
+    z -= mu
+    z /= sd
+    pred = res.predictions[tested]
+    pred -= mu
+    pred /= sd
+    return retrieval(pred, z, groups=samples[tested], profiles=z, max_k=max_k)
 
 
 def _chance_curve(res: ProbeResult, samples: np.ndarray, max_k: int) -> np.ndarray:

@@ -241,10 +241,14 @@ def marker_prediction(
                 continue
             inst = np.concatenate([bags[i] for i in tr])
             pre = [StandardScaler().fit(inst)]
-            z = pre[0].transform(inst)
             if pca_dim is not None:
+                z = pre[0].transform(inst)
+                del inst
                 k = int(min(pca_dim, z.shape[0], z.shape[1]))
                 pre.append(PCA(n_components=k, random_state=seed).fit(z))
+                del z  # the PCA is fitted; the bags are transformed one by one below
+            else:
+                del inst
 
             def tf(b: np.ndarray, pre=pre) -> np.ndarray:
                 out = pre[0].transform(b)

@@ -231,7 +231,8 @@ def _reduce(X: np.ndarray, tr: np.ndarray, te: np.ndarray, pca_dim: int | None, 
     """Standardise (and PCA-reduce) the training rows ``tr`` and test rows ``te`` of ``X``.
 
     Works in float64 on copies of the fold's rows only, modified in place (clip, scale),
-    which gives the same numbers as copying at each step while holding fewer matrices.
+    which gives the same numbers as copying at each step while holding fewer matrices;
+    the test rows are copied only once the PCA is fitted.
     """
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
@@ -242,22 +243,27 @@ def _reduce(X: np.ndarray, tr: np.ndarray, te: np.ndarray, pca_dim: int | None, 
     # out column-major, and the scaler's sums (so the last bits) depend on the layout
     X_train = rows[:, cols].astype(np.float64, copy=False)
     del rows
-    X_test = X[te][:, cols].astype(np.float64, copy=False)
-    # the probe is not asked to extrapolate: each test feature is clipped to the range
-    # it spans on the training spots. Sparse ReLU features (a unit active on 1 % of the
-    # training spots and on 30 % of the test spots) otherwise reach tens of training
-    # sd after standardisation and dominate the ridge predictions on the test spots
-    np.clip(X_test, X_train.min(axis=0), X_train.max(axis=0), out=X_test)
+    lo, hi = X_train.min(axis=0), X_train.max(axis=0)
     scaler = StandardScaler(copy=False).fit(X_train)
-    Xtr, Xte = scaler.transform(X_train), scaler.transform(X_test)  # in place
-    del X_train, X_test
+    Xtr = scaler.transform(X_train)  # in place
+    del X_train
+
+    def test_rows() -> np.ndarray:
+        # the probe is not asked to extrapolate: each test feature is clipped to the range
+        # it spans on the training spots. Sparse ReLU features (a unit active on 1 % of
+        # the training spots and on 30 % of the test spots) otherwise reach tens of
+        # training sd after standardisation and dominate the ridge predictions
+        X_test = X[te][:, cols].astype(np.float64, copy=False)
+        np.clip(X_test, lo, hi, out=X_test)
+        return scaler.transform(X_test)  # in place
+
     if pca_dim is None:
-        return Xtr, Xte
+        return Xtr, test_rows()
     k = int(min(pca_dim, Xtr.shape[0], Xtr.shape[1]))
     pca = PCA(n_components=k, random_state=random_state).fit(Xtr)
     Ztr = pca.transform(Xtr)
     del Xtr
-    return Ztr, pca.transform(Xte)
+    return Ztr, pca.transform(test_rows())
 
 
 def _mean_pearson_score(y_true, y_pred) -> float:

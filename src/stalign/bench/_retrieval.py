@@ -58,12 +58,23 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(n, 1e-12)
 
 
-def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(axis=1, keepdims=True)
-    b = b - b.mean(axis=1, keepdims=True)
-    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (a * b).sum(1) / den
+def _row_pearson(
+    a: np.ndarray, b: np.ndarray, *, rows_a: np.ndarray | None = None, block: int = 4096
+) -> np.ndarray:
+    """Pearson of row ``i`` of ``b`` with row ``rows_a[i]`` of ``a`` (default row ``i``).
+
+    Works ``block`` rows at a time, so no ``n × p`` temporary is made.
+    """
+    n = b.shape[0]
+    out = np.empty(n)
+    for i in range(0, n, block):
+        ai = a[i : i + block] if rows_a is None else a[rows_a[i : i + block]]
+        x = ai - ai.mean(axis=1, keepdims=True)
+        y = b[i : i + block] - b[i : i + block].mean(axis=1, keepdims=True)
+        den = np.sqrt((x * x).sum(1) * (y * y).sum(1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[i : i + block] = (x * y).sum(1) / den
+    return out
 
 
 def retrieval(
@@ -157,7 +168,7 @@ def retrieval(
     chance = {k: float(np.minimum(k / pool_size, 1.0).mean()) for k in ks}
     curve = np.array([(ranks < k).mean() for k in range(1, max_k + 1)])
     if prof is not None:
-        profile_corr = float(np.nanmean(_row_pearson(prof[top1], prof)))
+        profile_corr = float(np.nanmean(_row_pearson(prof, prof, rows_a=top1)))
         w = np.array([c[1] for c in chance_corr], dtype=float)
         profile_corr_chance = float(np.average([c[0] for c in chance_corr], weights=w))
     else:
