@@ -190,6 +190,23 @@ def test_cache_is_keyed_by_source_and_sample_digest(small_store, tmp_path):
         FeatureCache(tmp_path / "c2", ds, chunk_rows=0)
 
 
+def test_cache_key_records_the_embedding_precision(small_store, tiny_export, tmp_path):
+    """bf16-autocast (CUDA) and float32 (CPU) features never share a cache entry."""
+    from stalign.bench._evaluate import EvaluationSpec, FeatureSet, _feature_source
+
+    ds = PairsDataset(small_store)
+    cache = FeatureCache(tmp_path / "cache", ds, chunk_rows=1000)
+    fs = FeatureSet("tiny", "encoder", str(tiny_export))
+    dirs = {}
+    for device in ("cpu", "cuda"):  # a key only: nothing runs on the device
+        spec = EvaluationSpec(small_store, [f"tiny={tiny_export}"], tmp_path, device=device)
+        source = _feature_source(fs, spec, 0)
+        want = "bf16-autocast" if device == "cuda" else "float32"
+        assert source.key["precision"] == want
+        dirs[device] = cache.directory(source)
+    assert dirs["cpu"] != dirs["cuda"]
+
+
 def test_encoder_features_run_through_the_embedding_loop(small_store, tiny_export):
     from stalign.models import load_exported
     from stalign.tl import iter_embeddings

@@ -480,26 +480,32 @@ def _files_digest_cached(path: str, stats: tuple) -> str:
 
 
 def _encoder_key(source: Any, spec: EvaluationSpec, seed: int) -> dict[str, Any]:
-    """Identity of an encoder's features: weights digest (or init seed) and input size."""
+    """Identity of an encoder's features.
+
+    Weights digest (or random-init name, seed and input size) and the arithmetic the
+    embedding loop uses on ``spec.device`` (bf16 autocast on CUDA, float32 on the CPU).
+    """
     import timm
     import torch
 
-    from ..tl import encoder_digest
+    from ..tl import embedding_precision, encoder_digest
 
+    precision = {"precision": embedding_precision(spec.device)}
     if isinstance(source, torch.nn.Module):
-        return {"module_sha256": encoder_digest(source)}
+        return {"module_sha256": encoder_digest(source), **precision}
     path = Path(str(source))
     if path.is_dir() and (path / "stalign.json").is_file():
-        return {"export_sha256": _files_digest(path)}
+        return {"export_sha256": _files_digest(path), **precision}
     if path.is_dir():  # a training run: digest of the image tower it resolves to
         from ..tl import resolve_encoder
 
-        return {"module_sha256": encoder_digest(resolve_encoder(path)[0])}
+        return {"module_sha256": encoder_digest(resolve_encoder(path)[0]), **precision}
     return {
         "random_init": str(source),
         "seed": int(seed),
         "image_size": spec.image_size,
         "versions": {"timm": timm.__version__, "torch": torch.__version__},
+        **precision,
     }
 
 

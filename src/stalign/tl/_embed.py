@@ -150,6 +150,15 @@ def _device(device: str | Any) -> Any:
     return torch.device(device)
 
 
+def embedding_precision(device: str | Any = "auto") -> str:
+    """Arithmetic of :func:`iter_embeddings` on ``device``: ``"bf16-autocast"`` or ``"float32"``.
+
+    bf16 autocast on CUDA, float32 elsewhere. Caches of embeddings record it, since
+    the two give slightly different numbers.
+    """
+    return "bf16-autocast" if _device(device).type == "cuda" else "float32"
+
+
 def _to_model_input(x: Any, dev: Any, image_size: int | None) -> Any:
     """Batch → float ``(B, 3, S, S)`` in ``[0, 1]`` on ``dev``.
 
@@ -213,7 +222,8 @@ def iter_embeddings(
         with torch.inference_mode():
             for batch in batches:
                 x = _to_model_input(batch, dev, image_size)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                bf16 = embedding_precision(dev) == "bf16-autocast"
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                     z = module(x)
                 yield z.float().cpu().numpy()
     finally:
