@@ -135,6 +135,28 @@ def test_read_patches_matches_read_patch_in_any_order(small_store):
         ds.read_patches([])
 
 
+def test_read_patches_of_a_jpeg_store_decode_each_patch_in_any_order(tmp_path, mob_dir):
+    """JPEG stores take read_patches' per-patch decode branch: same pixels as read_patch."""
+    from stalign.pairs import build_pairs, merge_pairs
+
+    manifest = tmp_path / "manifest.csv"
+    row = (
+        f"MOB1,mouse1,olfactory_bulb,mus_musculus,legacy_st,{mob_dir / 'MOB1.tsv.gz'},"
+        f"{mob_dir / 'MOB1.jpg'},,test,MIT"
+    )
+    manifest.write_text(f"{MANIFEST_COLS}\n{row}\n")
+    store = tmp_path / "jpeg_pairs"
+    build_pairs(manifest, store, mpp=4.7, size_px=24, jpeg=True, progress=False, report=False)
+    merge_pairs(store, report=False)
+    ds = PairsDataset(store)
+    assert ds.index_json["params"]["jpeg"] is True
+    idx = np.concatenate([np.random.default_rng(1).permutation(len(ds))[:30], [2, 2, 0]])
+    got = ds.read_patches(idx)
+    want = np.stack([ds.read_patch(int(i)) for i in idx])
+    assert got.dtype == np.uint8 and got.shape == (idx.size, 24, 24, 3)
+    np.testing.assert_array_equal(got, want)
+
+
 def _histogram_source(fail_after: int | None = None, calls: list | None = None):
     def make():
         def fn(chunk):
