@@ -171,3 +171,65 @@ def test_ome_zarr_pyramid_is_read_lazily_by_level(tmp_path, mob_dir):
     assert slide.level_downsamples == pytest.approx((1.0, 1905 / 952, 1905 / 476))
     np.testing.assert_array_equal(slide.read_region(300, 500, 64, 48), full[500:548, 300:364])
     assert slide.best_level(8.0) == 1
+
+
+def _hold_lock(lock):
+    """Start a process holding ``folder_lock(lock)``; return it once it holds it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\nfrom stalign._lock import folder_lock\n"
+        "with folder_lock(sys.argv[1], command='holder'):\n"
+        "    print('held', flush=True)\n    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"held"
+    return proc
+
+
+def test_concurrent_writers_of_one_store_are_refused(tmp_path, mob_dir):
+    """A write-back or an overwrite while another process writes the store is refused
+    (one-line error naming the holder), and the store is left as it was."""
+    from stalign._lock import FolderLockedError
+
+    native = read_legacy_st(mob_dir / "MOB1")
+    native.obsm["pathway_scores"] = native.obsm["spatial"][:, :1] * 0 + 1.0
+    store = tmp_path / "mob1.zarr"
+    to_spatialdata(native, path=store, image=False)
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    for lock, call in (
+        (store / ".stalign.lock", lambda: to_spatialdata(native, sdata=store)),
+        (
+            store / ".stalign.lock",
+            lambda: to_spatialdata(native, path=store, image=False, overwrite=True),
+        ),
+    ):
+        proc = _hold_lock(lock)
+        try:
+            with pytest.raises(FolderLockedError, match=rf"is in use by pid {proc.pid} "):
+                call()
+        finally:
+            proc.kill()
+            proc.wait()
+        after = sorted(p.relative_to(store) for p in store.rglob("*") if p.name != ".stalign.lock")
+        assert after == before
+    to_spatialdata(native, sdata=store)  # the holder is gone: the write-back goes through
+    assert "pathway_scores" in sd.read_zarr(store).tables["table"].obsm
+
+
+def test_a_store_created_meanwhile_by_another_writer_is_left_as_is(tmp_path, mob_dir, monkeypatch):
+    native = read_legacy_st(mob_dir / "MOB1")
+    store = tmp_path / "new.zarr"
+    write = sd.SpatialData.write
+
+    def write_then_race(self, file_path, *a, **k):  # the other writer finishes first
+        write(self, file_path, *a, **k)
+        store.mkdir()
+        (store / "theirs").write_text("x")
+
+    monkeypatch.setattr(sd.SpatialData, "write", write_then_race)
+    with pytest.raises(FileExistsError, match="created by another process"):
+        to_spatialdata(native, path=store, image=False)
+    assert sorted(p.name for p in store.iterdir()) == ["theirs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.zarr"]  # no temporary left

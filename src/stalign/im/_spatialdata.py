@@ -10,6 +10,7 @@ those into an existing table. It lives in ``im`` because it reads the H&E throug
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys as K
+from .._lock import folder_lock
 from ..io._core import PathLike
 from ..io._spatialdata import MICRON_SYSTEM, _load, _pick  # shared with the reader
 from ._slide import open_image
@@ -29,6 +31,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["to_spatialdata"]
 
 _OBSM_WRITTEN = (K.PATHWAY_SCORES,)  # plus every obsm['X_<encoder>']
+
+#: lock file inside a store, held while stalign writes into it (write-back, overwrite)
+STORE_LOCK = ".stalign.lock"
 
 
 def _plain_uns(d: dict) -> dict:
@@ -137,14 +142,17 @@ def _replace_table_on_disk(sdata: Any, name: str) -> None:
     import spatialdata as sd
 
     root = Path(sdata.path)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".tmp-table-") as tmp:
+    with (
+        folder_lock(root / STORE_LOCK, command="to_spatialdata (write-back)", what=str(root)),
+        tempfile.TemporaryDirectory(dir=root, prefix=".tmp-table-") as tmp,
+    ):
         sd.SpatialData(tables={name: sdata.tables[name]}).write(Path(tmp) / "t.zarr")
         final = root / "tables" / name
         old = root / "tables" / f".old-{name}"
         os.replace(final, old)
         os.replace(Path(tmp) / "t.zarr" / "tables" / name, final)
         shutil.rmtree(old)
-    sdata.write_consolidated_metadata()
+        sdata.write_consolidated_metadata()
 
 
 def _update_table(sdata: Any, adata: ad.AnnData, table: str | None, source: Any) -> Any:
@@ -259,7 +267,27 @@ def to_spatialdata(
 
 
 def _write_store(sdata: Any, path: Path) -> None:
-    """Write to a hidden sibling, then swap it in: an old store survives a crash."""
+    """Write to a hidden sibling, then swap it in: an old store survives a crash.
+
+    An existing store is locked from inside (the lock its write-backs take) for the
+    whole write, so two writers of one store are refused rather than interleaved;
+    of two writers creating the same new store, the second one's swap fails with a
+    clear error and leaves the first one's store as it is.
+    """
+    with contextlib.ExitStack() as locks:
+        replace = path.is_dir()  # decided before writing: a store created meanwhile is kept
+        if replace:
+            inner = path / STORE_LOCK
+            locks.enter_context(folder_lock(inner, command="to_spatialdata", what=str(path)))
+        _swap_in(sdata, path, replace=replace)
+
+
+def _swap_in(sdata: Any, path: Path, *, replace: bool) -> None:
+    """Write ``sdata`` beside ``path`` under a temporary name and rename it into place.
+
+    ``replace``: ``path`` is an existing store to swap out; otherwise ``path`` must
+    still be free (or an empty folder) when the rename happens.
+    """
     import shutil
 
     tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
@@ -267,13 +295,17 @@ def _write_store(sdata: Any, path: Path) -> None:
         shutil.rmtree(tmp)
     try:
         sdata.write(tmp)
-        if path.exists():
+        if replace:
             old = path.with_name(f".old-{path.name}.{os.getpid()}")
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old)
         else:
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as e:  # another process created the store meanwhile
+                msg = f"{path} was created by another process while this one wrote it; left as is"
+                raise FileExistsError(msg) from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
