@@ -481,6 +481,48 @@ def test_a_store_of_an_older_stalign_is_rebuilt_not_refused(tmp_path, one):
         build_pairs(one, out, **{**params, "method": "ssgsea"})
 
 
+def test_a_change_of_the_tissue_mask_rule_changes_the_fingerprint(monkeypatch):
+    """The mask's settings are code defaults, not parameters: they are fingerprinted, so
+    shards masked by another rule are never reused (the pixel rule is not affected)."""
+    import stalign.im._tissue as tissue
+    from stalign.pairs import PairsParams
+
+    mask, pixels = PairsParams(tissue_qc="mask"), PairsParams(tissue_qc="pixels")
+    fp_mask, fp_pixels = mask.fingerprint(), pixels.fingerprint()
+    assert mask.to_dict()["tissue_mask_settings"]["closing_um"] == 50.0
+    monkeypatch.setattr(tissue, "_MIN_CONTRAST", tissue._MIN_CONTRAST + 1)
+    assert mask.fingerprint() != fp_mask
+    assert pixels.fingerprint() == fp_pixels
+    monkeypatch.undo()
+    defaults = tissue.tissue_mask.__kwdefaults__
+    monkeypatch.setitem(defaults, "closing_um", 40.0)
+    assert mask.fingerprint() != fp_mask
+
+
+def test_a_store_fingerprinted_before_the_mask_settings_is_rebuilt_not_refused(tmp_path, one):
+    """A v2 record (no tissue_mask_settings) of the same parameters: its shards are
+    rebuilt with today's rule, not reused and not refused."""
+    from stalign.pairs._store import params_fingerprint
+
+    out = tmp_path / "pairs"
+    build_pairs(one, out, **FAST)
+    build = json.loads((out / "build.json").read_text())  # rewrite it as fingerprint v2 did
+    assert build["fingerprint_version"] == 3
+    build["fingerprint_version"] = 2
+    del build["params"]["tissue_mask_settings"]
+    build["params_fingerprint"] = params_fingerprint(build["params"])
+    (out / "build.json").write_text(json.dumps(build))
+    success_path = out / "samples" / "MOB1" / "_SUCCESS"
+    success = json.loads(success_path.read_text())
+    success["params_fingerprint"] = build["params_fingerprint"]
+    success_path.write_text(json.dumps(success))
+    result = build_pairs(one, out, **FAST)
+    assert list(result.table["status"]) == ["done"]  # rebuilt, not skipped as finished
+    assert json.loads(success_path.read_text())["params_fingerprint"] != build["params_fingerprint"]
+    with pytest.raises(ValueError, match="other parameters"):  # other parameters still refused
+        build_pairs(one, out, **{**FAST, "size_px": 48})
+
+
 def test_input_identity_reads_whole_small_files_and_the_ends_of_big_ones(tmp_path):
     from stalign.pairs._store import FULL_DIGEST_MAX_BYTES, file_identity, input_identity
 

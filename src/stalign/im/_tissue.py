@@ -245,6 +245,24 @@ class TissueMask:
         return resize(self.mask.astype(np.float32), shape, order=1, anti_aliasing=True)
 
 
+def tissue_mask_settings() -> dict[str, Any]:
+    """Every setting :func:`tissue_mask` runs with by default (µm, µm², 0–255 units).
+
+    Its keyword defaults and the fixed thresholds of this module. A pairs store
+    fingerprints them (``PairsParams.to_dict``), so shards masked under another rule
+    are rebuilt rather than reused.
+    """
+    return {
+        **(tissue_mask.__kwdefaults__ or {}),
+        "min_threshold": _MIN_THRESHOLD,
+        "min_contrast": _MIN_CONTRAST,
+        "dark_value": _DARK_VALUE,
+        "fine_factor": _FINE_FACTOR,
+        "max_fine_side": _MAX_FINE_SIDE,
+        "pen_saturation": _PEN_SATURATION,
+    }
+
+
 def tissue_mask(
     image: SlideImage,
     *,

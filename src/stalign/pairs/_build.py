@@ -230,9 +230,11 @@ def _write_build_json(
                 raise ValueError(msg)
             if old.get("params_fingerprint") != fp and _older_fingerprint_of(old, record):
                 logger.warning(
-                    "%s was built by an older stalign (no content fingerprints); "
+                    "%s was fingerprinted by an older stalign (fingerprint v%s, now v%s); "
                     "rebuilding its shards with the same parameters",
                     out,
+                    old.get("fingerprint_version", 1),
+                    FINGERPRINT_VERSION,
                 )
                 _remove_shards_built_with(out, old, str(old["params_fingerprint"]))
                 write_json(path, record)
@@ -256,16 +258,30 @@ def _write_build_json(
         write_json(path, record)
 
 
-#: 2: gene-set file content in the fingerprint, input identities in every shard
-FINGERPRINT_VERSION = 2
+#: 2: gene-set file content in the fingerprint, input identities in every shard;
+#: 3: the tissue mask's settings in the fingerprint (tissue_qc="mask")
+FINGERPRINT_VERSION = 3
+
+#: fingerprint version -> the parameter keys it added
+_KEYS_ADDED = {2: ("gene_sets_sha256",), 3: ("tissue_mask_settings",)}
 
 
 def _older_fingerprint_of(old: dict[str, Any], record: dict[str, Any]) -> bool:
-    """Whether ``old`` is a record of the same build by a stalign before fingerprint v2."""
-    if "fingerprint_version" in old:
+    """Whether ``old`` records the same build under an older fingerprint version.
+
+    Same parameters once the keys added since its version are left out of both, and
+    the same samples: its shards are rebuilt rather than the build refused.
+    """
+    version = int(old.get("fingerprint_version", 1))
+    if version >= FINGERPRINT_VERSION:
         return False
-    params = {k: v for k, v in record["params"].items() if k != "gene_sets_sha256"}
-    same = old.get("params") == json.loads(json.dumps(params, default=str))
+    added = {k for v, keys in _KEYS_ADDED.items() if v > version for k in keys}
+
+    def without_added(params: Any) -> Any:
+        params = json.loads(json.dumps(params, default=str))
+        return {k: v for k, v in params.items() if k not in added}
+
+    same = without_added(old.get("params") or {}) == without_added(record["params"])
     return same and old.get("samples") == record["samples"]
 
 

@@ -155,6 +155,8 @@ class PairsParams:
         (``gene_panel_sha256``, ``gene_sets_sha256``; bundled collections too), so
         an edited file at the same path changes the fingerprint and moving an
         unchanged one does not.
+        With ``tissue_qc="mask"`` the tissue mask's settings
+        (:func:`stalign.im._tissue.tissue_mask_settings`) are recorded too.
         """
         d = asdict(self)
         if self.gene_panel not in ("all",) and not self.gene_panel.startswith("hvg:"):
@@ -165,6 +167,10 @@ class PairsParams:
             d["gene_sets_sha256"] = _sha256(gmt)
             if self.gene_sets.lower() not in _bundled_names():
                 d["gene_sets"] = f"file:{gmt.name}"
+        if self.tissue_qc == "mask":  # the mask's own settings are code defaults
+            from ..im._tissue import tissue_mask_settings
+
+            d["tissue_mask_settings"] = tissue_mask_settings()
         return d
 
     def fingerprint(self) -> str:
