@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,38 @@ def write_hest_patches(
     return path
 
 
+#: the datasets of a HEST patch file
+_HEST_DATASETS = ("img", "coords", "barcode")
+
+
+@contextlib.contextmanager
+def _open_hest_file(path: Path) -> Iterator[Any]:
+    """Open a HEST patch ``.h5`` for reading once it is known to hold its datasets.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file
+    for one that is not HDF5 or lacks ``img`` / ``coords`` / ``barcode``.
+    """
+    import h5py
+
+    if not path.is_file():
+        msg = f"HEST patch file not found: {path}"
+        raise FileNotFoundError(msg)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        msg = f"{path}: not a readable HDF5 file ({e})"
+        raise ValueError(msg) from e
+    with f:
+        missing = [k for k in _HEST_DATASETS if k not in f]
+        if missing:
+            msg = (
+                f"{path}: expected HEST datasets 'img', 'coords', 'barcode'; missing "
+                f"{missing} (found {sorted(f.keys())})"
+            )
+            raise ValueError(msg)
+        yield f
+
+
 def read_hest_patches(path: str | os.PathLike) -> HestPatches:
     """Read a HEST-layout patch ``.h5`` file (also files written by HEST itself).
 
@@ -115,25 +149,8 @@ def read_hest_patches(path: str | os.PathLike) -> HestPatches:
     HestPatches
         ``img``, ``coords``, ``barcode`` (str) and file ``attrs``.
     """
-    import h5py
-
     path = Path(path)
-    if not path.is_file():
-        msg = f"HEST patch file not found: {path}"
-        raise FileNotFoundError(msg)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        msg = f"{path}: not a readable HDF5 file ({e})"
-        raise ValueError(msg) from e
-    with f:
-        missing = [k for k in ("img", "coords", "barcode") if k not in f]
-        if missing:
-            msg = (
-                f"{path}: expected HEST datasets 'img', 'coords', 'barcode'; missing "
-                f"{missing} (found {sorted(f.keys())})"
-            )
-            raise ValueError(msg)
+    with _open_hest_file(path) as f:
         img = f["img"][()]
         coords = f["coords"][()]
         raw = np.asarray(f["barcode"][()]).reshape(-1)
@@ -186,21 +203,13 @@ def hest_patch_geometry(path: str | os.PathLike) -> HestPatchGeometry:
 
     Raises
     ------
+    FileNotFoundError
+        No such file.
     ValueError
         Not a HEST patch file (``img`` of shape ``(n, H, H, 3)`` uint8 is expected).
     """
-    import h5py
-
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        msg = f"{path}: not a readable HDF5 file ({e})"
-        raise ValueError(msg) from e
-    with f:
-        if not all(k in f for k in ("img", "coords", "barcode")):
-            msg = f"{path}: expected HEST datasets 'img', 'coords', 'barcode'; found {list(f)}"
-            raise ValueError(msg)
+    with _open_hest_file(path) as f:
         img = f["img"]
         if img.ndim != 4 or img.shape[1] != img.shape[2] or img.shape[3] != 3:
             msg = f"{path}: expected 'img' of shape (n, H, H, 3), found {img.shape}"

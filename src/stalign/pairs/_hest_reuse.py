@@ -66,7 +66,7 @@ def plan_hest_reuse(sample: Sample, params: PairsParams) -> tuple[HestPlan | Non
         return None, f"no {h5.relative_to(root)}"
     try:
         geometry = im.hest_patch_geometry(h5)
-    except ValueError as e:
+    except (OSError, ValueError) as e:  # gone since the check above, or not HEST's layout
         logger.warning("sample %s: %s; using the WSI", sample.sample_id, e)
         return None, str(e)
     why = geometry.serves(mpp=params.mpp, size_px=params.size_px)
