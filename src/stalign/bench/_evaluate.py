@@ -480,32 +480,37 @@ def _files_digest_cached(path: str, stats: tuple) -> str:
 
 
 def _encoder_key(source: Any, spec: EvaluationSpec, seed: int) -> dict[str, Any]:
-    """Identity of an encoder's features.
+    """Identity of an encoder's features: its weights and the embedding arithmetic.
 
-    Weights digest (or random-init name, seed and input size) and the arithmetic the
-    embedding loop uses on ``spec.device`` (bf16 autocast on CUDA, float32 on the CPU).
+    The weights (:func:`_weights_key`) and the arithmetic the embedding loop uses on
+    ``spec.device`` (bf16 autocast on CUDA, float32 on the CPU).
     """
+    from ..tl import embedding_precision
+
+    return {**_weights_key(source, spec, seed), "precision": embedding_precision(spec.device)}
+
+
+def _weights_key(source: Any, spec: EvaluationSpec, seed: int) -> dict[str, Any]:
+    """Weights digest of an encoder, or its random-init name, seed and input size."""
     import timm
     import torch
 
-    from ..tl import embedding_precision, encoder_digest
+    from ..tl import encoder_digest
 
-    precision = {"precision": embedding_precision(spec.device)}
     if isinstance(source, torch.nn.Module):
-        return {"module_sha256": encoder_digest(source), **precision}
+        return {"module_sha256": encoder_digest(source)}
     path = Path(str(source))
     if path.is_dir() and (path / "stalign.json").is_file():
-        return {"export_sha256": _files_digest(path), **precision}
+        return {"export_sha256": _files_digest(path)}
     if path.is_dir():  # a training run: digest of the image tower it resolves to
         from ..tl import resolve_encoder
 
-        return {"module_sha256": encoder_digest(resolve_encoder(path)[0]), **precision}
+        return {"module_sha256": encoder_digest(resolve_encoder(path)[0])}
     return {
         "random_init": str(source),
         "seed": int(seed),
         "image_size": spec.image_size,
         "versions": {"timm": timm.__version__, "torch": torch.__version__},
-        **precision,
     }
 
 

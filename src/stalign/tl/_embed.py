@@ -216,13 +216,13 @@ def iter_embeddings(
     import torch
 
     dev = _device(device)
+    bf16 = embedding_precision(dev) == "bf16-autocast"
     was_training = module.training
     module.eval().to(dev)  # stays there: the caller embeds chunk after chunk
     try:
         with torch.inference_mode():
             for batch in batches:
                 x = _to_model_input(batch, dev, image_size)
-                bf16 = embedding_precision(dev) == "bf16-autocast"
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                     z = module(x)
                 yield z.float().cpu().numpy()
