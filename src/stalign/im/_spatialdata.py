@@ -274,11 +274,13 @@ def _write_store(sdata: Any, path: Path) -> None:
     of two writers creating the same new store, the second one's swap fails with a
     clear error and leaves the first one's store as it is.
     """
-    with contextlib.ExitStack() as locks:
-        replace = path.is_dir()  # decided before writing: a store created meanwhile is kept
-        if replace:
-            inner = path / STORE_LOCK
-            locks.enter_context(folder_lock(inner, command="to_spatialdata", what=str(path)))
+    replace = path.is_dir()  # decided before writing: a store created meanwhile is kept
+    lock = (
+        folder_lock(path / STORE_LOCK, command="to_spatialdata", what=str(path))
+        if replace
+        else contextlib.nullcontext()
+    )
+    with lock:
         _swap_in(sdata, path, replace=replace)
 
 
