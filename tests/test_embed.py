@@ -93,6 +93,35 @@ def test_embed_dataset_to_h5_is_batch_size_independent(store, tiny_encoder, tmp_
         assert f.attrs["encoder"] == "vit_tiny_patch16_224"
 
 
+class _FailsAt(torch.utils.data.Dataset):
+    """Images whose item ``fail_at`` cannot be read (a corrupt patch mid-run)."""
+
+    def __init__(self, n: int, fail_at: int) -> None:
+        self.n, self.fail_at = n, fail_at
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        if i == self.fail_at:
+            msg = f"patch {i} is unreadable"
+            raise OSError(msg)
+        return {"image": torch.full((3, 32, 32), i / self.n)}
+
+
+def test_write_embeddings_failing_midway_leaves_the_old_file(tiny_encoder, tmp_path):
+    """A run that dies after some batches leaves no partial .h5: the earlier file stays."""
+    path = tmp_path / "e.h5"
+    st.tl.write_embeddings(_FailsAt(8, fail_at=-1), tiny_encoder, path, progress=False)
+    before = path.read_bytes()
+    with pytest.raises(OSError, match="patch 9 is unreadable"):
+        st.tl.write_embeddings(
+            _FailsAt(12, fail_at=9), tiny_encoder, path, batch_size=4, progress=False
+        )
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5"]  # no temporary left
+
+
 class _ImagesOnly(torch.utils.data.Dataset):
     """A dataset of ``{'image': ...}`` items and nothing else (no pathways, no index)."""
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import _keys as K
+from .._utils import atomic_path
 
 __all__ = [
     "embed",
@@ -330,7 +331,6 @@ class _H5Sink:
     ) -> None:
         import h5py
 
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.f = h5py.File(path, "w")
         self.f.create_dataset(
             "embeddings", (n, dim), dtype="float32", chunks=(max(1, min(n, 1024)), dim)
@@ -654,7 +654,9 @@ def write_embeddings(
 ) -> Path:
     """Embed every item of a dataset with ``encoder`` into an ``.h5`` file.
 
-    Memory is bounded by one batch: embeddings go to disk as they are computed.
+    Memory is bounded by one batch: embeddings go to disk as they are computed, into a
+    temporary file that replaces ``path`` only once every item is embedded (a failed or
+    killed run leaves ``path`` as it was).
 
     Parameters
     ----------
@@ -674,18 +676,19 @@ def write_embeddings(
     -------
     ``path`` as a :class:`~pathlib.Path`.
     """
-    _run_dataset(
-        "write_embeddings",
-        dataset,
-        encoder,
-        lambda n, dim, first, name: _H5Sink(
-            path, n, dim, name, [k for k in _ID_KEYS if k in first]
-        ),
-        batch_size=batch_size,
-        image_size=image_size,
-        projected=projected,
-        device=device,
-        num_workers=num_workers,
-        progress=progress,
-    )
+    with atomic_path(path, suffix=".h5.tmp") as tmp:  # a failed run leaves no partial file
+        _run_dataset(
+            "write_embeddings",
+            dataset,
+            encoder,
+            lambda n, dim, first, name: _H5Sink(
+                tmp, n, dim, name, [k for k in _ID_KEYS if k in first]
+            ),
+            batch_size=batch_size,
+            image_size=image_size,
+            projected=projected,
+            device=device,
+            num_workers=num_workers,
+            progress=progress,
+        )
     return Path(path)
