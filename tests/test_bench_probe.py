@@ -122,7 +122,7 @@ def test_pathway_prediction_dataframe_and_errors():
         pathway_prediction(X, scores, groups, probe="svm")
 
 
-def test_features_constant_on_training_spots_do_not_wreck_the_probe():
+def test_features_constant_on_training_spots_do_not_wreck_the_robust_probe():
     """A feature that is (numerically) constant on the training spots but varies on the
     test spots, as ReLU features of an encoder adapted on one section can be, must not
     dominate the test predictions after standardisation."""
@@ -132,18 +132,17 @@ def test_features_constant_on_training_spots_do_not_wreck_the_probe():
     W = rng.normal(size=(d, 3))
     scores = pd.DataFrame(X @ W + 0.1 * rng.normal(size=(n, 3)), columns=["a", "b", "c"])
     groups = np.repeat(["train", "test"], n // 2)
-    clean = pathway_prediction(X, scores, groups, test_groups=["test"], pca_dim=None)
+    robust = {"test_groups": ["test"], "pca_dim": None, "protocol": "hest_robust"}
+    clean = pathway_prediction(X, scores, groups, **robust)
     dead = np.zeros((n, 1))
     dead[: n // 2, 0] = rng.normal(scale=1e-11, size=n // 2)  # float noise on training spots
     dead[n // 2 :, 0] = rng.exponential(size=n // 2)  # alive on the test spots
-    wrecked = pathway_prediction(
-        np.hstack([X, dead]), scores, groups, test_groups=["test"], pca_dim=None
-    )
+    wrecked = pathway_prediction(np.hstack([X, dead]), scores, groups, **robust)
     assert clean.mean > 0.9
     assert wrecked.mean == pytest.approx(clean.mean, abs=1e-6)
 
 
-def test_sparse_features_active_mostly_on_test_spots_do_not_dominate():
+def test_sparse_features_active_mostly_on_test_spots_do_not_dominate_the_robust_probe():
     """A ReLU-like feature active on a few training spots but on many test spots reaches
     tens of training sd after standardisation; the probe clips test features to their
     training range instead of extrapolating."""
@@ -153,13 +152,12 @@ def test_sparse_features_active_mostly_on_test_spots_do_not_dominate():
     W = rng.normal(size=(d, 3))
     scores = pd.DataFrame(X @ W + 0.1 * rng.normal(size=(n, 3)), columns=["a", "b", "c"])
     groups = np.repeat(["train", "test"], n // 2)
-    clean = pathway_prediction(X, scores, groups, test_groups=["test"], pca_dim=None)
+    robust = {"test_groups": ["test"], "pca_dim": None, "protocol": "hest_robust"}
+    clean = pathway_prediction(X, scores, groups, **robust)
     sparse = np.zeros((n, 5))
     sparse[rng.choice(n // 2, 2, replace=False)] = 0.01  # rarely and weakly on in training
     sparse[n // 2 :] = rng.exponential(size=(n // 2, 5)) * (rng.random((n // 2, 5)) < 0.5)
-    noisy = pathway_prediction(
-        np.hstack([X, sparse]), scores, groups, test_groups=["test"], pca_dim=None
-    )
+    noisy = pathway_prediction(np.hstack([X, sparse]), scores, groups, **robust)
     assert noisy.mean > clean.mean - 0.05
 
 
@@ -168,15 +166,16 @@ def test_float32_features_score_exactly_as_their_float64_copy():
     X, counts, groups = _linear_counts(n=300, d=40)
     X32 = (X + np.random.default_rng(3).normal(size=(300, 1))).astype(np.float32)
     X32[:, 5] = 1.0  # a constant column: the informative-column selection drops it
-    for probe in ("ridge", "mlp"):
-        a = gene_prediction(X32, counts, groups, probe=probe, max_iter=50)
-        b = gene_prediction(X32.astype(np.float64), counts, groups, probe=probe, max_iter=50)
+    for probe, protocol in (("ridge", "hest"), ("ridge", "hest_robust"), ("mlp", "hest_robust")):
+        kw = {"probe": probe, "protocol": protocol, "max_iter": 50}
+        a = gene_prediction(X32, counts, groups, **kw)
+        b = gene_prediction(X32.astype(np.float64), counts, groups, **kw)
         np.testing.assert_array_equal(a.predictions, b.predictions)
     assert np.asarray(X32).dtype == np.float32 and X32[0, 5] == 1.0  # input left untouched
 
 
 def test_in_place_reduction_equals_the_copying_form_bit_for_bit():
-    """`_reduce` clips/scales in place; the numbers must equal the plain copying steps."""
+    """`_reduce` (robust) clips/scales in place; the numbers equal the plain copying steps."""
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
@@ -192,7 +191,84 @@ def test_in_place_reduction_equals_the_copying_form_bit_for_bit():
     scaler = StandardScaler().fit(X_train)
     Xtr, Xte = scaler.transform(X_train), scaler.transform(X_test)
     pca = PCA(n_components=32, random_state=0).fit(Xtr)
-    got = _reduce(X, tr, te, 32, 0)
+    got = _reduce(X, tr, te, 32, 0, robust=True)
     np.testing.assert_array_equal(got[0], pca.transform(Xtr))
     np.testing.assert_array_equal(got[1], pca.transform(Xte))
-    np.testing.assert_array_equal(_reduce(X, tr, te, None, 0)[0], Xtr)
+    np.testing.assert_array_equal(_reduce(X, tr, te, None, 0, robust=True)[0], Xtr)
+
+
+def _hest_reference(X, log_targets, train, test, n_components=256, seed=0):
+    """HEST-Benchmark's published probe written out with sklearn, independently of stalign."""
+    from scipy.stats import pearsonr
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    k = min(n_components, train.sum(), X.shape[1])
+    pipe = Pipeline([("scaler", StandardScaler()), ("pca", PCA(n_components=k, random_state=seed))])
+    Z_train, Z_test = pipe.fit_transform(X[train]), pipe.transform(X[test])
+    y_train, y_test = log_targets[train], log_targets[test]
+    alpha = 100 / (Z_train.shape[1] * y_train.shape[1])
+    reg = Ridge(solver="lsqr", alpha=alpha, random_state=seed, fit_intercept=False, max_iter=1000)
+    pred = reg.fit(Z_train, y_train).predict(Z_test)
+    r = [pearsonr(y_test[:, j], pred[:, j])[0] for j in range(y_test.shape[1])]
+    return pred, float(np.mean(r))
+
+
+def test_hest_protocol_equals_an_independent_reimplementation_of_the_published_probe():
+    """protocol='hest' clips nothing and drops nothing, even where hest_robust would do both:
+    dead ReLU units (exactly 0 on the training spots) and sparse units active mostly on the
+    test spots."""
+    X, counts, groups = _linear_counts(n=300, d=40, seed=4)
+    rng = np.random.default_rng(4)
+    train = groups != "p2"
+    dead = np.zeros((300, 3))
+    dead[~train] = rng.exponential(size=(int((~train).sum()), 3))  # alive on test spots only
+    sparse = np.zeros((300, 4))
+    sparse[rng.choice(np.flatnonzero(train), 3, replace=False)] = 0.05
+    sparse[~train] = rng.exponential(size=(int((~train).sum()), 4)) * 3
+    X = np.hstack([X, dead, sparse])
+    names = [f"g{j}" for j in range(counts.shape[1])]
+    kw = {"gene_names": names, "genes": names, "test_groups": ["p2"], "pca_dim": 32}
+    res = gene_prediction(X, counts, groups, **kw)
+    pred, mean_r = _hest_reference(X, np.log1p(counts), train, ~train, n_components=32)
+    np.testing.assert_allclose(res.predictions[~train], pred, rtol=1e-6, atol=1e-6)
+    assert res.mean == pytest.approx(mean_r, abs=1e-6)
+    assert res.params["protocol"] == "hest"
+    # the fixture does trigger the robust variant's dropping and clipping
+    robust = gene_prediction(X, counts, groups, protocol="hest_robust", **kw)
+    assert np.abs(robust.predictions[~train] - pred).max() > 1e-3
+    # full leave-one-patient-out with the default 256 components (capped by the dim)
+    lopo = gene_prediction(X, counts, groups, gene_names=names, genes=names)
+    for fold, te in enumerate(lopo.test_rows):
+        test = np.zeros(300, bool)
+        test[te] = True
+        pred, mean_r = _hest_reference(X, np.log1p(counts), ~test, test)
+        np.testing.assert_allclose(lopo.predictions[te], pred, rtol=1e-6, atol=1e-6)
+        assert lopo.per_fold["pearson_mean"][fold] == pytest.approx(mean_r, abs=1e-6)
+
+
+def test_protocol_and_targets_are_validated_and_legacy_none_maps_to_targets():
+    X, counts, groups = _linear_counts(n=90)
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        gene_prediction(X, counts, groups, protocol="hest2")
+    with pytest.raises(ValueError, match="targets must be one of"):
+        gene_prediction(X, counts, groups, targets="cpm")
+    with pytest.warns(FutureWarning, match="targets='none'"):
+        legacy = gene_prediction(X, np.log1p(counts), groups, protocol="none")
+    new = gene_prediction(X, np.log1p(counts), groups, targets="none")
+    np.testing.assert_array_equal(legacy.predictions, new.predictions)
+
+
+def test_log1p_cp10k_targets_scale_each_spot_by_its_library_size_over_all_genes():
+    X, counts, groups = _linear_counts(n=90, g=12, seed=6)
+    names = [f"g{j}" for j in range(counts.shape[1])]
+    res = gene_prediction(
+        X, sp.csr_matrix(counts), groups, gene_names=names, targets="log1p_cp10k", n_genes=4
+    )
+    cols = [names.index(t) for t in res.target_names]
+    assert len(cols) == 4
+    total = counts.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(res.targets, np.log1p(counts[:, cols] / total * 1e4), rtol=1e-6)
+    assert res.params["targets"] == "log1p_cp10k"

@@ -31,7 +31,7 @@ import pandas as pd
 from ._cache import FeatureCache, FeatureSource
 from ._features import color_histogram, downsampled_pixels, library_size, squidpy_features
 from ._mil import marker_prediction
-from ._probe import ProbeResult, gene_prediction, pathway_prediction
+from ._probe import PROTOCOLS, ProbeResult, gene_prediction, pathway_prediction
 from ._report import MapSection
 from ._retrieval import retrieval
 from ._tasks import MarkerTask, bags_from_task, region_tasks
@@ -366,6 +366,7 @@ class EvaluationSpec:
     image_size: int | None = None
     seeds: Sequence[int] = (0, 1, 2)
     probes: Sequence[str] = ("ridge",)
+    protocol: str = "hest_robust"
     marker_genes: Sequence[str] | None = None
     n_marker_genes: int = 2
     n_marker_pathways: int = 2
@@ -403,6 +404,9 @@ class EvaluationSpec:
                 "probes must include 'ridge' and be among ridge, ridge_cv, mlp; "
                 f"got {list(self.probes)}"
             )
+            raise ValueError(msg)
+        if self.protocol not in PROTOCOLS:
+            msg = f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}"
             raise ValueError(msg)
         if int(self.batch_size) <= 0:
             msg = f"batch_size must be a positive integer, got {self.batch_size!r}"
@@ -749,6 +753,7 @@ def _split_scores(
     common = {
         "samples": ctx.samples,
         "probe": probe,
+        "protocol": ctx.spec.protocol,
         "test_groups": ctx.spec.test_patients,
         "random_state": seed,
     }
@@ -915,6 +920,7 @@ def evaluate(
     image_size: int | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     probes: Sequence[str] = ("ridge",),
+    protocol: str = "hest_robust",
     marker_genes: Sequence[str] | None = None,
     n_marker_genes: int = 2,
     n_marker_pathways: int = 2,
@@ -985,6 +991,11 @@ def evaluate(
         Seeds of the stochastic parts.
     probes
         Spot probes to run: any of ``"ridge"`` (HEST), ``"ridge_cv"``, ``"mlp"``.
+    protocol
+        Feature pipeline of the probes: ``"hest_robust"`` (default: HEST's, but columns
+        constant on the training spots are dropped and test features clipped to their
+        training range) or ``"hest"`` (HEST-Benchmark's exactly, comparable with
+        published HEST numbers); see [`gene_prediction`][stalign.bench.gene_prediction].
     marker_genes
         Marker genes of the MIL tasks (default: the ``n_marker_genes`` most variable
         genes of the HEST panel).
@@ -1031,6 +1042,7 @@ def evaluate(
         image_size=image_size,
         seeds=seeds,
         probes=probes,
+        protocol=protocol,
         marker_genes=marker_genes,
         n_marker_genes=n_marker_genes,
         n_marker_pathways=n_marker_pathways,
@@ -1137,6 +1149,7 @@ def _report_params(spec: EvaluationSpec, ctx: _Context) -> dict[str, Any]:
         "split": split,
         "seeds": list(spec.seeds),
         "probes": list(spec.probes),
+        "protocol": spec.protocol,
         "encoders": {lab: str(src) for lab, src in spec.encoders},
         "references": [fs.label for fs in spec.reference_sets()],
         "random_encoder": ", ".join(spec.random_encoder),

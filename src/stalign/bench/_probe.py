@@ -1,7 +1,8 @@
 """Spot-level probes: HEST-Benchmark ridge protocol, inner-CV ridge, MLP.
 
 The core takes plain arrays so that any embedding (an encoder's, a baseline's)
-can be scored the same way. See :func:`gene_prediction` for the protocol.
+can be scored the same way. See [`gene_prediction`][stalign.bench.gene_prediction]
+for the protocol.
 """
 
 from __future__ import annotations
@@ -17,12 +18,30 @@ import scipy.sparse as sp
 
 from ._genes import hest_gene_panel
 
-__all__ = ["ProbeResult", "gene_prediction", "pathway_prediction", "pearson_columns"]
+__all__ = [
+    "PROTOCOLS",
+    "ProbeResult",
+    "gene_prediction",
+    "pathway_prediction",
+    "pearson_columns",
+]
 
 logger = logging.getLogger(__name__)
 
 Probe = Literal["ridge", "ridge_cv", "mlp"]
 _PROBES = ("ridge", "ridge_cv", "mlp")
+Protocol = Literal["hest", "hest_robust"]
+#: Feature pipelines of the probes: ``"hest"`` is HEST-Benchmark's exactly;
+#: ``"hest_robust"`` also drops training-constant columns and clips test features.
+PROTOCOLS = ("hest", "hest_robust")
+Targets = Literal["log1p", "log1p_cp10k", "none"]
+TARGETS = ("log1p", "log1p_cp10k", "none")
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        msg = f"protocol must be one of {PROTOCOLS}, got {protocol!r}"
+        raise ValueError(msg)
 
 
 def pearson_columns(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -69,6 +88,10 @@ class ProbeResult:
         Names of the target columns.
     params
         The protocol parameters.
+    test_rows
+        Row positions of each fold's test spots, in ``per_fold`` order (what a readout
+        computed after the fact, e.g. [`depth_adjusted`][stalign.bench.depth_adjusted],
+        scores over).
     """
 
     per_target: pd.DataFrame
@@ -78,6 +101,7 @@ class ProbeResult:
     targets: np.ndarray
     target_names: list[str]
     params: dict = field(default_factory=dict)
+    test_rows: list[np.ndarray] = field(default_factory=list)
 
     @property
     def mean(self) -> float:
@@ -123,7 +147,7 @@ class ProbeResult:
 def _check_xy(X, Y, groups, samples) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate the inputs of a probe; ``X`` stays float32 or float64 as given.
 
-    The probes work in float64: each fold converts its rows (see :func:`_reduce`), which
+    The probes work in float64: each fold converts its rows (see `_reduce`), which
     is exact for float32 input, so no float64 copy of the whole feature matrix is made.
     """
     X = np.asarray(X)
@@ -227,8 +251,22 @@ def _informative_columns(X_train: np.ndarray, block: int = 16) -> np.ndarray:
     return keep if keep.size else np.arange(X_train.shape[1])
 
 
-def _reduce(X: np.ndarray, tr: np.ndarray, te: np.ndarray, pca_dim: int | None, random_state: int):
+def _reduce(
+    X: np.ndarray,
+    tr: np.ndarray,
+    te: np.ndarray,
+    pca_dim: int | None,
+    random_state: int,
+    *,
+    robust: bool = False,
+):
     """Standardise (and PCA-reduce) the training rows ``tr`` and test rows ``te`` of ``X``.
+
+    ``robust=False`` is HEST-Benchmark's feature pipeline exactly: ``StandardScaler`` and
+    ``PCA`` fitted on the training rows, applied to the test rows as they are.
+    ``robust=True`` (protocol ``"hest_robust"``) first drops the columns that are
+    constant on the training rows (`_informative_columns`) and clips each test
+    feature to the range it spans on the training rows.
 
     Works in float64 on copies of the fold's rows only, modified in place (clip, scale),
     which gives the same numbers as copying at each step while holding fewer matrices;
@@ -238,23 +276,23 @@ def _reduce(X: np.ndarray, tr: np.ndarray, te: np.ndarray, pca_dim: int | None, 
     from sklearn.preprocessing import StandardScaler
 
     rows = X[tr]  # one copy of the fold's training rows, in the input dtype
-    cols = _informative_columns(rows)
     # the column selection is kept even when it takes every column: it lays the matrix
     # out column-major, and the scaler's sums (so the last bits) depend on the layout
-    X_train = rows[:, cols].astype(np.float64, copy=False)
+    cols = _informative_columns(rows) if robust else slice(None)
+    X_train = (rows[:, cols] if robust else rows).astype(np.float64, copy=False)
     del rows
-    lo, hi = X_train.min(axis=0), X_train.max(axis=0)
+    lo, hi = (X_train.min(axis=0), X_train.max(axis=0)) if robust else (None, None)
     scaler = StandardScaler(copy=False).fit(X_train)
     Xtr = scaler.transform(X_train)  # in place
     del X_train
 
     def test_rows() -> np.ndarray:
-        # the probe is not asked to extrapolate: each test feature is clipped to the range
-        # it spans on the training spots. Sparse ReLU features (a unit active on 1 % of
-        # the training spots and on 30 % of the test spots) otherwise reach tens of
-        # training sd after standardisation and dominate the ridge predictions
         X_test = X[te][:, cols].astype(np.float64, copy=False)
-        np.clip(X_test, lo, hi, out=X_test)
+        if robust:
+            # not asked to extrapolate: sparse ReLU features (a unit active on 1 % of
+            # the training spots and on 30 % of the test spots) otherwise reach tens of
+            # training sd after standardisation and dominate the ridge predictions
+            np.clip(X_test, lo, hi, out=X_test)
         return scaler.transform(X_test)  # in place
 
     if pca_dim is None:
@@ -354,19 +392,22 @@ def _run(
     max_iter: int,
     random_state: int,
     mlp_hidden: tuple[int, ...],
+    protocol: str,
     params: dict,
 ) -> ProbeResult:
     if probe not in _PROBES:
         msg = f"probe must be one of {_PROBES}, got {probe!r}"
         raise ValueError(msg)
+    _check_protocol(protocol)
     X, Y, g, s = _check_xy(X, Y, groups, samples)
     if alphas is None:
         alphas = tuple(np.logspace(-3, 5, 9))
     inner = s if s is not None else g
     preds = np.full(Y.shape, np.nan)
     rows_t, rows_f, rows_s = [], [], []
+    test_rows: list[np.ndarray] = []
     for fi, (tr, te, label) in enumerate(_folds(g, folds, test_groups)):
-        Xtr, Xte = _reduce(X, tr, te, pca_dim, random_state)
+        Xtr, Xte = _reduce(X, tr, te, pca_dim, random_state, robust=protocol == "hest_robust")
         p, alpha = _fit_predict(
             probe,
             Xtr,
@@ -379,6 +420,7 @@ def _run(
             mlp_hidden=mlp_hidden,
         )
         preds[te] = p
+        test_rows.append(te)
         r = pearson_columns(Y[te], p)
         rows_t.extend(
             {"fold": fi, "target": t, "pearson": float(v)}
@@ -423,8 +465,10 @@ def _run(
         predictions=preds,
         targets=Y,
         target_names=list(target_names),
+        test_rows=test_rows,
         params={
             **params,
+            "protocol": protocol,
             "probe": probe,
             "pca_dim": pca_dim,
             "folds": folds if test_groups is None else f"test={list(test_groups)}",
@@ -437,12 +481,48 @@ def _run(
 # public API
 
 
+def _gene_targets(Yd, idx: np.ndarray, targets: str) -> np.ndarray:
+    """Dense float64 targets of the panel columns ``idx`` of the counts ``Yd``."""
+    if targets not in TARGETS:
+        msg = f"targets must be one of {TARGETS}, got {targets!r}"
+        raise ValueError(msg)
+    if targets == "log1p_cp10k":
+        from ..pp import lognorm_matrix
+
+        # per spot to 10,000 counts over ALL columns (the library size), then the panel
+        Yd = lognorm_matrix(sp.csr_matrix(Yd, dtype=np.float64) if sp.issparse(Yd) else Yd)
+    out = Yd[:, idx]
+    out = np.asarray(out.toarray() if sp.issparse(out) else out, dtype=np.float64)
+    if targets == "log1p":
+        if out.min(initial=0) < 0:
+            msg = "targets='log1p' expects raw counts in Y (found negative values)"
+            raise ValueError(msg)
+        out = np.log1p(out)
+    return out
+
+
+def _legacy_protocol(protocol: str, targets: str) -> tuple[str, str]:
+    """Map the old ``protocol="none"`` (targets as given) onto ``targets="none"``."""
+    if protocol != "none":
+        return protocol, targets
+    import warnings
+
+    warnings.warn(
+        "gene_prediction(protocol='none') is deprecated: use targets='none' "
+        "(protocol now names the feature pipeline, 'hest' or 'hest_robust')",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return "hest", "none"
+
+
 def gene_prediction(
     X,
     Y,
     groups,
     *,
-    protocol: Literal["hest", "none"] = "hest",
+    protocol: Protocol = "hest",
+    targets: Targets = "log1p",
     gene_names: Sequence[str] | None = None,
     genes: Sequence[str] | None = None,
     samples=None,
@@ -459,17 +539,27 @@ def gene_prediction(
 ) -> ProbeResult:
     """Predict gene expression from patch embeddings (HEST-Benchmark protocol).
 
-    ``protocol="hest"`` reproduces the HEST-Benchmark linear probe exactly:
+    With the defaults (``protocol="hest"``, ``targets="log1p"``, ``probe="ridge"``)
+    this is the HEST-Benchmark linear probe, step for step:
 
     1. panel: genes detected in ≥ 10 % of all spots, then the 50 with the largest
-       variance of ``log1p(counts)`` (:func:`hest_gene_panel`), unless ``genes`` is given;
+       variance of ``log1p(counts)`` ([`hest_gene_panel`][stalign.bench.hest_gene_panel]),
+       unless ``genes`` is given;
     2. targets: ``log1p(counts)`` of the panel (no library-size normalisation, as HEST);
     3. per fold, fitted on the training spots only: ``StandardScaler`` → ``PCA(256)``
-       (``min(256, n_train, dim)`` components) → ``Ridge(alpha = 100 / (n_components ·
-       n_genes), solver="lsqr", fit_intercept=False)``;
+       (``min(256, n_train, dim)`` components; HEST always asks for 256) →
+       ``Ridge(alpha = 100 / (n_components · n_genes), solver="lsqr",
+       fit_intercept=False)``; the test features are transformed as they are (nothing
+       clipped, no column dropped);
     4. folds: leave one patient (``groups`` value) out;
     5. score: Pearson per gene on the fold's concatenated test spots, averaged over
        genes; reported as mean ± std (``ddof=0``) over folds.
+
+    ``protocol="hest_robust"`` changes step 3 only: columns constant on the training
+    spots (sd below 1e-6 of the median feature sd) are dropped, and each test feature
+    is clipped to the range it spans on the training spots. It protects the probe from
+    ReLU units dead on the training sections and alive on the test ones (which
+    standardisation turns into huge values); its numbers are not HEST's.
 
     ``probe="ridge_cv"`` chooses alpha by an inner grouped CV on the training fold
     (split by ``samples`` when given, else by ``groups``; score = mean Pearson);
@@ -482,12 +572,18 @@ def gene_prediction(
     X
         ``(n_spots, dim)`` embeddings or any image features.
     Y
-        ``(n_spots, n_genes_total)`` raw counts (dense or sparse) with ``protocol="hest"``;
-        with ``protocol="none"`` already-transformed targets used as they are.
+        ``(n_spots, n_genes_total)`` raw counts (dense or sparse); with
+        ``targets="none"`` already-transformed targets used as they are.
     groups
-        ``(n_spots,)`` patient id of each spot; one fold per patient.
+        ``(n_spots,)`` group of each spot (a patient id; or a section id for a split by
+        section); one fold per group.
     protocol
-        ``"hest"`` (panel + log1p) or ``"none"`` (use ``Y`` as given, all columns).
+        Feature pipeline: ``"hest"`` (HEST-Benchmark exactly) or ``"hest_robust"``.
+    targets
+        ``"log1p"`` (HEST: ``log1p`` of raw counts), ``"log1p_cp10k"`` (each spot
+        scaled to 10,000 counts over all columns of ``Y``, then ``log1p``; the panel is
+        still chosen on ``log1p`` raw counts) or ``"none"`` (``Y`` as given, every
+        column unless ``genes`` is given).
     gene_names
         Names of ``Y``'s columns (default ``gene_0``, ...).
     genes
@@ -502,10 +598,10 @@ def gene_prediction(
     pca_dim
         PCA components (HEST: 256); ``None`` skips PCA (scaling only).
     folds
-        ``"lopo"`` (leave one patient out) or ``k`` group folds (patients assigned
+        ``"lopo"`` (leave one group out) or ``k`` group folds (groups assigned
         round-robin in order of first appearance).
     test_groups
-        A single fixed split instead of ``folds``: these patients are the test set,
+        A single fixed split instead of ``folds``: these groups are the test set,
         the others the training set (e.g. patients an aligned encoder never saw).
     alphas
         Grid for ``ridge_cv`` (default ``10**-3 … 10**5``).
@@ -518,9 +614,12 @@ def gene_prediction(
 
     Returns
     -------
-    :class:`ProbeResult`; ``.mean`` / ``.std`` are the headline mean ± std over folds,
-    ``.per_target`` / ``.per_fold`` / ``.per_sample`` the tidy tables.
+    ProbeResult
+        ``.mean`` / ``.std`` are the headline mean ± std over folds; ``.per_target`` /
+        ``.per_fold`` / ``.per_sample`` the tidy tables.
     """
+    protocol, targets = _legacy_protocol(protocol, targets)
+    _check_protocol(protocol)
     Yd = sp.csc_matrix(Y) if sp.issparse(Y) else np.asarray(Y)  # only the panel densified
     if Yd.ndim != 2:
         msg = f"Y must be 2-D (spots × genes), got shape {Yd.shape}"
@@ -533,9 +632,6 @@ def gene_prediction(
     if len(names) != Yd.shape[1]:
         msg = f"gene_names has {len(names)} entries but Y has {Yd.shape[1]} columns"
         raise ValueError(msg)
-    if protocol not in ("hest", "none"):
-        msg = f"protocol must be 'hest' or 'none', got {protocol!r}"
-        raise ValueError(msg)
     if genes is not None:
         pos = {n: i for i, n in enumerate(names)}
         missing = [g for g in genes if g not in pos]
@@ -543,20 +639,13 @@ def gene_prediction(
             msg = f"genes not found in gene_names: {missing[:10]}"
             raise ValueError(msg)
         idx = np.array([pos[g] for g in genes], dtype=int)
-    elif protocol == "hest":
+    elif targets != "none":
         idx = hest_gene_panel(Yd, names, n_genes=n_genes, min_spot_fraction=min_spot_fraction)
     else:
         idx = np.arange(Yd.shape[1])
-    target = Yd[:, idx]
-    target = np.asarray(target.toarray() if sp.issparse(target) else target, dtype=np.float64)
-    if protocol == "hest":
-        if target.min(initial=0) < 0:
-            msg = "protocol='hest' expects raw counts in Y (found negative values)"
-            raise ValueError(msg)
-        target = np.log1p(target)
     return _run(
         X,
-        target,
+        _gene_targets(Yd, idx, targets),
         groups,
         [names[i] for i in idx],
         samples=samples,
@@ -568,9 +657,10 @@ def gene_prediction(
         max_iter=max_iter,
         random_state=random_state,
         mlp_hidden=mlp_hidden,
+        protocol=protocol,
         params={
             "task": "genes",
-            "protocol": protocol,
+            "targets": targets,
             "n_genes": n_genes,
             "min_spot_fraction": min_spot_fraction,
             "panel": [names[i] for i in idx],
@@ -584,6 +674,7 @@ def pathway_prediction(
     groups,
     *,
     pathway_names: Sequence[str] | None = None,
+    protocol: Protocol = "hest",
     samples=None,
     probe: Probe = "ridge",
     pca_dim: int | None = 256,
@@ -596,11 +687,11 @@ def pathway_prediction(
 ) -> ProbeResult:
     """Predict pathway scores from patch embeddings with the HEST probe.
 
-    Identical to :func:`gene_prediction` (scaler → PCA 256 → ridge with
-    ``alpha = 100 / (n_components · n_pathways)``, leave one patient out, Pearson per
-    pathway on the concatenated test set, mean ± std over folds) except that the
-    targets are the pathway scores as given (e.g. ``obsm['pathway_scores']``), all
-    columns, without a panel rule or log transform.
+    Identical to [`gene_prediction`][stalign.bench.gene_prediction] (scaler → PCA 256 →
+    ridge with ``alpha = 100 / (n_components · n_pathways)``, leave one group out,
+    Pearson per pathway on the concatenated test set, mean ± std over folds) except
+    that the targets are the pathway scores as given (e.g. ``obsm['pathway_scores']``),
+    all columns, without a panel rule or log transform.
 
     Parameters
     ----------
@@ -609,15 +700,18 @@ def pathway_prediction(
     scores
         ``(n_spots, n_pathways)`` array or DataFrame of pathway scores.
     groups
-        ``(n_spots,)`` patient id of each spot.
+        ``(n_spots,)`` patient (or section) id of each spot.
     pathway_names
         Column names (taken from a DataFrame's columns when omitted).
-    samples, probe, pca_dim, folds, test_groups, alphas, max_iter, random_state, mlp_hidden
-        As in :func:`gene_prediction`.
+    protocol, samples, probe, pca_dim, folds, test_groups, alphas, max_iter, random_state
+        As in [`gene_prediction`][stalign.bench.gene_prediction].
+    mlp_hidden
+        As in [`gene_prediction`][stalign.bench.gene_prediction].
 
     Returns
     -------
-    :class:`ProbeResult` with one target per pathway.
+    ProbeResult
+        One target per pathway.
     """
     if isinstance(scores, pd.DataFrame):
         names = [str(c) for c in scores.columns] if pathway_names is None else pathway_names
@@ -650,5 +744,6 @@ def pathway_prediction(
         max_iter=max_iter,
         random_state=random_state,
         mlp_hidden=mlp_hidden,
+        protocol=protocol,
         params={"task": "pathways"},
     )

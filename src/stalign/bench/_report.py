@@ -21,6 +21,18 @@ _TASK_TEXT = {
 }
 
 
+_PROTOCOL_TEXT = {
+    "hest": "Probe protocol `hest`: HEST-Benchmark's ridge probe exactly (StandardScaler → "
+    "PCA 256 → ridge, alpha = 100 / (components · targets), no intercept), comparable "
+    "with published HEST numbers.",
+    "hest_robust": "Probe protocol `hest_robust`: HEST-Benchmark's ridge probe (StandardScaler "
+    "→ PCA 256 → ridge, alpha = 100 / (components · targets), no intercept) except that "
+    "feature columns constant on the training spots are dropped and test features are "
+    "clipped to their training range; close to, but not the same numbers as, published HEST "
+    "results (`--protocol hest` for those).",
+}
+
+
 def _fmt(mean: float, std: float, n: int) -> str:
     if np.isnan(mean):
         return "n/a"
@@ -246,6 +258,7 @@ def write_report(out: Path, table: pd.DataFrame, params: dict, figs: dict[str, s
         f"Pairs store: `{params['pairs_dir']}` — {params['n_spots']} spots, samples "
         f"{', '.join(params['samples'])}, patients {', '.join(params['patients'])}.",
         f"Split: {params['split']}. Seeds: {params['seeds']}. Probes: {params['probes']}.",
+        _PROTOCOL_TEXT[params.get("protocol", "hest_robust")],
         "",
         "Encoders: " + ", ".join(f"**{k}** (`{v}`)" for k, v in params["encoders"].items()),
         "Reference features in the same run: "

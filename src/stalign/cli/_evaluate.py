@@ -57,6 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="ridge",
         help="comma-separated spot probes: ridge (HEST), ridge_cv, mlp (default ridge)",
     )
+    p.add_argument(
+        "--protocol",
+        choices=("hest_robust", "hest"),
+        default="hest_robust",
+        help="probe feature pipeline: hest (HEST-Benchmark exactly) or hest_robust (also drops "
+        "training-constant features and clips test features to their training range) "
+        "(default hest_robust)",
+    )
     p.add_argument("--marker-genes", nargs="+", default=None, help="marker genes for the MIL")
     p.add_argument(
         "--n-markers",
@@ -113,6 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         seeds=args.seeds,
         probes=[q.strip() for q in args.probes.split(",") if q.strip()],
+        protocol=args.protocol,
         marker_genes=args.marker_genes,
         n_marker_genes=args.n_markers[0],
         n_marker_pathways=args.n_markers[1],
