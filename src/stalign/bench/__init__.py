@@ -6,6 +6,7 @@ Core functions take plain arrays, so any embedding can be scored the same way::
     print(res.mean, res.std)
 """
 
+from ._depth_readout import depth_adjusted, partial_pearson
 from ._evaluate import (
     REFERENCE_FEATURES,
     EvaluationResult,
@@ -26,11 +27,12 @@ from ._features import (
 )
 from ._genes import hest_gene_panel
 from ._mil import MarkerResult, marker_prediction
-from ._probe import ProbeResult, gene_prediction, pathway_prediction, pearson_columns
+from ._probe import PROTOCOLS, ProbeResult, gene_prediction, pathway_prediction, pearson_columns
 from ._retrieval import RetrievalResult, retrieval
 from ._tasks import MarkerTask, bags_from_task, region_tasks, slide_task
 
 __all__ = [
+    "PROTOCOLS",
     "REFERENCE_FEATURES",
     "EvaluationResult",
     "EvaluationSpec",
@@ -41,6 +43,7 @@ __all__ = [
     "RetrievalResult",
     "bags_from_task",
     "color_histogram",
+    "depth_adjusted",
     "downsampled_pixels",
     "embed_features",
     "encoder_features",
@@ -51,6 +54,7 @@ __all__ = [
     "load_pairs_arrays",
     "marker_prediction",
     "parse_encoder_spec",
+    "partial_pearson",
     "pathway_prediction",
     "pearson_columns",
     "region_tasks",
