@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -19,7 +21,9 @@ from _fixtures_train import one_thread, tiny_config  # noqa: F401 (autouse fixtu
 from stalign._lock import FolderLockedError
 from stalign.cli import main
 from stalign.datasets import mob_example_pairs
-from stalign.train import TrainConfig, fit
+from stalign.train import TrainConfig, TrainingDivergedError, fit
+
+pytestmark = pytest.mark.faults
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST_COLS = "sample_id,patient_id,organ,species,platform,path,image,mpp,source,license"
@@ -412,3 +416,135 @@ def test_cli_refuses_to_start_afresh_over_a_run_without_overwrite(
     assert json.loads((out / "config.json").read_text())["seed"] == 0
     assert main([*_train_cli(store, out), *split, "--seed", "1", "--overwrite"]) == 0
     assert json.loads((out / "config.json").read_text())["seed"] == 1
+
+
+# ------------------------------------------------------------------------ non-finite numbers
+_FLOAT_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if "float" in str(f.type)]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), "1e999"])
+@pytest.mark.parametrize("name", _FLOAT_FIELDS)
+def test_non_finite_numbers_are_refused_naming_the_field(name, value):
+    with pytest.raises(ValueError, match=rf"^TrainConfig\.{name}: expected a finite number"):
+        TrainConfig(**{name: value})
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        ["--lr", "inf"],
+        ["--lr", "nan"],
+        ["--set", "temperature=Infinity"],
+        ["--config", "{tmp}/c.json"],  # "lr": 1e999 (json reads it as inf)
+    ],
+)
+def test_cli_refuses_an_infinite_learning_rate_before_any_work(store, tmp_path, capsys, how):
+    # the reproduction of issue 21.1: it trained and exited 0 with a NaN model
+    (tmp_path / "c.json").write_text('{"lr": 1e999}')
+    how = [h.replace("{tmp}", str(tmp_path)) for h in how]
+    out = tmp_path / "run"
+    split = ["--train-samples", "MOB1", "--val-samples", "MOB2", "--allow-patient-overlap"]
+    args = [*_train_cli(store, out), *split, "--eval-every-steps", "1", *how]
+    assert main(args) == 1
+    field = "temperature" if "temperature" in how[-1] else "lr"
+    _one_line_error(capsys, f"TrainConfig.{field}", "finite")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("lr", "validation", "step", "what"),
+    [
+        (1e30, True, 1, "embeddings of"),  # finite weights that overflow in the forward pass
+        (1e30, False, 2, "contrastive loss is nan"),
+    ],
+)
+def test_a_diverging_run_stops_naming_the_step(mob_pairs, tmp_path, lr, validation, step, what):
+    val = mob_pairs.subset(range(32)) if validation else None
+    cfg = tiny_config(tmp_path, lr=lr, max_steps=4, eval_every_steps=1, checkpoint_every_steps=1)
+    expected = rf"^training diverged at step {step}: .*{what}"
+    with pytest.raises(TrainingDivergedError, match=expected):
+        fit(cfg, mob_pairs, val)
+    assert not (tmp_path / "best").exists()  # no NaN model is kept as "best"
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert saved == [f"step_{s:08d}" for s in range(1, step)]  # none of the diverged step
+
+
+def test_a_nan_weight_after_an_optimiser_step_stops_the_run(mob_pairs, tmp_path, monkeypatch):
+    import stalign.train._fit as fit_module
+
+    make = fit_module._optimizer
+
+    def poisoning_optimizer(model, config):  # as NaN gradients would leave the weights
+        opt = make(model, config)
+        steps = []
+
+        def poison(optimizer, args, kwargs):
+            steps.append(1)
+            if len(steps) == 2:
+                optimizer.param_groups[0]["params"][0].data.fill_(float("nan"))
+
+        opt.register_step_post_hook(poison)
+        return opt
+
+    monkeypatch.setattr(fit_module, "_optimizer", poisoning_optimizer)
+    cfg = tiny_config(tmp_path, max_steps=4, checkpoint_every_steps=1)
+    with pytest.raises(TrainingDivergedError, match=r"at step 2: a weight is NaN or inf"):
+        fit(cfg, mob_pairs)
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step_*")] == ["step_00000001"]
+
+
+def test_cli_reports_divergence_in_one_line(store, tmp_path, capsys):
+    out = tmp_path / "run"
+    split = ["--train-samples", "MOB1", "--val-samples", "MOB2", "--allow-patient-overlap"]
+    assert main([*_train_cli(store, out), *split, "--eval-every-steps", "1", "--lr", "1e30"]) == 1
+    _one_line_error(capsys, "training diverged at step 1")
+    assert not (out / "best").exists()
+
+
+def test_nan_similarities_are_misses():
+    from stalign.train import retrieval_metrics
+
+    z = torch.nn.functional.normalize(torch.randn(20, 8), dim=-1)
+    broken = torch.full_like(z, float("nan"))
+    m = retrieval_metrics(broken, z, torch.randn(20, 6))
+    assert m["recall@1"] == m["recall@10"] == 0.0 and m["median_rank"] == 20
+    half = z.clone()
+    half[15:] = float("nan")  # 5 NaN candidates rank above every true pair (rank 6)
+    m = retrieval_metrics(z, half)
+    assert m["recall@5"] == 0.0 and m["recall@10"] == 0.75 and m["median_rank"] == 6
+
+
+def test_a_nan_encoder_is_not_exported(tmp_path):
+    from stalign import models
+
+    enc = models.create_encoder("vit_tiny_patch16_224", img_size=32, depth=1)
+    models.add_lora(enc, r=2)
+    with torch.no_grad():
+        next(p for n, p in enc.named_parameters() if "lora_B" in n).fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"NaN or inf weights.*diverged"):
+        models.export(enc, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
+# ------------------------------------------------------------------------ batch sizes
+def test_a_batch_of_one_is_refused_at_the_door(store, tmp_path, capsys):
+    # issue 21.10: --batch-size 1 trained nothing (loss 0, validation loss NaN) and exited 0
+    with pytest.raises(ValueError, match=r"^TrainConfig\.batch_size: expected an integer >= 2"):
+        TrainConfig(batch_size=1)
+    out = tmp_path / "run"
+    assert main([*_train_cli(store, out), "--train-samples", "MOB1", "--batch-size", "1"]) == 1
+    _one_line_error(capsys, "TrainConfig.batch_size", ">= 2")
+    assert not out.exists()
+
+
+def test_incomplete_last_batches_are_dropped_and_a_one_pair_validation_refused(mob_pairs):
+    from stalign.train import validate
+
+    train = mob_pairs.subset(range(33))  # two batches of 16 and one of 1 (dropped)
+    result = fit(tiny_config(max_steps=None, epochs=1), train)
+    assert result.steps == 2 and (result.history["train_loss"] > 0).all()
+    # validation losses skip a last batch of one (it has no negative), not the pair's ranking
+    metrics = validate(result.model, mob_pairs.subset(range(17)), tiny_config())
+    assert np.isfinite(metrics["val_loss"]) and metrics["val_chance@1"] == 1 / 17
+    with pytest.raises(ValueError, match=r"validation set has 1 pairs.*at least 2"):
+        fit(tiny_config(), train, mob_pairs.subset([0]))

@@ -18,6 +18,19 @@ logger = logging.getLogger(__name__)
 STALIGN_META = "stalign.json"
 
 
+def _refuse_non_finite(encoder: Encoder) -> None:
+    """Refuse to export weights that hold NaN or inf (a diverged training run)."""
+    import torch
+
+    bad = [name for name, p in encoder.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        msg = (
+            f"encoder {encoder.name!r} has NaN or inf weights in {len(bad)} tensors (e.g. "
+            f"{bad[0]}): refusing to export a diverged model"
+        )
+        raise ValueError(msg)
+
+
 def export_timm(encoder: Encoder, out: str | os.PathLike) -> Path:
     """Save ``encoder`` (LoRA merged into the base weights) as a timm model directory.
 
@@ -43,10 +56,17 @@ def export_timm(encoder: Encoder, out: str | os.PathLike) -> Path:
 
     Returns
     -------
-    ``out`` as a :class:`~pathlib.Path`.
+    Path
+        ``out``.
+
+    Raises
+    ------
+    ValueError
+        A weight is NaN or inf (a diverged training run); nothing is written.
     """
     from timm.models import save_for_hf
 
+    _refuse_non_finite(encoder)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     enc = copy.deepcopy(encoder).cpu().eval()
@@ -87,16 +107,18 @@ def export_adapter(encoder: Encoder, out: str | os.PathLike) -> Path:
 
     Returns
     -------
-    ``out`` as a :class:`~pathlib.Path`.
+    Path
+        ``out``.
 
     Raises
     ------
     ValueError
-        The encoder has no LoRA adapter.
+        The encoder has no LoRA adapter, or a weight is NaN or inf.
     """
     if encoder.peft_model is None:
         msg = f"export_adapter: encoder {encoder.name!r} has no LoRA adapter (call add_lora first)"
         raise ValueError(msg)
+    _refuse_non_finite(encoder)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     encoder.peft_model.save_pretrained(str(out))
@@ -131,7 +153,8 @@ def export(
 
     Returns
     -------
-    ``{"timm": path, "adapter": path}`` for what was written.
+    dict[str, Path]
+        ``{"timm": path, "adapter": path}`` for what was written.
     """
     out = Path(out)
     written: dict[str, Path] = {}
@@ -147,7 +170,7 @@ def export(
 
 
 def load_exported(path: str | os.PathLike) -> Encoder:
-    """Load a directory written by :func:`export_timm` back into an :class:`Encoder`.
+    """Load a directory written by `export_timm` back into an `Encoder`.
 
     Raises
     ------

@@ -21,7 +21,7 @@ from ._data import (
     image_statistics,
     pathway_statistics,
 )
-from ._fit import LOCK_FILE, FitResult, fit, validate
+from ._fit import LOCK_FILE, FitResult, TrainingDivergedError, fit, validate
 from ._loss import contrastive_loss, gather_features, pathway_soft_targets
 from ._metrics import retrieval_metrics
 from ._model import AlignmentModel, ImageTower, MolecularTower, ProjectionHead
@@ -36,6 +36,7 @@ __all__ = [
     "ProjectionHead",
     "TensorPairsDataset",
     "TrainConfig",
+    "TrainingDivergedError",
     "augment_batch",
     "build_model",
     "collate_pairs",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ def _as_number(value: Any, kind: type) -> Any:
 
 
 def _renamed(settings: dict[str, Any], *, stacklevel: int) -> dict[str, Any]:
-    """Return ``settings`` with the old names of :data:`RENAMED_FIELDS` replaced.
+    """Return ``settings`` with the old names of `RENAMED_FIELDS` replaced.
 
     Each old name found warns (``DeprecationWarning``); an old and a new name with
     different values is a ``ValueError``.
@@ -98,12 +99,12 @@ STRUCTURAL_FIELDS = (
 
 @dataclass
 class TrainConfig:
-    """Settings of :func:`stalign.train.fit` (saved as ``config.json`` with each checkpoint).
+    """Settings of `stalign.train.fit` (saved as ``config.json`` with each checkpoint).
 
     Parameters
     ----------
     encoder
-        Registry or timm name (:func:`stalign.models.create_encoder`).
+        Registry or timm name ([`stalign.models.create_encoder`][stalign.models.create_encoder]).
     pretrained
         Load pretrained weights (needs network or the local Hugging Face cache).
     checkpoint_path
@@ -124,7 +125,7 @@ class TrainConfig:
         ``"cohort"``: normalise images with the training set's per-channel mean/std
         (recorded in the model); ``"encoder"``: the encoder's pre-training statistics.
     lora, lora_r, lora_alpha, lora_dropout, lora_target_modules, lora_last_n_blocks
-        LoRA adapters (:func:`stalign.models.add_lora`). With ``lora=False`` the whole
+        LoRA adapters (`stalign.models.add_lora`). With ``lora=False`` the whole
         encoder is trained.
     proj_dim
         Dimension of the shared embedding space (both projection heads).
@@ -144,7 +145,8 @@ class TrainConfig:
     soft_target_temperature
         Sharpness of the soft targets (small → identity).
     batch_size
-        Global contrastive batch (split across DDP ranks; negatives are drawn from it).
+        Global contrastive batch (split across DDP ranks; negatives are drawn from it),
+        at least 2. An epoch drops the last incomplete batch.
     grad_accum_steps
         Micro-batches of ``batch_size`` per optimiser step.
     epochs, max_steps
@@ -173,7 +175,7 @@ class TrainConfig:
     out
         The run's output folder: checkpoints, ``config.json`` and ``log.csv`` go there
         (``None``: nothing written). Formerly ``output_dir``, still accepted (with a
-        ``DeprecationWarning``) as a keyword, in :meth:`replace` and in config files.
+        ``DeprecationWarning``) as a keyword, in `replace` and in config files.
     resume
         ``None``, ``"auto"`` (latest checkpoint in ``out`` if any) or a checkpoint
         directory.
@@ -238,7 +240,7 @@ class TrainConfig:
 
         PyYAML reads ``lr: 1e-3`` (no decimal point) as the string ``'1e-3'``; JSON and
         ``--set`` may do the same. Values that are not numbers stay as they are, and
-        :meth:`validate` names the field.
+        [`validate`][stalign.train.validate] names the field.
         """
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -248,13 +250,26 @@ class TrainConfig:
             elif f.name in _PATH_FIELDS and isinstance(value, os.PathLike):
                 setattr(self, f.name, os.fspath(value))
 
+    @classmethod
+    def _number_fields(cls) -> list[str]:
+        """Names of the fields that hold a number (int or float, optional or not)."""
+        return [f.name for f in dataclasses.fields(cls) if str(f.type) in _NUMERIC_FIELDS]
+
     def validate(self) -> None:
-        """Check every field; raise ``ValueError`` naming the first bad one."""
+        """Check every field; raise ``ValueError`` naming the first bad one.
+
+        Numbers must be finite (``inf``/``nan``, e.g. ``1e999`` in a JSON file, are
+        refused) and ``batch_size`` at least 2.
+        """
 
         def bad(name: str, expected: str) -> None:
             msg = f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}"
             raise ValueError(msg)
 
+        for name in self._number_fields():  # inf/nan (e.g. JSON's 1e999) never get in
+            v = getattr(self, name)
+            if _is_number(v) and not math.isfinite(v):
+                bad(name, "a finite number")
         positive_ints = (
             "batch_size",
             "grad_accum_steps",
@@ -270,6 +285,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 bad(name, "a positive integer")
+        if self.batch_size < 2:  # a batch of one has no negative: the loss is 0, nothing learns
+            bad("batch_size", "an integer >= 2 (each pair's negatives are the rest of its batch)")
         for name in (f.name for f in dataclasses.fields(self) if f.type == "bool"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "true or false")
@@ -333,7 +350,7 @@ class TrainConfig:
 
     @property
     def output_dir(self) -> str | None:
-        """Deprecated name of :attr:`out`."""
+        """Deprecated name of `out`."""
         warnings.warn(
             "TrainConfig.output_dir is now TrainConfig.out", DeprecationWarning, stacklevel=2
         )
@@ -353,7 +370,7 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from a dict; unknown keys are an error that lists the valid ones.
 
-        Old names of settings (:data:`RENAMED_FIELDS`) are read as today's, with a
+        Old names of settings (`RENAMED_FIELDS`) are read as today's, with a
         ``DeprecationWarning``.
         """
         d = _renamed(d, stacklevel=2)

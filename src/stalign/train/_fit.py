@@ -51,7 +51,7 @@ from ._loss import contrastive_loss, gather_features, pathway_soft_targets
 from ._metrics import retrieval_metrics
 from ._model import AlignmentModel
 
-__all__ = ["FitResult", "fit", "validate"]
+__all__ = ["FitResult", "TrainingDivergedError", "fit", "validate"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +59,26 @@ EARLY_STOPPING_METRIC = "val_recall@5"  # higher is better; the only place it is
 LOCK_FILE = ".lock"  # in the run's out folder, held while a run writes there (as in a pairs store)
 
 
+class TrainingDivergedError(RuntimeError):
+    """Training produced a non-finite loss, embedding or weight (NaN or inf).
+
+    The run stops at once: no checkpoint or ``best/`` of the diverged step is written.
+    """
+
+
+def _diverged(config: TrainConfig, step: int, what: str) -> TrainingDivergedError:
+    """Build the one-line error of a run that diverged at optimiser ``step``."""
+    msg = (
+        f"training diverged at step {step}: {what}; nothing of this step was saved "
+        f"(lower lr={config.lr:g} or temperature_lr={config.temperature_lr:g}, keep "
+        "max_grad_norm on, or try amp='none')"
+    )
+    return TrainingDivergedError(msg)
+
+
 @dataclass
 class FitResult:
-    """What :func:`fit` returns.
+    """What [`fit`][stalign.train.fit] returns.
 
     Attributes
     ----------
@@ -72,7 +89,7 @@ class FitResult:
     history
         One row per logged training step / evaluation (the content of ``log.csv``).
     best_step, best_metric
-        Step and value of the best :data:`EARLY_STOPPING_METRIC` (``None`` without
+        Step and value of the best `EARLY_STOPPING_METRIC` (``None`` without
         validation).
     steps
         Optimiser steps done in total.
@@ -81,7 +98,7 @@ class FitResult:
     out, last_checkpoint, best_checkpoint, log_csv
         Written paths (``None`` when ``config.out`` is ``None``); ``out`` was called
         ``output_dir`` (still readable, with a ``DeprecationWarning``). The curves
-        figure is drawn from ``history`` by the caller (:func:`stalign.pl.training_curves`).
+        figure is drawn from ``history`` by the caller (`stalign.pl.training_curves`).
     """
 
     model: AlignmentModel
@@ -98,7 +115,7 @@ class FitResult:
 
     @property
     def output_dir(self) -> Path | None:
-        """Deprecated name of :attr:`out`."""
+        """Deprecated name of `out`."""
         warnings.warn("FitResult.output_dir is now FitResult.out", DeprecationWarning, stacklevel=2)
         return self.out
 
@@ -227,8 +244,14 @@ def validate(
 
     Returns
     -------
-    ``val_loss``, ``val_recall@k``/``val_chance@k`` (k = 1, 5, 10), ``val_median_rank``,
-    ``val_profile_r``.
+    dict[str, float]
+        ``val_loss``, ``val_recall@k``/``val_chance@k`` (k = 1, 5, 10), ``val_median_rank``,
+        ``val_profile_r``.
+
+    Raises
+    ------
+    TrainingDivergedError
+        An embedding holds NaN or inf (a diverged model has no meaningful ranking).
     """
     device = torch.device(device)
     was_training = model.training
@@ -247,6 +270,10 @@ def validate(
         zp.append(b.float().cpu())
         pw.append(batch["pathways"].float())
     zi_t, zp_t, pw_t = torch.cat(zi), torch.cat(zp), torch.cat(pw)
+    bad = int((~torch.isfinite(zi_t).all(1) | ~torch.isfinite(zp_t).all(1)).sum())
+    if bad:
+        msg = f"the embeddings of {bad} of {n} validation pairs hold NaN or inf"
+        raise TrainingDivergedError(msg)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     losses, weights = [], []
     scale = model.logit_scale.detach().float().cpu()
@@ -351,7 +378,7 @@ def _trainable_names(model: torch.nn.Module) -> set[str]:
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Copy what training changes (:func:`_trainable_names`) to the CPU."""
+    """Copy what training changes (`_trainable_names`) to the CPU."""
     names = _trainable_names(model)
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k in names}
 
@@ -454,21 +481,22 @@ def fit(
     Parameters
     ----------
     config
-        All settings (see :class:`TrainConfig`).
+        All settings (see [`TrainConfig`][stalign.train.TrainConfig]).
     train_dataset, val_dataset
         ``Dataset`` s whose items are dicts with ``'image'`` (float32 ``(3, H, W)`` in
         ``[0, 1]``) and ``'pathways'`` (float32 ``(P,)``), e.g.
-        :class:`stalign.pairs.PairsDataset` or :class:`TensorPairsDataset`.
+        `stalign.pairs.PairsDataset` or `TensorPairsDataset`.
 
     Returns
     -------
-    A :class:`FitResult`. With ``config.out`` set, the run writes there:
-    ``config.json``, ``log.csv`` (step, epoch, lr, train_loss, temperature, val_* and
-    images_per_s), ``checkpoints/step_<n>/`` (``model.safetensors``,
-    ``config.json``, ``model.json``, ``state.json``, ``optimizer.pt``,
-    ``rng_rank<r>.pt``) and ``best/`` (best :data:`EARLY_STOPPING_METRIC`). The CLI
-    and the pipeline add ``curves.png``, drawn from the log by
-    :func:`stalign.pl.training_curves`.
+    FitResult
+        With ``config.out`` set, the run writes there: ``config.json``, ``log.csv``
+        (step, epoch, lr, train_loss, temperature, val_* and images_per_s),
+        ``checkpoints/step_<n>/`` (``model.safetensors``, ``config.json``,
+        ``model.json``, ``state.json``, ``optimizer.pt``, ``rng_rank<r>.pt``) and
+        ``best/`` (best `EARLY_STOPPING_METRIC`). The CLI and the pipeline add
+        ``curves.png``, drawn from the log by
+        [`stalign.pl.training_curves`][stalign.pl.training_curves].
 
     Raises
     ------
@@ -496,6 +524,12 @@ def fit(
     if len(train_dataset) == 0:
         msg = "fit: the training dataset is empty"
         raise ValueError(msg)
+    if val_dataset is not None and len(val_dataset) < 2:
+        msg = (
+            f"fit: the validation set has {len(val_dataset)} pairs; ranking a profile among "
+            "the others needs at least 2 (give more validation pairs, or none)"
+        )
+        raise ValueError(msg)
     from ..models import get_encoder_config
 
     get_encoder_config(config.encoder)  # an unknown name or missing folder: before any work
@@ -517,7 +551,7 @@ class _Run:
 
     Nothing here changes during training except the tensors inside ``model``,
     ``optimizer``, ``scheduler`` and ``generator``; the counters live in
-    :class:`TrainingState`.
+    `TrainingState`.
     """
 
     config: TrainConfig
@@ -560,7 +594,7 @@ class TrainingState:
     micro_done
         Micro-batches consumed in the current epoch.
     best_metric, best_step, bad_evals
-        Early stopping: the best :data:`EARLY_STOPPING_METRIC`, its step, and the
+        Early stopping: the best `EARLY_STOPPING_METRIC`, its step, and the
         evaluations since without improvement.
     history
         The rows of ``log.csv``.
@@ -568,7 +602,7 @@ class TrainingState:
         Training losses, images and start time (``time.perf_counter``, s) since the
         last log row.
     best_state
-        A CPU copy of the best weights (only with :attr:`_Run.keep_best`), on every rank.
+        A CPU copy of the best weights (only with `_Run.keep_best`), on every rank.
     stopped_early, last_checkpoint
         How the run ended, and its last checkpoint folder.
     """
@@ -728,7 +762,10 @@ def _log_starting_point(run: _Run, state: TrainingState) -> None:
     """
     if run.val_dataset is None or state.step != 0 or not run.is_main:
         return
-    metrics = validate(run.model, run.val_dataset, run.config, device=run.device)
+    try:
+        metrics = validate(run.model, run.val_dataset, run.config, device=run.device)
+    except TrainingDivergedError as e:  # e.g. weights that were NaN before any step
+        raise _diverged(run.config, 0, str(e)) from e
     _append_history(run, state, {"step": 0, "epoch": 0.0, **metrics})
     logger.info("step 0 (before training): %s", _format_metrics(metrics))
 
@@ -767,7 +804,7 @@ def _checkpoint_due(run: _Run, state: TrainingState) -> bool:
 
 # ------------------------------------------------------------------------ early stopping
 def _update_early_stopping(run: _Run, state: TrainingState, metrics: dict[str, float]) -> None:
-    """Track the best :data:`EARLY_STOPPING_METRIC` (rank 0); save ``best/`` when it improves."""
+    """Track the best `EARLY_STOPPING_METRIC` (rank 0); save ``best/`` when it improves."""
     value = metrics[EARLY_STOPPING_METRIC]
     if state.best_metric is None or value > state.best_metric:
         state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
@@ -784,15 +821,16 @@ def _update_early_stopping(run: _Run, state: TrainingState, metrics: dict[str, f
     state.stopped_early = patience is not None and state.bad_evals >= patience
 
 
-def _share_early_stopping(run: _Run, state: TrainingState) -> None:
-    """Send rank 0's early-stopping decision to every rank."""
-    if run.world <= 1:
-        return
-    import torch.distributed as dist
+def _share_early_stopping(run: _Run, state: TrainingState, diverged: str | None) -> None:
+    """Send rank 0's early-stopping decision (or divergence) to every rank; raise on divergence."""
+    if run.world > 1:
+        import torch.distributed as dist
 
-    box = [state.stopped_early, state.best_metric, state.best_step, state.bad_evals]
-    dist.broadcast_object_list(box, src=0)
-    state.stopped_early, state.best_metric, state.best_step, state.bad_evals = box
+        box = [state.stopped_early, state.best_metric, state.best_step, state.bad_evals, diverged]
+        dist.broadcast_object_list(box, src=0)
+        state.stopped_early, state.best_metric, state.best_step, state.bad_evals, diverged = box
+    if diverged is not None:
+        raise _diverged(run.config, state.step, diverged)
 
 
 def _validate(run: _Run, state: TrainingState, row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -801,12 +839,17 @@ def _validate(run: _Run, state: TrainingState, row: dict[str, Any] | None) -> di
         return row
     if not (state.step % run.eval_every == 0 or state.step == run.total_steps):
         return row
+    diverged = None
     if run.is_main:
-        metrics = validate(run.model, run.val_dataset, run.config, device=run.device)
-        row = {**(row or _row_start(run, state)), **metrics}
-        _update_early_stopping(run, state, metrics)
-        logger.info("step %d: %s", state.step, _format_metrics(metrics))
-    _share_early_stopping(run, state)
+        try:
+            metrics = validate(run.model, run.val_dataset, run.config, device=run.device)
+        except TrainingDivergedError as e:
+            diverged = str(e)  # every rank stops, none waits for rank 0 forever
+        else:
+            row = {**(row or _row_start(run, state)), **metrics}
+            _update_early_stopping(run, state, metrics)
+            logger.info("step %d: %s", state.step, _format_metrics(metrics))
+    _share_early_stopping(run, state, diverged)
     if run.keep_best and state.best_step == state.step:
         state.best_state = _trainable_state(run.model)  # the same weights on every rank
     return row
@@ -855,13 +898,20 @@ def _forward_backward(
             p_all = gather_features(model.molecular_tower.standardize(pathways), with_grad=False)
             targets = pathway_soft_targets(p_all, config.soft_target_temperature)
         loss = contrastive_loss(zi_all, zp_all, model.logit_scale, targets=targets)
+        value = float(loss.detach())  # the same on every rank (gathered embeddings)
+        if not math.isfinite(value):
+            raise _diverged(config, state.step + 1, f"the contrastive loss is {value}")
         (loss / config.grad_accum_steps).backward()
-    state.loss_window.append(float(loss.detach()))
+    state.loss_window.append(value)
     state.images_in_window += images.shape[0] * world
 
 
-def _optimizer_step(run: _Run) -> None:
-    """Clip, step the optimiser and learning rate, clamp the temperature."""
+def _optimizer_step(run: _Run, step: int) -> None:
+    """Clip, step the optimiser and learning rate, clamp the temperature.
+
+    Raises `TrainingDivergedError` when a weight is NaN or inf afterwards
+    (``step`` names the step in the message).
+    """
     model = run.model
     if run.config.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(
@@ -872,6 +922,10 @@ def _optimizer_step(run: _Run) -> None:
     run.optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
         model.logit_scale.clamp_(0, math.log(100.0))
+        trained = [p for p in model.parameters() if p.requires_grad]
+        finite = torch.stack([torch.isfinite(p).all() for p in trained]).all()
+    if not bool(finite):
+        raise _diverged(run.config, step, "a weight is NaN or inf after the optimiser step")
 
 
 def _after_step(run: _Run, state: TrainingState) -> None:
@@ -887,7 +941,7 @@ def train_one_epoch(run: _Run, state: TrainingState, pbar: Any = None) -> None:
     """Train from ``state`` to the end of its epoch, the last step or an early stop.
 
     Resumes mid-epoch at ``state.micro_done``; each ``grad_accum_steps`` micro-batches
-    make one optimiser step, followed by :func:`_after_step`.
+    make one optimiser step, followed by `_after_step`.
     """
     config = run.config
     epoch = state.step // run.steps_per_epoch
@@ -908,7 +962,7 @@ def train_one_epoch(run: _Run, state: TrainingState, pbar: Any = None) -> None:
         if not sync:
             continue
         accum = 0
-        _optimizer_step(run)
+        _optimizer_step(run, state.step + 1)
         state.step += 1
         if pbar is not None:
             pbar.update(1)
@@ -923,7 +977,7 @@ def train_one_epoch(run: _Run, state: TrainingState, pbar: Any = None) -> None:
 def _progress_bar(run: _Run, state: TrainingState):
     if not (run.is_main and run.config.progress):
         return None
-    from tqdm.auto import tqdm
+    from .._utils import progress_bar as tqdm
 
     return tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step", leave=False)
 

@@ -32,8 +32,10 @@ def retrieval_metrics(
 
     Returns
     -------
-    ``recall@k`` and ``chance@k`` (= k / n) for each k, ``median_rank`` (1 = best), and
-    ``profile_r`` when ``pathways`` is given.
+    dict[str, float]
+        ``recall@k`` and ``chance@k`` (= k / n) for each k, ``median_rank`` (1 = best), and
+        ``profile_r`` when ``pathways`` is given. A NaN similarity counts as a miss: a pair
+        whose own similarity is NaN ranks last, and a NaN candidate ranks above the true one.
     """
     n = image_emb.shape[0]
     ranks = torch.empty(n, dtype=torch.long)
@@ -41,8 +43,12 @@ def retrieval_metrics(
     for s in range(0, n, chunk):
         sim = image_emb[s : s + chunk].float() @ pathway_emb.float().T
         true = sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])]
-        ranks[s : s + chunk] = (sim > true[:, None]).sum(1) + 1
-        top1[s : s + chunk] = sim.argmax(1)
+        # a NaN similarity is a miss: a NaN candidate ranks above the true pair, and a
+        # NaN true pair ranks last (NaN > x is False, so it would otherwise rank first)
+        above = (sim > true[:, None]) | sim.isnan()
+        ranks[s : s + chunk] = (above.sum(1) + 1).clamp_max(n)
+        ranks[s : s + chunk][true.isnan()] = n
+        top1[s : s + chunk] = sim.nan_to_num(nan=-torch.inf).argmax(1)
     out: dict[str, float] = {}
     for k in ks:
         out[f"recall@{k}"] = float((ranks <= k).float().mean())
