@@ -9,10 +9,15 @@ Usage::
 git holds the notebooks stripped; the executed copies go to ``build/notebooks/``
 (git-ignored). Each copy records a fingerprint of what its outputs depend on: the
 notebook itself, every file of ``src/stalign`` and ``data/``, and the Python version.
-``tests/test_notebooks.py`` executes through :func:`ensure_executed`, so a test run
+``tests/test_notebooks.py`` executes through `ensure_executed`, so a test run
 leaves current copies behind; the docs hook (``docs/_hooks/stalign_docs.py``) renders a
 copy only while its fingerprint matches, else the stripped notebook. A copy made in the
 same session is reused instead of executing the notebook twice.
+
+The copies are for publishing: paths of the machine that executed them are written
+relative to ``notebooks/`` (the kernel's working directory), so ``/abs/repo/data/x``
+reads ``../data/x``, the results folder reads ``../results/tutorials`` (the notebooks'
+default ``STALIGN_TUTORIAL_OUT``) and IPython's temporary cell files read ``<cell>``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -96,6 +102,37 @@ def _kernel_dir(root: Path) -> Path:
     return root
 
 
+#: what a reader sees for the results folder: the notebooks' default STALIGN_TUTORIAL_OUT
+DEFAULT_RESULTS = "../results/tutorials"
+_CELL_FILE = re.compile(r"/[^\s\"']*/ipykernel_\d+/\d+\.py")
+
+
+def portable_text(text: str, results_dir: Path) -> str:
+    """Return ``text`` with the executing machine's paths made relative to ``notebooks/``."""
+    for folder, shown in (
+        (results_dir.resolve(), DEFAULT_RESULTS),
+        (Path(results_dir).absolute(), DEFAULT_RESULTS),
+        (REPO, ".."),
+    ):
+        text = text.replace(str(folder), shown)
+    return _CELL_FILE.sub("<cell>", text)
+
+
+def _portable_outputs(nb, results_dir: Path) -> None:
+    """Rewrite, in place, the paths of every text output of ``nb`` (see `portable_text`)."""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if "text" in output:
+                output["text"] = portable_text(output["text"], results_dir)
+            if "traceback" in output:
+                output["traceback"] = [portable_text(t, results_dir) for t in output["traceback"]]
+            if "evalue" in output:
+                output["evalue"] = portable_text(output["evalue"], results_dir)
+            for mime, value in output.get("data", {}).items():
+                if mime.startswith("text/") and isinstance(value, str):
+                    output["data"][mime] = portable_text(value, results_dir)
+
+
 def execute(notebook: Path, results_dir: Path) -> float:
     """Execute ``notebook`` (cwd ``notebooks/``) and write its executed copy; return seconds.
 
@@ -130,6 +167,7 @@ def execute(notebook: Path, results_dir: Path) -> float:
     finally:
         kernels.cleanup()
     seconds = time.perf_counter() - start
+    _portable_outputs(nb, results_dir)
     nb.metadata[FINGERPRINT_KEY] = fingerprint(notebook, tree)
     target = executed_path(notebook)
     tmp = target.with_name(f".{target.name}.tmp")

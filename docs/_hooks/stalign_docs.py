@@ -10,8 +10,18 @@
   ``notebooks/<name>/`` and to the ``Tutorials`` nav section (rendered by
   mkdocs-jupyter). A page shows the executed copy from ``build/notebooks/`` (written
   by ``scripts/execute_notebooks.py`` and by ``tests/test_notebooks.py``) while its
-  fingerprint matches the notebook, ``src/stalign`` and ``data/``; otherwise the
-  stripped notebook, without outputs (logged at INFO).
+  fingerprint matches the notebook, ``src/stalign`` and ``data/``. A notebook without
+  a current copy is handled as ``STALIGN_DOCS_TUTORIALS`` says:
+
+  - ``execute`` (the default): the build executes it first (minutes on a CPU) and
+    fails, naming the notebook and its error, if it raises;
+  - ``require``: the build fails with one line naming the command that executes them;
+  - ``skip``: the page shows the notebook without outputs under a warning banner
+    that says so (quick builds while editing prose, and the docs tests that do not
+    look at tutorials).
+
+  A page is never silently blank. Links between notebooks (``02_pathways.ipynb``,
+  right in Jupyter) are rewritten to the site's page URLs (``../02_pathways/``).
 
 Nothing is written into the source tree; the build stays reproducible.
 """
@@ -24,6 +34,7 @@ import os
 import re
 from pathlib import Path
 
+from mkdocs.exceptions import PluginError
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
@@ -34,6 +45,10 @@ NOTEBOOKS = REPO / "notebooks"
 KEYS_FILE = REPO / "src" / "stalign" / "_keys.py"
 MANIFEST_README = REPO / "data" / "manifests" / "README.md"
 EXECUTOR = REPO / "scripts" / "execute_notebooks.py"
+#: environment variable: what to do with a notebook that has no current executed copy
+TUTORIALS_ENV = "STALIGN_DOCS_TUTORIALS"
+TUTORIAL_MODES = ("execute", "require", "skip")
+EXECUTE_COMMAND = ".venv/bin/python scripts/execute_notebooks.py"
 HELP_WIDTH = 100
 
 
@@ -181,15 +196,59 @@ def _executor():
     return module
 
 
+def tutorial_mode() -> str:
+    """Return ``$STALIGN_DOCS_TUTORIALS`` (default ``execute``), checked."""
+    mode = os.environ.get(TUTORIALS_ENV, "execute").strip().lower() or "execute"
+    if mode not in TUTORIAL_MODES:
+        msg = f"{TUTORIALS_ENV}={mode!r}: expected one of {', '.join(TUTORIAL_MODES)}"
+        raise PluginError(msg)
+    return mode
+
+
+def _execute_stale(executor, stale: list[Path]) -> None:
+    """Execute ``stale`` notebooks in order into ``build/notebooks/``; fail on an error."""
+    import tempfile
+
+    log.info("executing %d tutorial(s) without a current copy (minutes)", len(stale))
+    with tempfile.TemporaryDirectory(prefix="stalign-docs-tutorials-") as results:
+        for nb in stale:  # one results folder: 04 reuses the pairs 03 built
+            copy = executor.ensure_executed(nb, Path(results))
+            if found := executor.errors(copy):
+                msg = f"tutorial {nb.name} raised while the docs executed it: {found[0]}"
+                raise PluginError(msg)
+            log.info("executed %s", nb.name)
+
+
+def _tutorial_sources(executor) -> dict[Path, Path | None]:
+    """Map each notebook to its current executed copy (None: shown without outputs)."""
+    tree = executor.tree_digest()
+    notebooks = sorted(NOTEBOOKS.glob("*.ipynb"))
+    copies = {nb: executor.current_copy(nb, tree) for nb in notebooks}
+    stale = [nb for nb, copy in copies.items() if copy is None]
+    mode = tutorial_mode()
+    if not stale or mode == "skip":
+        return copies
+    if mode == "require":
+        names = ", ".join(nb.name for nb in stale)
+        msg = f"tutorials without executed outputs ({names}): run `{EXECUTE_COMMAND}` first"
+        raise PluginError(msg)
+    _execute_stale(executor, stale)
+    tree = executor.tree_digest()
+    return {nb: executor.current_copy(nb, tree) for nb in notebooks}
+
+
+#: notebook pages shown without outputs (``STALIGN_DOCS_TUTORIALS=skip``)
+_UNEXECUTED: set[str] = set()
+
+
 @event_priority(100)  # before mkdocs-jupyter wraps the notebook files
 def on_files(files: Files, config) -> Files:
-    """Add ``notebooks/*.ipynb`` (executed copies where current) as ``notebooks/<name>/``."""
-    executor = _executor()
-    tree = executor.tree_digest()
-    for nb in sorted(NOTEBOOKS.glob("*.ipynb")):
-        executed = executor.current_copy(nb, tree)
+    """Add ``notebooks/*.ipynb`` (executed copies, see the module doc) as ``notebooks/<name>/``."""
+    _UNEXECUTED.clear()
+    for nb, executed in _tutorial_sources(_executor()).items():
         if executed is None:
-            log.info("%s: no current executed copy, the page shows no outputs", nb.name)
+            log.info("%s: shown without outputs (%s=skip)", nb.name, TUTORIALS_ENV)
+            _UNEXECUTED.add(f"{NOTEBOOKS.name}/{nb.name}")
         # a real File (mkdocs-jupyter cannot wrap File.generated(...) objects: their
         # abs_src_path is lost), rooted where the copy is: its page stays notebooks/<name>/
         files.append(
@@ -201,6 +260,25 @@ def on_files(files: Files, config) -> Files:
             )
         )
     return files
+
+
+_NOTEBOOK_LINK = re.compile(r'href="(?:\./)?(\d\d_[\w-]+)\.ipynb(#[^"]*)?"')
+_UNEXECUTED_BANNER = (
+    '<div class="admonition warning"><p class="admonition-title">Outputs not shown</p>'
+    f"<p>This page was built with <code>{TUTORIALS_ENV}=skip</code>: the notebook is "
+    f"shown without its outputs. <code>{EXECUTE_COMMAND}</code> (or a plain "
+    "<code>mkdocs build</code>) shows them.</p></div>"
+)
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Notebook pages: site URLs for links to other notebooks; a banner if unexecuted."""
+    if not page.file.src_uri.endswith(".ipynb"):
+        return html
+    html = _NOTEBOOK_LINK.sub(lambda m: f'href="../{m[1]}/{m[2] or ""}"', html)
+    if page.file.src_uri in _UNEXECUTED:
+        html = _UNEXECUTED_BANNER + html
+    return html
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:

@@ -5,7 +5,7 @@ when the holding process dies (even by SIGKILL), so a lock is never stale: a
 crashed run never blocks the next one. The holder writes one line
 (``pid``, host, command, start time) into the file so that a refused run can say
 who holds the folder. ``flock`` also works on NFS (Linux emulates it with POSIX
-record locks). Platforms without :mod:`fcntl` (Windows) run unlocked.
+record locks). Platforms without `fcntl` (Windows) run unlocked.
 """
 
 from __future__ import annotations

@@ -77,3 +77,19 @@ def limit_threads(n: int) -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(before)
+
+
+def progress_bar(*args, **kwargs):
+    """Return a tqdm progress bar: a Jupyter widget where ipywidgets is installed, else text.
+
+    ``tqdm.auto`` alone warns ``TqdmWarning: IProgress not found`` in a notebook without
+    ipywidgets (and then draws the text bar anyway); this draws the text bar quietly.
+    Arguments are those of ``tqdm.tqdm``.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("ipywidgets") is None:
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(*args, **kwargs)

@@ -1,6 +1,6 @@
 """The end-to-end workflow: build pairs → align (LoRA, contrastive) → export → evaluate.
 
-:func:`run_pipeline` is what ``stalign demo`` (the README's main job) runs on the
+`run_pipeline` is what ``stalign demo`` (the README's main job) runs on the
 bundled mouse olfactory bulb sections: train on one animal, evaluate on the other,
 always against the encoder the alignment started from and a shuffled-pair control
 (see ``SCIENCE-NOTES``: without pretrained weights the gain is small, so an honest
@@ -33,13 +33,13 @@ _NORMALIZATION = ("auto", "cohort", "encoder")
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Settings of :func:`run_pipeline` (defaults: the MOB demo, see the README for its time).
+    """Settings of `run_pipeline` (defaults: the MOB demo, see the README for its time).
 
     One flat set of settings (the ``stalign demo`` flags), composed of the existing
-    configs by name: a field named like a field of :class:`stalign.train.TrainConfig`
-    (``encoder``, ``lr``, ``lora_r``...) is forwarded to it by :func:`train_config`, one
-    named like a field of :class:`stalign.pairs.PairsParams` (``mpp``, ``size_px``,
-    ``gene_sets``, ``method``) by :func:`pairs_params`; the others are the pipeline's
+    configs by name: a field named like a field of `stalign.train.TrainConfig`
+    (``encoder``, ``lr``, ``lora_r``...) is forwarded to it by `train_config`, one
+    named like a field of `stalign.pairs.PairsParams` (``mpp``, ``size_px``,
+    ``gene_sets``, ``method``) by `pairs_params`; the others are the pipeline's
     own. The defaults here are the demo's, and the forwarded fields are validated by
     their owner's rules when the config is created.
 
@@ -60,7 +60,7 @@ class PipelineConfig:
         demo reads patches at native resolution (64 px ≈ 280 µm of tissue) rather than
         up-sampling 224 px at 0.5 µm/px.
     gene_sets, method
-        Pathway collection and scoring method (:func:`stalign.tl.score_pathways`).
+        Pathway collection and scoring method (`stalign.tl.score_pathways`).
     encoder, img_size
         Registry / timm name of the image encoder and its input side (px).
     pretrained
@@ -81,7 +81,7 @@ class PipelineConfig:
         placement (only the last N blocks / stages; ``None``: all).
     temperature, learn_temperature, soft_targets
         InfoNCE temperature (initial value), whether it is learnt, and pathway-soft
-        targets (see :class:`stalign.train.TrainConfig`).
+        targets (see [`stalign.train.TrainConfig`][stalign.train.TrainConfig]).
     epochs, batch_size, lr
         Training schedule (AdamW, cosine).
     early_stopping_patience
@@ -95,7 +95,7 @@ class PipelineConfig:
         result says how much of any gain comes from training alone).
     references
         Simple reference features evaluated in the same run (see
-        :func:`stalign.bench.evaluate`; ``"library_size"`` is the sequencing-depth floor).
+        `stalign.bench.evaluate`; ``"library_size"`` is the sequencing-depth floor).
     random_encoders
         Architectures of the ``"random"`` reference rows (random init, e.g.
         "random EfficientNet-Lite0"); ``None``: ``encoder`` itself.
@@ -286,7 +286,7 @@ def _check_encoder_loads(config: PipelineConfig) -> None:
 
 @dataclass
 class PipelineResult:
-    """Paths written by :func:`run_pipeline` and the headline numbers."""
+    """Paths written by `run_pipeline` and the headline numbers."""
 
     out: Path
     pairs_dir: Path
@@ -301,7 +301,7 @@ class ShuffledPairs:
 
     Images stay in place; ``pathways`` of item ``i`` comes from item ``perm[i]``. This is
     the shuffled-pair control: same images, same profiles, no true correspondence.
-    A dataset with a ``pathways`` array (:class:`stalign.pairs.PairsDataset`) serves the
+    A dataset with a ``pathways`` array (`stalign.pairs.PairsDataset`) serves the
     permuted profile from it, without reading a second patch.
     """
 
@@ -329,7 +329,7 @@ class ShuffledPairs:
 def _without_lora(encoder: Any) -> Any:
     """Return a copy of ``encoder`` with its LoRA adapters removed: the encoder it started from.
 
-    LoRA keeps the base weights frozen, so peft's :meth:`~peft.PeftModel.unload` (the
+    LoRA keeps the base weights frozen, so peft's `unload` (the
     adapter layers replaced by the layers they wrap, nothing merged) gives back the
     backbone the alignment started from, bit for bit, with the same colour
     normalisation as the aligned export. ``encoder`` itself is not modified; one
@@ -344,7 +344,7 @@ def _without_lora(encoder: Any) -> Any:
 
 
 def _training_summary(result: Any, curves_png: Path | None) -> dict[str, Any]:
-    """Summarise the validation numbers of one :func:`stalign.train.fit` run (joint space)."""
+    """Summarise the validation numbers of one `stalign.train.fit` run (joint space)."""
     history = result.history
     val = history.dropna(subset=["val_loss"]) if "val_loss" in history else history.iloc[:0]
     summary: dict[str, Any] = {
@@ -417,7 +417,7 @@ def _forwarded(config: PipelineConfig, owner: type) -> dict[str, Any]:
 
 
 def pairs_params(config: PipelineConfig) -> Any:
-    """Return the :class:`stalign.pairs.PairsParams` of ``config``'s pairs build.
+    """Return the `stalign.pairs.PairsParams` of ``config``'s pairs build.
 
     Every field of ``config`` named like a ``PairsParams`` field is forwarded; the
     others keep ``PairsParams``' defaults.
@@ -440,7 +440,7 @@ def train_config(
     progress: bool = False,
     early_stopping: bool = True,
 ) -> Any:
-    """Build the :class:`stalign.train.TrainConfig` of one alignment run of ``config``.
+    """Build the `stalign.train.TrainConfig` of one alignment run of ``config``.
 
     Every field of ``config`` named like a ``TrainConfig`` field is forwarded (the
     others keep ``TrainConfig``'s defaults), with ``normalization`` resolved.
@@ -486,13 +486,14 @@ def run_pipeline(
         encoder each alignment started from, same normalisation), ``eval/``
         (``report.md`` with tables and figures), ``pipeline.json``.
     config
-        Settings (default: :class:`PipelineConfig`).
+        Settings (default: `PipelineConfig`).
     progress
         Show progress bars.
 
     Returns
     -------
-    :class:`PipelineResult` with the paths and the time spent per stage (s).
+    PipelineResult
+        `PipelineResult` with the paths and the time spent per stage (s).
 
     Raises
     ------

@@ -72,7 +72,7 @@ class FeatureCache:
     root
         Cache directory (created).
     dataset
-        The store as a :class:`stalign.pairs.PairsDataset` (rows sample by sample).
+        The store as a `stalign.pairs.PairsDataset` (rows sample by sample).
     chunk_rows
         Patches read and featurised at once (bounds memory: ``chunk_rows`` × patch
         bytes, e.g. 1,024 × 147 kB at 224 px).
@@ -148,7 +148,7 @@ class FeatureCache:
         todo = [s for s in (samples or self.samples) if not self.is_complete(source, s)]
         if not todo:
             return 0
-        from tqdm.auto import tqdm
+        from .._utils import progress_bar as tqdm
 
         fn = source.make()
         self.directory(source).mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,7 @@ class FeatureCache:
         Raises
         ------
         FileNotFoundError
-            A sample has not been computed (call :meth:`fill` first).
+            A sample has not been computed (call `fill` first).
         """
         import h5py
 

@@ -2,14 +2,14 @@
 
 The run is split by level, as HEST's benchmark is:
 
-* :class:`EvaluationSpec` — what to run (validated once);
-* :func:`embed_features` — every image feature set computed once into the
-  :class:`~stalign.bench._cache.FeatureCache` (streamed chunk by chunk, shardable);
-* :func:`_split_scores` — one probe at one seed on one feature matrix (the probes
+* [`EvaluationSpec`][stalign.bench.EvaluationSpec] — what to run (validated once);
+* [`embed_features`][stalign.bench.embed_features] — every image feature set computed once into the
+  `FeatureCache` (streamed chunk by chunk, shardable);
+* `_split_scores` — one probe at one seed on one feature matrix (the probes
   run their patient folds inside);
-* :func:`_score_seed` / :func:`_score_feature_set` — the seeds of one feature set;
-* :func:`_score_grid` — feature sets × tasks;
-* :mod:`._report` — tables, figures and ``report.md``.
+* `_score_seed` / `_score_feature_set` — the seeds of one feature set;
+* `_score_grid` — feature sets × tasks;
+* `_report` — tables, figures and ``report.md``.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class Reference:
         ``(b, H, W, 3)`` uint8 → ``(b, d)``, row-wise: streamed over the store in
         chunks and cached.
     spot_features
-        :class:`PairsArrays` (without patches) → ``(n, d)``: features of the spot
+        `PairsArrays` (without patches) → ``(n, d)``: features of the spot
         table itself (e.g. of its counts), computed in memory.
     random_encoder
         The ``random_encoder`` with new random weights per seed (an encoder row).
@@ -116,7 +116,7 @@ def random_encoder_label(name: str) -> str:
 
 @dataclass
 class EvaluationResult:
-    """Outcome of :func:`evaluate`.
+    """Outcome of [`evaluate`][stalign.bench.evaluate].
 
     Attributes
     ----------
@@ -188,7 +188,7 @@ def load_pairs_arrays(
 ) -> PairsArrays:
     """Read patches, counts, pathway scores and spot centres of a pairs store.
 
-    Rows follow :class:`stalign.pairs.PairsDataset` (sample by sample); counts are
+    Rows follow `stalign.pairs.PairsDataset` (sample by sample); counts are
     joined on barcodes, never on row position. Genes are those common to all samples.
     ``patches=False`` leaves the patches on disk (``PairsArrays.patches`` is ``None``).
     """
@@ -263,7 +263,7 @@ def _row_blocks(X, rows: int = 512):
 
 
 def _streamed_panel(ds: Any, root: Path, genes: list[str], n_genes: int = 50) -> list[str]:
-    """Choose the HEST panel (:func:`hest_gene_panel`), reading one sample at a time.
+    """Choose the HEST panel (`hest_gene_panel`), reading one sample at a time.
 
     Three passes (detection, mean, variance of ``log1p``) accumulate row by row, which
     is the order numpy's column reductions use, so the variances, and the panel, are
@@ -349,7 +349,7 @@ def _spot_table(
 
 @dataclass
 class EvaluationSpec:
-    """What :func:`evaluate` runs; see its docstring for every field.
+    """What [`evaluate`][stalign.bench.evaluate] runs; see its docstring for every field.
 
     ``encoders`` is a list of ``(label, source)`` (``"LABEL=SOURCE"`` strings and a
     label → source mapping are converted); a source is an export / training
@@ -486,7 +486,7 @@ def _files_digest_cached(path: str, stats: tuple) -> str:
 def _encoder_key(source: Any, spec: EvaluationSpec, seed: int) -> dict[str, Any]:
     """Identity of an encoder's features: its weights and the embedding arithmetic.
 
-    The weights (:func:`_weights_key`) and the arithmetic the embedding loop uses on
+    The weights (`_weights_key`) and the arithmetic the embedding loop uses on
     ``spec.device`` (bf16 autocast on CUDA, float32 on the CPU).
     """
     from ..tl import embedding_precision
@@ -574,16 +574,17 @@ def embed_features(
     spec
         The evaluation.
     dataset
-        The store as a :class:`stalign.pairs.PairsDataset`.
+        The store as a [`stalign.pairs.PairsDataset`][stalign.pairs._dataset.PairsDataset].
     shard
         ``(i, n)``: only samples ``i, i + n, ...`` (array jobs filling one cache in
-        parallel; run :func:`evaluate` afterwards to score). Default: all samples, or,
+        parallel; run `evaluate` afterwards to score). Default: all samples, or,
         inside an initialised ``torch.distributed`` group (``torchrun``), this rank's
         share followed by a barrier.
 
     Returns
     -------
-    The :class:`~stalign.bench._cache.FeatureCache`.
+    FeatureCache
+        The `FeatureCache`.
     """
     cache = FeatureCache(spec.cache_dir, dataset, chunk_rows=spec.chunk_rows)
     samples = cache.samples
@@ -939,15 +940,15 @@ def evaluate(
 
     Every feature set is scored in the same run, on the same spots and splits:
 
-    * **genes** — :func:`gene_prediction` (HEST protocol: 50 HVGs, log1p, PCA 256,
+    * **genes** — `gene_prediction` (HEST protocol: 50 HVGs, log1p, PCA 256,
       ridge), Pearson per gene;
-    * **pathways** — :func:`pathway_prediction` on the store's pathway scores;
+    * **pathways** — `pathway_prediction` on the store's pathway scores;
     * **retrieval** — the pathway ridge probe's predicted profile of each test spot
       retrieves its measured profile among all spots of the same section (recall@1/5/10,
       plus the Pearson between the retrieved and true profile). Exports hold the image
       backbone only, so retrieval runs in the predicted-profile space for every
       feature set alike;
-    * **markers** — gated ABMIL over 5 × 5-spot regions (:func:`region_tasks`), label =
+    * **markers** — gated ABMIL over 5 × 5-spot regions (`region_tasks`), label =
       pseudo-bulk marker gene / pathway above the cohort median, ROC-AUC.
 
     Splits: leave one patient out, or, with ``test_patients``, one split testing those
@@ -978,7 +979,7 @@ def evaluate(
     test_patients
         Fixed test patients (default: leave-one-patient-out over all patients).
     references
-        Reference feature sets, names of :data:`REFERENCE_FEATURES`:
+        Reference feature sets, names of [`REFERENCE_FEATURES`][stalign.bench.REFERENCE_FEATURES]:
         ``"histogram"``, ``"pixels"``, ``"squidpy"``, ``"library_size"`` (log total
         counts only: the sequencing-depth floor) and ``"random"`` (``random_encoder``
         with random weights).
@@ -1013,10 +1014,10 @@ def evaluate(
         Patches per encoder forward pass.
     device
         Where encoders run: ``"auto"`` (CUDA if available; bf16 autocast there),
-        ``"cpu"``, ``"cuda"``... (:func:`stalign.tl.iter_embeddings`).
+        ``"cpu"``, ``"cuda"``... ([`stalign.tl.iter_embeddings`][stalign.tl.iter_embeddings]).
     cache_dir
         Feature cache (default ``out/cache``); share it between runs on the same
-        store, or fill it in parallel first with :func:`embed_features`.
+        store, or fill it in parallel first with [`embed_features`][stalign.bench.embed_features].
     chunk_rows
         Patches read and featurised at once (bounds memory).
     threads
@@ -1028,9 +1029,10 @@ def evaluate(
 
     Returns
     -------
-    :class:`EvaluationResult`; ``None`` on ranks other than 0 of a
-    ``torch.distributed`` run (``torchrun -m stalign evaluate ...``: all ranks embed
-    their share of the samples, rank 0 scores).
+    EvaluationResult | None
+        [`EvaluationResult`][stalign.bench.EvaluationResult]; ``None`` on ranks other than 0 of a
+        ``torch.distributed`` run (``torchrun -m stalign evaluate ...``: all ranks embed
+        their share of the samples, rank 0 scores).
     """
     spec = EvaluationSpec(
         pairs_dir=Path(pairs_dir),
@@ -1163,14 +1165,13 @@ def _report_params(spec: EvaluationSpec, ctx: _Context) -> dict[str, Any]:
 
 
 def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
-    """Run an :class:`EvaluationSpec`: features → grid of scores → tables, figures, report.
+    """Run an `EvaluationSpec`: features → grid of scores → tables, figures, report.
 
     Under ``torchrun`` every rank embeds its share of the samples and only rank 0
     scores and writes the report (the other ranks return ``None``).
     """
-    from tqdm.auto import tqdm
-
     from .._utils import atomic_write_text
+    from .._utils import progress_bar as tqdm
     from ._report import summary_table, write_figures, write_report
 
     (spec.out / "figures").mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Reference image features for the benchmark: simple baselines and encoder embeddings.
 
 Every image function maps patches ``(n, H, W, 3)`` uint8 to features ``(n, d)`` float32;
-:func:`library_size` is the one non-image floor (log total counts per spot).
+`library_size` is the one non-image floor (log total counts per spot).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def color_histogram(patches, *, bins: int = 16) -> np.ndarray:
 
     Returns
     -------
-    ``(n, 3 · bins)`` float32.
+    np.ndarray
+        ``(n, 3 · bins)`` float32.
     """
     p = _check_patches(patches)
     n = p.shape[0]
@@ -59,7 +60,8 @@ def downsampled_pixels(patches, *, size: int = 8) -> np.ndarray:
 
     Returns
     -------
-    ``(n, size · size · 3)`` float32.
+    np.ndarray
+        ``(n, size · size · 3)`` float32.
     """
     from PIL import Image
 
@@ -90,7 +92,8 @@ def library_size(counts) -> np.ndarray:
 
     Returns
     -------
-    ``(n, 1)`` float32 ``log1p(total counts)``.
+    np.ndarray
+        ``(n, 1)`` float32 ``log1p(total counts)``.
     """
     import scipy.sparse as sp
 
@@ -119,7 +122,8 @@ def squidpy_features(patches) -> np.ndarray:
 
     Returns
     -------
-    ``(n, 105)`` float32.
+    np.ndarray
+        ``(n, 105)`` float32.
     """
     from skimage.feature import graycomatrix, graycoprops
 
@@ -155,13 +159,13 @@ def encoder_features(
 ) -> np.ndarray:
     """Embed patches with an image encoder (a torch module taking ``[0, 1]`` RGB).
 
-    Runs :func:`stalign.tl.iter_embeddings` (the package's one embedding loop: bf16
+    Runs `stalign.tl.iter_embeddings` (the package's one embedding loop: bf16
     autocast on CUDA, float32 on the CPU).
 
     Parameters
     ----------
     encoder
-        E.g. a :class:`stalign.models.Encoder`; normalisation is its own business.
+        E.g. a `stalign.models.Encoder`; normalisation is its own business.
     patches
         ``(n, H, W, 3)`` uint8.
     batch_size
@@ -176,10 +180,10 @@ def encoder_features(
 
     Returns
     -------
-    ``(n, embed_dim)`` float32.
+    np.ndarray
+        ``(n, embed_dim)`` float32.
     """
-    from tqdm.auto import tqdm
-
+    from .._utils import progress_bar as tqdm
     from ..tl import iter_embeddings
 
     p = _check_patches(patches)

@@ -66,7 +66,8 @@ def hest_gene_panel(
 
     Returns
     -------
-    Column indices (into ``counts``) of the panel, sorted by decreasing variance.
+    np.ndarray
+        Column indices (into ``counts``) of the panel, sorted by decreasing variance.
     """
     Y = counts if sp.issparse(counts) else np.asarray(counts, dtype=np.float64)
     if Y.ndim != 2:

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class MarkerResult:
-    """Outcome of :func:`marker_prediction`.
+    """Outcome of [`marker_prediction`][stalign.bench.marker_prediction].
 
     Attributes
     ----------
@@ -177,7 +177,7 @@ def marker_prediction(
     Parameters
     ----------
     bags
-        One ``(n_instances, dim)`` array per bag (e.g. :func:`bags_from_task`).
+        One ``(n_instances, dim)`` array per bag (e.g. `bags_from_task`).
     labels
         ``(n_bags,)`` 0/1 labels.
     groups
@@ -194,7 +194,7 @@ def marker_prediction(
 
     Returns
     -------
-    :class:`MarkerResult`.
+    [`MarkerResult`][stalign.bench.MarkerResult].
     """
     from sklearn.decomposition import PCA
     from sklearn.metrics import roc_auc_score

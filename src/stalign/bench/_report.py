@@ -1,4 +1,4 @@
-"""Tables, figures and the markdown report of :func:`stalign.bench.evaluate`."""
+"""Tables, figures and the markdown report of `stalign.bench.evaluate`."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
 class MapSection:
     """What a measured-vs-predicted map needs of a probe: its largest tested section.
 
-    Kept instead of the whole :class:`~stalign.bench.ProbeResult` (``n × targets``
+    Kept instead of the whole [`ProbeResult`][stalign.bench.ProbeResult] (``n × targets``
     predictions and targets), so the figures do not hold two matrices per compared
     feature set for the whole run.
 
@@ -201,7 +201,7 @@ def write_figures(
     per_target
         ``genes`` / ``pathways`` → feature label → Pearson per target.
     sections
-        Feature label → ``genes`` / ``pathways`` → :class:`MapSection` of its ridge
+        Feature label → ``genes`` / ``pathways`` → `MapSection` of its ridge
         probe (first seed), for the two compared labels.
     curves, chance_curve
         recall@k curves per feature label, and of a random ranking.

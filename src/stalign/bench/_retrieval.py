@@ -12,7 +12,7 @@ __all__ = ["RetrievalResult", "retrieval"]
 
 @dataclass
 class RetrievalResult:
-    """Outcome of :func:`retrieval`.
+    """Outcome of [`retrieval`][stalign.bench.retrieval].
 
     Attributes
     ----------
@@ -115,7 +115,8 @@ def retrieval(
 
     Returns
     -------
-    :class:`RetrievalResult`.
+    RetrievalResult
+        [`RetrievalResult`][stalign.bench.RetrievalResult].
     """
     q = np.asarray(query_emb, dtype=np.float64)
     t = np.asarray(target_emb, dtype=np.float64)

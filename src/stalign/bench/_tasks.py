@@ -13,7 +13,7 @@ transcriptomics itself:
 * **label** of a pathway target = 1 when the mean pathway score of the region's spots
   is strictly above the cohort median.
 
-User labels per slide are the other entry point (:func:`slide_task`): one bag per
+User labels per slide are the other entry point (`slide_task`): one bag per
 section holding all its spots, labelled by the user.
 """
 
@@ -110,7 +110,8 @@ def region_tasks(
 
     Returns
     -------
-    :class:`MarkerTask` with one label column per target (genes first, then pathways).
+    MarkerTask
+        `MarkerTask` with one label column per target (genes first, then pathways).
     """
     xy = np.asarray(coords, dtype=np.float64)
     n = xy.shape[0]
@@ -232,7 +233,8 @@ def slide_task(
 
     Returns
     -------
-    :class:`MarkerTask` with one bag per labelled section.
+    MarkerTask
+        [`MarkerTask`][stalign.bench.MarkerTask] with one bag per labelled section.
     """
     s = np.asarray(sample_ids).astype(str)
     p = np.asarray(patient_ids).astype(str)

@@ -55,7 +55,7 @@ def format_error(command: str | None, error: BaseException) -> str:
     ``OSError`` s are shown as ``<file>: <reason>`` when they carry a file name
     (``[Errno 28] No space left on device: 'x'`` becomes
     ``x: No space left on device``); an error that lists several problems (e.g.
-    :class:`~stalign.pairs.ManifestError`) keeps them on indented lines after it.
+    [`ManifestError`][stalign.pairs.ManifestError]) keeps them on indented lines after it.
     """
     text = str(error)
     if isinstance(error, OSError) and error.strerror and error.filename:

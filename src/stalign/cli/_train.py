@@ -203,7 +203,7 @@ def _check_output_folder(config, overwrite: bool) -> None:
     """Refuse an --out that another run is using, or that holds an earlier run.
 
     An earlier run is only replaced with ``--overwrite`` (``--resume auto`` continues
-    it). :func:`stalign.train.fit` takes the folder's lock for real; this early look
+    it). [`stalign.train.fit`][stalign.train.fit] takes the folder's lock for real; this early look
     only gives the right message before any data is read.
     """
     from pathlib import Path

@@ -44,8 +44,9 @@ def mob_section(name: str = "MOB1") -> AnnData:
 
     Returns
     -------
-    The AnnData of :func:`stalign.io.read_legacy_st` (counts, ``obsm['spatial']`` in
-    level-0 px of the H&E, ``uns['stalign']['mpp']`` ≈ 4.4 µm/px).
+    AnnData
+        The AnnData of `stalign.io.read_legacy_st` (counts, ``obsm['spatial']`` in
+        level-0 px of the H&E, ``uns['stalign']['mpp']`` ≈ 4.4 µm/px).
     """
     from .. import io
 
@@ -73,31 +74,32 @@ def mob_example_pairs(
 
     Each spot's H&E patch (``size_px`` px at ``mpp`` µm/px; default the native image
     resolution, ≈4.4 µm/px, i.e. ≈280 µm across for 64 px) is paired with its pathway
-    scores (:func:`stalign.tl.score_pathways`, mouse symbols matched to human sets).
+    scores (`stalign.tl.score_pathways`, mouse symbols matched to human sets).
 
     Parameters
     ----------
     mob_dir
         Folder with ``MOBn.tsv.gz``, ``alignment_table_MOBn.tsv`` and ``MOBn.jpg``
-        (default: the bundled sections, :func:`stalign.datasets.mob_dir`).
+        (default: the bundled sections, [`stalign.datasets.mob_dir`][stalign.datasets.mob_dir]).
     sections
         Section names to include.
     size_px, mpp
         Patch side (px) and resolution (µm/px).
     gene_sets, method
-        Passed to :func:`stalign.tl.score_pathways`.
+        Passed to [`stalign.tl.score_pathways`][stalign.tl.score_pathways].
     in_tissue_only
         Keep spots the alignment table marks as under tissue.
     patients
-        Section → patient id (default: :func:`mob_patients`, the manifest's
+        Section → patient id (default: `mob_patients`, the manifest's
         ``mouse1`` / ``mouse2``).
     max_pairs
         Keep at most this many pairs per section (evenly spaced; for quick tests).
 
     Returns
     -------
-    A :class:`stalign.train.TensorPairsDataset` with ``pathway_names``, ``sample_ids`` = section and
-    ``patient_ids`` = mouse.
+    TensorPairsDataset
+        A `stalign.train.TensorPairsDataset` with ``pathway_names``, ``sample_ids`` = section and
+        ``patient_ids`` = mouse.
     """
     from .. import im, io, tl
     from ..train._data import TensorPairsDataset

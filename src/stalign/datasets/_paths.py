@@ -25,7 +25,7 @@ def data_dir() -> Path:
 
 
 def require(path: Path) -> Path:
-    """Return ``path`` if it exists, else raise a :class:`FileNotFoundError` that says why."""
+    """Return ``path`` if it exists, else raise a `FileNotFoundError` that says why."""
     if not path.exists():
         msg = (
             f"stalign's example data are missing: {str(path)!r} does not exist (looked in "

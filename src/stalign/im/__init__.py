@@ -1,7 +1,7 @@
-"""H&E image access: the lazy :class:`SlideImage`, spot → patch extraction, tissue QC.
+"""H&E image access: the lazy `SlideImage`, spot → patch extraction, tissue QC.
 
-Also the SpatialData writer, :func:`to_spatialdata` (it streams the H&E through
-:func:`open_image`; the reader is :func:`stalign.io.read_spatialdata`).
+Also the SpatialData writer, `to_spatialdata` (it streams the H&E through
+`open_image`; the reader is `stalign.io.read_spatialdata`).
 
 Coordinates are level-0 image pixels ``(x, y)``; resolutions are µm/px.
 """

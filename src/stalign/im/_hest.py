@@ -178,7 +178,7 @@ class HestPatchGeometry:
         Patch side (px).
     mpp
         µm/px of the patches: the file's ``mpp`` attribute (``img`` or file), else
-        :data:`HEST_PATCH_MPP`.
+        [`HEST_PATCH_MPP`][stalign.im.HEST_PATCH_MPP].
     mpp_source
         ``'file'`` or ``'hest_default'``.
     """
@@ -286,7 +286,7 @@ class HestPatchReader:
     Parameters
     ----------
     geometry
-        From :func:`hest_patch_geometry`.
+        From [`hest_patch_geometry`][stalign.im.hest_patch_geometry].
     size_px
         Side of the patches handed out (≤ the file's); the centre is kept.
     """

@@ -4,9 +4,9 @@ HEST ships, per sample, ``<id>_contours.geojson`` (tissue polygons in level-0 px
 the WSI; holes as interior rings, or — older files — as features classified
 ``hole``) and ``<id>_mask.jpg`` (a down-scaled greyscale mask, white = tissue).
 ``<id>_mask.pkl`` is never read: unpickling a downloaded file can run any code.
-Either file becomes the same :class:`~stalign.im.TissueMask` that
-:func:`~stalign.im.tissue_mask` segments from a slide, so a patch's tissue fraction
-is :meth:`~stalign.im.TissueMask.coverage` whichever made the mask.
+Either file becomes the same [`TissueMask`][stalign.im.TissueMask] that
+[`tissue_mask`][stalign.im.tissue_mask] segments from a slide, so a patch's tissue fraction
+is [`coverage`][stalign.im.TissueMask.coverage] whichever made the mask.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _is_hole(feature: dict) -> bool:
 def _hest_mask(
     mask: np.ndarray, path: Path, kind: str, width: int, height: int, mpp: float | None
 ) -> TissueMask:
-    """Wrap a raster covering the whole ``width`` × ``height`` px slide as a :class:`TissueMask`."""
+    """Wrap a raster covering the whole ``width`` × ``height`` px slide as a `TissueMask`."""
     h, w = mask.shape
     scale = (width / w, height / h)  # level-0 px per mask px along (x, y)
     return TissueMask(
@@ -134,8 +134,8 @@ def read_hest_tissue(
         Level-0 size of the slide (px), e.g. HEST's ``fullres_px_width`` /
         ``fullres_px_height``.
     mpp
-        Level-0 µm/px of the slide, if known (sets :attr:`TissueMask.mpp
-        <stalign.im.TissueMask>` and so its area in mm²).
+        Level-0 µm/px of the slide, if known (sets
+        [`TissueMask.mpp`][stalign.im.TissueMask.mpp] and so its area in mm²).
 
     Returns
     -------

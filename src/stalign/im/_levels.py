@@ -2,7 +2,7 @@
 
 Every level reader answers ``read(x0, y0, x1, y1)`` for a window that lies inside the
 level (level pixels, half-open) with an ``(y1 - y0, x1 - x0, 3)`` uint8 array.
-Clipping, zero padding and resampling live in :mod:`stalign.im._slide`.
+Clipping, zero padding and resampling live in [`stalign.im._slide`][stalign.im].
 """
 
 from __future__ import annotations

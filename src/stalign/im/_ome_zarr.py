@@ -2,7 +2,7 @@
 
 Each scale is a zarr array with axes ``c, y, x`` (or ``y, x``); it is read chunk by
 chunk, never as a whole, and decoded chunks are kept in a byte-bounded LRU cache so
-neighbouring patches share them (as :class:`~stalign.im._levels.TiledTiffLevel` does
+neighbouring patches share them (as `TiledTiffLevel` does
 for TIFF tiles).
 """
 

@@ -20,13 +20,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-#: how a patch's tissue fraction is measured (see :func:`extract_patches`)
+#: how a patch's tissue fraction is measured (see `extract_patches`)
 TISSUE_QC_MODES = ("mask", "pixels")
 
 
 @dataclass
 class PatchBatch:
-    """One batch of patches from :func:`iter_patches`.
+    """One batch of patches from [`iter_patches`][stalign.im.iter_patches].
 
     Attributes
     ----------
@@ -130,7 +130,7 @@ def iter_patches(
     adata
         Spots; ``obsm[spatial_key]`` holds level-0 ``(x, y)`` pixel centres.
     image
-        Anything :func:`open_image` accepts; defaults to the AnnData's image.
+        Anything [`open_image`][stalign.im.open_image] accepts; defaults to the AnnData's image.
     coords
         ``(n, 2)`` level-0 pixel centres when ``adata`` is not given.
     barcodes
@@ -144,15 +144,15 @@ def iter_patches(
     tissue_qc
         How ``PatchBatch.tissue_fraction`` is measured: ``"mask"`` (default) —
         coverage of the patch window by the slide-level tissue mask
-        (:func:`stalign.im.tissue_mask`, computed once); ``"pixels"`` — fraction
+        (`stalign.im.tissue_mask`, computed once); ``"pixels"`` — fraction
         of pixels whose saturation exceeds ``saturation_threshold``; ``None`` —
         not measured (``tissue_fraction`` is NaN; for callers that only need the
-        pixels, e.g. :func:`stalign.tl.embed`, so no slide mask is computed).
+        pixels, e.g. [`stalign.tl.embed`][stalign.tl.embed], so no slide mask is computed).
     tissue_mask
         A precomputed mask of this slide (``tissue_qc="mask"``).
     saturation_threshold
         Pixel saturation threshold (0–255) for ``tissue_qc="pixels"``; default:
-        Otsu on the slide thumbnail (:func:`stalign.im.tissue_threshold`), computed once.
+        Otsu on the slide thumbnail (`stalign.im.tissue_threshold`), computed once.
     spatial_key
         ``obsm`` key of the spot centres.
     order
@@ -168,7 +168,7 @@ def iter_patches(
     PatchBatch
         One batch of at most ``batch_size`` patches.
     """
-    from tqdm.auto import tqdm
+    from .._utils import progress_bar as tqdm
 
     size_px = _check_size(size_px)
     mpp = _check_positive(mpp, "mpp")
@@ -271,7 +271,7 @@ def _tissue_measure(
 
 
 def _tissue_fraction_parallel(slide: SlideImage, imgs: np.ndarray, thr: float) -> np.ndarray:
-    """:func:`tissue_fraction` over chunks of a batch on the slide's thread pool."""
+    """`tissue_fraction` over chunks of a batch on the slide's thread pool."""
     if len(imgs) < 16:
         return tissue_fraction(imgs, thr)
     chunks = np.array_split(np.arange(len(imgs)), 4)
@@ -309,7 +309,7 @@ def extract_patches(
     window leaves the image are zero-padded and flagged, never shifted.
 
     Tissue QC (``tissue_qc="mask"``, the default): the slide's tissue is segmented
-    once (:func:`stalign.im.tissue_mask`) and a patch's tissue fraction is its
+    once ([`stalign.im.tissue_mask`][stalign.im.tissue_mask]) and a patch's tissue fraction is its
     coverage by that mask, so fat and pale stroma inside the tissue count as
     tissue. Where the platform calls spots in or out of tissue
     (``obs['in_tissue']``: legacy ST ``selected``, Visium ``in_tissue``) that call
@@ -338,7 +338,7 @@ def extract_patches(
     use_in_tissue
         Trust ``obs['in_tissue']`` where present (``tissue_qc="mask"`` only).
     image
-        Anything :func:`open_image` accepts; defaults to the AnnData's image.
+        Anything [`open_image`][stalign.im.open_image] accepts; defaults to the AnnData's image.
     batch_size
         Patches read per batch.
     saturation_threshold

@@ -42,7 +42,7 @@ class Window:
 def patch_window(
     cx: float, cy: float, *, size_px: int, mpp: float, level_mpp: float, level_ds: float
 ) -> Window:
-    """Return the :class:`Window` of a ``size_px`` patch at ``mpp`` µm/px centred on ``(cx, cy)``.
+    """Return the `Window` of a ``size_px`` patch at ``mpp`` µm/px centred on ``(cx, cy)``.
 
     Parameters
     ----------

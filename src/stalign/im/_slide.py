@@ -1,4 +1,4 @@
-"""The lazy H&E image: :class:`SlideImage` and :func:`open_image`."""
+"""The lazy H&E image: `SlideImage` and `open_image`."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class SlideImage:
     (x = column, y = row). Nothing reads a whole level into memory: regions are
     assembled from the tiles they touch (decoded tiles are cached, bounded in bytes).
 
-    Use :func:`open_image` to create one.
+    Use [`open_image`][stalign.im.open_image] to create one.
 
     Attributes
     ----------
@@ -99,7 +99,7 @@ class SlideImage:
 
     @property
     def level_mpps(self) -> tuple[float, ...] | None:
-        """µm/px of each level, or ``None`` when :attr:`mpp` is unknown."""
+        """µm/px of each level, or ``None`` when `mpp` is unknown."""
         if self.mpp is None:
             return None
         return tuple(self.mpp * d for d in self.level_downsamples)
@@ -208,7 +208,8 @@ class SlideImage:
 
         Returns
         -------
-        ``(height, width, 3)`` uint8 array; parts outside the image are zero.
+        np.ndarray
+            ``(height, width, 3)`` uint8 array; parts outside the image are zero.
         """
         if not 0 <= level < self.level_count:
             msg = f"level must be in [0, {self.level_count - 1}], got {level}"
@@ -244,7 +245,7 @@ class SlideImage:
         The source is the coarsest level whose µm/px is ≤ ``mpp``; only the window
         the patch needs is read, then resampled with antialiasing (Lanczos) to
         ``size_px``. Output pixels outside the image are zero (never shifted); use
-        :meth:`read_patches` to also get the in-image flag.
+        [`read_patches`][stalign.im.SlideImage.read_patches] to also get the in-image flag.
 
         Parameters
         ----------
@@ -257,7 +258,8 @@ class SlideImage:
 
         Returns
         -------
-        ``(size_px, size_px, 3)`` uint8 array.
+        np.ndarray
+            ``(size_px, size_px, 3)`` uint8 array.
         """
         patches, _ = self.read_patches(np.array([[cx, cy]], float), size_px=size_px, mpp=mpp)
         return patches[0]
@@ -390,8 +392,8 @@ def _reconcile_mpp(
 ) -> tuple[float | None, str | None]:
     """Return ``(µm/px, source)`` of an image: the user's value if given, else its own.
 
-    The one rule of :func:`stalign.io.reconcile_mpp` (the readers use it too): the
-    user's value wins and a :class:`~stalign.io.MppMismatchWarning` is emitted when the
+    The one rule of `stalign.io.reconcile_mpp` (the readers use it too): the
+    user's value wins and a `MppMismatchWarning` is emitted when the
     image's own value differs by more than 10 %.
     """
     estimates: dict[str, float | None] = {
@@ -521,7 +523,7 @@ def from_array(
     source: str = "array",
     mpp_source: str | None = None,
 ) -> SlideImage:
-    """Wrap an in-memory ``(h, w, 3)`` image as a single-level :class:`SlideImage`.
+    """Wrap an in-memory ``(h, w, 3)`` image as a single-level `SlideImage`.
 
     Parameters
     ----------
@@ -627,25 +629,25 @@ def open_image(
           into memory), or an OpenSlide format
           (``.ndpi``, ``.mrxs``, ... — needs ``pip install 'stalign[openslide]'``);
         * an ``(h, w, 3)`` uint8 ``np.ndarray``;
-        * an AnnData read by :mod:`stalign.io` (uses ``uns['stalign']['image_path']``
+        * an AnnData read by [`stalign.io`][stalign.io] (uses ``uns['stalign']['image_path']``
           and ``['mpp']``; without an image path, the in-memory ``hires``/``lowres``
           image of ``uns['spatial'][library_id]`` scaled so that
           ``obsm['spatial']`` still applies);
-        * a :class:`SlideImage` (returned as is).
+        * a [`SlideImage`][stalign.im.SlideImage] (returned as is).
     mpp
         µm per level-0 pixel. Overrides what the file or AnnData says (a warning
         is logged when they differ by more than 10 %).
     max_pixels
         Largest plain (JPEG/PNG) image, in px, decoded into memory; default the
         ``STALIGN_MAX_IMAGE_PIXELS`` environment variable or
-        :data:`stalign.io.MAX_IMAGE_PIXELS` (1 Gpx). PIL's process-wide
+        [`stalign.io.MAX_IMAGE_PIXELS`][stalign.io.MAX_IMAGE_PIXELS] (1 Gpx). PIL's process-wide
         ``Image.MAX_IMAGE_PIXELS`` is neither used nor changed. Tiled TIFFs are read
         lazily and are not limited.
 
     Returns
     -------
     SlideImage
-        Read it with :meth:`SlideImage.read_region` / :meth:`SlideImage.read_patch`;
+        Read it with `SlideImage.read_region` / `SlideImage.read_patch`;
         close it (or use ``with``) to release the file.
 
     Raises

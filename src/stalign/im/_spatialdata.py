@@ -1,10 +1,10 @@
 """Write a stalign AnnData as SpatialData, or its results into an existing SpatialData.
 
-:func:`to_spatialdata` writes the image (streamed chunk by chunk from
-:func:`stalign.im.open_image`), the spots as circles, and the table with what stalign
+[`to_spatialdata`][stalign.im.to_spatialdata] writes the image (streamed chunk by chunk from
+`stalign.im.open_image`), the spots as circles, and the table with what stalign
 computed (``obsm['pathway_scores']``, ``obsm['X_<encoder>']``); with ``sdata=`` it writes
 those into an existing table. It lives in ``im`` because it reads the H&E through
-``im``'s lazy slide; the reader, :func:`stalign.io.read_spatialdata`, stays in ``io``
+``im``'s lazy slide; the reader, `stalign.io.read_spatialdata`, stays in ``io``
 (which sits below ``im``) and shares the µm coordinate system and the store look-ups.
 """
 
@@ -198,7 +198,7 @@ def to_spatialdata(
     ----------
     adata
         An AnnData in the reader layout (any reader, or
-        :func:`stalign.io.read_spatialdata`),
+        [`stalign.io.read_spatialdata`][stalign.io.read_spatialdata]),
         possibly with ``obsm['pathway_scores']`` / ``obsm['X_<encoder>']``.
     sdata
         An existing SpatialData (object or ``.zarr`` path): only stalign's ``obsm``
@@ -233,7 +233,7 @@ def to_spatialdata(
     Notes
     -----
     The writer lives in ``stalign.im`` (it streams the H&E through
-    :func:`open_image`); the reader, :func:`stalign.io.read_spatialdata`, lives in
+    `open_image`); the reader, `stalign.io.read_spatialdata`, lives in
     ``stalign.io`` with the other readers. ``io`` sits below ``im`` and may not import
     it, so the writer cannot live beside the reader.
     """

@@ -2,13 +2,13 @@
 
 Two rules decide how much of a patch is tissue:
 
-* **slide-level mask** (:func:`tissue_mask`, the default): tissue is segmented
+* **slide-level mask** ([`tissue_mask`][stalign.im.tissue_mask], the default): tissue is segmented
   once per slide on a low-resolution thumbnail (saturation with a hysteresis
   threshold, morphological closing, hole filling, small-object removal, as in
   CLAM/HEST), and a patch's tissue fraction is its coverage by that mask
-  (:meth:`TissueMask.coverage`). Fat and pale stroma *inside* the tissue
+  (`TissueMask.coverage`). Fat and pale stroma *inside* the tissue
   outline count as tissue; glass, pen marks and debris do not.
-* **per-pixel saturation** (:func:`tissue_threshold` + :func:`tissue_fraction`):
+* **per-pixel saturation** (`tissue_threshold` + `tissue_fraction`):
   the fraction of coloured pixels in the patch. White fat-cell interiors and
   pale stroma count as background under this rule.
 """
@@ -68,7 +68,7 @@ def tissue_threshold(image: SlideImage, *, thumbnail_size: int = 1024) -> float:
     """Otsu threshold of HSV saturation (0–255) on a low-resolution thumbnail.
 
     Computed once per slide and then applied to every patch with
-    :func:`tissue_fraction` (the per-pixel rule, ``tissue_qc="pixels"``).
+    [`tissue_fraction`][stalign.im.tissue_fraction] (the per-pixel rule, ``tissue_qc="pixels"``).
 
     Parameters
     ----------
@@ -108,14 +108,15 @@ def tissue_fraction(
     patches
         ``(n, h, w, 3)`` or ``(h, w, 3)`` uint8 patches.
     threshold
-        Saturation threshold (0–255), e.g. from :func:`tissue_threshold`.
+        Saturation threshold (0–255), e.g. from [`tissue_threshold`][stalign.im.tissue_threshold].
     stride
         Evaluate every ``stride``-th pixel in each direction (speed; 1 = all).
         Default: ``max(1, side // 64)``, i.e. at least a 64×64 sample grid.
 
     Returns
     -------
-    ``(n,)`` float32 in ``[0, 1]`` (a scalar array for a single patch).
+    np.ndarray
+        ``(n,)`` float32 in ``[0, 1]`` (a scalar array for a single patch).
     """
     patches = np.asarray(patches)
     if stride is None:
@@ -136,9 +137,9 @@ def tissue_fraction(
 class TissueMask:
     """A slide-level tissue mask on a low-resolution grid.
 
-    Made by :func:`tissue_mask` (segmented from the slide's thumbnail) or by
-    :func:`~stalign.im.read_hest_tissue` (HEST-1k's ``tissue_seg/`` contours or
-    mask image); both give a patch's tissue fraction through :meth:`coverage`.
+    Made by [`tissue_mask`][stalign.im.tissue_mask] (segmented from the slide's thumbnail) or by
+    [`read_hest_tissue`][stalign.im.read_hest_tissue] (HEST-1k's ``tissue_seg/`` contours or
+    mask image); both give a patch's tissue fraction through `coverage`.
 
     Attributes
     ----------
@@ -153,11 +154,11 @@ class TissueMask:
         µm per mask pixel; ``None`` when the slide's µm/px is not known (a HEST
         mask read without ``mpp=``).
     params
-        How the mask was made. From :func:`tissue_mask`: ``mask_mpp`` (µm/px),
+        How the mask was made. From [`tissue_mask`][stalign.im.tissue_mask]: ``mask_mpp`` (µm/px),
         ``closing_um``, ``min_object_um2``, ``max_hole_um2``, ``hysteresis``, and
         the saturation thresholds found on this slide (``saturation_high``,
         ``saturation_low``, ``glass_saturation``, 0–255). From
-        :func:`~stalign.im.read_hest_tissue`: ``source`` (the file read) and
+        [`read_hest_tissue`][stalign.im.read_hest_tissue]: ``source`` (the file read) and
         ``kind`` (``"hest_contours"`` or ``"hest_mask_image"``).
     """
 
@@ -246,7 +247,7 @@ class TissueMask:
 
 
 def tissue_mask_settings() -> dict[str, Any]:
-    """Every setting :func:`tissue_mask` runs with by default (µm, µm², 0–255 units).
+    """Every setting `tissue_mask` runs with by default (µm, µm², 0–255 units).
 
     Its keyword defaults and the fixed thresholds of this module. A pairs store
     fingerprints them (``PairsParams.to_dict``), so shards masked under another rule
@@ -277,7 +278,7 @@ def tissue_mask(
     """Segment the tissue of a slide on a low-resolution thumbnail.
 
     The thumbnail is read from the lazy image's smallest sufficient pyramid level
-    (:meth:`SlideImage.get_thumbnail`; level 0 of a pyramid is never loaded
+    (`SlideImage.get_thumbnail`; level 0 of a pyramid is never loaded
     whole). Then:
 
     1. HSV saturation, read up to 8× finer than the mask and reduced per block
@@ -360,7 +361,7 @@ def tissue_mask(
 
 
 def _mask_options(**opts: Any) -> dict[str, Any]:
-    """Validate the parameters of :func:`tissue_mask` (one clear error per bad value)."""
+    """Validate the parameters of `tissue_mask` (one clear error per bad value)."""
     out: dict[str, Any] = {"mask_mpp": _check_positive(opts["mask_mpp"], "mask_mpp")}
     if int(opts["max_side"]) != opts["max_side"] or int(opts["max_side"]) < 64:
         msg = f"max_side must be an integer of at least 64 px, got {opts['max_side']!r}"
@@ -401,8 +402,8 @@ def _ink_or_dark(rgb: np.ndarray, s: np.ndarray) -> np.ndarray:
 def _stain_map(image: SlideImage, side: int) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """Saturation and ink maps on a grid of longest side about ``side`` px.
 
-    Read at up to :data:`_FINE_FACTOR` times finer than the grid (bounded by
-    :data:`_MAX_FINE_SIDE`) and reduced per block by the ``k``-th largest value of
+    Read at up to `_FINE_FACTOR` times finer than the grid (bounded by
+    `_MAX_FINE_SIDE`) and reduced per block by the ``k``-th largest value of
     the ``k × k`` block: a one-pixel membrane crossing the block survives, where a
     box average (a plain thumbnail) would dilute it into the white of fat cells.
 
@@ -442,10 +443,10 @@ def _reduce_blocks(rgb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def _segment(
     s: np.ndarray, ink: np.ndarray, mpp: float, opts: dict[str, Any]
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Run the segmentation steps of :func:`tissue_mask` on a saturation map.
+    """Run the segmentation steps of [`tissue_mask`][stalign.im.tissue_mask] on a saturation map.
 
-    ``s`` (0–255, ink set to 0) and ``ink`` come from :func:`_stain_map`; ``mpp`` is
-    their µm/px; ``opts`` the validated :func:`tissue_mask` options.
+    ``s`` (0–255, ink set to 0) and ``ink`` come from `_stain_map`; ``mpp`` is
+    their µm/px; ``opts`` the validated [`tissue_mask`][stalign.im.tissue_mask] options.
     """
     from scipy import ndimage as ndi
 

@@ -12,7 +12,7 @@ the H&E image, ``uns['spatial'][library_id]`` (squidpy layout) and ``uns['stalig
 
 ``io`` only reads: it sits below ``im`` and never imports it. Writing SpatialData back
 needs the H&E through ``im``'s lazy slide, so the writer is
-:func:`stalign.im.to_spatialdata`.
+[`stalign.im.to_spatialdata`][stalign.im.to_spatialdata].
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Build the AnnData every reader returns (docs/architecture.md, "The AnnData a reader returns").
 
-Each platform reader parses its own files, then hands arrays to :func:`assemble`,
+Each platform reader parses its own files, then hands arrays to `assemble`,
 which validates them (integer non-negative counts, unique barcodes, finite
 coordinates inside the image) and lays them out the same way for every platform.
 """
@@ -29,7 +29,7 @@ PathLike = str | os.PathLike
 
 
 def as_path(path: PathLike, *, what: str, must_exist: bool = True) -> Path:
-    """Return ``path`` as a :class:`~pathlib.Path`, raising when it does not exist.
+    """Return ``path`` as a `Path`, raising when it does not exist.
 
     Parameters
     ----------
@@ -38,7 +38,7 @@ def as_path(path: PathLike, *, what: str, must_exist: bool = True) -> Path:
     what
         Description used in the error message (e.g. ``"counts table"``).
     must_exist
-        Raise :class:`FileNotFoundError` when the path is missing.
+        Raise `FileNotFoundError` when the path is missing.
     """
     p = Path(path).expanduser()
     if must_exist and not p.exists():
@@ -100,7 +100,7 @@ def read_table(path: Path, *, what: str, **kwargs: Any) -> pd.DataFrame:
     what
         What the file should hold (``"counts table"``), used in messages.
     **kwargs
-        Passed to :func:`pandas.read_csv` (``sep``, ``index_col``, ``header``, ...).
+        Passed to `pandas.read_csv` (``sep``, ``index_col``, ``header``, ...).
 
     Raises
     ------
@@ -191,7 +191,7 @@ def check_counts(X: Any, *, source: PathLike) -> sp.csr_matrix:
 
 
 def check_unique(ids: Sequence[str] | pd.Index, *, what: str, source: PathLike) -> pd.Index:
-    """Return ``ids`` as an Index of str, raising :class:`ValueError` on duplicates."""
+    """Return ``ids`` as an Index of str, raising `ValueError` on duplicates."""
     index = pd.Index(np.asarray(ids, dtype=str))
     dup = index[index.duplicated()]
     if len(dup):
@@ -227,8 +227,9 @@ def join_positions(
 
     Returns
     -------
-    The positions rows in ``barcodes`` order (only kept spots) and a boolean mask of the
-    kept rows of the count matrix.
+    tuple[pd.DataFrame, np.ndarray]
+        The positions rows in ``barcodes`` order (only kept spots) and a boolean mask of the
+        kept rows of the count matrix.
     """
     if missing not in ("raise", "drop"):
         msg = f"missing_positions must be 'raise' or 'drop', got {missing!r}"
@@ -396,10 +397,11 @@ def assemble(
 
     Returns
     -------
-    AnnData with ``X`` (CSR float32), ``layers['counts']`` (when ``is_counts``),
-    ``var['gene_ids']``, ``var['gene_symbols']``, ``obsm['spatial']`` (float64 level-0 px),
-    ``uns['spatial'][library_id]`` (``images``, ``scalefactors``, ``metadata``) and
-    ``uns['stalign']``.
+    ad.AnnData
+        AnnData with ``X`` (CSR float32), ``layers['counts']`` (when ``is_counts``),
+        ``var['gene_ids']``, ``var['gene_symbols']``, ``obsm['spatial']`` (float64 level-0 px),
+        ``uns['spatial'][library_id]`` (``images``, ``scalefactors``, ``metadata``) and
+        ``uns['stalign']``.
     """
     obs_index = check_unique(obs_names, what="barcodes / spot ids", source=counts_source)
     if is_counts:

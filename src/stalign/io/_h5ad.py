@@ -198,13 +198,14 @@ def read_h5ad(
 
     Returns
     -------
-    AnnData in the reader layout: ``X`` (and ``layers['counts']`` when counts were
-    found: from ``layers['counts']`` first, else from an integer ``X``), ``obs`` as in the
-    file, ``var['gene_ids']``, ``var['gene_symbols']``, ``obsm['spatial']``,
-    ``uns['spatial'][library_id]`` (file images/scale factors kept) and
-    ``uns['stalign']`` (``platform='h5ad'``, ``image_path``, ``mpp``, ``mpp_source``,
-    ``spot_diameter_um``, ``x_is_counts``). Other ``obsm``/``obsp``/``uns`` entries of
-    the file are not carried over.
+    ad.AnnData
+        AnnData in the reader layout: ``X`` (and ``layers['counts']`` when counts were
+        found: from ``layers['counts']`` first, else from an integer ``X``), ``obs`` as in the
+        file, ``var['gene_ids']``, ``var['gene_symbols']``, ``obsm['spatial']``,
+        ``uns['spatial'][library_id]`` (file images/scale factors kept) and
+        ``uns['stalign']`` (``platform='h5ad'``, ``image_path``, ``mpp``, ``mpp_source``,
+        ``spot_diameter_um``, ``x_is_counts``). Other ``obsm``/``obsp``/``uns`` entries of
+        the file are not carried over.
 
     Raises
     ------
@@ -316,10 +317,12 @@ def read_hest(
 
     Returns
     -------
-    AnnData in the reader layout (see :func:`read_h5ad`) with ``uns['stalign']``
-    ``platform='hest'``, ``image_path`` = the WSI, ``mpp_source='hest_metadata'`` (or
-    ``'user'``), ``spot_diameter_um`` from the metadata (``spot_diameter``, else by
-    ``st_technology``), and the metadata JSON in ``uns['spatial'][id]['metadata']``.
+    ad.AnnData
+        AnnData in the reader layout (see [`read_h5ad`][stalign.io.read_h5ad]) with
+        ``uns['stalign']``
+        ``platform='hest'``, ``image_path`` = the WSI, ``mpp_source='hest_metadata'`` (or
+        ``'user'``), ``spot_diameter_um`` from the metadata (``spot_diameter``, else by
+        ``st_technology``), and the metadata JSON in ``uns['spatial'][id]['metadata']``.
 
     Raises
     ------

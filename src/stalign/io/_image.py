@@ -1,19 +1,19 @@
-"""Image files for the readers and :mod:`stalign.im`: headers, limits, thumbnails, metadata.
+"""Image files for the readers and `stalign.im`: headers, limits, thumbnails, metadata.
 
 This module is the one home of what every image read shares:
 
-* :func:`open_pil` — open a plain image (JPEG, PNG, ...) with **stalign's own pixel
-  limit** (:data:`MAX_IMAGE_PIXELS`, environment variable ``STALIGN_MAX_IMAGE_PIXELS``,
+* `open_pil` — open a plain image (JPEG, PNG, ...) with **stalign's own pixel
+  limit** (`MAX_IMAGE_PIXELS`, environment variable ``STALIGN_MAX_IMAGE_PIXELS``,
   or ``max_pixels=``) instead of PIL's process-wide ``Image.MAX_IMAGE_PIXELS``, which is
   never changed: ordinary whole-slide images read without ``DecompressionBombWarning``,
   a file declaring more pixels than the limit is refused from its header with
-  :class:`ImageTooLargeError`, and PIL opens elsewhere in the process stay guarded;
-* :func:`tiff_mpp` — µm/px from OME-XML, an Aperio ``MPP=`` description or the TIFF
-  resolution tags (one rule for the readers and :func:`stalign.im.open_image`);
-* :func:`to_rgb_uint8` — one RGB conversion (gray repeated, alpha dropped, wider
+  `ImageTooLargeError`, and PIL opens elsewhere in the process stay guarded;
+* `tiff_mpp` — µm/px from OME-XML, an Aperio ``MPP=`` description or the TIFF
+  resolution tags (one rule for the readers and [`stalign.im.open_image`][stalign.im.open_image]);
+* `to_rgb_uint8` — one RGB conversion (gray repeated, alpha dropped, wider
   integer types scaled by their type's maximum, floats expected in ``[0, 1]``).
 
-The lazy, full-featured image belongs to :mod:`stalign.im`; :mod:`stalign.io` must not
+The lazy, full-featured image belongs to `stalign.im`; `stalign.io` must not
 import it (``im`` imports ``io``). The readers here only read headers (PIL / tifffile)
 to get the level-0 size and resolution, detect truncated or non-image files, and build
 the small ``hires``/``lowres`` thumbnails stored in ``uns['spatial']``.
@@ -42,10 +42,10 @@ logger = logging.getLogger(__name__)
 #: Largest image, in pixels (width × height), that stalign decodes whole: plain JPEG /
 #: PNG images (read into memory: 1 Gpx is ~3 GB of RGB, e.g. 31,600 × 31,600 px) and a
 #: single TIFF tile or strip. Larger plain images are refused with
-#: :class:`ImageTooLargeError`; convert them to a tiled pyramidal TIFF, which is read
+#: `ImageTooLargeError`; convert them to a tiled pyramidal TIFF, which is read
 #: lazily tile by tile. Override with ``STALIGN_MAX_IMAGE_PIXELS`` or ``max_pixels=``.
 MAX_IMAGE_PIXELS = 1_000_000_000
-#: Environment variable that overrides :data:`MAX_IMAGE_PIXELS` (a positive integer).
+#: Environment variable that overrides `MAX_IMAGE_PIXELS` (a positive integer).
 MAX_IMAGE_PIXELS_ENV = "STALIGN_MAX_IMAGE_PIXELS"
 
 #: Max side (px) of the thumbnails kept in ``uns['spatial'][lib]['images']``, as Space Ranger.
@@ -56,7 +56,7 @@ _OME_UNITS_UM = {"nm": 1e-3, "µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "mm": 1e3, "
 
 
 class ImageTooLargeError(ValueError):
-    """An image declares more pixels than stalign's limit (:data:`MAX_IMAGE_PIXELS`)."""
+    """An image declares more pixels than stalign's limit (`MAX_IMAGE_PIXELS`)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def max_image_pixels(max_pixels: int | None = None) -> int:
     ----------
     max_pixels
         Explicit limit (px); ``None`` reads ``STALIGN_MAX_IMAGE_PIXELS`` (``1_000_000``,
-        ``4e9`` are accepted) and falls back to :data:`MAX_IMAGE_PIXELS`.
+        ``4e9`` are accepted) and falls back to [`MAX_IMAGE_PIXELS`][stalign.io.MAX_IMAGE_PIXELS].
 
     Raises
     ------
@@ -123,7 +123,7 @@ def max_image_pixels(max_pixels: int | None = None) -> int:
 def check_image_pixels(
     path: Path, width: int, height: int, *, max_pixels: int | None = None, what: str = "image"
 ) -> None:
-    """Raise :class:`ImageTooLargeError` when ``width × height`` exceeds the limit.
+    """Raise `ImageTooLargeError` when ``width × height`` exceeds the limit.
 
     Parameters
     ----------
@@ -132,7 +132,7 @@ def check_image_pixels(
     width, height
         Size of what would be decoded whole, px.
     max_pixels
-        Limit (px); see :func:`max_image_pixels`.
+        Limit (px); see [`max_image_pixels`][stalign.io.max_image_pixels].
     what
         What is decoded (``"image"``, ``"TIFF strip"``), used in the message.
     """
@@ -185,11 +185,12 @@ def open_pil(path: str | os.PathLike, *, max_pixels: int | None = None) -> PILIm
     path
         JPEG, PNG or any other format PIL reads.
     max_pixels
-        Limit (px); default ``STALIGN_MAX_IMAGE_PIXELS`` or :data:`MAX_IMAGE_PIXELS`.
+        Limit (px); default ``STALIGN_MAX_IMAGE_PIXELS`` or `MAX_IMAGE_PIXELS`.
 
     Returns
     -------
-    The opened ``PIL.Image.Image`` (use it as a context manager to close the file).
+    PILImage.Image
+        The opened ``PIL.Image.Image`` (use it as a context manager to close the file).
 
     Raises
     ------
@@ -277,7 +278,7 @@ def tiff_mpp(tif: Any, page: Any) -> tuple[float | None, str | None]:
     Sources, in order: OME-XML ``PhysicalSizeX`` (with its unit) → ``'ome'``; an Aperio
     ``MPP = …`` image description → ``'aperio'``; the ``XResolution`` tag in px per
     inch or cm → ``'tiff_resolution'``, ignored when outside the plausible histology
-    range :data:`~stalign.io._mpp.MPP_PLAUSIBLE_RANGE` (72/96/300 dpi defaults of image
+    range `MPP_PLAUSIBLE_RANGE` (72/96/300 dpi defaults of image
     software give 85–350 µm/px).
 
     Parameters
@@ -362,7 +363,7 @@ def image_info(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
         TIFF / OME-TIFF / JPEG / PNG file.
     max_pixels
         Pixel limit for plain (non-TIFF) images, which stalign decodes whole; default
-        ``STALIGN_MAX_IMAGE_PIXELS`` or :data:`MAX_IMAGE_PIXELS`. TIFFs are read lazily
+        ``STALIGN_MAX_IMAGE_PIXELS`` or `MAX_IMAGE_PIXELS`. TIFFs are read lazily
         and have no overall limit.
 
     Raises
@@ -405,11 +406,12 @@ def load_thumbnail(
     max_side
         Longest side of the result, px.
     max_pixels
-        Pixel limit (see :func:`image_info`).
+        Pixel limit (see [`image_info`][stalign.io.image_info]).
 
     Returns
     -------
-    ``(image, scale)``: uint8 ``(h, w, 3)`` and the factor from level-0 px to image px.
+    tuple[np.ndarray, float]
+        ``(image, scale)``: uint8 ``(h, w, 3)`` and the factor from level-0 px to image px.
 
     Raises
     ------
@@ -510,7 +512,7 @@ def thumbnails(
     path
         The level-0 image.
     max_pixels
-        Pixel limit (see :func:`image_info`).
+        Pixel limit (see [`image_info`][stalign.io.image_info]).
     """
     hires, sf_h = load_thumbnail(path, HIRES_MAX_PX, max_pixels=max_pixels)
     from PIL import Image

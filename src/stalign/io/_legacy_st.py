@@ -93,14 +93,15 @@ def find_legacy_st_files(path: PathLike) -> dict[str, Path | None]:
 
     Returns
     -------
-    Dict with ``counts``, ``positions`` (``alignment_table_<section>.tsv`` or
-    ``<section>_spots.tsv``/``spots_<section>.tsv``/``<section>_alignment.tsv``, each
-    gzipped or not), ``image`` (``<section>.jpg|jpeg|png|tif|tiff``) and ``genes``
-    (``*genes.tsv[.gz]`` in the same folder); missing ones are ``None``.
+    dict[str, Path | None]
+        Dict with ``counts``, ``positions`` (``alignment_table_<section>.tsv`` or
+        ``<section>_spots.tsv``/``spots_<section>.tsv``/``<section>_alignment.tsv``, each
+        gzipped or not), ``image`` (``<section>.jpg|jpeg|png|tif|tiff``) and ``genes``
+        (``*genes.tsv[.gz]`` in the same folder); missing ones are ``None``.
 
-    Names are matched ignoring case (``B4.TSV.GZ``, ``B4.JPG``) and are taken from the
-    path given, never from the target of a symbolic link: for ``st/B4.tsv.gz`` ->
-    ``../raw/B4/counts.tsv.gz`` the siblings are ``st/B4_spots.tsv``, ``st/B4.jpg``.
+        Names are matched ignoring case (``B4.TSV.GZ``, ``B4.JPG``) and are taken from the
+        path given, never from the target of a symbolic link: for ``st/B4.tsv.gz`` ->
+        ``../raw/B4/counts.tsv.gz`` the siblings are ``st/B4_spots.tsv``, ``st/B4.jpg``.
     """
     counts = _resolve_counts(absolute(path))
     stem = _strip(counts.name)
@@ -249,8 +250,9 @@ def estimate_mpp_from_grid(
 
     Returns
     -------
-    ``{'mpp': geometric mean, 'mpp_x', 'mpp_y', 'px_per_unit_x', 'px_per_unit_y',
-    'um_per_unit_x', 'um_per_unit_y', 'residual_px'}`` (µm/px, px, µm).
+    dict[str, float]
+        ``{'mpp': geometric mean, 'mpp_x', 'mpp_y', 'px_per_unit_x', 'px_per_unit_y',
+        'um_per_unit_x', 'um_per_unit_y', 'residual_px'}`` (µm/px, px, µm).
 
     Raises
     ------
@@ -413,19 +415,20 @@ def read_legacy_st(
 
     Returns
     -------
-    AnnData (spots × genes) with
+    ad.AnnData
+        AnnData (spots × genes) with
 
-    * ``X`` and ``layers['counts']``: raw counts (CSR float32 holding integers),
-    * ``var_names`` unique symbols, ``var['gene_ids']``, ``var['gene_symbols']``,
-    * ``obs['in_tissue']`` (bool, from ``selected``), ``obs['array_col']`` (x),
-      ``obs['array_row']`` (y),
-    * ``obsm['spatial']``: ``pixel_x``, ``pixel_y`` (level-0 px of the H&E),
-    * ``uns['spatial'][library_id]``: ``images`` (``hires`` ≤2000 px, ``lowres`` ≤600 px),
-      ``scalefactors`` (``tissue_hires_scalef``, ``tissue_lowres_scalef``,
-      ``spot_diameter_fullres`` px), ``metadata`` (source files, grid fit),
-    * ``uns['stalign']``: ``library_id``, ``platform='legacy_st'``, ``image_path``,
-      ``mpp`` (µm/px), ``mpp_source`` (``'spot_pitch'`` or ``'user'``),
-      ``spot_diameter_um``.
+        * ``X`` and ``layers['counts']``: raw counts (CSR float32 holding integers),
+        * ``var_names`` unique symbols, ``var['gene_ids']``, ``var['gene_symbols']``,
+        * ``obs['in_tissue']`` (bool, from ``selected``), ``obs['array_col']`` (x),
+          ``obs['array_row']`` (y),
+        * ``obsm['spatial']``: ``pixel_x``, ``pixel_y`` (level-0 px of the H&E),
+        * ``uns['spatial'][library_id]``: ``images`` (``hires`` ≤2000 px, ``lowres`` ≤600 px),
+          ``scalefactors`` (``tissue_hires_scalef``, ``tissue_lowres_scalef``,
+          ``spot_diameter_fullres`` px), ``metadata`` (source files, grid fit),
+        * ``uns['stalign']``: ``library_id``, ``platform='legacy_st'``, ``image_path``,
+          ``mpp`` (µm/px), ``mpp_source`` (``'spot_pitch'`` or ``'user'``),
+          ``spot_diameter_um``.
 
     Raises
     ------

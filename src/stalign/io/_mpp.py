@@ -2,7 +2,7 @@
 
 The one rule for every place that holds more than one µm/px of an image: the
 readers (platform geometry vs image metadata vs the user's value) and
-:func:`stalign.im.open_image` (the user's value vs the file's tags; an AnnData's
+[`stalign.im.open_image`][stalign.im.open_image] (the user's value vs the file's tags; an AnnData's
 µm/px vs its image's tags).
 """
 
@@ -62,14 +62,15 @@ def reconcile_mpp(
         What is being read (named in the warning), e.g. the sample path.
     tolerance
         Relative difference (to the chosen value) above which a
-        :class:`MppMismatchWarning` is emitted.
+        [`MppMismatchWarning`][stalign.io.MppMismatchWarning] is emitted.
     prefer
         Sources ranked ahead of the order above, first one first (e.g. the
         already reconciled µm/px of an AnnData over its image's tags).
 
     Returns
     -------
-    ``(mpp, source)``; ``(None, "unknown")`` when no estimate exists.
+    tuple[float | None, str]
+        ``(mpp, source)``; ``(None, "unknown")`` when no estimate exists.
 
     Raises
     ------

@@ -23,7 +23,7 @@ _LOOKED_FOR = """\
 
 
 def detect_platform(path: PathLike) -> str:
-    """Return the platform whose layout ``path`` has (one of :data:`PLATFORMS`).
+    """Return the platform whose layout ``path`` has (one of [`PLATFORMS`][stalign.io.PLATFORMS]).
 
     Raises
     ------
@@ -101,16 +101,17 @@ def read(path: PathLike, *, platform: str | None = None, **kwargs: Any) -> ad.An
     platform
         One of ``visium``, ``visium_hd``, ``xenium``, ``legacy_st``, ``hest``, ``h5ad``,
         ``spatialdata``;
-        detected from the layout when ``None`` (see :func:`detect_platform`).
+        detected from the layout when ``None`` (see `detect_platform`).
     **kwargs
         Passed to the platform reader (``image=``, ``mpp=``, ``library_id=``, …).
 
     Returns
     -------
-    AnnData as documented by the platform reader: raw counts in ``X`` and
-    ``layers['counts']``, ``var['gene_ids']``/``var['gene_symbols']``,
-    ``obsm['spatial']`` (level-0 px of the H&E), ``uns['spatial'][library_id]`` and
-    ``uns['stalign']``.
+    ad.AnnData
+        AnnData as documented by the platform reader: raw counts in ``X`` and
+        ``layers['counts']``, ``var['gene_ids']``/``var['gene_symbols']``,
+        ``obsm['spatial']`` (level-0 px of the H&E), ``uns['spatial'][library_id]`` and
+        ``uns['stalign']``.
 
     Raises
     ------

@@ -1,15 +1,15 @@
 """SpatialData ↔ the stalign AnnData (scverse's container for images, shapes and tables).
 
-:func:`read_spatialdata` turns one table of a SpatialData object (or ``.zarr`` store)
+`read_spatialdata` turns one table of a SpatialData object (or ``.zarr`` store)
 into the AnnData every reader returns: spot centres from the table's shapes element
 mapped into the pixels of the chosen H&E image through the elements'
 transformations, µm/px from a micrometre coordinate system (or the spot size), and
 the image kept lazy (``uns['stalign']['image_path']`` = the image element's OME-Zarr
 folder, read chunk by chunk).
 
-The writer, :func:`stalign.im.to_spatialdata`, lives in ``stalign.im``: it streams the
-H&E through :func:`stalign.im.open_image`, and ``io`` sits below ``im`` (it may not
-import it). The two share :data:`MICRON_SYSTEM` and the store/element look-ups here.
+The writer, `stalign.im.to_spatialdata`, lives in ``stalign.im``: it streams the
+H&E through `stalign.im.open_image`, and ``io`` sits below ``im`` (it may not
+import it). The two share `MICRON_SYSTEM` and the store/element look-ups here.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MICRON_SYSTEM", "read_spatialdata"]
 
-#: coordinate system in µm that :func:`stalign.im.to_spatialdata` writes (and the reader
+#: coordinate system in µm that `stalign.im.to_spatialdata` writes (and the reader
 #: looks for)
 MICRON_SYSTEM = "um"
 _MICRON_NAMES = ("um", "µm", "micron", "microns", "micrometer", "micrometre", "micrometers")
@@ -204,7 +204,7 @@ def read_spatialdata(
     Parameters
     ----------
     sdata
-        A :class:`spatialdata.SpatialData` or the path of its ``.zarr`` store.
+        A `spatialdata.SpatialData` or the path of its ``.zarr`` store.
     table
         Table name; default the only table (an error lists the names when there
         are several).
@@ -221,7 +221,7 @@ def read_spatialdata(
         Key in ``uns['spatial']``; default the table name.
     mpp
         µm per pixel of the image; default from a micrometre coordinate system
-        (``'um'``, as :func:`to_spatialdata` writes), else ``spot_diameter_um`` over
+        (``'um'``, as `to_spatialdata` writes), else ``spot_diameter_um`` over
         the spots' diameter in image px.
     spot_diameter_um
         Physical spot diameter (e.g. 55 for Visium); default the table's
@@ -231,17 +231,18 @@ def read_spatialdata(
 
     Returns
     -------
-    AnnData in the reader layout: ``X`` (+ ``layers['counts']``), ``var['gene_ids']``,
-    ``var['gene_symbols']``, ``obsm['spatial']`` (the spots' centres in level-0 px:
-    the image's own pixels when it maps 1:1 or is large; coordinate-system units
-    when a small image is scaled into them, as Visium's hires/lowres images are —
-    then the image is kept in ``images['hires']`` with its scale factor; without
-    image: coordinate-system units),
-    ``uns['spatial'][library_id]`` (``scalefactors['spot_diameter_fullres']``) and
-    ``uns['stalign']`` (``platform='spatialdata'``, ``image_path`` = the image's
-    OME-Zarr folder for a stored object — read lazily — ``mpp``, ``mpp_source``).
-    An image of an in-memory object is computed and kept as ``images['hires']``
-    (use a stored object for whole-slide images).
+    ad.AnnData
+        AnnData in the reader layout: ``X`` (+ ``layers['counts']``), ``var['gene_ids']``,
+        ``var['gene_symbols']``, ``obsm['spatial']`` (the spots' centres in level-0 px:
+        the image's own pixels when it maps 1:1 or is large; coordinate-system units
+        when a small image is scaled into them, as Visium's hires/lowres images are —
+        then the image is kept in ``images['hires']`` with its scale factor; without
+        image: coordinate-system units),
+        ``uns['spatial'][library_id]`` (``scalefactors['spot_diameter_fullres']``) and
+        ``uns['stalign']`` (``platform='spatialdata'``, ``image_path`` = the image's
+        OME-Zarr folder for a stored object — read lazily — ``mpp``, ``mpp_source``).
+        An image of an in-memory object is computed and kept as ``images['hires']``
+        (use a stored object for whole-slide images).
 
     Raises
     ------

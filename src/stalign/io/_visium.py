@@ -85,8 +85,9 @@ def read_positions(path: Path) -> pd.DataFrame:
 
     Returns
     -------
-    DataFrame indexed by barcode with ``in_tissue``, ``array_row``, ``array_col``,
-    ``pxl_row_in_fullres``, ``pxl_col_in_fullres``.
+    pd.DataFrame
+        DataFrame indexed by barcode with ``in_tissue``, ``array_row``, ``array_col``,
+        ``pxl_row_in_fullres``, ``pxl_col_in_fullres``.
     """
     if path.suffix.lower() == ".parquet":
         tab = read_table(path, what="tissue positions")
@@ -289,7 +290,7 @@ def read_visium(
         in its level-0 pixels; it is checked to contain them.
     mpp
         µm per level-0 pixel, if known; otherwise ``55 µm / spot_diameter_fullres``.
-        Estimates that differ by >10 % emit :class:`~stalign.io.MppMismatchWarning`.
+        Estimates that differ by >10 % emit [`MppMismatchWarning`][stalign.io.MppMismatchWarning].
     library_id
         Key in ``uns['spatial']``; default the sample folder name.
     load_images
@@ -302,13 +303,14 @@ def read_visium(
 
     Returns
     -------
-    AnnData (barcodes × genes) with ``X`` and ``layers['counts']`` (raw counts, CSR
-    float32), ``var['gene_ids']``, ``var['gene_symbols']``, ``obs['in_tissue']``,
-    ``obs['array_row']``, ``obs['array_col']``, ``obsm['spatial']`` (level-0 px of the
-    full-resolution image, x = ``pxl_col_in_fullres``), ``uns['spatial'][library_id]``
-    (``images``, ``scalefactors`` from the JSON, ``metadata``) and ``uns['stalign']``
-    (``platform='visium'``, ``image_path`` (``None`` without ``image``), ``mpp``,
-    ``mpp_source``, ``spot_diameter_um=55``).
+    ad.AnnData
+        AnnData (barcodes × genes) with ``X`` and ``layers['counts']`` (raw counts, CSR
+        float32), ``var['gene_ids']``, ``var['gene_symbols']``, ``obs['in_tissue']``,
+        ``obs['array_row']``, ``obs['array_col']``, ``obsm['spatial']`` (level-0 px of the
+        full-resolution image, x = ``pxl_col_in_fullres``), ``uns['spatial'][library_id]``
+        (``images``, ``scalefactors`` from the JSON, ``metadata``) and ``uns['stalign']``
+        (``platform='visium'``, ``image_path`` (``None`` without ``image``), ``mpp``,
+        ``mpp_source``, ``spot_diameter_um=55``).
 
     Raises
     ------
@@ -375,20 +377,21 @@ def read_visium_hd(
         Bin size in µm: 2, 8 or 16 (``square_002um`` …); ignored when ``path`` is a
         ``square_XXXum`` folder.
     counts_file, image, mpp, library_id, load_images, missing_positions
-        As in :func:`read_visium`. ``mpp`` defaults to ``microns_per_pixel`` from the
+        As in `read_visium`. ``mpp`` defaults to ``microns_per_pixel`` from the
         scale factors (cross-checked against ``bin_size_um / spot_diameter_fullres``).
 
     Returns
     -------
-    AnnData (bins × genes) laid out as :func:`read_visium` returns it, with
-    ``uns['stalign']['platform'] = 'visium_hd'``, ``spot_diameter_um`` = the bin size
-    (µm), ``mpp_source = 'scalefactors'`` (or ``'user'``). The library id defaults to
-    ``<sample>_square_XXXum``.
+    ad.AnnData
+        AnnData (bins × genes) laid out as [`read_visium`][stalign.io.read_visium] returns it, with
+        ``uns['stalign']['platform'] = 'visium_hd'``, ``spot_diameter_um`` = the bin size
+        (µm), ``mpp_source = 'scalefactors'`` (or ``'user'``). The library id defaults to
+        ``<sample>_square_XXXum``.
 
     Raises
     ------
     FileNotFoundError, ValueError
-        As :func:`read_visium`; also when ``microns_per_pixel`` is absent.
+        As [`read_visium`][stalign.io.read_visium]; also when ``microns_per_pixel`` is absent.
     """
     root = as_path(path, what="Visium HD output folder")
     folder = find_hd_bin_dir(root, bin_size)

@@ -108,14 +108,15 @@ def read_xenium(
 
     Returns
     -------
-    AnnData (cells × genes; gene-expression features only) with ``X`` and
-    ``layers['counts']``, ``var['gene_ids']``, ``var['gene_symbols']``, obs columns of
-    the cells table (``transcript_counts``, ``cell_area`` µm², …), ``obsm['spatial']``
-    (H&E level-0 px with ``image``; otherwise morphology px = centroid µm /
-    ``morphology_mpp``), ``uns['spatial'][library_id]`` and ``uns['stalign']``
-    (``platform='xenium'``, ``mpp`` and ``mpp_source`` = ``'xenium_alignment'``,
-    ``'user'`` or ``'xenium_morphology'``, ``spot_diameter_um`` = median cell diameter
-    from ``cell_area``).
+    ad.AnnData
+        AnnData (cells × genes; gene-expression features only) with ``X`` and
+        ``layers['counts']``, ``var['gene_ids']``, ``var['gene_symbols']``, obs columns of
+        the cells table (``transcript_counts``, ``cell_area`` µm², …), ``obsm['spatial']``
+        (H&E level-0 px with ``image``; otherwise morphology px = centroid µm /
+        ``morphology_mpp``), ``uns['spatial'][library_id]`` and ``uns['stalign']``
+        (``platform='xenium'``, ``mpp`` and ``mpp_source`` = ``'xenium_alignment'``,
+        ``'user'`` or ``'xenium_morphology'``, ``spot_diameter_um`` = median cell diameter
+        from ``cell_area``).
 
     Raises
     ------

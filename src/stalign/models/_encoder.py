@@ -25,21 +25,21 @@ class Encoder(nn.Module):
 
     The per-channel normalisation lives in the module (buffers ``mean``/``std``) so it
     travels with every checkpoint and export; replace it with a cohort's colour
-    statistics via :meth:`set_normalization`.
+    statistics via [`set_normalization`][stalign.models.Encoder.set_normalization].
 
     Parameters
     ----------
     model
         A timm model created with ``num_classes=0``.
     config
-        Its :class:`~stalign.models.EncoderConfig`.
+        Its [`EncoderConfig`][stalign.models.EncoderConfig].
 
     Attributes
     ----------
     config
         The (frozen) config; ``config.input_size`` is the input side in px.
     embed_dim
-        Dimension of :meth:`forward`'s output.
+        Dimension of [`forward`][stalign.models.Encoder.forward]'s output.
     """
 
     def __init__(self, model: nn.Module, config: EncoderConfig) -> None:
@@ -230,7 +230,7 @@ def create_encoder(
     Parameters
     ----------
     name
-        A name from :func:`~stalign.models.list_encoders` (``"uni"``, ``"virchow2"``,
+        A name from [`list_encoders`][stalign.models.list_encoders] (``"uni"``, ``"virchow2"``,
         ``"vit_tiny_patch16_224"``, ...) or any timm architecture.
     pretrained
         Load the pretrained weights: from the installed package that ships them when
@@ -252,7 +252,9 @@ def create_encoder(
 
     Returns
     -------
-    An :class:`Encoder` in eval mode whose ``forward`` takes ``[0, 1]`` images.
+    Encoder
+        An [`Encoder`][stalign.models.Encoder] in eval mode whose ``forward`` takes
+        ``[0, 1]`` images.
 
     Raises
     ------

@@ -20,7 +20,7 @@ _ADAPTABLE = (nn.Linear, nn.Conv2d)
 
 @dataclass(frozen=True)
 class LoraSummary:
-    """What :func:`add_lora` did."""
+    """What [`add_lora`][stalign.models.add_lora] did."""
 
     r: int
     alpha: float
@@ -124,7 +124,7 @@ def add_lora(
     Parameters
     ----------
     encoder
-        An :class:`~stalign.models.Encoder` from :func:`~stalign.models.create_encoder`.
+        An `Encoder` from `create_encoder`.
     r
         LoRA rank.
     alpha
@@ -139,9 +139,10 @@ def add_lora(
 
     Returns
     -------
-    The same encoder, whose ``model`` now holds LoRA layers; ``encoder.peft_model`` is
-    the peft wrapper (for ``save_pretrained`` / ``merge_and_unload``) and
-    ``encoder.lora_summary`` a :class:`LoraSummary` with trainable vs total parameters.
+    Encoder
+        The same encoder, whose ``model`` now holds LoRA layers; ``encoder.peft_model`` is
+        the peft wrapper (for ``save_pretrained`` / ``merge_and_unload``) and
+        ``encoder.lora_summary`` a `LoraSummary` with trainable vs total parameters.
 
     Raises
     ------

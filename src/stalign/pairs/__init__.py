@@ -1,10 +1,10 @@
 """Curated (H&E patch, expression, pathway) pairs: manifest, build, store, torch dataset.
 
-* :func:`read_manifest` — validate a sample manifest (every bad row, with its line).
-* :func:`build_pairs` — manifest → sharded, resumable store (``stalign build-pairs``).
-* :func:`merge_pairs` — finished shards → ``index.json`` + QC report
+* `read_manifest` — validate a sample manifest (every bad row, with its line).
+* `build_pairs` — manifest → sharded, resumable store (``stalign build-pairs``).
+* [`merge_pairs`][stalign.pairs.merge_pairs] — finished shards → ``index.json`` + QC report
   (``stalign merge-pairs``).
-* :class:`PairsDataset` — the store as a torch ``Dataset``; :func:`split_by_patient`.
+* `PairsDataset` — the store as a torch ``Dataset``; `split_by_patient`.
 
 The store layout is described in ``docs/architecture.md``.
 """

@@ -73,7 +73,7 @@ _VERSIONED = (
 
 @dataclass
 class BuildResult:
-    """What a :func:`build_pairs` call did.
+    """What a [`build_pairs`][stalign.pairs.build_pairs] call did.
 
     Attributes
     ----------
@@ -161,7 +161,7 @@ def store_lock(
 ) -> Iterator[None]:
     """Hold the lock of the pairs store ``out`` (refusing at once if another run has it).
 
-    An unsharded build and :func:`merge_pairs` take the whole store. The jobs of a
+    An unsharded build and `merge_pairs` take the whole store. The jobs of a
     sharded build (``shard=(I, N)``) share it with each other, each holding job
     ``I``'s own lock, so two copies of one job, or a job and an unsharded build or a
     merge, never run at once. Locks die with their process (no stale locks).
@@ -343,7 +343,7 @@ def _run_one(
     """Build a shard, turning a sample's error into a failure record.
 
     ``inputs`` is the identity of the sample's input files and their stat
-    (:func:`_inputs_of`), recorded in the shard.
+    (`_inputs_of`), recorded in the shard.
 
     A full or read-only disk stops the whole build (re-raised, naming the sample
     and the store) instead of failing every remaining sample; the partial shard is
@@ -398,7 +398,7 @@ def _worker_init(build_pid: int) -> None:
 
     ``PR_SET_PDEATHSIG`` (Linux) kills the worker the moment its parent dies; a
     watcher thread does the same within 0.5 s elsewhere, and
-    :func:`~stalign.pairs._store.bind_to_parent` makes a last check right before
+    `bind_to_parent` makes a last check right before
     a shard is committed.
     """
     parent = os.getppid()
@@ -445,7 +445,7 @@ def build_pairs(
     scores keyed by barcode, a spot QC table and a thumbnail), committed
     atomically with a ``_SUCCESS`` marker. Unsharded builds then write
     ``OUT/index.json`` and the QC report ``OUT/qc/report.md`` (see
-    :func:`merge_pairs`).
+    [`merge_pairs`][stalign.pairs.merge_pairs]).
 
     Parameters
     ----------
@@ -457,12 +457,12 @@ def build_pairs(
     mpp, size_px
         Patch geometry: µm per pixel and side in px (HEST: 0.5 µm/px, 224 px).
     tissue_threshold, tissue_qc, min_mask_coverage
-        Tissue QC (see :class:`~stalign.pairs.PairsParams`): ``tissue_qc="mask"``
+        Tissue QC (see [`PairsParams`][stalign.pairs.PairsParams]): ``tissue_qc="mask"``
         measures each patch's coverage by the slide's tissue mask; spots the
         platform calls in tissue are kept down to ``min_mask_coverage``, other
         samples need ``tissue_threshold``. ``"pixels"`` is the per-pixel rule.
     gene_sets, method, min_genes, ties
-        Passed to :func:`stalign.tl.score_pathways`; ``gene_sets=None`` skips scores.
+        Passed to `stalign.tl.score_pathways`; ``gene_sets=None`` skips scores.
         ``ties`` is ssGSEA's tie mode: ``"average"`` (scores independent of the
         gene order) or ``"gseapy"`` (gseapy's order-dependent walk).
     gene_panel
@@ -475,11 +475,11 @@ def build_pairs(
         Processes building samples in parallel (one sample per process).
     shard
         ``(I, N)`` or ``"I/N"``: build only the samples of job ``I`` of ``N``
-        (see :func:`shard_samples`); run :func:`merge_pairs` once all jobs are done.
+        (see `shard_samples`); run `merge_pairs` once all jobs are done.
     resume
         Skip samples whose shard is finished: ``_SUCCESS`` with the same parameters,
         the same input files (content digests, see
-        :func:`~stalign.pairs._store.file_identity`) and files that match their
+        `file_identity`) and files that match their
         checksums; stale shards are rebuilt. ``False`` rebuilds every sample of this
         call: ``index.json`` and the old shards go first, so a rebuild killed
         half-way never leaves a store that looks finished.
@@ -508,7 +508,7 @@ def build_pairs(
         other parameters.
     RuntimeError
         A sample failed and ``keep_going`` is False, or another run holds ``out``
-        (:class:`~stalign._lock.FolderLockedError`, naming its pid).
+        (`FolderLockedError`, naming its pid).
     OSError
         ``out`` cannot be created or written (e.g. the disk is full); nothing
         partial is committed.
@@ -628,7 +628,7 @@ def _run_all(
     progress: bool,
 ) -> dict[str, str]:
     """Build ``todo`` (in ``workers`` processes), fill ``rows``; return the failures."""
-    from tqdm.auto import tqdm
+    from .._utils import progress_bar as tqdm
 
     failures: dict[str, str] = {}
     overall = tqdm(total=len(todo), desc="samples", unit="sample", disable=not progress)
@@ -732,7 +732,7 @@ def merge_pairs(
     """Build ``OUT/index.json`` (and the QC report) from the finished shards.
 
     Run it once after the jobs of a sharded build (``--shard I/N``) are done; an
-    unsharded :func:`build_pairs` calls it itself.
+    unsharded [`build_pairs`][stalign.pairs.build_pairs] calls it itself.
 
     Parameters
     ----------
@@ -746,7 +746,7 @@ def merge_pairs(
     verify
         Recompute every file's SHA-256 against ``_SUCCESS`` and the identity of
         every sample's input files: a shard that fails is stale, exactly as
-        :func:`build_pairs` (which then rebuilds it) would find.
+        [`build_pairs`][stalign.pairs.build_pairs] (which then rebuilds it) would find.
     progress
         Show a progress bar while reading the shards.
 
@@ -782,7 +782,7 @@ def merge_pairs(
 
 
 def _sample_of(row: dict[str, Any]) -> Sample:
-    """Return the :class:`Sample` of a ``build.json`` manifest row."""
+    """Return the [`Sample`][stalign.pairs.Sample] of a ``build.json`` manifest row."""
     return Sample(**{k: v for k, v in row.items() if k in Sample.__dataclass_fields__})
 
 
@@ -794,8 +794,8 @@ def _merge(
     verify: bool = False,
     progress: bool = False,
 ) -> Path:
-    """:func:`merge_pairs` for a caller that holds the store's lock."""
-    from tqdm.auto import tqdm
+    """[`merge_pairs`][stalign.pairs.merge_pairs] for a caller that holds the store's lock."""
+    from .._utils import progress_bar as tqdm
 
     build_path = out / BUILD_JSON
     build = read_json(build_path, what="the build record of a pairs store")

@@ -97,7 +97,7 @@ class PairsDataset(_TorchDataset):
     patients
         Restrict to these patient ids.
     split
-        Restrict to one split of :meth:`split_by_patient` with ``split_fractions``
+        Restrict to one split of `split_by_patient` with ``split_fractions``
         and ``split_seed`` (e.g. ``"train"``).
     split_fractions, split_seed
         Define the patient split used by ``split``.
@@ -105,8 +105,8 @@ class PairsDataset(_TorchDataset):
         Resize patches to this side in px (bilinear, antialiased), e.g. the
         encoder's input size; ``None`` keeps the stored size.
     augment
-        ``True`` for the default :class:`Augment` (flips, 90° rotations, ±10 %
-        brightness/contrast), an :class:`Augment` to configure it (e.g. HED
+        ``True`` for the default [`Augment`][stalign.pairs.Augment] (flips, 90° rotations, ±10 %
+        brightness/contrast), an [`Augment`][stalign.pairs.Augment] to configure it (e.g. HED
         jitter), or ``False``. Random draws come from torch's RNG, so
         ``torch.manual_seed`` and DataLoader worker seeding make them reproducible.
     transform
@@ -326,7 +326,7 @@ class PairsDataset(_TorchDataset):
         ----------
         fractions
             Split name → fraction of patients (default ``{'train': 0.8, 'val': 0.2}``);
-            see :func:`split_by_patient`.
+            see [`split_by_patient`][stalign.pairs._dataset.split_by_patient].
         seed
             Seed of the deterministic patient shuffle.
         assignment

@@ -52,7 +52,8 @@ def plan_hest_reuse(sample: Sample, params: PairsParams) -> tuple[HestPlan | Non
 
     Returns
     -------
-    ``(plan, reason)``: a plan (reason ``""``) or ``None`` with the reason the WSI is used.
+    tuple[HestPlan | None, str]
+        ``(plan, reason)``: a plan (reason ``""``) or ``None`` with the reason the WSI is used.
     """
     from .. import im
 
@@ -152,7 +153,7 @@ class HestPatchSource:
         return max(float(threshold_otsu(s, nbins=256)), 8.0)
 
     def batches(self, batch_size: int = 256) -> Iterator[Any]:
-        """Yield :class:`stalign.im.PatchBatch` in obs order."""
+        """Yield [`stalign.im.PatchBatch`][stalign.im.PatchBatch] in obs order."""
         from ..im import PatchBatch, tissue_fraction
 
         n = len(self.barcodes)

@@ -26,7 +26,7 @@ class PairsParams:
         platform's in-tissue call is not used (and always with ``tissue_qc="pixels"``).
     tissue_qc
         How a patch's tissue fraction is measured: ``"mask"`` — its coverage by
-        the slide-level tissue mask (:func:`stalign.im.tissue_mask`);
+        the slide-level tissue mask ([`stalign.im.tissue_mask`][stalign.im.tissue_mask]);
         ``"pixels"`` — its fraction of saturated pixels (the rule before the mask;
         fat and pale stroma count as background).
     min_mask_coverage
@@ -34,14 +34,14 @@ class PairsParams:
         mask coverage, in [0, 1], of a spot the platform calls in tissue (only
         patches really off the tissue are dropped).
     gene_sets
-        Gene-set collection for :func:`stalign.tl.score_pathways` (name such as
+        Gene-set collection for `stalign.tl.score_pathways` (name such as
         ``"hallmark"`` or a GMT path), or ``None`` to skip pathway scores.
     method
-        Pathway scoring method passed to :func:`stalign.tl.score_pathways`.
+        Pathway scoring method passed to [`stalign.tl.score_pathways`][stalign.tl.score_pathways].
     min_genes
         Minimum genes of a set found in the panel for it to be scored.
     ties
-        How ssGSEA ranks tied genes (``ties`` of :func:`stalign.tl.score_pathways`):
+        How ssGSEA ranks tied genes (``ties`` of `stalign.tl.score_pathways`):
         ``"average"`` makes the scores independent of the gene order.
     gene_panel
         Genes whose counts are stored: ``"all"``, ``"hvg:N"`` (the N most
@@ -156,7 +156,7 @@ class PairsParams:
         an edited file at the same path changes the fingerprint and moving an
         unchanged one does not.
         With ``tissue_qc="mask"`` the tissue mask's settings
-        (:func:`stalign.im._tissue.tissue_mask_settings`) are recorded too.
+        (`stalign.im._tissue.tissue_mask_settings`) are recorded too.
         """
         d = asdict(self)
         if self.gene_panel not in ("all",) and not self.gene_panel.startswith("hvg:"):
@@ -174,7 +174,7 @@ class PairsParams:
         return d
 
     def fingerprint(self) -> str:
-        """Return the short hash of :meth:`to_dict` recorded in every shard."""
+        """Return the short hash of `to_dict` recorded in every shard."""
         from ._store import params_fingerprint
 
         return params_fingerprint(self.to_dict())

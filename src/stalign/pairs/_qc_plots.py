@@ -1,6 +1,6 @@
 """QC figures of a pairs build: kept/dropped spots on the H&E, counts and tissue histograms.
 
-They live with the pairs store, whose QC report draws them; :mod:`stalign.pl` re-exports
+They live with the pairs store, whose QC report draws them; [`stalign.pl`][stalign.pl] re-exports
 them (``st.pl.qc_spots`` ...), so the report never imports the plotting layer above it.
 """
 
@@ -14,7 +14,7 @@ import pandas as pd
 
 __all__ = ["qc_counts_histogram", "qc_spots", "qc_tissue_histogram"]
 
-#: colour of each spot status in :func:`qc_spots` (kept + the drop reasons)
+#: colour of each spot status in `qc_spots` (kept + the drop reasons)
 QC_COLORS = {
     "kept": "#1a9850",
     "low_tissue": "#fdae61",
@@ -22,7 +22,7 @@ QC_COLORS = {
     "outside_image": "#d73027",
     "no_counts": "#762a83",
 }
-#: colour of the tissue-mask outline in :func:`qc_spots`
+#: colour of the tissue-mask outline in `qc_spots`
 MASK_COLOR = "#00a6d6"
 
 
@@ -244,7 +244,7 @@ def qc_tissue_histogram(
     ----------
     spots
         ``sample_id`` → the shard's ``spots.csv`` table (``tissue_fraction``, ``kept``,
-        ``reason``), stacked as in :func:`qc_counts_histogram`.
+        ``reason``), stacked as in [`qc_counts_histogram`][stalign.pl.qc_counts_histogram].
     threshold
         Tissue threshold of the build, drawn as a dashed line.
     save

@@ -77,7 +77,7 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
     out
         Root of the pairs store.
     index
-        The content of ``index.json`` (as built by :func:`merge_pairs`).
+        The content of ``index.json`` (as built by [`merge_pairs`][stalign.pairs.merge_pairs]).
 
     Returns
     -------

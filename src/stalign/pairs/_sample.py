@@ -186,7 +186,7 @@ def build_sample(
     out
         Root of the pairs store.
     fingerprint
-        :func:`~stalign.pairs._store.params_fingerprint` of the build, recorded in
+        `params_fingerprint` of the build, recorded in
         ``_SUCCESS`` so a resumed build with other parameters is refused.
     progress_position, progress
         Position of this sample's tqdm bar (one per worker) and whether to show it.
@@ -202,9 +202,8 @@ def build_sample(
         No spot survives QC (e.g. all coordinates miss the image), or a gene
         panel matches nothing.
     """
-    from tqdm.auto import tqdm
-
     from .. import im
+    from .._utils import progress_bar as tqdm
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}

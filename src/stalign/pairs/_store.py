@@ -21,7 +21,7 @@ moment leaves either a complete shard or none. All files are byte-deterministic
 (HDF5 without timestamps, PNG without metadata), so checksums compare runs.
 
 A finished shard is trusted on resume only if its parameters fingerprint, the
-identity of its input files (:func:`input_identity`) and its files' content match.
+identity of its input files (`input_identity`) and its files' content match.
 Content is checked against the SHA-256 recorded at commit; a file whose size and
 mtime are those recorded in ``.stat.json`` is not re-hashed (the cache git and make
 use), so resuming a store of hundreds of GB stays fast while any write to a shard
@@ -130,7 +130,7 @@ def read_json(path: str | os.PathLike, *, what: str) -> Any:
 
 
 #: inputs up to this size get a full content SHA-256; larger ones (whole-slide
-#: images) a digest of their size, first and last MiB (see :func:`file_identity`)
+#: images) a digest of their size, first and last MiB (see `file_identity`)
 FULL_DIGEST_MAX_BYTES = 64 << 20
 _EDGE_BYTES = 1 << 20
 
@@ -138,7 +138,7 @@ _EDGE_BYTES = 1 << 20
 def file_identity(path: str | os.PathLike) -> dict[str, Any]:
     """Return ``{'bytes', 'sha256', 'digest'}`` identifying an input file's content.
 
-    Files up to :data:`FULL_DIGEST_MAX_BYTES` (counts, tables, gene lists, small
+    Files up to `FULL_DIGEST_MAX_BYTES` (counts, tables, gene lists, small
     images) are hashed whole. Larger ones (multi-GB whole-slide images) are
     identified by their size and the SHA-256 of their first and last MiB
     (``digest='size+head+tail'``): 2 MiB read instead of GBs whenever the file's
@@ -172,7 +172,7 @@ def input_identity(
     known: dict[str, tuple[list[int], dict[str, Any]]] | None = None,
     stats: dict[str, list[int]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Return :func:`file_identity` of every file in ``paths`` (folders walked), by path.
+    """Return `file_identity` of every file in ``paths`` (folders walked), by path.
 
     Parameters
     ----------
@@ -180,7 +180,7 @@ def input_identity(
         Files or folders.
     known
         Identities computed earlier, with the ``[size, mtime_ns]`` the file had
-        then (see :func:`known_inputs`): a file whose size and mtime are unchanged
+        then (see `known_inputs`): a file whose size and mtime are unchanged
         is not read again.
     stats
         If given, filled with each file's ``[size, mtime_ns]``.
@@ -304,11 +304,11 @@ def commit_shard(tmp: Path, final: Path, success: dict[str, Any]) -> None:
     """Checksum the files in ``tmp``, write ``_SUCCESS`` last, move ``tmp`` onto ``final``.
 
     ``success`` is extended with ``files`` (name → sha256 and bytes) and the
-    input identity of an enclosing :func:`commit_inputs`; ``.stat.json`` caches
+    input identity of an enclosing `commit_inputs`; ``.stat.json`` caches
     the size and mtime of the files and the inputs. A previous (incomplete or failed)
     ``final`` directory is removed first; a crash between the removal and the
     rename leaves no shard, which the next run redoes. A worker whose build
-    process is gone (:func:`bind_to_parent`) exits instead of committing.
+    process is gone (`bind_to_parent`) exits instead of committing.
     """
     files = {}
     for name in sorted(os.listdir(tmp)):
@@ -494,7 +494,7 @@ def shard_is_complete(
     inputs: dict[str, Any] | None = None,
     verify: bool = False,
 ) -> bool:
-    """Whether ``samples/<id>`` is a usable finished shard (see :func:`shard_problem`).
+    """Whether ``samples/<id>`` is a usable finished shard (see `shard_problem`).
 
     A shard that is finished but stale (changed inputs, a file that fails its
     checksum) is logged as a warning and reported incomplete, so it is rebuilt.
@@ -683,7 +683,7 @@ def write_index(out: str | os.PathLike, index: dict[str, Any]) -> Path:
     """Write ``OUT/index.json`` atomically and return its path.
 
     Adds ``licenses`` (licence → sample ids) and ``mixed_licenses`` from the
-    samples' ``license`` entries (see :func:`licence_summary`); a mixed store is
+    samples' ``license`` entries (see `licence_summary`); a mixed store is
     also logged as a warning. ``index`` is updated in place with both keys.
     """
     summary = licence_summary(index.get("samples", []))

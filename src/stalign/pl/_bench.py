@@ -53,7 +53,8 @@ def bench_scatter(
 
     Returns
     -------
-    The matplotlib ``Figure``.
+    Figure
+        The matplotlib figure.
     """
     common = [t for t in x.index if t in y.index]
     if not common:
@@ -118,7 +119,8 @@ def bench_maps(
 
     Returns
     -------
-    The matplotlib ``Figure``.
+    Figure
+        The matplotlib figure.
     """
     coords = np.asarray(coords, float)
     measured = np.asarray(measured, float)
@@ -180,7 +182,8 @@ def bench_retrieval_curves(
 
     Returns
     -------
-    The matplotlib ``Figure``.
+    Figure
+        The matplotlib figure.
     """
     fig = _new_figure((5.0, 3.8))
     ax = fig.add_subplot()

@@ -78,7 +78,7 @@ def pathways(
     Parameters
     ----------
     adata
-        AnnData with ``obsm[key]`` from :func:`stalign.tl.score_pathways` and spot
+        AnnData with ``obsm[key]`` from `stalign.tl.score_pathways` and spot
         centres in ``obsm[spatial_key]`` (level-0 image px).
     pathways
         Columns of ``obsm[key]`` to draw (default: the first 6).
@@ -87,7 +87,7 @@ def pathways(
     ncols
         Panels per row.
     image
-        Draw the H&E under the spots (via :func:`stalign.im.open_image`, else
+        Draw the H&E under the spots (via [`stalign.im.open_image`][stalign.im.open_image], else
         ``uns['spatial'][library]['images']``; skipped when there is none).
     max_size
         Longest side (px) of the background thumbnail.

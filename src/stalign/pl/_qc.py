@@ -1,4 +1,4 @@
-"""QC figures of a pairs build; their home is :mod:`stalign.pairs` (its report draws them)."""
+"""QC figures of a pairs build; their home is `stalign.pairs` (its report draws them)."""
 
 from ..pairs._qc_plots import qc_counts_histogram, qc_spots, qc_tissue_histogram
 

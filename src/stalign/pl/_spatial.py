@@ -95,13 +95,13 @@ def spatial_spots(
     ----------
     adata
         Spots with ``obsm[spatial_key]`` in level-0 pixels and an image (see
-        :func:`stalign.im.open_image`).
+        [`stalign.im.open_image`][stalign.im.open_image]).
     color
         A gene (``var_name``, values from ``layer`` or ``X``) or an ``obs`` column
         (numeric → colour map; bool/categorical → one colour per value, e.g. the QC
         flag ``'patch_in_tissue'``). ``None`` draws outlines only.
     image
-        Anything :func:`stalign.im.open_image` accepts; defaults to the AnnData's.
+        Anything `stalign.im.open_image` accepts; defaults to the AnnData's.
     layer
         Layer for gene values.
     spot_diameter_um
@@ -242,8 +242,8 @@ def patch_grid(
     Parameters
     ----------
     data
-        ``(n, H, W, 3)`` uint8 patches (e.g. from :func:`stalign.im.extract_patches`
-        or :func:`stalign.im.read_hest_patches` ``.img``), or an AnnData whose
+        ``(n, H, W, 3)`` uint8 patches (e.g. from `stalign.im.extract_patches`
+        or `stalign.im.read_hest_patches` ``.img``), or an AnnData whose
         patches are read lazily from its image.
     n
         Number of patches shown (a random sample, fixed by ``seed``).

@@ -29,7 +29,8 @@ def training_curves(
 
     Returns
     -------
-    The matplotlib ``Figure``.
+    Figure
+        The matplotlib figure.
     """
     import matplotlib.pyplot as plt
 
@@ -89,10 +90,10 @@ def training_curves(
 def save_training_curves(
     history: pd.DataFrame | str | os.PathLike, path: str | os.PathLike
 ) -> Path | None:
-    """Draw :func:`training_curves` to ``path`` (PNG) and close the figure.
+    """Draw [`training_curves`][stalign.pl.training_curves] to ``path`` (PNG) and close the figure.
 
     What ``stalign train`` and the pipeline write as a run folder's ``curves.png``
-    from :attr:`stalign.train.FitResult.history`.
+    from [`stalign.train.FitResult.history`][stalign.train.FitResult.history].
 
     Parameters
     ----------
@@ -103,7 +104,8 @@ def save_training_curves(
 
     Returns
     -------
-    ``path``, or ``None`` when the history has no rows (nothing is drawn).
+    Path | None
+        ``path``, or ``None`` when the history has no rows (nothing is drawn).
     """
     import matplotlib.pyplot as plt
 

@@ -144,7 +144,7 @@ class DepthRegression:
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> DepthRegression:
-        """Rebuild a fitted transform from :meth:`to_dict`'s output."""
+        """Rebuild a fitted transform from `to_dict`'s output."""
         coef = state.get("coef")
         return cls(
             degree=int(state["degree"]),

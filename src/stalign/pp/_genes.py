@@ -45,7 +45,8 @@ def looks_like_ensembl(names: Iterable[str], *, min_fraction: float = 0.5) -> bo
 
     Returns
     -------
-    Whether the identifiers are (mostly) Ensembl gene ids.
+    bool
+        Whether the identifiers are (mostly) Ensembl gene ids.
     """
     names = [str(n) for n in names]
     if not names:
@@ -73,7 +74,8 @@ def normalize_gene_keys(names: Iterable[str], *, id_type: str) -> np.ndarray:
 
     Returns
     -------
-    Array of ``str`` keys, same length and order as ``names``.
+    np.ndarray
+        Array of ``str`` keys, same length and order as ``names``.
     """
     if id_type not in ("symbol", "ensembl"):
         msg = f"id_type must be 'symbol' or 'ensembl', found {id_type!r}"
@@ -104,8 +106,9 @@ def gene_keys(
 
     Returns
     -------
-    ``(keys, source)`` where ``keys`` are the normalised identifiers per gene and
-    ``source`` names the column used.
+    tuple[np.ndarray, str]
+        ``(keys, source)`` where ``keys`` are the normalised identifiers per gene and
+        ``source`` names the column used.
     """
     if gene_column is not None:
         if gene_column == "var_names":
@@ -257,7 +260,8 @@ def match_gene_sets(
 
     Returns
     -------
-    A :class:`GeneSetMatch`.
+    GeneSetMatch
+        A [`GeneSetMatch`][stalign.pp.GeneSetMatch].
     """
     if min_genes < 1:
         msg = f"min_genes must be >= 1, found {min_genes}"

@@ -34,9 +34,10 @@ def normalize_log1p(
 
     Returns
     -------
-    ``None``, or the copy when ``copy=True``. Writes ``.layers[key_added]`` (or
-    replaces ``.X`` / ``.layers[layer]``) with ``log1p(counts / total * target_sum)``
-    and records ``uns['log1p']`` (scanpy).
+    AnnData | None
+        ``None``, or the copy when ``copy=True``. Writes ``.layers[key_added]`` (or
+        replaces ``.X`` / ``.layers[layer]``) with ``log1p(counts / total * target_sum)``
+        and records ``uns['log1p']`` (scanpy).
     """
     adata = adata.copy() if copy else adata
     if layer is not None and layer not in adata.layers:
@@ -68,7 +69,8 @@ def lognorm_matrix(counts, *, target_sum: float | None = 1e4):
 
     Returns
     -------
-    Matrix of the same kind (float32 for integer/float32 input, float64 for float64).
+    np.ndarray or scipy.sparse.csr_matrix
+        Matrix of the same kind (float32 for integer/float32 input, float64 for float64).
     """
     import scanpy as sc
 

@@ -1,12 +1,12 @@
 """Batch embeddings of H&E patches with an image encoder (memory bounded).
 
-:func:`iter_embeddings` is the package's one embedding loop (device, bf16 autocast on
-CUDA, resizing, eval mode): :func:`embed`, :func:`embed_patches`, :func:`embed_dataset`,
-:func:`write_embeddings`, :func:`stalign.bench.encoder_features` and the embedding cache
-of :func:`stalign.bench.evaluate` all run through it. One function per input, each
-with one return type: an AnnData (:func:`embed`, scanpy style: ``obsm``, returns
-``None`` or the copy), an array of patches (:func:`embed_patches` → array), a dataset
-(:func:`embed_dataset` → array, :func:`write_embeddings` → the ``.h5`` path).
+`iter_embeddings` is the package's one embedding loop (device, bf16 autocast on
+CUDA, resizing, eval mode): `embed`, `embed_patches`, `embed_dataset`,
+`write_embeddings`, `stalign.bench.encoder_features` and the embedding cache
+of `stalign.bench.evaluate` all run through it. One function per input, each
+with one return type: an AnnData ([`embed`][stalign.tl.embed], scanpy style: ``obsm``, returns
+``None`` or the copy), an array of patches (`embed_patches` → array), a dataset
+(`embed_dataset` → array, `write_embeddings` → the ``.h5`` path).
 """
 
 from __future__ import annotations
@@ -16,12 +16,18 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _keys as K
 from .._utils import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from anndata import AnnData
+
+    from ..models import Encoder
 
 __all__ = [
     "embed",
@@ -39,7 +45,7 @@ _CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
 def resolve_encoder(
-    encoder: Any,
+    encoder: Encoder | torch.nn.Module | str | os.PathLike,
     *,
     projected: bool = False,
     pretrained: bool = False,
@@ -49,10 +55,10 @@ def resolve_encoder(
 ) -> tuple[Any, str, int | None]:
     """Turn ``encoder`` into ``(module, name, input_px)``.
 
-    ``encoder`` may be an :class:`stalign.models.Encoder` (or any module mapping
+    ``encoder`` may be an [`stalign.models.Encoder`][stalign.models.Encoder] (or any module mapping
     ``[0, 1]`` images to ``(B, D)``), a registry/timm name, a stalign training run or
     checkpoint directory (its image tower; with ``projected`` including the projection
-    head), or a directory written by :func:`stalign.models.export_timm`.
+    head), or a directory written by [`stalign.models.export_timm`][stalign.models.export_timm].
 
     Parameters
     ----------
@@ -79,7 +85,7 @@ def resolve_encoder(
     """
     import torch
 
-    from ..models import Encoder, create_encoder, load_exported
+    from ..models import create_encoder, load_exported
 
     if isinstance(encoder, torch.nn.Module):
         inner = getattr(encoder, "encoder", encoder)  # an ImageTower wraps its Encoder
@@ -129,7 +135,7 @@ def encoder_digest(module: Any) -> str:
     """SHA-256 of a module's class and state dict (names, dtypes, shapes and values).
 
     Two modules with the same digest compute the same function, so it keys the
-    embedding cache of :func:`stalign.bench.evaluate` for encoders given as objects.
+    embedding cache of `stalign.bench.evaluate` for encoders given as objects.
     """
     import torch
 
@@ -152,7 +158,7 @@ def _device(device: str | Any) -> Any:
 
 
 def embedding_precision(device: str | Any = "auto") -> str:
-    """Arithmetic of :func:`iter_embeddings` on ``device``: ``"bf16-autocast"`` or ``"float32"``.
+    """Arithmetic of `iter_embeddings` on ``device``: ``"bf16-autocast"`` or ``"float32"``.
 
     bf16 autocast on CUDA, float32 elsewhere. Caches of embeddings record it, since
     the two give slightly different numbers.
@@ -212,7 +218,8 @@ def iter_embeddings(
 
     Yields
     ------
-    ``(B, D)`` float32 numpy arrays, in input order.
+    np.ndarray
+        ``(B, D)`` float32 numpy arrays, in input order.
     """
     import torch
 
@@ -297,7 +304,7 @@ def _batches_from_adata(adata, batch_size: int, mpp: float, size_px: int) -> Ite
 def _embed_with_meta(
     module, batches: Iterable[dict], **loop_kw
 ) -> Iterator[tuple[dict, np.ndarray]]:
-    """:func:`iter_embeddings` over ``batch['image']``, paired with each batch dict."""
+    """`iter_embeddings` over ``batch['image']``, paired with each batch dict."""
     pending: list[dict] = []
 
     def images() -> Iterator[Any]:
@@ -374,7 +381,7 @@ def _run(
     progress: bool,
 ) -> Any:
     """Embed ``n`` patches batch by batch into ``open_sink(dim, first_batch)``; return it."""
-    from tqdm.auto import tqdm
+    from .._utils import progress_bar as tqdm
 
     sink = None
     written = 0
@@ -424,7 +431,7 @@ def _run_dataset(
     num_workers: int,
     progress: bool,
 ) -> Any:
-    """:func:`_run` over a dataset; ``open_sink(n, dim, first_batch, encoder_name)``."""
+    """`_run` over a dataset; ``open_sink(n, dim, first_batch, encoder_name)``."""
     n = _check_dataset(caller, dataset)
     module, name, image_size = _encoder_for(caller, encoder, batch_size, projected, image_size)
     dev = _device(device)
@@ -442,8 +449,8 @@ def _run_dataset(
 
 
 def embed(
-    adata: Any,
-    encoder: Any,
+    adata: AnnData,
+    encoder: Encoder | torch.nn.Module | str | os.PathLike,
     *,
     batch_size: int = 64,
     key_added: str | None = None,
@@ -454,23 +461,23 @@ def embed(
     device: str = "auto",
     progress: bool = True,
     copy: bool = False,
-) -> Any:
+) -> AnnData | None:
     """Embed the patch of every spot of ``adata`` with ``encoder`` (scanpy style).
 
     Patches are cut around ``obsm['spatial']`` from the AnnData's H&E, batch by batch
     (memory is bounded by ``batch_size`` plus the ``(n, D)`` result). Other inputs have
-    their own functions: :func:`embed_patches` (an array of patches),
-    :func:`embed_dataset` (a dataset, e.g. a pairs store) and :func:`write_embeddings`
+    their own functions: [`embed_patches`][stalign.tl.embed_patches] (an array of patches),
+    `embed_dataset` (a dataset, e.g. a pairs store) and `write_embeddings`
     (a dataset into an ``.h5`` file).
 
     Parameters
     ----------
     adata
-        An AnnData with an H&E image (any reader of :mod:`stalign.io`).
+        An AnnData with an H&E image (any reader of [`stalign.io`][stalign.io]).
     encoder
-        An :class:`stalign.models.Encoder` (or module mapping ``[0, 1]`` images to
+        An `stalign.models.Encoder` (or module mapping ``[0, 1]`` images to
         ``(B, D)``), an encoder name, a training run/checkpoint directory or a timm
-        export directory (see :func:`resolve_encoder`).
+        export directory (see [`resolve_encoder`][stalign.tl.resolve_encoder]).
     batch_size
         Patches per forward pass.
     key_added
@@ -486,7 +493,7 @@ def embed(
         ``proj_dim`` space) instead of the encoder's backbone features.
     device
         ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``... On CUDA the encoder
-        runs under bf16 autocast (see :func:`iter_embeddings`).
+        runs under bf16 autocast (see [`iter_embeddings`][stalign.tl.iter_embeddings]).
     progress
         Show a tqdm progress bar.
     copy
@@ -494,9 +501,10 @@ def embed(
 
     Returns
     -------
-    ``None``, or the modified copy with ``copy=True``. Writes ``obsm[key_added]``
-    ``(n, D)`` float32 in ``obs_names`` order and ``uns[key_added]['params']``
-    (encoder, batch_size, image_size, mpp, size_px, projected).
+    Any
+        ``None``, or the modified copy with ``copy=True``. Writes ``obsm[key_added]``
+        ``(n, D)`` float32 in ``obs_names`` order and ``uns[key_added]['params']``
+        (encoder, batch_size, image_size, mpp, size_px, projected).
 
     Raises
     ------
@@ -556,7 +564,7 @@ def embed(
 
 def embed_patches(
     patches: np.ndarray,
-    encoder: Any,
+    encoder: Encoder | torch.nn.Module | str | os.PathLike,
     *,
     batch_size: int = 64,
     image_size: int | None = None,
@@ -569,13 +577,14 @@ def embed_patches(
     Parameters
     ----------
     patches
-        ``(n, H, W, 3)`` uint8 RGB patches (e.g. :func:`stalign.im.extract_patches`).
+        ``(n, H, W, 3)`` uint8 RGB patches (e.g. `stalign.im.extract_patches`).
     encoder, batch_size, image_size, projected, device, progress
-        As for :func:`embed`.
+        As for [`embed`][stalign.tl.embed].
 
     Returns
     -------
-    ``(n, D)`` float32 embeddings, row ``i`` for ``patches[i]``.
+    np.ndarray
+        ``(n, D)`` float32 embeddings, row ``i`` for ``patches[i]``.
     """
     _check_patches(patches)  # before the encoder loads
     module, name, image_size = _encoder_for(
@@ -598,7 +607,7 @@ def embed_patches(
 
 def embed_dataset(
     dataset: Any,
-    encoder: Any,
+    encoder: Encoder | torch.nn.Module | str | os.PathLike,
     *,
     batch_size: int = 64,
     image_size: int | None = None,
@@ -613,17 +622,18 @@ def embed_dataset(
     ----------
     dataset
         A map-style dataset of ``{'image': ...}`` items: uint8 ``(H, W, 3)`` or float
-        ``(3, H, W)`` in ``[0, 1]`` (:class:`stalign.pairs.PairsDataset`,
-        :class:`stalign.train.TensorPairsDataset`, or your own); other keys are ignored.
+        ``(3, H, W)`` in ``[0, 1]`` (`stalign.pairs.PairsDataset`,
+        `stalign.train.TensorPairsDataset`, or your own); other keys are ignored.
     encoder, batch_size, image_size, projected, device, progress
-        As for :func:`embed`.
+        As for [`embed`][stalign.tl.embed].
     num_workers
         DataLoader workers.
 
     Returns
     -------
-    ``(n, D)`` float32 embeddings in dataset order. For stores too large for memory use
-    :func:`write_embeddings`.
+    np.ndarray
+        ``(n, D)`` float32 embeddings in dataset order. For stores too large for memory use
+        [`write_embeddings`][stalign.tl.write_embeddings].
     """
     sink = _run_dataset(
         "embed_dataset",
@@ -642,7 +652,7 @@ def embed_dataset(
 
 def write_embeddings(
     dataset: Any,
-    encoder: Any,
+    encoder: Encoder | torch.nn.Module | str | os.PathLike,
     path: str | os.PathLike,
     *,
     batch_size: int = 64,
@@ -661,10 +671,10 @@ def write_embeddings(
     Parameters
     ----------
     dataset
-        As for :func:`embed_dataset`; its items' ``barcode`` / ``sample_id`` are written
+        As for `embed_dataset`; its items' ``barcode`` / ``sample_id`` are written
         when every item has them.
     encoder, batch_size, image_size, projected, device, progress
-        As for :func:`embed`.
+        As for [`embed`][stalign.tl.embed].
     path
         The ``.h5`` file to write (parent folders are created): datasets ``embeddings``
         ``(n, D)`` float32 and, when known, ``barcode`` / ``sample_id`` (strings);
@@ -674,7 +684,8 @@ def write_embeddings(
 
     Returns
     -------
-    ``path`` as a :class:`~pathlib.Path`.
+    Path
+        ``path`` as a `Path`.
     """
     with atomic_path(path, suffix=".h5.tmp") as tmp:  # a failed run leaves no partial file
         _run_dataset(

@@ -60,8 +60,9 @@ def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
 
     Returns
     -------
-    ``{set name: [genes]}`` in file order; duplicate genes inside a set are dropped
-    (first occurrence kept).
+    dict[str, list[str]]
+        ``{set name: [genes]}`` in file order; duplicate genes inside a set are dropped
+        (first occurrence kept).
     """
     path = Path(path)
     if not path.is_file():
@@ -137,7 +138,8 @@ def load_gene_sets(gene_sets: GeneSetsLike, *, organism: str = "Human") -> dict[
 
     Returns
     -------
-    A new dict ``{set name: [unique genes in input order]}``.
+    dict[str, list[str]]
+        A new dict ``{set name: [unique genes in input order]}``.
     """
     if isinstance(gene_sets, Mapping):
         out: dict[str, list[str]] = {}

@@ -391,7 +391,7 @@ def _row_scale(data, start, stop, normalize, target_sum):
 def lognorm_gene_moments(data, indices, indptr, normalize, target_sum, wanted, s1, s2):
     """Add per-gene sums of ``y`` and ``y**2`` for the ``wanted`` genes.
 
-    ``y`` as in :func:`lognorm_set_sums`. Rows are added in order, so the sums do not
+    ``y`` as in `lognorm_set_sums`. Rows are added in order, so the sums do not
     depend on the chunking.
     """
     for i in range(indptr.size - 1):
@@ -406,7 +406,7 @@ def lognorm_gene_moments(data, indices, indptr, normalize, target_sum, wanted, s
 
 @njit(**_JIT)
 def lognorm_row_moments(data, indptr, normalize, target_sum):
-    """Per spot: ``(sum_g y_g, sum_g y_g**2)`` over all genes, ``y`` as in :func:`lognorm_set_sums`.
+    """Per spot: ``(sum_g y_g, sum_g y_g**2)`` over all genes, ``y`` as in `lognorm_set_sums`.
 
     Zeros add nothing, so only the stored entries are visited.
     """

@@ -125,9 +125,9 @@ def score_pathways(
     smooth
         Average every spot's scores with its spatial neighbours (row-normalised
         ``I + A``). Uses ``obsp['spatial_connectivities']`` when present, otherwise
-        builds the graph with :func:`squidpy.gr.spatial_neighbors` (not stored).
+        builds the graph with `squidpy.gr.spatial_neighbors` (not stored).
     smooth_kwargs
-        Keyword arguments for :func:`squidpy.gr.spatial_neighbors` (e.g.
+        Keyword arguments for `squidpy.gr.spatial_neighbors` (e.g.
         ``{"coord_type": "grid", "n_neighs": 6}`` for Visium).
     chunk_size
         Spots per chunk; memory is bounded by it, results do not depend on it.
@@ -263,7 +263,7 @@ def _check_arguments(
     auc_max_rank: float,
     copy: bool,
 ) -> tuple[str, str]:
-    """Validate :func:`score_pathways`' arguments; return the two ssGSEA norms (None → default)."""
+    """Validate `score_pathways`' arguments; return the two ssGSEA norms (None → default)."""
     if method not in METHODS:
         msg = f"method must be one of {METHODS}, found {method!r}"
         raise ValueError(msg)
@@ -327,7 +327,7 @@ def _normalize_ssgsea(scores: np.ndarray) -> None:
 
 def _finite_chunks(x, chunk_size: int, desc: str, *, total: int, show: bool, layer: str | None):
     """Yield ``(start, stop, CSR chunk)`` of ``x`` with a progress bar; raise on NaN / inf."""
-    from tqdm.auto import tqdm
+    from .._utils import progress_bar as tqdm
 
     it = iter_row_chunks(x, chunk_size)
     for start, stop, chunk in tqdm(it, total=total, desc=desc, disable=not show):

@@ -1,6 +1,6 @@
 """Chunked pathway scoring (ssGSEA, AUCell-style, z-score) on CSR chunks of spots.
 
-The per-spot work runs in the numba kernels of :mod:`._pathway_kernels`: implicit
+The per-spot work runs in the numba kernels of `_pathway_kernels`: implicit
 zeros form one tied block whose contribution is computed in closed form, so only the
 stored non-zeros are sorted. No Python loop runs over spots or gene sets.
 """
@@ -240,7 +240,7 @@ def zscore_weights(moments: GeneMoments) -> tuple[np.ndarray, np.ndarray]:
 def zscore_chunk(
     chunk: sp.csr_matrix, moments: GeneMoments, weights: tuple[np.ndarray, np.ndarray]
 ) -> np.ndarray:
-    """Mean over set genes of per-gene z-scores, ``(rows, sets)`` (see :func:`zscore_weights`)."""
+    """Mean over set genes of per-gene z-scores, ``(rows, sets)`` (see `zscore_weights`)."""
     sets = moments.sets
     w, offset = weights
     out = _run_threaded(

@@ -270,7 +270,7 @@ def _np_state() -> list[Any]:
 
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    """Inverse of :func:`rng_state`."""
+    """Inverse of `rng_state`."""
     torch.set_rng_state(state["torch"])
     generator.set_state(state["generator"])
     name, keys, pos, has_gauss, cached = json.loads(bytes(state["numpy"].numpy()).decode())
@@ -362,7 +362,7 @@ def clear_previous_run(run_dir: str | os.PathLike) -> None:
 
 
 def load_model(checkpoint: str | os.PathLike, *, device: str = "cpu") -> AlignmentModel:
-    """Rebuild the trained :class:`AlignmentModel` from a checkpoint directory.
+    """Rebuild the trained `AlignmentModel` from a checkpoint directory.
 
     ``checkpoint`` is a ``checkpoints/step_*`` directory, a run's ``best/`` directory,
     or a run's folder (``TrainConfig.out``; then ``best/`` or the latest step is used).

@@ -243,7 +243,7 @@ def augment_batch(
     """Random flips, 90° rotations and ± ``color_jitter`` brightness/contrast per image.
 
     The random draws come from ``generator`` (CPU), so runs are reproducible and
-    resumable; the arithmetic runs on ``images.device``. ``slot`` as in :func:`crop_batch`.
+    resumable; the arithmetic runs on ``images.device``. ``slot`` as in `crop_batch`.
     """
     b = images.shape[0]
     start, total = slot if slot is not None else (0, b)
@@ -286,7 +286,8 @@ def image_statistics(
 
     Returns
     -------
-    ``(mean, std)``, 3 floats each, computed on the centre crops the model sees.
+    tuple[list[float], list[float]]
+        ``(mean, std)``, 3 floats each, computed on the centre crops the model sees.
     """
     idx = _sample_indices(len(dataset), max_items, seed)
     s = torch.zeros(3, dtype=torch.float64)

@@ -63,7 +63,8 @@ def contrastive_loss(
 
     Returns
     -------
-    Scalar: mean of the image→profile and profile→image cross-entropies.
+    torch.Tensor
+        Scalar: mean of the image→profile and profile→image cross-entropies.
     """
     if image_emb.shape != pathway_emb.shape or image_emb.ndim != 2:
         msg = (
