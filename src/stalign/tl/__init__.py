@@ -10,6 +10,7 @@ from ._embed import (
     resolve_encoder,
     write_embeddings,
 )
+from ._pathway_depth import pathway_depth_diagnostics
 from ._pathways import score_pathways
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "embedding_precision",
     "encoder_digest",
     "iter_embeddings",
+    "pathway_depth_diagnostics",
     "resolve_encoder",
     "score_pathways",
     "write_embeddings",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -16,7 +18,17 @@ from anndata import AnnData
 
 from .. import _keys
 from ..pp._genes import match_gene_sets
+from ..pp._normalize import lognorm_matrix
 from ._genesets import GeneSetsLike, load_gene_sets
+from ._pathway_depth import (
+    column_pearson,
+    depth_table,
+    library_sizes,
+    table_to_record,
+    warn_if_depth_driven,
+)
+from ._rarefy import canonical_gene_rank, rarefy_chunk, spot_keys
+from ._score_genes import score_genes_matrix
 from ._scoring import (
     CORREL_NORM_TYPES,
     SAMPLE_NORM_METHODS,
@@ -33,14 +45,14 @@ from ._scoring import (
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("ssgsea", "aucell", "zscore", "ulm")
+METHODS = ("ssgsea", "aucell", "zscore", "ulm", "score_genes")
 
 
 def score_pathways(
     adata: AnnData,
     gene_sets: GeneSetsLike = "hallmark",
     *,
-    method: Literal["ssgsea", "aucell", "zscore", "ulm"] = "ssgsea",
+    method: Literal["ssgsea", "aucell", "zscore", "ulm", "score_genes"] = "ssgsea",
     layer: str | None = None,
     min_genes: int = 5,
     max_genes: int | None = None,
@@ -56,6 +68,12 @@ def score_pathways(
     target_sum: float = 1e4,
     smooth: bool = False,
     smooth_kwargs: Mapping[str, Any] | None = None,
+    rarefy_depth: int | None = None,
+    rarefy_draws: int = 1,
+    random_state: int = 0,
+    ctrl_size: int = 50,
+    n_bins: int = 25,
+    depth_diagnostics: bool = True,
     chunk_size: int = 2000,
     progress: bool | None = None,
     key_added: str = _keys.PATHWAY_SCORES,
@@ -79,9 +97,12 @@ def score_pathways(
         over set genes of per-gene z-scores (across spots) after library-size
         normalisation and ``log1p`` (scanpy). ``"ulm"``: per spot, t-value of the slope
         of a linear model of the log-normalised values of all genes on the set indicator
-        (``decoupler.mt.ulm``). All methods give the same scores whatever the order of
-        the genes (columns) with the default ``ties="average"``; see the "Pathway
-        scoring" concept page for ties on count data.
+        (``decoupler.mt.ulm``). ``"score_genes"``: scanpy's ``sc.tl.score_genes`` (mean of
+        the set's genes minus the mean of ``ctrl_size`` control genes drawn per expression
+        bin) on log-normalised values, genes sorted by ``var_names`` before the draw;
+        reads the whole matrix into memory. All methods give the same scores whatever the
+        order of the genes (columns) with the default ``ties="average"``; see the
+        "Pathway scoring" concept page for ties on count data and for sequencing depth.
     layer
         Read values from ``.layers[layer]`` instead of ``.X``.
     min_genes
@@ -118,10 +139,10 @@ def score_pathways(
         AUCell: genes ranked below this are ignored; a fraction of the number of genes
         (``< 1``) or an absolute number of ranks (``>= 1``).
     normalize
-        z-score and ulm: normalise counts per spot to ``target_sum`` and ``log1p`` first
-        (set ``False`` when the input is already log-normalised).
+        z-score, ulm and score_genes: normalise counts per spot to ``target_sum`` and
+        ``log1p`` first (set ``False`` when the input is already log-normalised).
     target_sum
-        z-score and ulm: counts per spot after library-size normalisation.
+        z-score, ulm and score_genes: counts per spot after library-size normalisation.
     smooth
         Average every spot's scores with its spatial neighbours (row-normalised
         ``I + A``). Uses ``obsp['spatial_connectivities']`` when present, otherwise
@@ -129,6 +150,26 @@ def score_pathways(
     smooth_kwargs
         Keyword arguments for `squidpy.gr.spatial_neighbors` (e.g.
         ``{"coord_type": "grid", "n_neighs": 6}`` for Visium).
+    rarefy_depth
+        Score counts rarefied to this many per spot (drawn without replacement; raw
+        integer counts needed): every spot keeps the same number of transcripts, so a
+        score can no longer follow depth through the counts themselves. Spots with fewer
+        counts are not scored (NaN; their number is logged and recorded). The draw is
+        seeded per spot by ``random_state``, the draw number and the barcode, over the
+        genes sorted by ``var_names``, so it depends neither on the other spots nor on
+        the column order. ``None`` (default): the counts as they are.
+    rarefy_draws
+        Rarefy this many times (draws ``0 … rarefy_draws - 1``) and average the scores;
+        with 2 or more the Pearson r of the first two draws is recorded per pathway.
+    random_state
+        Seed of the random draws (rarefaction, score_genes' control genes).
+    ctrl_size, n_bins
+        score_genes: control genes per expression bin and number of bins (scanpy's).
+    depth_diagnostics
+        Record per pathway the Pearson r and R² of the score on log library size and on
+        log detected genes (see [`pathway_depth_diagnostics`][stalign.tl.pathway_depth_diagnostics])
+        and log a warning when the median |r| on log library size exceeds 0.5. The
+        library size is the row sum of the scored matrix (raw counts expected).
     chunk_size
         Spots per chunk; memory is bounded by it, results do not depend on it.
     progress
@@ -140,19 +181,27 @@ def score_pathways(
 
     Returns
     -------
-    ``None``, or a copy of ``adata`` when ``copy=True``. Writes
+    AnnData | None
+        ``None``, or a copy of ``adata`` when ``copy=True``. Writes
 
-    ``.obsm[key_added]``
-        ``pd.DataFrame`` (spots × kept pathways, ``float64``), index = ``obs_names``.
-    ``.uns[key_added]['params']``
-        The parameters above, plus ``n_genes`` and the matched ``gene_column``;
-        ``ties`` records how tied genes were ranked (``"none (values, not ranks)"`` for
-        ``"zscore"`` and ``"ulm"``).
-    ``.uns[key_added]['coverage']``
-        Dict of columns, one row per input set: ``pathway``, ``n_total``, ``n_found``,
-        ``fraction``, ``kept`` and ``missing`` (``;``-joined genes not in the data).
-    ``.uns[key_added]['genes']``
-        Dict ``{kept pathway: ;-joined var_names of its genes found in the data}``.
+        ``.obsm[key_added]``
+            ``pd.DataFrame`` (spots × kept pathways, ``float64``), index = ``obs_names``.
+        ``.uns[key_added]['params']``
+            The parameters above, plus ``n_genes`` and the matched ``gene_column``;
+            ``ties`` records how tied genes were ranked (``"none (values, not ranks)"`` for
+            ``"zscore"`` and ``"ulm"``).
+        ``.uns[key_added]['coverage']``
+            Dict of columns, one row per input set: ``pathway``, ``n_total``, ``n_found``,
+            ``fraction``, ``kept`` and ``missing`` (``;``-joined genes not in the data).
+        ``.uns[key_added]['genes']``
+            Dict ``{kept pathway: ;-joined var_names of its genes found in the data}``.
+        ``.uns[key_added]['depth']``
+            With ``depth_diagnostics``: dict of columns, one row per kept pathway,
+            ``pathway``, ``n_spots``, ``r_log_counts``, ``r2_log_counts``, ``r_log_genes``,
+            ``r2_log_genes`` (R²: of a cubic in the log covariate).
+        ``.uns[key_added]['rarefaction']``
+            With ``rarefy_depth``: ``depth``, ``draws``, ``n_spots_below`` and, with two or
+            more draws, ``draw_agreement_r`` (per pathway) and its median.
     """
     sample_norm_method, correl_norm_type = _check_arguments(
         adata,
@@ -166,6 +215,7 @@ def score_pathways(
         auc_max_rank=auc_max_rank,
         copy=copy,
     )
+    _check_depth_arguments(rarefy_depth, rarefy_draws, random_state, ctrl_size, n_bins)
     adata = adata.copy() if copy else adata
     x = adata.layers[layer] if layer is not None else adata.X
     if x is None:
@@ -179,58 +229,44 @@ def score_pathways(
     )
     sets = SetIndex(match.indices, n_genes)
     names = match.names
-    logger.info(
-        "scoring %d gene sets (%s, matched on %s) in %d spots × %d genes",
-        len(names),
-        method,
-        match.source,
-        n_spots,
-        n_genes,
+    msg = "scoring %d gene sets (%s, matched on %s) in %d spots × %d genes"
+    logger.info(msg, len(names), method, match.source, n_spots, n_genes)
+    opts = _Options(
+        method=method,
+        layer=layer,
+        weight=weight,
+        sample_norm_method=sample_norm_method,
+        correl_norm_type=correl_norm_type,
+        ties=ties,
+        max_rank=_aucell_max_rank(auc_max_rank, n_genes),
+        normalize=normalize,
+        target_sum=target_sum,
+        ctrl_size=ctrl_size,
+        n_bins=n_bins,
+        random_state=random_state,
     )
-
     n_chunks = max(1, math.ceil(n_spots / chunk_size))
     show = progress if progress is not None else n_chunks > 10
-    scores = np.empty((n_spots, len(names)), dtype=np.float64)
-
     chunks = functools.partial(
         _finite_chunks, x, chunk_size, total=n_chunks, show=show, layer=layer
     )
-
-    max_rank = _aucell_max_rank(auc_max_rank, n_genes)
-    if method == "ssgsea":
-        for start, stop, chunk in chunks("ssGSEA"):
-            scores[start:stop] = ssgsea_chunk(
-                chunk,
-                sets,
-                weight=weight,
-                sample_norm_method=sample_norm_method,
-                correl_norm_type=correl_norm_type,
-                ties=ties,
-            )
-        if ssgsea_norm:
-            _normalize_ssgsea(scores)
-    elif method == "aucell":
-        for start, stop, chunk in chunks("AUCell"):
-            scores[start:stop] = aucell_chunk(chunk, sets, max_rank=max_rank)
-    elif method == "zscore":
-        _zscore(chunks, sets, scores, normalize=normalize, target_sum=target_sum, layer=layer)
+    total = detected = None
+    if depth_diagnostics or rarefy_depth is not None:
+        total, detected = library_sizes(x, chunk_size)
+    if rarefy_depth is None:
+        scores = _score_once(chunks, sets, n_spots, opts, adata.var_names, names)
+        rarefaction = None
     else:
-        for start, stop, chunk in _counts_checked(chunks, "ULM", method, normalize, layer):
-            scores[start:stop] = ulm_chunk(chunk, sets, normalize=normalize, target_sum=target_sum)
+        scores, rarefaction = _score_rarefied(
+            adata, chunks, sets, opts, names, total, rarefy_depth, rarefy_draws
+        )
+    if method == "ssgsea" and ssgsea_norm:
+        _normalize_ssgsea(scores)
 
     if smooth:
         scores = _smooth(adata, scores, smooth_kwargs)
 
     adata.obsm[key_added] = pd.DataFrame(scores, index=adata.obs_names.copy(), columns=names)
-    method_params = {
-        "ssgsea": {
-            "weight": weight,
-            "sample_norm_method": sample_norm_method,
-            "correl_norm_type": correl_norm_type,
-            "ssgsea_norm": ssgsea_norm,
-        },
-        "aucell": {"auc_max_rank": auc_max_rank, "max_rank": max_rank},
-    }.get(method, {"normalize": normalize, "target_sum": target_sum})
     params = {
         "gene_sets": gene_sets if isinstance(gene_sets, str) else type(gene_sets).__name__,
         "method": method,
@@ -244,10 +280,45 @@ def score_pathways(
         "smooth": smooth,
         "smooth_kwargs": dict(smooth_kwargs or {}),
         "ties": ties if method in ("ssgsea", "aucell") else "none (values, not ranks)",
-        **method_params,
+        **_method_params(opts, ssgsea_norm=ssgsea_norm, auc_max_rank=auc_max_rank),
+        **_rarefy_params(rarefy_depth, rarefy_draws, random_state),
     }
     adata.uns[key_added] = _uns_record(adata, match, params)
+    if rarefaction is not None:
+        adata.uns[key_added][_keys.PATHWAY_RAREFACTION] = rarefaction
+    if depth_diagnostics:
+        _record_depth(adata, key_added, scores, total, detected, names, method)
     return adata if copy else None
+
+
+def _record_depth(adata, key_added, scores, total, detected, names, method) -> None:
+    """Write ``uns[key_added]['depth']``; warn when the scores follow depth."""
+    table = depth_table(scores, total, detected, names=names)
+    adata.uns[key_added][_keys.PATHWAY_DEPTH] = table_to_record(table)
+    section = adata.uns.get(_keys.STALIGN, {}).get(_keys.LIBRARY_ID) or "this AnnData"
+    warn_if_depth_driven(table, section=str(section), method=method)
+
+
+def _method_params(o: _Options, *, ssgsea_norm: bool, auc_max_rank: float) -> dict[str, Any]:
+    """Return the method's own entries of ``uns[key_added]['params']``."""
+    if o.method == "ssgsea":
+        return {
+            "weight": o.weight,
+            "sample_norm_method": o.sample_norm_method,
+            "correl_norm_type": o.correl_norm_type,
+            "ssgsea_norm": ssgsea_norm,
+        }
+    if o.method == "aucell":
+        return {"auc_max_rank": auc_max_rank, "max_rank": o.max_rank}
+    params = {"normalize": o.normalize, "target_sum": o.target_sum}
+    if o.method == "score_genes":
+        params.update(
+            ctrl_size=o.ctrl_size,
+            n_bins=o.n_bins,
+            random_state=o.random_state,
+            gene_order="sorted by var_names",
+        )
+    return params
 
 
 def _check_arguments(
@@ -392,6 +463,11 @@ def _smooth(adata: AnnData, scores: np.ndarray, smooth_kwargs) -> np.ndarray:
         conn = tmp.obsp["spatial_connectivities"]
     a = sp.csr_matrix(conn, dtype=np.float64)
     a = (a != 0).astype(np.float64) + sp.identity(a.shape[0], format="csr")
+    finite = np.isfinite(scores)
+    if not finite.all():  # spots without a score (below a rarefaction depth) are skipped
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = (a @ np.where(finite, scores, 0.0)) / (a @ finite.astype(np.float64))
+        return np.where(finite, out, np.nan)
     deg = np.asarray(a.sum(axis=1)).ravel()
     return np.asarray(sp.diags(1.0 / deg) @ a @ scores)
 
@@ -409,3 +485,162 @@ def _h5ad_safe(d: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The method and its settings, as `_score_once` needs them."""
+
+    method: str
+    layer: str | None
+    weight: float
+    sample_norm_method: str
+    correl_norm_type: str
+    ties: str
+    max_rank: int
+    normalize: bool
+    target_sum: float
+    ctrl_size: int
+    n_bins: int
+    random_state: int
+
+
+def _score_once(
+    chunks, sets: SetIndex, n_rows: int, o: _Options, var_names: pd.Index, names: list[str]
+) -> np.ndarray:
+    """Raw scores ``(rows, sets)`` of the rows ``chunks`` yields (ssGSEA not yet normalised)."""
+    scores = np.empty((n_rows, sets.n_sets), dtype=np.float64)
+    if o.method == "ssgsea":
+        for start, stop, chunk in chunks("ssGSEA"):
+            scores[start:stop] = ssgsea_chunk(
+                chunk,
+                sets,
+                weight=o.weight,
+                sample_norm_method=o.sample_norm_method,
+                correl_norm_type=o.correl_norm_type,
+                ties=o.ties,
+            )
+    elif o.method == "aucell":
+        for start, stop, chunk in chunks("AUCell"):
+            scores[start:stop] = aucell_chunk(chunk, sets, max_rank=o.max_rank)
+    elif o.method == "zscore":
+        _zscore(chunks, sets, scores, normalize=o.normalize, target_sum=o.target_sum, layer=o.layer)
+    elif o.method == "score_genes":
+        scores[:] = _score_genes(chunks, sets, o, var_names, names)
+    else:
+        for start, stop, chunk in _counts_checked(chunks, "ULM", o.method, o.normalize, o.layer):
+            scores[start:stop] = ulm_chunk(
+                chunk, sets, normalize=o.normalize, target_sum=o.target_sum
+            )
+    return scores
+
+
+def _score_genes(chunks, sets: SetIndex, o: _Options, var_names: pd.Index, names) -> np.ndarray:
+    """Run scanpy's ``score_genes`` on the whole matrix (log-normalised first), genes sorted."""
+    parts = [
+        c for _, _, c in _counts_checked(chunks, "score_genes", o.method, o.normalize, o.layer)
+    ]
+    x = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, sets.n_genes))
+    x = x.astype(np.float64)
+    if o.normalize:
+        x = lognorm_matrix(x, target_sum=o.target_sum)
+    indices = [sets.u_genes[sets.set_u[a:b]] for a, b in itertools.pairwise(sets.set_ptr)]
+    return score_genes_matrix(
+        x,
+        var_names,
+        canonical_gene_rank(var_names, what="method='score_genes'"),
+        indices,
+        set_names=names,
+        ctrl_size=o.ctrl_size,
+        n_bins=o.n_bins,
+        random_state=o.random_state,
+    )
+
+
+def _score_rarefied(
+    adata: AnnData,
+    chunks,
+    sets: SetIndex,
+    o: _Options,
+    names: list[str],
+    total: np.ndarray,
+    depth: int,
+    draws: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Scores on counts rarefied to ``depth``, averaged over ``draws``; NaN below the depth.
+
+    Returns the scores (all spots) and the record ``uns[key_added]['rarefaction']``.
+    """
+    ok = total >= depth
+    n_ok = int(ok.sum())
+    if not n_ok:
+        msg = (
+            f"rarefy_depth={depth}: no spot has that many counts (largest library: "
+            f"{int(total.max()) if total.size else 0}); choose a lower depth"
+        )
+        raise ValueError(msg)
+    rank = canonical_gene_rank(adata.var_names, what="rarefy_depth")
+    keys = spot_keys(adata.obs_names)
+    per_draw = []
+    for draw in range(draws):
+        drawn = functools.partial(
+            _rarefied_chunks, chunks, ok=ok, depth=depth, rank=rank, keys=keys,
+            random_state=o.random_state, draw=draw,
+        )  # fmt: skip
+        per_draw.append(_score_once(drawn, sets, n_ok, o, adata.var_names, names))
+    scores = np.full((adata.n_obs, sets.n_sets), np.nan)
+    scores[ok] = np.mean(per_draw, axis=0)
+    n_below = int((~ok).sum())
+    if n_below:
+        logger.info(
+            "rarefy_depth=%d: %d of %d spots have fewer counts; their scores are NaN",
+            depth,
+            n_below,
+            adata.n_obs,
+        )
+    record: dict[str, Any] = {"depth": int(depth), "draws": int(draws), "n_spots_below": n_below}
+    if draws >= 2:
+        agree = column_pearson(per_draw[0], per_draw[1])
+        record["draw_agreement_r"] = agree
+        record["median_draw_agreement_r"] = float(np.nanmedian(agree)) if agree.size else np.nan
+    return scores, record
+
+
+def _rarefied_chunks(chunks, desc: str, *, ok, depth, rank, keys, random_state, draw):
+    """Yield the chunks' rows with ``ok``, rarefied, renumbered among those rows."""
+    pos = 0
+    for start, stop, chunk in chunks(desc):
+        sel = np.flatnonzero(ok[start:stop])
+        if not sel.size:
+            continue
+        sub = rarefy_chunk(
+            chunk[sel], depth, gene_rank=rank, keys=keys[start:stop][sel],
+            random_state=random_state, draw=draw,
+        )  # fmt: skip
+        yield pos, pos + sel.size, sub
+        pos += sel.size
+
+
+def _check_depth_arguments(
+    rarefy_depth: int | None, rarefy_draws: int, random_state: int, ctrl_size: int, n_bins: int
+) -> None:
+    """Validate the rarefaction and ``score_genes`` arguments of `score_pathways`."""
+    checks = {
+        "rarefy_draws": (rarefy_draws, 1),
+        "ctrl_size": (ctrl_size, 1),
+        "n_bins": (n_bins, 2),
+        "random_state": (random_state, 0),
+    }
+    if rarefy_depth is not None:
+        checks["rarefy_depth"] = (rarefy_depth, 1)
+    for name, (value, low) in checks.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            msg = f"{name} must be an integer >= {low}, found {value!r}"
+            raise ValueError(msg)
+
+
+def _rarefy_params(depth: int | None, draws: int, random_state: int) -> dict[str, Any]:
+    """Return the rarefaction entries of ``uns[key_added]['params']``."""
+    if depth is None:
+        return {"rarefy_depth": None}
+    return {"rarefy_depth": int(depth), "rarefy_draws": int(draws), "random_state": random_state}
