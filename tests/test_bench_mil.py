@@ -39,7 +39,7 @@ def test_mil_learns_signal_and_not_shuffled_labels():
 
 def test_mil_input_errors():
     bags, y, groups = _mil_task(n_bags=8)
-    with pytest.raises(ValueError, match="2 patients"):
+    with pytest.raises(ValueError, match="2 groups"):
         marker_prediction(bags, y, np.zeros(8))
     with pytest.raises(ValueError, match="0/1"):
         marker_prediction(bags, y + 1, groups)

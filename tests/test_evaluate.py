@@ -103,10 +103,58 @@ def test_evaluate_cli_writes_report_with_figures(small_store, tiny_export, tmp_p
     # leave-one-patient-out: 2 folds for a deterministic feature set
     runs = pd.read_csv(out / "runs.csv")
     gen = runs[(runs["task"] == "genes") & (runs["features"] == "aligned")]
-    assert sorted(gen["fold"]) == ["mouse1", "mouse2"]
+    for metric in ("pearson", "pearson_depth_adjusted"):
+        assert sorted(gen.loc[gen["metric"] == metric, "fold"]) == ["mouse1", "mouse2"]
     with open(out / "per_target_genes.csv") as fh:
         assert len(list(csv.reader(fh))) == 51  # header + 50 HEST genes
-    assert "## Verdict" in report and "aligned" in report
+    assert "## Verdicts on the depth-adjusted readout" in report and "aligned" in report
+    assert report.splitlines()[2].startswith("**Overall verdict: alignment ")
+    assert report.index("depth-adjusted readout") < report.index("## Verdicts on the HEST readout")
+    assert "Probe protocol `hest_robust`" in report
+    for key in ("genes_depth_adjusted", "genes_cp10k", "pathways_depth_adjusted"):
+        assert (out / f"per_target_{key}.csv").is_file()
+
+
+def test_split_by_section_scores_both_readouts_and_library_size_is_zero_net_of_depth(
+    small_store, tiny_export, tmp_path
+):
+    """test_samples splits by section (probes and MIL); the depth-adjusted readout takes the
+    library-size row from its HEST score to ~0 on real MOB data; the report leads with it."""
+    from stalign.bench import evaluate
+
+    res = evaluate(
+        small_store,
+        [f"baseline={tiny_export}", f"shuffled={tiny_export}", f"aligned={tiny_export}"],
+        out=tmp_path,
+        test_samples=["MOB3"],
+        references=("histogram", "library_size"),
+        image_size=32,
+        seeds=(0,),
+        n_marker_genes=0,
+        n_marker_pathways=1,
+        mil_epochs=2,
+        threads=1,
+        progress=False,
+    )
+    t = res.table.set_index(["features", "task", "metric"])["mean"]
+    lib = "library size only"
+    assert t[(lib, "genes", "pearson")] > 0.3  # depth carries the HEST readout on MOB
+    for task in ("genes", "genes (log CP10k)", "pathways"):
+        assert abs(t[(lib, task, "pearson_depth_adjusted")]) < 0.05
+    assert (
+        t[("colour histogram", "genes", "pearson_depth_adjusted")]
+        < t[("colour histogram", "genes", "pearson")]
+    )
+    runs = res.runs
+    assert set(runs["fold"]) <= {"MOB3", "all"}  # sections, never patient ids
+    assert runs["task"].str.startswith("marker").any()
+    report = res.report.read_text()
+    assert report.splitlines()[2].startswith("**Overall verdict: alignment inconclusive**")
+    assert "Rule: **helped** only if" in report
+    assert "sections of one tumour are near-replicates" in report
+    assert "train on sections ['MOB1'], test on sections ['MOB3']" in report
+    verdict = json.loads((tmp_path / "results.json").read_text())["overall_verdict"]
+    assert verdict["verdict"] == "inconclusive" and "no spread" in verdict["reason"]
 
 
 def test_evaluate_errors(small_store, tmp_path):
@@ -116,6 +164,12 @@ def test_evaluate_errors(small_store, tmp_path):
         evaluate(small_store, [], out=tmp_path, references=("colour",))
     with pytest.raises(ValueError, match="probes"):
         evaluate(small_store, [], out=tmp_path, probes=("svm",))
+    with pytest.raises(ValueError, match="not both"):
+        evaluate(small_store, [], out=tmp_path, test_patients=["mouse1"], test_samples=["MOB1"])
+    with pytest.raises(ValueError, match="split_by"):
+        evaluate(small_store, [], out=tmp_path, test_samples=["MOB1"], split_by="patient")
+    with pytest.raises(ValueError, match="protocol"):
+        evaluate(small_store, [], out=tmp_path, protocol="hest_exact")
     with pytest.raises(FileNotFoundError, match="not a finished pairs store"):
         evaluate(Path(tmp_path) / "nowhere", [], out=tmp_path, references=("histogram",))
 

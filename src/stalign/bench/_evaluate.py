@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 
 from ._cache import FeatureCache, FeatureSource
+from ._depth_readout import depth_adjusted
 from ._features import color_histogram, downsampled_pixels, library_size, squidpy_features
 from ._mil import marker_prediction
 from ._probe import PROTOCOLS, ProbeResult, gene_prediction, pathway_prediction
-from ._report import MapSection
+from ._report import DEPTH_METRIC, MapSection
 from ._retrieval import retrieval
 from ._tasks import MarkerTask, bags_from_task, region_tasks
 
@@ -48,6 +49,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PROBES = ("ridge", "ridge_cv", "mlp")
+_UNIT = {"patient": "patient", "sample": "section"}
 
 
 @dataclass
@@ -361,6 +363,8 @@ class EvaluationSpec:
     encoders: Sequence[Any] | Mapping[str, Any]
     out: Path
     test_patients: Sequence[str] | None = None
+    test_samples: Sequence[str] | None = None
+    split_by: str | None = None
     references: Sequence[str] = REFERENCES
     random_encoder: str | Sequence[str] = "vit_tiny_patch16_224"
     image_size: int | None = None
@@ -405,12 +409,19 @@ class EvaluationSpec:
                 f"got {list(self.probes)}"
             )
             raise ValueError(msg)
+        self.split_by = _split_by(self.split_by, self.test_patients, self.test_samples)
         if self.protocol not in PROTOCOLS:
             msg = f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}"
             raise ValueError(msg)
         if int(self.batch_size) <= 0:
             msg = f"batch_size must be a positive integer, got {self.batch_size!r}"
             raise ValueError(msg)
+
+    @property
+    def test_groups(self) -> list[str] | None:
+        """The fixed test patients or sections (``None``: leave one group out)."""
+        test = self.test_samples if self.split_by == "sample" else self.test_patients
+        return None if test is None else [str(t) for t in test]
 
     @property
     def encoder_labels(self) -> list[str]:
@@ -436,6 +447,30 @@ class EvaluationSpec:
             else:
                 sets.append(FeatureSet(REFERENCE_FEATURES[r].label, "reference", r))
         return sets
+
+
+def _split_by(
+    split_by: str | None, test_patients: Sequence[str] | None, test_samples: Sequence[str] | None
+) -> str:
+    """Resolve the split level: ``"sample"`` (section) with ``test_samples``, else patient."""
+    if test_patients is not None and test_samples is not None:
+        msg = "give test_patients or test_samples (a split by patient or by section), not both"
+        raise ValueError(msg)
+    for name, value in (("test_patients", test_patients), ("test_samples", test_samples)):
+        if isinstance(value, str):
+            msg = f"{name} must be a list of ids, got the string {value!r}"
+            raise TypeError(msg)
+    inferred = "sample" if test_samples is not None else "patient"
+    if split_by is None:
+        return inferred
+    if split_by not in ("patient", "sample"):
+        msg = f"split_by must be 'patient' or 'sample' (section), got {split_by!r}"
+        raise ValueError(msg)
+    given = test_samples if split_by == "patient" else test_patients
+    if given is not None:
+        msg = f"split_by={split_by!r} does not match the fixed test set given ({inferred}s)"
+        raise ValueError(msg)
+    return split_by
 
 
 @dataclass(frozen=True)
@@ -648,12 +683,25 @@ class _Context:
     def samples(self) -> np.ndarray:
         return self.data.obs["sample_id"].to_numpy(str)
 
+    @property
+    def groups(self) -> np.ndarray:
+        """The split's unit of each spot: its patient, or its section with split_by='sample'."""
+        return self.samples if self.spec.split_by == "sample" else self.patients
+
+    @functools.cached_property
+    def log_depth(self) -> np.ndarray:
+        """Log library size of each spot (all genes: the store keeps the others' total)."""
+        from ..pp import log_depth
+
+        return log_depth(self.data.counts)
+
 
 def _marker_task(data: PairsArrays, spec: EvaluationSpec, panel: Sequence[str]) -> MarkerTask:
-    """Region tasks; default targets are balanced (both classes >= 20 %) in every patient.
+    """Region tasks; default targets are balanced (both classes >= 20 %) in every group.
 
-    A target whose label follows the patient (a batch effect) cannot be learned across
-    patients and would leave a fold with one class, so it is passed over.
+    A group is a patient, or a section with ``split_by="sample"``. A target whose label
+    follows the group (a batch effect) cannot be learned across groups and would leave
+    a fold with one class, so it is passed over.
     """
     marker_genes = spec.marker_genes
     genes = list(marker_genes) if marker_genes is not None else list(panel)
@@ -669,21 +717,21 @@ def _marker_task(data: PairsArrays, spec: EvaluationSpec, panel: Sequence[str]) 
         pathways=pw,
         window=spec.region_window,
     )
-    pat = full.bag_obs["patient_id"].to_numpy()
-    frac = full.labels.groupby(pat).mean()
+    unit = "sample_id" if spec.split_by == "sample" else "patient_id"
+    frac = full.labels.groupby(full.bag_obs[unit].to_numpy()).mean()
     ok = ((frac >= 0.2) & (frac <= 0.8)).all(axis=0)
     keep_g = [f"gene:{g}" for g in genes if marker_genes is not None or ok[f"gene:{g}"]]
     keep_g = keep_g if marker_genes is not None else keep_g[: spec.n_marker_genes]
     keep_p = [f"pathway:{q}" for q in pw if ok[f"pathway:{q}"]][: spec.n_marker_pathways]
     cols = keep_g + keep_p
     if not cols:
-        msg = "no marker target is balanced within every patient"
+        msg = f"no marker target is balanced within every {_UNIT[spec.split_by]}"
         raise ValueError(msg)
     full.labels = full.labels[cols]
     full.values = full.values[cols]
     full.definition += (
         "; default targets: the most variable panel genes / pathways whose label is "
-        "balanced (20–80 % positive) within every patient"
+        f"balanced (20–80 % positive) within every {_UNIT[spec.split_by]}"
     )
     return full
 
@@ -721,9 +769,11 @@ def _rows(
     ]
 
 
-def _probe_rows(res: ProbeResult, label: str, seed: int, task: str) -> list[dict]:
+def _probe_rows(
+    res: ProbeResult, label: str, seed: int, task: str, metric: str = "pearson"
+) -> list[dict]:
     folds = [(r.test_groups, r.pearson_mean) for r in res.per_fold.itertuples()]
-    return _rows(label, seed, task, "pearson", folds)
+    return _rows(label, seed, task, metric, folds)
 
 
 def _retrieval_from_probe(res: ProbeResult, samples: np.ndarray, max_k: int):
@@ -747,27 +797,44 @@ def _chance_curve(res: ProbeResult, samples: np.ndarray, max_k: int) -> np.ndarr
     return np.array([np.average(np.minimum(k / w, 1), weights=w) for k in range(1, max_k + 1)])
 
 
-def _split_scores(
-    X: np.ndarray, ctx: _Context, probe: str, seed: int
-) -> tuple[ProbeResult, ProbeResult]:
-    """Gene and pathway probes of one feature matrix at one seed (folds inside)."""
+#: Readouts of the spot probes: key → (task label, targets of gene_prediction or None).
+READOUTS = {
+    "genes": ("genes", "log1p"),
+    "genes_cp10k": ("genes (log CP10k)", "log1p_cp10k"),
+    "pathways": ("pathways", None),
+}
+
+
+def _split_scores(X: np.ndarray, ctx: _Context, probe: str, seed: int) -> dict[str, ProbeResult]:
+    """Gene (log1p, log CP10k) and pathway probes of one feature matrix at one seed.
+
+    Returns the plain results under ``genes``, ``genes_cp10k``, ``pathways`` and their
+    depth-adjusted rescoring under ``<key>_depth_adjusted`` (the same predictions).
+    """
     common = {
         "samples": ctx.samples,
         "probe": probe,
         "protocol": ctx.spec.protocol,
-        "test_groups": ctx.spec.test_patients,
+        "test_groups": ctx.spec.test_groups,
         "random_state": seed,
     }
-    g = gene_prediction(
-        X,
-        ctx.data.counts,
-        ctx.patients,
-        gene_names=ctx.data.gene_names,
-        genes=ctx.panel,
-        **common,
-    )
-    p = pathway_prediction(X, ctx.data.pathways, ctx.patients, **common)
-    return g, p
+    out: dict[str, ProbeResult] = {}
+    for key, (_, targets) in READOUTS.items():
+        if targets is None:
+            res = pathway_prediction(X, ctx.data.pathways, ctx.groups, **common)
+        else:
+            res = gene_prediction(
+                X,
+                ctx.data.counts,
+                ctx.groups,
+                gene_names=ctx.data.gene_names,
+                genes=ctx.panel,
+                targets=targets,
+                **common,
+            )
+        out[key] = res
+        out[f"{key}_depth_adjusted"] = depth_adjusted(res, ctx.log_depth, samples=ctx.samples)
+    return out
 
 
 @dataclass
@@ -775,7 +842,7 @@ class _SeedScores:
     """Rows of one feature set at one seed, plus the ridge results the figures use."""
 
     rows: list[dict]
-    ridge: dict[str, ProbeResult] | None = None  # "genes"/"pathways", when ridge ran
+    ridge: dict[str, ProbeResult] | None = None  # readout key → result, when ridge ran
     curve: np.ndarray | None = None
     chance_curve: np.ndarray | None = None
 
@@ -804,15 +871,16 @@ def _marker_rows(X: np.ndarray, ctx: _Context, label: str, seed: int) -> list[di
     task = ctx.task
     if task is None:
         return []
+    unit = "sample_id" if ctx.spec.split_by == "sample" else "patient_id"
     bags = bags_from_task(X, task)
     rows: list[dict] = []
     for col in task.labels.columns:
         mres = marker_prediction(
             bags,
             task.labels[col].to_numpy(),
-            task.bag_obs["patient_id"].to_numpy(),
+            task.bag_obs[unit].to_numpy(),
             seeds=[seed],
-            test_groups=ctx.spec.test_patients,
+            test_groups=ctx.spec.test_groups,
             epochs=ctx.spec.mil_epochs,
         )
         folds = [(r.test_groups, r.auc) for r in mres.per_fold.itertuples()]
@@ -832,14 +900,17 @@ def _score_seed(
     for probe in ctx.spec.probes:
         if not new_features and probe != "mlp":
             continue
-        g, p = _split_scores(X, ctx, probe, seed)
+        res = _split_scores(X, ctx, probe, seed)
         suffix = "" if probe == "ridge" else f" ({probe})"
-        out.rows += _probe_rows(g, label, seed, "genes" + suffix)
-        out.rows += _probe_rows(p, label, seed, "pathways" + suffix)
+        for key, (task, _) in READOUTS.items():
+            out.rows += _probe_rows(res[key], label, seed, task + suffix)
+            adjusted = res[f"{key}_depth_adjusted"]
+            out.rows += _probe_rows(adjusted, label, seed, task + suffix, DEPTH_METRIC)
         if probe == "ridge":
+            p = res["pathways"]
             rows, ret = _retrieval_rows(p, ctx, label, seed, with_chance)
             out.rows += rows
-            out.ridge, out.curve = {"genes": g, "pathways": p}, ret.curve
+            out.ridge, out.curve = res, ret.curve
             if with_chance:
                 out.chance_curve = _chance_curve(p, ctx.samples, ctx.spec.max_k)
     out.rows += _marker_rows(X, ctx, label, seed)
@@ -851,7 +922,7 @@ class _FeatureSetScores:
     """One feature set over all seeds."""
 
     rows: list[dict]
-    per_target: dict[str, pd.Series]  # genes / pathways → mean over seeds per target
+    per_target: dict[str, pd.Series]  # readout key → mean over seeds per target
     # the maps' section of the first seed's ridge probes, for the compared pair only
     map_sections: dict[str, MapSection] | None
     curve: np.ndarray  # recall@k curve, mean over seeds
@@ -861,7 +932,7 @@ class _FeatureSetScores:
 def _score_feature_set(fs: FeatureSet, ctx: _Context, *, with_chance: bool) -> _FeatureSetScores:
     """Score a feature set over the seeds, reloading features only where they change."""
     rows: list[dict] = []
-    means: dict[str, list[pd.Series]] = {"genes": [], "pathways": []}
+    means: dict[str, list[pd.Series]] = {}
     map_sections: dict[str, MapSection] | None = None
     curves: list[np.ndarray] = []
     chance = None
@@ -880,11 +951,13 @@ def _score_feature_set(fs: FeatureSet, ctx: _Context, *, with_chance: bool) -> _
         )
         rows += res.rows
         if res.ridge is not None:
-            for key in means:
-                means[key].append(res.ridge[key].target_means())
+            for key, r in res.ridge.items():
+                means.setdefault(key, []).append(r.target_means())
             curves.append(res.curve)
             if map_sections is None and fs.label in ctx.compared:  # the maps need it
-                map_sections = {k: MapSection.of(r, ctx.samples) for k, r in res.ridge.items()}
+                map_sections = {
+                    k: MapSection.of(res.ridge[k], ctx.samples) for k in ("genes", "pathways")
+                }
         chance = res.chance_curve if res.chance_curve is not None else chance
         if ctx.progress_bar is not None:
             ctx.progress_bar.update(1)
@@ -916,6 +989,8 @@ def evaluate(
     *,
     out: str | os.PathLike,
     test_patients: Sequence[str] | None = None,
+    test_samples: Sequence[str] | None = None,
+    split_by: str | None = None,
     references: Sequence[str] = REFERENCES,
     random_encoder: str | Sequence[str] = "vit_tiny_patch16_224",
     image_size: int | None = None,
@@ -940,9 +1015,11 @@ def evaluate(
 
     Every feature set is scored in the same run, on the same spots and splits:
 
-    * **genes** — `gene_prediction` (HEST protocol: 50 HVGs, log1p, PCA 256,
-      ridge), Pearson per gene;
-    * **pathways** — `pathway_prediction` on the store's pathway scores;
+    * **genes** — [`gene_prediction`][stalign.bench.gene_prediction] (HEST protocol:
+      50 HVGs, log1p raw counts, PCA 256, ridge), Pearson per gene; and the same panel
+      as ``log1p`` of counts per 10,000 (``genes (log CP10k)``);
+    * **pathways** — [`pathway_prediction`][stalign.bench.pathway_prediction] on the
+      store's pathway scores;
     * **retrieval** — the pathway ridge probe's predicted profile of each test spot
       retrieves its measured profile among all spots of the same section (recall@1/5/10,
       plus the Pearson between the retrieved and true profile). Exports hold the image
@@ -951,8 +1028,18 @@ def evaluate(
     * **markers** — gated ABMIL over 5 × 5-spot regions (`region_tasks`), label =
       pseudo-bulk marker gene / pathway above the cohort median, ROC-AUC.
 
+    Genes and pathways are scored twice from the same predictions: the HEST readout
+    (metric ``pearson``) and the depth-adjusted one (``pearson_depth_adjusted``:
+    a cubic in log library size regressed out of targets and predictions over the test
+    spots, [`depth_adjusted`][stalign.bench.depth_adjusted]); the report leads with the
+    latter and opens with an overall verdict by a rule it states.
+
     Splits: leave one patient out, or, with ``test_patients``, one split testing those
-    patients (use it when an aligned encoder was trained on the other patients).
+    patients (use it when an aligned encoder was trained on the other patients). By
+    section instead: ``test_samples`` (one split testing those sections) or
+    ``split_by="sample"`` (leave one section out); the MIL folds follow. Sections of one
+    tumour are near-replicates, so a split by section is weaker evidence than a split
+    by patient (the report says so).
     Stochastic parts are repeated over ``seeds``: random-init encoders (a new init per
     seed), the MLP probe and the MIL. Deterministic feature sets run once.
 
@@ -978,6 +1065,13 @@ def evaluate(
         ``per_target_*.csv``, ``results.json``, ``figures/*.png``.
     test_patients
         Fixed test patients (default: leave-one-patient-out over all patients).
+    test_samples
+        Fixed test sections (``sample_id``), instead of ``test_patients``: a split by
+        section. Give one of the two, not both.
+    split_by
+        ``"patient"`` or ``"sample"`` (section): the unit of the folds. Default:
+        ``"sample"`` with ``test_samples``, else ``"patient"``; ``"sample"`` without
+        ``test_samples`` is leave one section out.
     references
         Reference feature sets, names of [`REFERENCE_FEATURES`][stalign.bench.REFERENCE_FEATURES]:
         ``"histogram"``, ``"pixels"``, ``"squidpy"``, ``"library_size"`` (log total
@@ -1039,6 +1133,8 @@ def evaluate(
         encoders=encoders,
         out=Path(out),
         test_patients=test_patients,
+        test_samples=test_samples,
+        split_by=split_by,
         references=references,
         random_encoder=random_encoder,
         image_size=image_size,
@@ -1134,21 +1230,40 @@ def _baseline_and_aligned(spec: EvaluationSpec) -> tuple[str, str]:
     return base, aligned
 
 
+def _shared_patients(ctx: _Context, test: Sequence[str] | None) -> list[str]:
+    """Patients with sections on both sides of a split by section.
+
+    For a fixed split: patients with test and training sections; for leave one
+    section out: patients with more than one section.
+    """
+    sections = ctx.data.obs[["sample_id", "patient_id"]].astype(str).drop_duplicates()
+    if test is None:
+        counts = sections["patient_id"].value_counts()
+        return sorted(counts.index[counts > 1])
+    is_test = sections["sample_id"].isin(test)
+    both = set(sections.loc[is_test, "patient_id"]) & set(sections.loc[~is_test, "patient_id"])
+    return sorted(both)
+
+
 def _report_params(spec: EvaluationSpec, ctx: _Context) -> dict[str, Any]:
     """Describe the run for ``report.md`` and ``results.json``."""
     patients, samples, task = set(ctx.patients), set(ctx.samples), ctx.task
     base, aligned = ctx.compared
-    if spec.test_patients is None:
-        split = "leave one patient out"
+    unit = _UNIT[spec.split_by]
+    test = spec.test_groups
+    if test is None:
+        split = f"leave one {unit} out"
     else:
-        train = sorted(str(p) for p in patients - set(spec.test_patients))
-        split = f"train on {train}, test on {list(spec.test_patients)}"
+        train = sorted(str(g) for g in set(ctx.groups) - set(test))
+        split = f"train on {unit}s {train}, test on {unit}s {test}"
     return {
         "pairs_dir": str(spec.pairs_dir),
         "n_spots": len(ctx.data.obs),
         "samples": sorted(samples),
         "patients": sorted(patients),
         "split": split,
+        "split_by": spec.split_by,
+        "patients_on_both_sides": _shared_patients(ctx, test) if spec.split_by == "sample" else [],
         "seeds": list(spec.seeds),
         "probes": list(spec.probes),
         "protocol": spec.protocol,
@@ -1172,7 +1287,7 @@ def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
     """
     from .._utils import atomic_write_text
     from .._utils import progress_bar as tqdm
-    from ._report import summary_table, write_figures, write_report
+    from ._report import READOUT_TEXT, overall_verdict, summary_table, write_figures, write_report
 
     (spec.out / "figures").mkdir(parents=True, exist_ok=True)
     ds, data, panel = _open_store(spec)
@@ -1194,10 +1309,8 @@ def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
         scores = _score_grid(ctx)
     runs = pd.DataFrame([row for s in scores.values() for row in s.rows])
     table = summary_table(runs)
-    per_target = {
-        key: {label: s.per_target[key] for label, s in scores.items()}
-        for key in ("genes", "pathways")
-    }
+    keys = dict.fromkeys(k for s in scores.values() for k in s.per_target)
+    per_target = {key: {label: s.per_target[key] for label, s in scores.items()} for key in keys}
     runs.to_csv(spec.out / "runs.csv", index=False)
     table.to_csv(spec.out / "summary.csv", index=False)
     for key, cols in per_target.items():
@@ -1214,11 +1327,19 @@ def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
         aligned=params["aligned"],
         n_maps=spec.n_maps,
     )
-    report = write_report(spec.out, table, params, figs)
+    verdict = overall_verdict(table, params)
+    report = write_report(spec.out, table, params, figs, verdict=verdict)
     atomic_write_text(
         spec.out / "results.json",
         json.dumps(
-            {"params": params, "summary": table.to_dict(orient="records")}, indent=2, default=float
+            {
+                "params": params,
+                "overall_verdict": verdict,
+                "readouts": READOUT_TEXT,
+                "summary": table.to_dict(orient="records"),
+            },
+            indent=2,
+            default=float,
         ),
     )
     logger.info("evaluation report: %s", report)
@@ -1227,5 +1348,5 @@ def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
         runs=runs,
         report=report,
         out=spec.out,
-        extras={"per_target": per_target, "figures": figs},
+        extras={"per_target": per_target, "figures": figs, "overall_verdict": verdict},
     )

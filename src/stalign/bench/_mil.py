@@ -1,4 +1,4 @@
-"""Attention-MIL (gated ABMIL, Ilse et al. 2018) marker prediction with patient-level CV.
+"""Attention-MIL (gated ABMIL, Ilse et al. 2018) marker prediction with group-level CV.
 
 torch is imported inside the functions so that ``import stalign.bench`` stays light.
 """
@@ -166,13 +166,14 @@ def marker_prediction(
     dropout: float = 0.1,
     batch_size: int = 16,
 ) -> MarkerResult:
-    """Predict a binary bag label with gated attention-MIL under leave-one-patient-out CV.
+    """Predict a binary bag label with gated attention-MIL under leave-one-group-out CV.
 
-    Per fold (one patient held out), fitted on the training bags' instances only:
+    A group is a patient, or a section for a split by section (pass section ids as
+    ``groups``). Per fold (one group held out), fitted on the training bags' instances only:
     ``StandardScaler`` → ``PCA(pca_dim)``; then a gated ABMIL (instance MLP with
     ``hidden`` units, gated attention with ``attn`` units, linear head) trained with
     class-balanced BCE and AdamW for ``epochs`` epochs. Score: ROC-AUC on the held-out
-    patient's bags, mean ± std over folds and seeds, plus the pooled out-of-fold AUC.
+    group's bags, mean ± std over folds and seeds, plus the pooled out-of-fold AUC.
 
     Parameters
     ----------
@@ -181,12 +182,12 @@ def marker_prediction(
     labels
         ``(n_bags,)`` 0/1 labels.
     groups
-        ``(n_bags,)`` patient of each bag; one fold per patient.
+        ``(n_bags,)`` patient (or section) of each bag; one fold per group.
     seeds
         Training seeds (the run is repeated per seed; MIL is stochastic).
     test_groups
-        A single fixed split instead of leave-one-patient-out: these patients are
-        the test set, the others the training set.
+        A single fixed split instead of leave-one-group-out: these groups are the test
+        set, the others the training set.
     pca_dim
         PCA components on instances (``None``: scaling only).
     epochs, lr, weight_decay, hidden, attn, dropout, batch_size
@@ -194,7 +195,8 @@ def marker_prediction(
 
     Returns
     -------
-    [`MarkerResult`][stalign.bench.MarkerResult].
+    MarkerResult
+        Per-fold AUCs, out-of-fold scores and labels.
     """
     from sklearn.decomposition import PCA
     from sklearn.metrics import roc_auc_score
@@ -219,7 +221,7 @@ def marker_prediction(
         raise ValueError(msg)
     uniq = list(dict.fromkeys(g.tolist()))
     if len(uniq) < 2:
-        msg = f"patient-level CV needs >= 2 patients, found {uniq}"
+        msg = f"group-level CV needs >= 2 groups (patients or sections), found {uniq}"
         raise ValueError(msg)
 
     if test_groups is None:
@@ -227,7 +229,7 @@ def marker_prediction(
     else:
         test = [str(t) for t in test_groups]
         if not test or [t for t in test if t not in uniq] or len(set(test)) == len(uniq):
-            msg = f"test_groups must name some but not all of the patients {uniq}, got {test}"
+            msg = f"test_groups must name some but not all of the groups {uniq}, got {test}"
             raise ValueError(msg)
         m = np.isin(g, test)
         splits = [(np.flatnonzero(m), np.flatnonzero(~m), "+".join(test))]

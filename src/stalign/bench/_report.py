@@ -12,13 +12,54 @@ import pandas as pd
 
 from .._utils import atomic_write_text
 
-__all__ = ["MapSection", "summary_table", "write_figures", "write_report"]
+__all__ = [
+    "DEPTH_METRIC",
+    "READOUT_TEXT",
+    "MapSection",
+    "overall_verdict",
+    "summary_table",
+    "write_figures",
+    "write_report",
+]
+
+#: Metric name of the depth-adjusted readout in ``runs.csv`` / ``summary.csv``.
+DEPTH_METRIC = "pearson_depth_adjusted"
+
+#: One sentence per readout: what it measures.
+READOUT_TEXT = {
+    DEPTH_METRIC: "Depth-adjusted (`pearson_depth_adjusted`): Pearson between measured and "
+    "predicted values after a cubic in log library size is regressed out of both over the "
+    "test spots — what the image predicts beyond sequencing depth (library size alone "
+    "scores 0).",
+    "pearson": "HEST readout (`pearson`): Pearson between measured and predicted log1p raw "
+    "counts (genes) or stored pathway scores, as HEST-Benchmark — it rewards predicting "
+    "sequencing depth as much as biology (compare the library-size row).",
+    "cp10k": "Genes (log CP10k): the same gene panel as log1p of counts per 10,000 per spot, "
+    "which removes library size as a scale factor but not its non-linear traces.",
+}
+
+#: The rule of the overall verdict, stated in the report.
+VERDICT_RULE = (
+    "**helped** only if, on the depth-adjusted gene readout (ridge probe), the aligned "
+    "encoder's mean exceeds both the baseline's and the shuffled-pair control's by more "
+    "than twice the larger of the two standard deviations (over folds × seeds); "
+    "**did not help** if it falls short of that against either; **inconclusive** when "
+    "the run has no shuffled-pair control or no spread to judge by (one value per row)."
+)
 
 _TASK_TEXT = {
-    "genes": "Gene expression (HEST ridge probe, Pearson per gene averaged over the panel)",
-    "pathways": "Pathway scores (HEST ridge probe, Pearson per pathway averaged)",
+    "genes": "Gene expression: ridge probe on log1p raw counts of the HEST panel, Pearson "
+    "per gene averaged over the panel",
+    "genes (log CP10k)": "Gene expression: the same panel as log1p of counts per 10,000",
+    "pathways": "Pathway scores: ridge probe, Pearson per pathway averaged",
     "retrieval": "Retrieval: predicted profile → measured profile among the spots of its section",
 }
+
+_SECTION_SPLIT_NOTE = (
+    "Split by section: sections of one tumour are near-replicates (adjacent tissue, one "
+    "patient, often one run), so this measures generalisation to a new section, not to a "
+    "new patient — weaker evidence than a split by patient."
+)
 
 
 _PROTOCOL_TEXT = {
@@ -46,27 +87,42 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _task_table(table: pd.DataFrame, task: str) -> str:
-    t = table[table["task"] == task].copy()
+def _wide(rows: pd.DataFrame, across: str, columns: list[str] | None = None) -> str:
+    """Markdown table of ``mean ± sd``: feature sets down, the ``across`` column across."""
+    t = rows.copy()
     t["value"] = [_fmt(m, s, n) for m, s, n in zip(t["mean"], t["std"], t["n"], strict=True)]
     wide = t.pivot_table(
-        index="features", columns="metric", values="value", aggfunc="first", sort=False
+        index="features", columns=across, values="value", aggfunc="first", sort=False
     )
-    order = list(dict.fromkeys(t["features"]))
-    wide = wide.reindex(order).reset_index()
+    wide = wide.reindex(index=list(dict.fromkeys(t["features"])))
+    if columns is not None:
+        wide = wide[columns]
+    wide = wide.reset_index()
     wide.columns.name = None
     return _md(wide)
 
 
-def _verdict(table: pd.DataFrame, task: str, base: str, aligned: str, metric: str) -> str:
+def _task_table(table: pd.DataFrame, task: str) -> str:
+    return _wide(table[table["task"] == task], "metric")
+
+
+def _compare(table: pd.DataFrame, task: str, metric: str, base: str, aligned: str):
+    """Return ``(base row, aligned row)`` of one task and metric (``None``: one is missing)."""
     t = table[(table["task"] == task) & (table["metric"] == metric)].set_index("features")
     if base not in t.index or aligned not in t.index:
+        return None
+    return t.loc[base], t.loc[aligned]
+
+
+def _verdict(table: pd.DataFrame, task: str, base: str, aligned: str, metric: str) -> str:
+    rows = _compare(table, task, metric, base, aligned)
+    if rows is None:
         return ""
-    a, b = t.loc[base], t.loc[aligned]
+    a, b = rows
     d = b["mean"] - a["mean"]
     noise = float(np.nanmax([a["std"], b["std"], 0.0]))
     if np.isnan(d):
-        return f"- {task}: undefined."
+        return f"- {task} ({metric}): undefined."
     if a["n"] <= 1 and b["n"] <= 1:
         word = "single value each (no folds/seeds spread to judge the difference by)"
     elif abs(d) <= noise:
@@ -81,13 +137,69 @@ def _verdict(table: pd.DataFrame, task: str, base: str, aligned: str, metric: st
     )
 
 
-def _verdicts(table: pd.DataFrame, base: str, aligned: str) -> list[str]:
-    """One verdict line per task: spot-level probes, retrieval, then marker tasks."""
-    pairs = [("genes", "pearson"), ("pathways", "pearson")]
-    pairs += [("retrieval", "recall@5"), ("retrieval", "profile_corr")]
-    pairs += [(t, "roc_auc") for t in dict.fromkeys(table["task"]) if t.startswith("marker ")]
+def _verdicts(table: pd.DataFrame, base: str, aligned: str, *, depth: bool) -> list[str]:
+    """One verdict line per task: the depth-adjusted readouts, or the plain ones."""
+    probes = [t for t in dict.fromkeys(table["task"]) if t.startswith(("genes", "pathways"))]
+    if depth:
+        pairs = [(t, DEPTH_METRIC) for t in probes]
+    else:
+        pairs = [(t, "pearson") for t in probes]
+        pairs += [("retrieval", "recall@5"), ("retrieval", "profile_corr")]
+        pairs += [(t, "roc_auc") for t in dict.fromkeys(table["task"]) if t.startswith("marker ")]
     lines = [_verdict(table, task, base, aligned, metric) for task, metric in pairs]
     return [v for v in lines if v]
+
+
+def _shuffled_controls(params: Mapping[str, Any]) -> list[str]:
+    """Return the encoder rows named as shuffled-pair controls (not the aligned row)."""
+    return [k for k in params["encoders"] if "shuffled" in k.lower() and k != params["aligned"]]
+
+
+def overall_verdict(table: pd.DataFrame, params: Mapping[str, Any]) -> dict[str, str]:
+    """Answer "did alignment help?" in one word, by the rule ``VERDICT_RULE``.
+
+    Parameters
+    ----------
+    table
+        The summary table (``summary_table`` of ``runs.csv``).
+    params
+        The run description (``baseline``, ``aligned``, ``encoders``).
+
+    Returns
+    -------
+    dict
+        ``verdict`` (``"helped"``, ``"did not help"`` or ``"inconclusive"``), ``reason``
+        (the numbers behind it) and ``rule``.
+    """
+    aligned = params["aligned"]
+    shuffled = _shuffled_controls(params)
+    controls = [c for c in dict.fromkeys([params["baseline"], *shuffled]) if c != aligned]
+    parts, failed, unjudged = [], [], []
+    for control in controls:
+        rows = _compare(table, "genes", DEPTH_METRIC, control, aligned)
+        if rows is None:
+            unjudged.append(control)
+            continue
+        c, a = rows
+        d = a["mean"] - c["mean"]
+        margin = 2 * float(np.nanmax([a["std"], c["std"], 0.0]))
+        parts.append(f"{aligned} − {control} = {d:+.3f} (2 × larger sd = {margin:.3f})")
+        if (a["n"] <= 1 and c["n"] <= 1) or np.isnan(d):
+            unjudged.append(control)
+        elif not d > margin:
+            failed.append(control)
+    if failed:
+        word = "did not help"
+    elif unjudged or not shuffled:
+        word = "inconclusive"
+    else:
+        word = "helped"
+    why = "; ".join(parts) if parts else "the depth-adjusted gene readout is missing"
+    if not shuffled:
+        why += "; no shuffled-pair control in this run"
+    if unjudged:
+        why += f"; no spread to judge by against {', '.join(unjudged)}"
+    return {"verdict": word, "reason": why, "rule": VERDICT_RULE}
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -199,7 +311,8 @@ def write_figures(
     out
         Output directory.
     per_target
-        ``genes`` / ``pathways`` → feature label → Pearson per target.
+        Readout (``genes``, ``pathways``, ``genes_depth_adjusted``, ...) → feature label
+        → Pearson per target.
     sections
         Feature label → ``genes`` / ``pathways`` → `MapSection` of its ridge
         probe (first seed), for the two compared labels.
@@ -238,6 +351,17 @@ def write_figures(
             aligned,
             n_maps,
         )
+    if "genes_depth_adjusted" in per_target:
+        f = "figures/scatter_genes_depth_adjusted.png"
+        pl.bench_scatter(
+            per_target["genes_depth_adjusted"][base],
+            per_target["genes_depth_adjusted"][aligned],
+            xlabel=base,
+            ylabel=aligned,
+            title="depth-adjusted Pearson per gene (held-out spots)",
+            save=out / f,
+        )
+        figs["scatter_genes_depth_adjusted"] = f
     f = "figures/retrieval_curves.png"
     pl.bench_retrieval_curves(
         dict(curves),
@@ -249,15 +373,45 @@ def write_figures(
     return figs
 
 
-def write_report(out: Path, table: pd.DataFrame, params: dict, figs: dict[str, str]) -> Path:
-    """Write ``out/report.md`` from the summary table and the figure paths; return it."""
-    base, aligned = params["baseline"], params["aligned"]
-    lines = [
+def _by_task(table: pd.DataFrame, tasks: list[str], metric: str) -> str:
+    """Markdown table: one row per feature set, one column per task, of one metric."""
+    sub = table[table["task"].isin(tasks) & (table["metric"] == metric)]
+    return _wide(sub, "task", columns=[t for t in tasks if t in set(sub["task"])])
+
+
+def _lead_lines(params: Mapping[str, Any], verdict: Mapping[str, str]) -> list[str]:
+    """Overall verdict, its rule, and one sentence per readout."""
+    return [
         "# stalign evaluation report",
         "",
+        f"**Overall verdict: alignment {verdict['verdict']}** ({params['aligned']} vs "
+        f"{params['baseline']} and the shuffled-pair control, depth-adjusted gene readout): "
+        f"{verdict['reason']}.",
+        "",
+        f"Rule: {verdict['rule']}",
+        "",
+        "Readouts:",
+        "",
+        *(f"- {text}" for text in READOUT_TEXT.values()),
+        "",
+    ]
+
+
+def _run_lines(params: Mapping[str, Any]) -> list[str]:
+    """Store, split, protocol, feature sets."""
+    lines = [
         f"Pairs store: `{params['pairs_dir']}` — {params['n_spots']} spots, samples "
         f"{', '.join(params['samples'])}, patients {', '.join(params['patients'])}.",
         f"Split: {params['split']}. Seeds: {params['seeds']}. Probes: {params['probes']}.",
+    ]
+    if params.get("split_by") == "sample":
+        shared = params.get("patients_on_both_sides") or []
+        lines.append(
+            _SECTION_SPLIT_NOTE
+            + (f" Patients with sections on both sides: {', '.join(shared)}." if shared else "")
+        )
+    return [
+        *lines,
         _PROTOCOL_TEXT[params.get("protocol", "hest_robust")],
         "",
         "Encoders: " + ", ".join(f"**{k}** (`{v}`)" for k, v in params["encoders"].items()),
@@ -268,79 +422,117 @@ def write_report(out: Path, table: pd.DataFrame, params: dict, figs: dict[str, s
         "Values are mean ± sd over folds × seeds (a deterministic feature set runs once "
         "per fold). Measured numbers, not selected: whatever they are.",
         "",
-        "## Verdict (baseline vs aligned)",
+    ]
+
+
+def _verdict_sections(table: pd.DataFrame, params: Mapping[str, Any]) -> list[str]:
+    """Verdicts on the depth-adjusted readout first, then on the HEST readout."""
+    base, aligned = params["baseline"], params["aligned"]
+    lines: list[str] = []
+    for depth, title in ((True, "depth-adjusted readout"), (False, "HEST readout")):
+        lines += [f"## Verdicts on the {title}", ""]
+        verdicts = _verdicts(table, base, aligned, depth=depth)
+        lines += [f"Baseline ({base}) vs aligned:", "", *verdicts]
+        for control in _shuffled_controls(params):
+            lines += [
+                "",
+                f"{control} vs aligned (the same training with image/profile pairs shuffled: "
+                "what training and augmentation alone do; alignment earns credit only where "
+                "it beats this too):",
+                "",
+                *_verdicts(table, control, aligned, depth=depth),
+            ]
+        lines += [""]
+    return lines
+
+
+def _task_text(task: str) -> str:
+    key = max((k for k in _TASK_TEXT if task.startswith(k)), key=len, default=None)
+    return task if key is None else _TASK_TEXT[key]
+
+
+def _task_sections(table: pd.DataFrame, figs: Mapping[str, str]) -> list[str]:
+    """Depth-adjusted summary table, then one section per spot task with its figures."""
+    tasks = list(dict.fromkeys(table["task"]))
+    probes = [t for t in tasks if t.startswith(("genes", "pathways"))]
+    lines = [
+        "## Depth-adjusted readout (all spot tasks)",
+        "",
+        _by_task(table, probes, DEPTH_METRIC),
         "",
     ]
-    markers = [t for t in dict.fromkeys(table["task"]) if t.startswith("marker ")]
-    lines += _verdicts(table, base, aligned)
-    controls = [k for k in params["encoders"] if "shuffled" in k.lower() and k != aligned]
-    for control in controls:
-        lines += [
-            "",
-            f"## Verdict ({control} vs aligned)",
-            "",
-            "The same training with image/profile pairs shuffled: what training and "
-            "augmentation alone do. Alignment earns credit only where it beats this too.",
-            "",
-        ]
-        lines += _verdicts(table, control, aligned)
-    lines += [""]
-    for task in dict.fromkeys(table["task"]):
+    if "scatter_genes_depth_adjusted" in figs:
+        lines += [f"![per-gene depth-adjusted Pearson]({figs['scatter_genes_depth_adjusted']})", ""]
+    figures = {
+        "genes": [("per-gene Pearson", "scatter_genes"), ("maps", "maps_genes")],
+        "pathways": [("per-pathway Pearson", "scatter_pathways"), ("maps", "maps_pathways")],
+        "retrieval": [("retrieval", "retrieval")],
+    }
+    for task in tasks:
         if task.startswith("marker "):
             continue
-        head = _TASK_TEXT.get(task.split(" ")[0], task)
-        lines += [f"## {task}", "", head + ".", "", _task_table(table, task), ""]
-        if task == "genes":
-            lines += [
-                f"![per-gene Pearson]({figs['scatter_genes']})",
-                "",
-                f"![maps]({figs['maps_genes']})",
-                "",
-            ]
-        if task == "pathways":
-            lines += [
-                f"![per-pathway Pearson]({figs['scatter_pathways']})",
-                "",
-                f"![maps]({figs['maps_pathways']})",
-                "",
-            ]
+        lines += [f"## {task}", "", _task_text(task) + ".", "", _task_table(table, task), ""]
         if task == "retrieval":
             lines += [
                 "Exact-match retrieval is harsh where neighbouring spots share near-identical "
                 "profiles; `profile_corr` gives graded credit (Pearson between the retrieved "
                 "and the true profile; the `chance` row is a random pick).",
                 "",
-                f"![retrieval]({figs['retrieval']})",
-                "",
             ]
-    if markers:
-        lines += [
-            "## Marker prediction (attention-MIL)",
-            "",
-            f"Task: {params['marker_task']}. {params['n_bags']} regions. "
-            "Gated ABMIL, ROC-AUC on held-out patients.",
-            "",
-        ]
-        sub = table[table["task"].isin(markers)].copy()
-        sub["value"] = [
-            _fmt(m, s, n) for m, s, n in zip(sub["mean"], sub["std"], sub["n"], strict=True)
-        ]
-        wide = sub.pivot_table(
-            index="features", columns="task", values="value", aggfunc="first", sort=False
-        )
-        wide = wide.reindex(list(dict.fromkeys(sub["features"]))).reset_index()
-        wide.columns.name = None
-        lines += [_md(wide), ""]
-    lines += [
+        for alt, key in figures.get(task, []):
+            if key in figs:
+                lines += [f"![{alt}]({figs[key]})", ""]
+    return lines
+
+
+def _marker_lines(table: pd.DataFrame, params: Mapping[str, Any]) -> list[str]:
+    markers = [t for t in dict.fromkeys(table["task"]) if t.startswith("marker ")]
+    if not markers:
+        return []
+    unit = "sections" if params.get("split_by") == "sample" else "patients"
+    return [
+        "## Marker prediction (attention-MIL)",
+        "",
+        f"Task: {params['marker_task']}. {params['n_bags']} regions. "
+        f"Gated ABMIL, ROC-AUC on held-out {unit}.",
+        "",
+        _by_task(table, markers, "roc_auc"),
+        "",
+    ]
+
+
+def write_report(
+    out: Path,
+    table: pd.DataFrame,
+    params: dict,
+    figs: dict[str, str],
+    *,
+    verdict: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``out/report.md`` from the summary table and the figure paths; return it.
+
+    The report opens with the overall verdict (``verdict``, default ``overall_verdict``
+    of ``table``) and its rule,
+    then what each readout measures, the verdicts on the depth-adjusted readout, then
+    on the HEST readout, and the tables.
+    """
+    verdict = overall_verdict(table, params) if verdict is None else verdict
+    lines = [
+        *_lead_lines(params, verdict),
+        *_run_lines(params),
+        *_verdict_sections(table, params),
+        *_task_sections(table, figs),
+        *_marker_lines(table, params),
         "## Gene panel",
         "",
         ", ".join(params["gene_panel"]),
         "",
-        "Files: `summary.csv` (this table), `runs.csv` (every fold and seed), "
-        "`per_target_genes.csv`, `per_target_pathways.csv`, `results.json`.",
+        "Files: `summary.csv` (these tables), `runs.csv` (every fold and seed), "
+        "`per_target_<readout>.csv` (Pearson per gene / pathway, mean over seeds), "
+        "`results.json` (parameters, overall verdict, summary).",
         "",
     ]
-    if not any("shuffled" in label.lower() for label in params["encoders"]):
+    if not _shuffled_controls(params):
         lines += [
             "No shuffled-pair control in this run. It belongs in the same run (the same "
             "training with image/profile pairs shuffled): pass it as another encoder "

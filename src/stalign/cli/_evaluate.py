@@ -12,9 +12,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="compare encoders (baseline vs aligned export) on a pairs store; write a report",
         description=(
             "Score encoders and reference features (colour histogram, 8x8 pixels, squidpy "
-            "features, a random-weights encoder) on the same pairs store: HEST ridge gene "
-            "and pathway prediction, image->profile retrieval, attention-MIL marker "
-            "prediction. Writes OUT/report.md with tables and figures."
+            "features, library size, a random-weights encoder) on the same pairs store: HEST "
+            "ridge gene and pathway prediction, scored plain and net of sequencing depth, "
+            "image->profile retrieval, attention-MIL marker prediction. Writes OUT/report.md, "
+            "led by an overall verdict, with tables and figures."
         ),
     )
     p.add_argument("pairs", help="pairs store (the --out of `stalign build-pairs`)")
@@ -37,6 +38,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="ID",
         help="fixed test patients (default: leave one patient out)",
+    )
+    p.add_argument(
+        "--test-samples",
+        nargs="+",
+        default=None,
+        metavar="ID",
+        help="fixed test sections (sample_id), instead of --test-patients: a split by section "
+        "(weaker than by patient: sections of one tumour are near-replicates)",
+    )
+    p.add_argument(
+        "--split-by",
+        choices=("patient", "sample"),
+        default=None,
+        help="unit of the folds: patient, or sample (section; leave one section out without "
+        "--test-samples) (default: sample with --test-samples, else patient)",
     )
     p.add_argument(
         "--references",
@@ -116,6 +132,8 @@ def _run(args: argparse.Namespace) -> int:
     refs = [] if args.references.strip() == "none" else args.references.split(",")
     options = dict(
         test_patients=args.test_patients,
+        test_samples=args.test_samples,
+        split_by=args.split_by,
         references=[r.strip() for r in refs if r.strip()],
         random_encoder=[n.strip() for n in args.random_encoder.split(",") if n.strip()],
         image_size=args.image_size,
