@@ -548,3 +548,36 @@ def test_incomplete_last_batches_are_dropped_and_a_one_pair_validation_refused(m
     assert np.isfinite(metrics["val_loss"]) and metrics["val_chance@1"] == 1 / 17
     with pytest.raises(ValueError, match=r"validation set has 1 pairs.*at least 2"):
         fit(tiny_config(), train, mob_pairs.subset([0]))
+
+
+# ------------------------------------------------------------------------ links out of --out
+@pytest.mark.parametrize("link", ["checkpoints", "best", "checkpoints/step_00000002"])
+def test_overwrite_never_deletes_through_a_link(trained_run, store, tmp_path, capsys, link):
+    # issue 21.5: a symlinked checkpoints/ had every step_* folder of its target deleted
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(out / link, elsewhere)
+    (elsewhere / "step_99999999").mkdir()  # belongs to no run
+    (out / link).symlink_to(elsewhere, target_is_directory=True)
+
+    def files() -> list[Path]:
+        return sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    before = files()
+    split = ["--train-samples", "MOB1", "--val-samples", "MOB3"]
+    capsys.readouterr()
+    assert main([*_train_cli(store, out), *split, "--seed", "1", "--overwrite"]) == 1
+    _one_line_error(capsys, str(out / link), "symbolic link")
+    assert files() == before  # nothing deleted, here or there
+    with pytest.raises(ValueError, match="symbolic link"):
+        fit(tiny_config(out, resume="auto"), store_pairs(store))
+    assert files() == before
+
+
+def store_pairs(store: Path):
+    from stalign.pairs import PairsDataset
+
+    return PairsDataset(store, samples=["MOB1"])

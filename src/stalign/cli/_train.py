@@ -8,53 +8,86 @@ import logging
 
 logger = logging.getLogger(__name__)
 
-# flag → TrainConfig field (type from the dataclass default)
+# flag → TrainConfig field: (type, help, what an unset (None) default means); the default
+# shown in --help is the dataclass field's
 _FLAGS = {
-    "encoder": str,
-    "epochs": int,
-    "max_steps": int,
-    "batch_size": int,
-    "lr": float,
-    "img_size": int,
-    "lora_r": int,
-    "lora_alpha": float,
-    "seed": int,
-    "device": str,
-    "num_workers": int,
-    "eval_every_steps": int,
-    "checkpoint_every_steps": int,
-    "early_stopping_patience": int,
-    "checkpoint_path": str,
-    "amp": str,
+    "encoder": (str, "registry or timm encoder name (`stalign encoders` lists them)", None),
+    "epochs": (int, "passes over the training pairs", None),
+    "max_steps": (int, "optimiser steps; wins over --epochs", "from --epochs"),
+    "batch_size": (int, "contrastive batch (the negatives of each pair), at least 2", None),
+    "lr": (float, "peak learning rate (AdamW, warm-up then cosine)", None),
+    "img_size": (int, "encoder input side in px; crops are resized to it", "the crop size"),
+    "lora_r": (int, "LoRA rank", None),
+    "lora_alpha": (float, "LoRA scaling alpha", None),
+    "seed": (int, "seed of everything (CPU runs are bit-reproducible)", None),
+    "device": (str, "auto (CUDA if available), cpu, cuda, cuda:1, ...", None),
+    "num_workers": (int, "DataLoader worker processes", None),
+    "eval_every_steps": (int, "validate every this many optimiser steps", "once per epoch"),
+    "checkpoint_every_steps": (int, "checkpoint every this many steps", "at evaluations"),
+    "early_stopping_patience": (
+        int,
+        "stop after this many evaluations without a better validation recall@5",
+        "never stop early",
+    ),
+    "checkpoint_path": (str, "local encoder weights (.safetensors or torch file)", "none"),
+    "amp": (str, "mixed precision: auto (bf16 on CUDA), bf16 or none", None),
 }
+
+
+def _add_settings_flags(p: argparse.ArgumentParser) -> None:
+    """Add the TrainConfig flags, unset by default: they override --config only when given."""
+    from ._args import add_deprecated_alias, format_default, settings_defaults
+
+    defaults = settings_defaults("train._config", "TrainConfig")
+    for name, (typ, text, none) in _FLAGS.items():
+        flag = f"--{name.replace('_', '-')}"
+        help_text = text + format_default(defaults.get(name), none)
+        p.add_argument(flag, dest=name, type=typ, default=None, help=help_text)
+    add_deprecated_alias(p, "--image-size", "--img-size", dest="img_size", type=int)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` to ``subparsers``."""
-    p = subparsers.add_parser(
+    from ._args import add_command, add_list
+
+    p = add_command(
+        subparsers,
         "train",
-        help="align an image encoder with pathway profiles (contrastive, LoRA)",
+        summary="align an image encoder with pathway profiles (contrastive, LoRA)",
         description=(
             "Train on a pairs store written by `stalign build-pairs`. Settings come from "
-            "--config (JSON/YAML, TrainConfig fields), then flags, then --set KEY=VALUE. "
-            "Under torchrun the run is distributed (DDP)."
+            "--config (JSON/YAML, TrainConfig fields), then flags, then --set KEY=VALUE; "
+            "a default shown below is TrainConfig's. Under torchrun the run is "
+            "distributed (DDP). Calls stalign.train.fit."
         ),
+        examples=[
+            "stalign train --pairs results/pairs --out results/aligned \\\n"
+            "    --encoder efficientnet_lite0 --pretrained \\\n"
+            "    --train-samples MOB1 --val-samples MOB2 --allow-patient-overlap",
+            "stalign train --pairs results/pairs --out results/aligned --config train.yaml "
+            "--set temperature=0.05",
+        ],
     )
     p.add_argument("--pairs", required=True, help="pairs store directory (with index.json)")
     p.add_argument(
         "--out", required=True, help="output directory (checkpoints, log.csv, curves.png)"
     )
     p.add_argument("--config", help="JSON or YAML file of TrainConfig settings")
-    p.add_argument("--train-samples", nargs="+", help="sample ids to train on")
-    p.add_argument("--val-samples", nargs="+", help="sample ids to validate on")
-    p.add_argument("--val-patients", nargs="+", help="patient ids to validate on (others train)")
+    add_list(p, "--train-samples", metavar="ID", help="sample ids to train on")
+    add_list(p, "--val-samples", metavar="ID", help="sample ids to validate on")
+    add_list(p, "--val-patients", metavar="ID", help="patient ids to validate on (others train)")
     p.add_argument(
         "--val-fraction",
         type=float,
         default=0.2,
-        help="fraction of patients held out when no explicit split is given",
+        help="fraction of patients held out without an explicit split (default: %(default)s)",
     )
-    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of that patient split (default: %(default)s)",
+    )
     p.add_argument(
         "--allow-patient-overlap",
         action="store_true",
@@ -66,14 +99,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pretrained", action="store_true", help="load the encoder's pretrained weights"
     )
-    p.add_argument("--resume", help="'auto' or a checkpoint directory")
+    p.add_argument(
+        "--resume",
+        help="continue a run: 'auto' (the latest checkpoint in --out) or a checkpoint directory",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="start afresh in an --out that holds an earlier run (its files are removed)",
     )
-    for name, typ in _FLAGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
+    _add_settings_flags(p)
     p.add_argument(
         "--set",
         action="append",
@@ -81,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="any other TrainConfig field (value parsed as JSON when possible)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
 
@@ -215,9 +250,9 @@ def _check_output_folder(config, overwrite: bool) -> None:
     if (out / LOCK_FILE).is_file():  # in use by a live run? (refuses at once if so)
         with folder_lock(out / LOCK_FILE, command="stalign train", what=f"--out {out}"):
             pass
+    found = previous_run_files(config.out)  # refuses links out of --out, before any work
     if config.resume is not None or overwrite:
         return
-    found = previous_run_files(config.out)
     if found:
         names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
         msg = (
@@ -232,6 +267,9 @@ def run(args: argparse.Namespace) -> int:
     from ..train import fit
 
     config = build_config(args)
+    from ..models import get_encoder_config
+
+    get_encoder_config(config.encoder)  # an unknown name fails here, before any data is read
     _check_output_folder(config, args.overwrite)
     train, val = _datasets(args)
     logger.info("training on %d pairs, validating on %d", len(train), len(val) if val else 0)

@@ -323,8 +323,33 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return done[-1] if done else None
 
 
+def refuse_links(run_dir: str | os.PathLike) -> None:
+    """Refuse a run folder whose ``checkpoints/``, ``best/`` or a ``step_*`` is a symbolic link.
+
+    A run deletes old checkpoints and an earlier run's files; through a link it would
+    delete (and write) outside its folder. Raised before anything is deleted.
+
+    Raises
+    ------
+    ValueError
+        Naming the first link found.
+    """
+    out = Path(run_dir)
+    links = [out / name for name in ("checkpoints", "best") if (out / name).is_symlink()]
+    if not links and (out / "checkpoints").is_dir():
+        links = sorted(p for p in (out / "checkpoints").glob("step_*") if p.is_symlink())
+    if links:
+        msg = (
+            f"{str(links[0])!r} is a symbolic link: a training run deletes and writes only "
+            "inside its output folder and never follows a link out of it; replace the link "
+            "with a folder, or choose another output folder"
+        )
+        raise ValueError(msg)
+
+
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
-    """Delete all but the ``keep`` newest step checkpoints."""
+    """Delete all but the ``keep`` newest step checkpoints (never through a link)."""
+    refuse_links(run_dir)
     root = Path(run_dir) / "checkpoints"
     done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
     for old in done[:-keep]:
@@ -332,7 +357,15 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
 
 
 def previous_run_files(run_dir: str | os.PathLike) -> list[Path]:
-    """List what a training run left in ``run_dir``: checkpoints, ``best/``, log, curves."""
+    """List what a training run left in ``run_dir``: checkpoints, ``best/``, log, curves.
+
+    Raises
+    ------
+    ValueError
+        ``checkpoints/``, ``best/`` or a checkpoint in ``run_dir`` is a symbolic link
+        (see `refuse_links`).
+    """
+    refuse_links(run_dir)
     out = Path(run_dir)
     found = sorted((out / "checkpoints").glob("step_*")) if (out / "checkpoints").is_dir() else []
     found += [out / n for n in ("best", "log.csv", "curves.png") if (out / n).exists()]

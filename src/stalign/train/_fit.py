@@ -33,6 +33,7 @@ from ._checkpoint import (
     prune_checkpoints,
     read_resume_checkpoint,
     read_tensors,
+    refuse_links,
     save_checkpoint,
     save_rng,
     set_rng_state,
@@ -637,6 +638,8 @@ class TrainingState:
 
 def _resume_point(config: TrainConfig, out_dir: Path | None, rank: int) -> ResumeState | None:
     """Read and check the checkpoint to resume from; on a fresh run clear an earlier one."""
+    if out_dir is not None:
+        refuse_links(out_dir)  # before anything is read from, or deleted in, the folder
     resume_dir = _resume_dir(config, out_dir)
     if resume_dir is not None:
         saved = TrainConfig.from_file(resume_dir / "config.json").replace(resume=None)
