@@ -38,23 +38,32 @@ def _manifest(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``manifest`` to ``subparsers``."""
-    p = subparsers.add_parser(
+    from ._args import add_command, add_list
+
+    p = add_command(
+        subparsers,
         "manifest",
-        help="write a sample manifest from a HEST-1k folder",
+        summary="write a sample manifest from a HEST-1k folder",
         description=(
             "Write a build-pairs manifest (one row per sample: ids, patient, organ, "
             "species, platform, path, µm/px, source, licence) from a HEST-1k folder's "
             "metadata table / per-sample JSON. Calls stalign.io.hest_manifest."
         ),
+        examples=[
+            "stalign manifest --from-hest hest_data --out breast.csv --organ Breast "
+            "--technology Visium"
+        ],
     )
     p.add_argument(
         "--from-hest", required=True, metavar="DIR", help="HEST-1k folder (with st/, metadata/)"
     )
     p.add_argument("--out", required=True, help="manifest CSV to write")
-    p.add_argument("--organ", nargs="+", help="keep these organs (HEST 'organ', any case)")
-    p.add_argument("--species", nargs="+", help="keep these species (e.g. 'Homo sapiens')")
-    p.add_argument(
-        "--technology", nargs="+", help="keep these st_technology values (e.g. Visium Xenium)"
+    add_list(p, "--organ", help="keep these organs (HEST 'organ', any case) (default: all)")
+    add_list(p, "--species", help="keep these species, e.g. 'Homo sapiens' (default: all)")
+    add_list(
+        p, "--technology", help="keep these st_technology values, e.g. Visium Xenium (default: all)"
     )
-    p.add_argument("--metadata", help="HEST metadata CSV when not at DIR/HEST_v*.csv")
+    p.add_argument(
+        "--metadata", help="HEST metadata CSV when not in DIR (default: DIR/HEST_v*.csv)"
+    )
     p.set_defaults(func=_manifest)

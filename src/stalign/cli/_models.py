@@ -9,17 +9,41 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``encoders``, ``embed`` and ``export`` to ``subparsers``."""
-    p = subparsers.add_parser("encoders", help="list the registered image encoders")
+    from ._args import add_command, add_deprecated_alias, add_list, format_default
+    from ._args import signature_defaults as defaults_of
+
+    embed_defaults = defaults_of("tl._embed", "embed")
+
+    p = add_command(
+        subparsers,
+        "encoders",
+        summary="list the registered image encoders",
+        description=(
+            "List stalign's encoder registry: architecture, embedding dimension, input "
+            "size and µm/px, whether the weights are gated, where pretrained weights come "
+            "from (offline from an installed package or the Hugging Face Hub) and the "
+            "licence. Any timm architecture name works as an encoder too."
+        ),
+        examples=["stalign encoders", "stalign encoders --json > encoders.json"],
+    )
     p.add_argument("--json", action="store_true", help="print the full configs as JSON")
     p.set_defaults(func=run_encoders)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "embed",
-        help="embed patches with an encoder into an .h5 (pairs) or .obsm (h5ad)",
+        summary="embed patches with an encoder into an .h5 (pairs) or .obsm (h5ad)",
         description=(
-            "Memory-bounded batch embedding (see stalign.tl.write_embeddings for --pairs, "
-            "stalign.tl.embed for --h5ad)."
+            "Memory-bounded batch embedding of a pairs store (into an .h5 file, see "
+            "stalign.tl.write_embeddings) or of the spots of an AnnData with its H&E "
+            "(into .obsm of a copy, see stalign.tl.embed)."
         ),
+        examples=[
+            "stalign embed --encoder results/export/aligned/timm --pairs results/pairs "
+            "--out results/embeddings.h5",
+            "stalign embed --encoder uni --checkpoint-path ~/weights/uni.bin "
+            "--h5ad sample.h5ad --out sample_uni.h5ad",
+        ],
     )
     p.add_argument(
         "--encoder",
@@ -30,34 +54,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--pairs", help="pairs store directory")
     src.add_argument("--h5ad", help="AnnData with an H&E image (stalign.io output)")
     p.add_argument("--out", required=True, help=".h5 for --pairs, .h5ad for --h5ad")
-    p.add_argument("--samples", nargs="+", help="pairs: restrict to these samples")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--key-added", help="h5ad: obsm key (default X_<encoder>)")
-    p.add_argument("--image-size", type=int, help="resize patches to this many px")
-    p.add_argument("--mpp", type=float, help="h5ad: patch resolution in µm/px")
-    p.add_argument("--size-px", type=int, help="h5ad: patch side in px")
+    add_list(p, "--samples", metavar="ID", help="pairs: embed only these samples (default: all)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="patches per forward pass" + format_default(embed_defaults["batch_size"]),
+    )
+    p.add_argument("--key-added", help="h5ad: obsm key (default: X_<encoder>)")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        dest="image_size",
+        metavar="PX",
+        help="encoder input side in px; patches are resized to it (default: the encoder's)",
+    )
+    add_deprecated_alias(p, "--image-size", "--img-size", dest="image_size", type=int)
+    p.add_argument(
+        "--mpp", type=float, help="h5ad: patch resolution in µm/px (default: the encoder's)"
+    )
+    p.add_argument("--size-px", type=int, help="h5ad: patch side in px (default: the encoder's)")
     p.add_argument(
         "--projected",
         action="store_true",
         help="training checkpoint: use the projection head (aligned space)",
     )
-    p.add_argument("--pretrained", action="store_true")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="named encoder: load its pretrained weights (else random weights)",
+    )
     p.add_argument("--checkpoint-path", help="local weights for a named encoder")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument(
+        "--device",
+        help="auto (CUDA if available), cpu, cuda, cuda:1, ..."
+        + format_default(embed_defaults["device"]),
+    )
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        help="pairs: DataLoader worker processes"
+        + format_default(defaults_of("tl._embed", "write_embeddings")["num_workers"]),
+    )
     p.set_defaults(func=run_embed)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "export",
-        help="export a trained encoder: merged timm model dir and/or the LoRA adapter",
+        summary="export a trained encoder: merged timm model dir and/or the LoRA adapter",
         description=(
             "Writes OUT/timm (config.json + model.safetensors, loadable with "
             "timm.create_model('local-dir:OUT/timm', pretrained=True)) and OUT/adapter "
             "(peft save_pretrained)."
         ),
+        examples=["stalign export results/aligned --out results/export/aligned"],
     )
     p.add_argument("checkpoint", help="training run directory or checkpoint directory")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output directory (gets timm/ and adapter/)")
     p.add_argument("--no-merged", action="store_true", help="skip the merged timm model")
     p.add_argument("--no-adapter", action="store_true", help="skip the LoRA adapter")
     p.set_defaults(func=run_export)
@@ -108,12 +160,21 @@ def run_embed(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         checkpoint_path=args.checkpoint_path,
     )
-    common = dict(batch_size=args.batch_size, image_size=args.image_size, device=args.device)
+    # flags left unset keep the library's defaults (shown in --help)
+    common = {
+        k: v
+        for k, v in dict(
+            batch_size=args.batch_size, image_size=args.image_size, device=args.device
+        ).items()
+        if v is not None
+    }
     if args.pairs:
         from ..pairs import PairsDataset
 
         ds = PairsDataset(args.pairs, samples=args.samples)
-        out = write_embeddings(ds, encoder, args.out, num_workers=args.num_workers, **common)
+        if args.num_workers is not None:
+            common["num_workers"] = args.num_workers
+        out = write_embeddings(ds, encoder, args.out, **common)
         print(f"wrote {len(ds)} embeddings to {out}")
         return 0
     import anndata as ad

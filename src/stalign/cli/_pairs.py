@@ -4,44 +4,56 @@ from __future__ import annotations
 
 import argparse
 
+#: build-pairs flags whose value goes to stalign.pairs.build_pairs under the same name;
+#: unset (None) ones keep the library's default, the one --help shows
+_BUILD_KEYWORDS = (
+    "mpp",
+    "size_px",
+    "tissue_threshold",
+    "tissue_qc",
+    "min_mask_coverage",
+    "method",
+    "ties",
+    "min_genes",
+    "gene_panel",
+    "jpeg_quality",
+    "workers",
+    "shard",
+    "resume",
+)
+
 
 def _build(args: argparse.Namespace) -> int:
     from ..pairs import build_pairs
 
+    kwargs = {k: getattr(args, k) for k in _BUILD_KEYWORDS if getattr(args, k) is not None}
+    if args.gene_sets is not None:
+        kwargs["gene_sets"] = None if args.gene_sets.lower() == "none" else args.gene_sets
     result = build_pairs(
         args.manifest,
         args.out,
-        mpp=args.mpp,
-        size_px=args.size_px,
-        tissue_threshold=args.tissue_threshold,
-        tissue_qc=args.tissue_qc,
-        min_mask_coverage=args.min_mask_coverage,
-        gene_sets=None if args.gene_sets.lower() == "none" else args.gene_sets,
-        method=args.method,
-        ties=args.ties,
-        min_genes=args.min_genes,
-        gene_panel=args.gene_panel,
         use_in_tissue=not args.ignore_in_tissue,
         jpeg=args.jpeg,
-        jpeg_quality=args.jpeg_quality,
-        workers=args.workers,
-        shard=args.shard,
-        resume=args.resume,
         verify=args.verify,
         keep_going=args.keep_going,
         progress=not args.no_progress,
+        **kwargs,
     )
     print(result.summary())
     if result.index_path is not None:
         print(f"index: {result.index_path}\nQC report: {result.out / 'qc' / 'report.md'}")
     elif args.shard:
-        print(f"shard {args.shard} done; run `stalign merge-pairs {args.out}` after all shards")
+        print(
+            f"shard {args.shard} done; run `stalign merge-pairs --out {args.out}` after all shards"
+        )
     return 1 if result.failures else 0
 
 
 def _merge(args: argparse.Namespace) -> int:
     from ..pairs import merge_pairs
+    from ._args import take_positional
 
+    take_positional(args, "stalign merge-pairs", "--out", dest="out")
     path = merge_pairs(args.out, allow_missing=args.allow_missing, verify=args.verify)
     print(f"index: {path}\nQC report: {path.parent / 'qc' / 'report.md'}")
     return 0
@@ -49,67 +61,85 @@ def _merge(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``build-pairs`` and ``merge-pairs`` to ``subparsers``."""
-    p = subparsers.add_parser(
+    _register_build(subparsers)
+    _register_merge(subparsers)
+
+
+def _register_build(subparsers: argparse._SubParsersAction) -> None:
+    from ._args import add_command, format_default, settings_defaults, signature_defaults
+
+    d = {
+        **signature_defaults("pairs._build", "build_pairs"),
+        **settings_defaults("pairs._params", "PairsParams"),
+    }
+    p = add_command(
+        subparsers,
         "build-pairs",
-        help="curate (H&E patch, expression, pathway) pairs from a manifest",
+        summary="curate (H&E patch, expression, pathway) pairs from a manifest",
         description=(
             "Build a sharded, resumable pairs store from a sample manifest (one shard per "
-            "sample, written atomically) plus index.json and a QC report. Calls "
+            "sample, written atomically) plus index.json and a QC report. The manifest's "
+            "columns are in the documentation (Reference → Manifest schema); "
+            "stalign.datasets.example_manifest() gives the bundled one. Calls "
             "stalign.pairs.build_pairs."
         ),
+        examples=[
+            "stalign build-pairs data/manifests/examples.csv --out results/pairs "
+            "--mpp 4.4 --size-px 64",
+            "stalign build-pairs cohort.csv --out pairs --shard "
+            "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT   # then merge-pairs",
+        ],
     )
-    p.add_argument("manifest", help="manifest CSV (see data/manifests/README.md)")
+    p.add_argument("manifest", help="manifest CSV (one row per sample)")
     p.add_argument("--out", required=True, help="output directory of the pairs store")
-    p.add_argument("--mpp", type=float, default=0.5, help="patch µm per pixel (default 0.5)")
-    p.add_argument("--size-px", type=int, default=224, help="patch side in pixels (default 224)")
+    p.add_argument("--mpp", type=float, help="patch µm per pixel" + format_default(d["mpp"]))
+    p.add_argument(
+        "--size-px", type=int, help="patch side in pixels" + format_default(d["size_px"])
+    )
     p.add_argument(
         "--tissue-threshold",
         type=float,
-        default=0.5,
         help="minimum tissue fraction of a patch, 0..1, where the platform's in-tissue "
-        "call is not used (default 0.5)",
+        "call is not used" + format_default(d["tissue_threshold"]),
     )
     p.add_argument(
         "--tissue-qc",
         choices=("mask", "pixels"),
-        default="mask",
         help="tissue fraction of a patch: its coverage by the slide's tissue mask, or its "
-        "share of stained pixels (the older rule; fat counts as background) (default mask)",
+        "share of stained pixels (the older rule; fat counts as background)"
+        + format_default(d["tissue_qc"]),
     )
     p.add_argument(
         "--min-mask-coverage",
         type=float,
-        default=0.1,
-        help="minimum tissue-mask coverage of a spot the platform calls in tissue, 0..1 "
-        "(default 0.1)",
+        help="minimum tissue-mask coverage of a spot the platform calls in tissue, 0..1"
+        + format_default(d["min_mask_coverage"]),
     )
     p.add_argument(
         "--gene-sets",
-        default="hallmark",
-        help="gene sets for pathway scores: a bundled name or a GMT path; 'none' to skip "
-        "(default hallmark)",
+        help="gene sets for pathway scores: a bundled name or a GMT path; 'none' to skip"
+        + format_default(d["gene_sets"]),
     )
     p.add_argument(
         "--method",
-        default="ssgsea",
-        help="pathway scoring method of stalign.tl.score_pathways (default ssgsea)",
+        help="pathway scoring method of stalign.tl.score_pathways" + format_default(d["method"]),
     )
     p.add_argument(
         "--ties",
         choices=("average", "gseapy"),
-        default="average",
         help="ssGSEA tie mode: 'average' ranks tied genes by their mean rank, so scores do "
-        "not depend on the gene order; 'gseapy' walks them in matrix order like gseapy "
-        "(default average)",
+        "not depend on the gene order; 'gseapy' walks them in matrix order like gseapy"
+        + format_default(d["ties"]),
     )
     p.add_argument(
-        "--min-genes", type=int, default=5, help="minimum genes of a set in the panel (default 5)"
+        "--min-genes",
+        type=int,
+        help="minimum genes of a set in the panel" + format_default(d["min_genes"]),
     )
     p.add_argument(
         "--gene-panel",
-        default="all",
         help="genes stored: 'all', 'hvg:N' (N most variable per sample) or a file with one "
-        "gene per line (default all)",
+        "gene per line" + format_default(d["gene_panel"]),
     )
     p.add_argument(
         "--ignore-in-tissue",
@@ -117,23 +147,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep spots the platform calls outside tissue (QC on the image only)",
     )
     p.add_argument("--jpeg", action="store_true", help="store patches as JPEG")
-    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1..100 (default 90)")
     p.add_argument(
-        "--workers", type=int, default=1, help="samples processed in parallel (default 1)"
+        "--jpeg-quality",
+        type=int,
+        help="JPEG quality 1..100" + format_default(d["jpeg_quality"]),
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="samples processed in parallel" + format_default(d["workers"]),
     )
     p.add_argument(
         "--shard",
-        default=None,
         metavar="I/N",
         help="build only job I of N (0 <= I < N), e.g. "
-        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; then run merge-pairs",
+        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; then run merge-pairs "
+        "(default: every sample)",
     )
     p.add_argument(
         "--resume",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="skip samples whose shard is finished with the same parameters and inputs "
-        "(default on; --no-resume rebuilds)",
+        help="skip samples whose shard is finished with the same parameters and inputs; "
+        "--no-resume rebuilds" + format_default(d["resume"]),
     )
     p.add_argument(
         "--verify",
@@ -149,13 +184,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_build)
 
-    m = subparsers.add_parser(
+
+def _register_merge(subparsers: argparse._SubParsersAction) -> None:
+    from ._args import add_command, add_deprecated_positional
+
+    m = add_command(
+        subparsers,
         "merge-pairs",
-        help="build index.json and the QC report from finished shards",
+        summary="build index.json and the QC report from finished shards",
         description="Merge the shards of a (sharded) build-pairs run: writes OUT/index.json "
         "and OUT/qc/report.md. Calls stalign.pairs.merge_pairs.",
+        examples=["stalign merge-pairs --out results/pairs"],
     )
-    m.add_argument("out", help="the pairs store (the --out of build-pairs)")
+    m.add_argument("--out", help="the pairs store (the --out of build-pairs); required")
+    add_deprecated_positional(m, "--out", dest="out", metavar="OUT")
     m.add_argument(
         "--allow-missing",
         action="store_true",
