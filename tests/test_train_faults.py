@@ -581,3 +581,44 @@ def store_pairs(store: Path):
     from stalign.pairs import PairsDataset
 
     return PairsDataset(store, samples=["MOB1"])
+
+
+# ------------------------------------------------------------------------ default splits
+@pytest.fixture(scope="module")
+def one_patient_store(store, tmp_path_factory) -> Path:
+    """``store`` without MOB3: two sections of one animal."""
+    import shutil
+
+    from stalign.pairs import merge_pairs
+
+    root = tmp_path_factory.mktemp("one_patient") / "pairs"
+    shutil.copytree(store, root, ignore=lambda d, names: ["MOB3"] if "MOB3" in names else [])
+    merge_pairs(root, allow_missing=True, report=False)
+    return root
+
+
+def test_val_fraction_zero_means_no_validation(store, tmp_path, capsys):
+    # issue 21.12: it failed with "no pairs in ... match samples=None, patients=None, split=val"
+    out = tmp_path / "run"
+    assert main([*_train_cli(store, out), "--val-fraction", "0"]) == 0
+    log = pd.read_csv(out / "log.csv")
+    assert log["step"].max() == 2 and not any(c.startswith("val_") for c in log)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["best_step"] is None
+
+
+def test_one_patient_store_without_a_split_says_what_to_do(one_patient_store, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_train_cli(one_patient_store, out)) == 1
+    _one_line_error(
+        capsys,
+        "1 patient(s) (animal1)",
+        "--train-samples and --val-samples",
+        "--allow-patient-overlap",
+        "--val-fraction 0",
+    )
+    assert not out.exists()
+    assert main([*_train_cli(one_patient_store, out), "--val-fraction", "1"]) == 1
+    _one_line_error(capsys, "--val-fraction: expected a number in [0, 1)")
+    split = ["--train-samples", "MOB1", "--val-samples", "MOB2", "--allow-patient-overlap"]
+    assert main([*_train_cli(one_patient_store, out), *split]) == 0

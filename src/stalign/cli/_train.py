@@ -80,7 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--val-fraction",
         type=float,
         default=0.2,
-        help="fraction of patients held out without an explicit split (default: %(default)s)",
+        help=(
+            "fraction of patients held out for validation without an explicit split "
+            "(default: %(default)s; 0: no validation)"
+        ),
     )
     p.add_argument(
         "--split-seed",
@@ -203,6 +206,37 @@ def check_disjoint_split(
         raise ValueError(msg)
 
 
+def _split_by_fraction(args: argparse.Namespace, patients: list[str]):
+    """Hold out ``--val-fraction`` of the store's patients (0: train on all, no validation).
+
+    A split that leaves training or validation without a patient (e.g. a one-patient
+    store) is refused with the options that work instead.
+    """
+    from ..pairs import PairsDataset, split_by_patient
+
+    fraction = args.val_fraction
+    if not 0 <= fraction < 1:
+        msg = f"--val-fraction: expected a number in [0, 1) (0: no validation), got {fraction}"
+        raise ValueError(msg)
+    if fraction == 0:
+        return PairsDataset(args.pairs), None
+    fr = {"train": 1 - fraction, "val": fraction}
+    assignment = split_by_patient(patients, fr, seed=args.split_seed)
+    empty = [name for name in ("train", "val") if not assignment[name]]
+    if empty:
+        unique = sorted(set(map(str, patients)))
+        msg = (
+            f"--val-fraction {fraction} leaves no patient for {empty[0]}: {args.pairs} has "
+            f"{len(unique)} patient(s) ({', '.join(unique[:5])}); choose the sections with "
+            "--train-samples and --val-samples (add --allow-patient-overlap for sections of "
+            "one patient), or pass --val-fraction 0 to train on everything without validation"
+        )
+        raise ValueError(msg)
+    kw = dict(split_fractions=fr, split_seed=args.split_seed)
+    train = PairsDataset(args.pairs, split="train", **kw)
+    return train, PairsDataset(args.pairs, split="val", **kw)
+
+
 def _datasets(args: argparse.Namespace):
     from ..pairs import PairsDataset, read_index
 
@@ -223,12 +257,7 @@ def _datasets(args: argparse.Namespace):
             raise ValueError(msg)
         train_s = [s for s in samples if s not in val_s]
     else:
-        fr = {"train": 1 - args.val_fraction, "val": args.val_fraction}
-        train = PairsDataset(
-            args.pairs, split="train", split_fractions=fr, split_seed=args.split_seed
-        )
-        val = PairsDataset(args.pairs, split="val", split_fractions=fr, split_seed=args.split_seed)
-        return train, (val if len(val) else None)
+        return _split_by_fraction(args, [s["patient_id"] for s in index["samples"]])
     train = PairsDataset(args.pairs, samples=train_s)
     val = PairsDataset(args.pairs, samples=val_s, pathways=train.pathway_names) if val_s else None
     return train, val
