@@ -162,7 +162,8 @@ def search(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="stalign-search-pairs-"))
     manifest = _inner_manifest(Path(args.manifest), args.train_patients, out)
-    base = PipelineConfig(
+    base = PipelineConfig.example(
+        "mob",
         manifest=str(manifest),
         train_patients=tuple(args.train_patients),
         test_patients=("(not read)",),

@@ -28,7 +28,8 @@ def two_section_manifest(tmp_path_factory, mob_dir):
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, two_section_manifest):
     out = tmp_path_factory.mktemp("pipeline")
-    config = PipelineConfig(
+    config = PipelineConfig.example(
+        "mob",
         manifest=str(two_section_manifest),
         encoder="vit_tiny_patch16_224",
         pretrained=False,
@@ -171,31 +172,35 @@ def test_pipeline_config_is_validated_up_front(three_section_manifest, tmp_path)
 
     base = {"manifest": str(three_section_manifest)}
     with pytest.raises(FileNotFoundError, match=r"checkpoint_path.*nowhere\.safetensors"):
-        PipelineConfig(**base, checkpoint_path=str(tmp_path / "nowhere.safetensors"))
+        PipelineConfig.example("mob", **base, checkpoint_path=str(tmp_path / "nowhere.safetensors"))
     with pytest.raises(ValueError, match="not_a_model"):
-        PipelineConfig(**base, encoder="not_a_model")
+        PipelineConfig.example("mob", **base, encoder="not_a_model")
     with pytest.raises(ValueError, match="test_patients"):
-        PipelineConfig(**base, test_patients=("mouse1",))
+        PipelineConfig.example("mob", **base, test_patients=("mouse1",))
     with pytest.raises(ValueError, match="normalization"):
-        PipelineConfig(**base, normalization="imagenet")
-    assert plan_sections(PipelineConfig(**base)) == {
+        PipelineConfig.example("mob", **base, normalization="imagenet")
+    assert plan_sections(PipelineConfig.example("mob", **base)) == {
         "fit": ["MOB1"],
         "val": ["MOB2"],
         "test": ["MOB3"],
     }
-    assert plan_sections(PipelineConfig(**base, val_samples=()))["val"] == []
+    assert plan_sections(PipelineConfig.example("mob", **base, val_samples=()))["val"] == []
     # validation on the test animal is refused
-    with pytest.raises(ValueError, match="never use the test patients"):
-        plan_sections(PipelineConfig(**base, val_samples=("MOB3",)))
-    assert PipelineConfig(**base).resolved_normalization == "encoder"  # pretrained default
-    assert PipelineConfig(**base, pretrained=False).resolved_normalization == "cohort"
+    with pytest.raises(ValueError, match="never use the test sections"):
+        plan_sections(PipelineConfig.example("mob", **base, val_samples=("MOB3",)))
+    assert (
+        PipelineConfig.example("mob", **base).resolved_normalization == "encoder"
+    )  # pretrained default
+    assert (
+        PipelineConfig.example("mob", **base, pretrained=False).resolved_normalization == "cohort"
+    )
     # a checkpoint that does not fit the encoder fails before any pairs are built
     import torch
     from safetensors.torch import save_file
 
     save_file({"nothing.weight": torch.zeros(2)}, tmp_path / "bad.safetensors")
-    config = PipelineConfig(
-        **base, encoder="resnet10t", checkpoint_path=str(tmp_path / "bad.safetensors")
+    config = PipelineConfig.example(
+        "mob", **base, encoder="resnet10t", checkpoint_path=str(tmp_path / "bad.safetensors")
     )
     with pytest.raises(ValueError, match="lacks"):
         run_pipeline(tmp_path / "out", config, progress=False)
@@ -219,6 +224,8 @@ def test_demo_runs_end_to_end_from_a_local_checkpoint(three_section_manifest, tm
     rc = main(
         [
             "demo",
+            "--example",
+            "mob",
             "--out",
             str(out),
             "--manifest",
@@ -283,7 +290,8 @@ def test_pipeline_config_forwards_to_train_and_pairs_configs(three_section_manif
     from stalign.pipeline import pairs_params, train_config
     from stalign.train import TrainConfig
 
-    config = PipelineConfig(
+    config = PipelineConfig.example(
+        "mob",
         manifest=str(three_section_manifest),
         pretrained=False,
         lr=1e-4,
@@ -304,6 +312,51 @@ def test_pipeline_config_forwards_to_train_and_pairs_configs(three_section_manif
     assert pairs_params(config) == PairsParams(mpp=8.8, size_px=32, method="zscore")
     # the owners' rules apply up front, before any pairs are built
     with pytest.raises(ValueError, match="method"):
-        PipelineConfig(manifest=str(three_section_manifest), method="not_a_method")
+        PipelineConfig.example("mob", manifest=str(three_section_manifest), method="not_a_method")
     with pytest.raises(ValueError, match="size_px"):
-        PipelineConfig(manifest=str(three_section_manifest), size_px=4, img_size=4)
+        PipelineConfig.example("mob", manifest=str(three_section_manifest), size_px=4, img_size=4)
+
+
+def test_default_config_is_the_human_example_split_by_section():
+    """The main job: her2st patient C, train C2-C3, validate C4, test C5-C6 (by section)."""
+    from stalign.pipeline import plan_sections
+
+    config = PipelineConfig()
+    assert config.split_by == "sample"
+    assert plan_sections(config) == {"fit": ["C2", "C3"], "val": ["C4"], "test": ["C5", "C6"]}
+    assert (config.batch_size, config.img_size, config.max_steps) == (32, 112, 100)
+    assert config.early_stopping_patience is None  # no early stop before step 100
+    # an explicit split by patient replaces the default sections
+    mob = PipelineConfig.example("mob")
+    assert (mob.split_by, mob.train_samples, mob.test_samples) == ("patient", None, None)
+    with pytest.raises(ValueError, match="not both"):
+        PipelineConfig(test_patients=("her2st_C",), test_samples=("C6",))
+    with pytest.raises(ValueError, match="test_samples"):
+        PipelineConfig(train_samples=("C2", "C6"), test_samples=("C6",))
+    with pytest.raises(ValueError, match=r"sections \['C9'\] are not in"):
+        plan_sections(PipelineConfig(test_samples=("C9",)))
+    with pytest.raises(ValueError, match="example"):
+        PipelineConfig.example("nope")
+
+
+def test_demo_flags_override_the_example_settings():
+    import argparse
+
+    from stalign.cli._demo import _config, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["demo", "--test-samples", "C6", "--train-samples", "C2", "C3"])
+    config = _config(args)
+    assert (config.train_samples, config.test_samples) == (("C2", "C3"), ("C6",))
+    # the example's validation section C4 is no longer a training section: said up front
+    from stalign.pipeline import plan_sections
+
+    with pytest.raises(ValueError, match=r"val_samples \['C4'\] are not training sections"):
+        plan_sections(config)
+    args = parser.parse_args(["demo", "--example", "mob", "--lr", "1e-4"])
+    config = _config(args)
+    assert (config.test_patients, config.lr, config.mpp) == (("mouse2",), 1e-4, 4.4)
+    args = parser.parse_args(["demo", "--train-patients", "her2st_C", "--test-patients", "x"])
+    config = _config(args)
+    assert (config.split_by, config.train_samples) == ("patient", None)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,33 @@ from .datasets import example_manifest
 logger = logging.getLogger(__name__)
 
 EXAMPLE_MANIFEST = example_manifest()  # the installed package's copy, else the checkout's
+HER2ST_MANIFEST = example_manifest("her2st")
+
+#: Settings of the bundled examples that differ from :class:`PipelineConfig`'s defaults
+#: (``"her2st"``: the defaults themselves). MOB: the first releases' demo, split by animal,
+#: native ~4.4 µm/px patches; kept as a smoke test (no cells visible, 1,000 genes).
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "her2st": {},
+    "mob": {
+        "manifest": str(EXAMPLE_MANIFEST),
+        "train_patients": ("mouse1",),
+        "test_patients": ("mouse2",),
+        "train_samples": None,
+        "test_samples": None,
+        "val_samples": None,
+        "mpp": 4.4,
+        "size_px": 64,
+        "img_size": 64,
+        "jitter_px": 0,
+        "epochs": 3,
+        "max_steps": None,
+        "batch_size": 128,
+        "lr": 3e-4,  # chosen on the inner split of animal 1 (benchmarks/search)
+        "early_stopping_patience": 2,
+        "references": ("histogram", "pixels", "squidpy", "library_size", "random"),
+        "random_encoders": ("efficientnet_lite0", "vit_tiny_patch16_224"),
+    },
+}
 
 
 _NORMALIZATION = ("auto", "cohort", "encoder")
@@ -33,34 +61,42 @@ _NORMALIZATION = ("auto", "cohort", "encoder")
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Settings of `run_pipeline` (defaults: the MOB demo, see the README for its time).
+    """Settings of :func:`run_pipeline`; the defaults are the README's main job (her2st C).
 
     One flat set of settings (the ``stalign demo`` flags), composed of the existing
-    configs by name: a field named like a field of `stalign.train.TrainConfig`
-    (``encoder``, ``lr``, ``lora_r``...) is forwarded to it by `train_config`, one
-    named like a field of `stalign.pairs.PairsParams` (``mpp``, ``size_px``,
-    ``gene_sets``, ``method``) by `pairs_params`; the others are the pipeline's
-    own. The defaults here are the demo's, and the forwarded fields are validated by
-    their owner's rules when the config is created.
+    configs by name: a field named like a field of [`TrainConfig`][stalign.train.TrainConfig]
+    (``encoder``, ``lr``, ``lora_r``, ``max_steps``...) is forwarded to it by
+    [`train_config`][stalign.pipeline.train_config], one named like a field of
+    [`PairsParams`][stalign.pairs.PairsParams] (``mpp``, ``size_px``, ``gene_sets``,
+    ``method``) by [`pairs_params`][stalign.pipeline.pairs_params]; the others are the
+    pipeline's own. The defaults run the bundled human breast-cancer sections (her2st
+    patient C, split by section); ``PipelineConfig.example("mob")`` gives the mouse
+    olfactory bulb settings (split by animal). Forwarded fields are validated by their
+    owner's rules when the config is created.
 
     Attributes
     ----------
     manifest
         Sample manifest (``data/manifests`` schema).
     train_patients, test_patients
-        Patient ids used to align the encoder / to evaluate it. The test patients are
-        touched once, by the evaluation: never for validation or selection.
+        Split by patient: patient ids used to align the encoder / to evaluate it. The
+        test patients are touched once, by the evaluation: never for validation or
+        selection. Give these, or ``train_samples`` and ``test_samples``.
+    train_samples, test_samples
+        Split by section (``sample_id``): sections that align the encoder (including the
+        validation sections) and sections evaluated once at the end. Sections of one
+        tumour are near-replicates, so this is weaker evidence than a split by patient;
+        the report says so. Give these, or ``train_patients`` and ``test_patients``
+        (which replace the default sections and validation sections).
     val_samples
-        Sections of the *training* patients that validate during training (joint-space
-        recall, early stopping); they are left out of the training set. ``None``: the
-        last section of the training patients when they have two or more (MOB: train
-        on MOB1, validate on MOB2), else no validation. ``()``: no validation.
+        Training sections that validate during training (joint-space recall, early
+        stopping, curves); they are left out of the training set. ``None``: the last
+        training section when there are two or more, else no validation. ``()``: none.
     mpp, size_px
-        Patch geometry: µm per pixel and side in px. MOB's H&E is ~4.4 µm/px, so the
-        demo reads patches at native resolution (64 px ≈ 280 µm of tissue) rather than
-        up-sampling 224 px at 0.5 µm/px.
+        Patch geometry: µm per pixel and side in px (her2st: 112 px at 1.4 µm/px ≈
+        157 µm, the 100 µm spot and its surroundings; MOB, ~4.4 µm/px: 64 px ≈ 280 µm).
     gene_sets, method
-        Pathway collection and scoring method (`stalign.tl.score_pathways`).
+        Pathway collection and scoring method ([`score_pathways`][stalign.tl.score_pathways]).
     encoder, img_size
         Registry / timm name of the image encoder and its input side (px).
     pretrained
@@ -73,20 +109,21 @@ class PipelineConfig:
         ``"encoder"``: the encoder's own pre-training mean/std (ImageNet for
         EfficientNet-Lite); ``"cohort"``: the training sections' colour statistics;
         ``"auto"``: ``"encoder"`` with pretrained weights or a checkpoint, else ``"cohort"``.
-    jitter_px
-        Random-crop jitter during training (px). The demo uses 0 so that training and
-        evaluation see exactly the same field of view (flips and 90° rotations remain).
+    augment, jitter_px, color_jitter
+        Training augmentation: flips and 90° rotations (``augment``), random-crop jitter
+        (px) and brightness/contrast jitter (fraction).
     lora_r, lora_alpha, lora_target_modules, lora_last_n_blocks
         LoRA rank, scaling, target modules (``None``: the encoder's defaults) and
         placement (only the last N blocks / stages; ``None``: all).
     temperature, learn_temperature, soft_targets
         InfoNCE temperature (initial value), whether it is learnt, and pathway-soft
-        targets (see [`stalign.train.TrainConfig`][stalign.train.TrainConfig]).
-    epochs, batch_size, lr
-        Training schedule (AdamW, cosine).
+        targets (see [`TrainConfig`][stalign.train.TrainConfig]).
+    epochs, max_steps, batch_size, lr
+        Training schedule (AdamW, cosine): at most ``epochs`` passes and, when set,
+        exactly ``max_steps`` optimiser steps (the epochs then only bound it).
     early_stopping_patience
         Stop after this many epochs without a better recall@5 on ``val_samples`` and
-        keep the best weights (``None``, or no validation section: train all epochs).
+        keep the best weights (``None``, or no validation section: train to the end).
     seeds
         One aligned model (and one shuffled control) per seed; the evaluation's
         stochastic parts (random encoders, MIL) use the same seeds.
@@ -95,7 +132,7 @@ class PipelineConfig:
         result says how much of any gain comes from training alone).
     references
         Simple reference features evaluated in the same run (see
-        `stalign.bench.evaluate`; ``"library_size"`` is the sequencing-depth floor).
+        [`evaluate`][stalign.bench.evaluate]; ``"library_size"`` is the sequencing-depth floor).
     random_encoders
         Architectures of the ``"random"`` reference rows (random init, e.g.
         "random EfficientNet-Lite0"); ``None``: ``encoder`` itself.
@@ -105,20 +142,24 @@ class PipelineConfig:
         Processes used to build the pairs.
     """
 
-    manifest: str = str(EXAMPLE_MANIFEST)
-    train_patients: tuple[str, ...] = ("mouse1",)
-    test_patients: tuple[str, ...] = ("mouse2",)
-    val_samples: tuple[str, ...] | None = None
-    mpp: float = 4.4
-    size_px: int = 64
+    manifest: str = str(HER2ST_MANIFEST)
+    train_patients: tuple[str, ...] | None = None
+    test_patients: tuple[str, ...] | None = None
+    train_samples: tuple[str, ...] | None = ("C2", "C3", "C4")
+    test_samples: tuple[str, ...] | None = ("C5", "C6")
+    val_samples: tuple[str, ...] | None = ("C4",)
+    mpp: float = 1.4
+    size_px: int = 112
     gene_sets: str = "hallmark"
     method: str = "ssgsea"
     encoder: str = "efficientnet_lite0"
-    img_size: int = 64
+    img_size: int = 112
     pretrained: bool = True
     checkpoint_path: str | None = None
     normalization: str = "auto"
-    jitter_px: int = 0
+    augment: bool = True
+    jitter_px: int = 4
+    color_jitter: float = 0.1
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_target_modules: tuple[str, ...] | None = None
@@ -126,21 +167,44 @@ class PipelineConfig:
     temperature: float = 0.07
     learn_temperature: bool = True
     soft_targets: bool = False
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 3e-4  # chosen on the inner split (benchmarks/search)
-    early_stopping_patience: int | None = 2
+    epochs: int = 100
+    max_steps: int | None = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    early_stopping_patience: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     shuffled_control: bool = True
-    references: tuple[str, ...] = ("histogram", "pixels", "squidpy", "library_size", "random")
-    random_encoders: tuple[str, ...] | None = ("efficientnet_lite0", "vit_tiny_patch16_224")
+    references: tuple[str, ...] = ("histogram", "pixels", "library_size", "random")
+    random_encoders: tuple[str, ...] | None = ("efficientnet_lite0",)
     mil_epochs: int = 30
     workers: int = 1
 
+    @classmethod
+    def example(cls, name: str = "her2st", **overrides: Any) -> PipelineConfig:
+        """Return the settings of a bundled example (``"her2st"`` or ``"mob"``), with overrides.
+
+        Raises
+        ------
+        ValueError
+            An unknown example name.
+        """
+        if name not in EXAMPLES:
+            msg = f"example: expected one of {sorted(EXAMPLES)}, got {name!r}"
+            raise ValueError(msg)
+        return cls(**(EXAMPLES[name] | overrides))
+
     def __post_init__(self) -> None:
+        if self.train_patients is not None or self.test_patients is not None:
+            # an explicit split by patient replaces the default split by section
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in ("train_samples", "test_samples", "val_samples"):
+                if getattr(self, name) == defaults[name]:
+                    object.__setattr__(self, name, None)
         for name in (
             "train_patients",
             "test_patients",
+            "train_samples",
+            "test_samples",
             "val_samples",
             "seeds",
             "references",
@@ -177,11 +241,7 @@ class PipelineConfig:
                 bad(name, "a positive integer")
         if not self.seeds:
             bad("seeds", "at least one seed")
-        if not self.train_patients or not self.test_patients:
-            bad("train_patients", "non-empty train_patients and test_patients")
-        overlap = set(self.train_patients) & set(self.test_patients)
-        if overlap:
-            bad("test_patients", f"patients not also in train_patients (both: {sorted(overlap)})")
+        self._validate_split(bad)
         if self.normalization not in _NORMALIZATION:
             bad("normalization", f"one of {_NORMALIZATION}")
         try:  # the forwarded fields, by the rules of the configs that own them
@@ -212,6 +272,28 @@ class PipelineConfig:
                 spec.file_path()  # ModuleNotFoundError: says which package to install
 
     @property
+    def split_by(self) -> str:
+        """``"patient"`` (``train_patients``/``test_patients``) or ``"sample"`` (sections)."""
+        return "patient" if self.test_patients is not None else "sample"
+
+    def _validate_split(self, bad: Callable[[str, str], None]) -> None:
+        by_patient = (self.train_patients, self.test_patients)
+        by_sample = (self.train_samples, self.test_samples)
+        if any(v is not None for v in by_patient) and any(v is not None for v in by_sample):
+            bad(
+                "test_samples",
+                "a split by patient (train_patients, test_patients) or by section "
+                "(train_samples, test_samples), not both; set the other pair to None",
+            )
+        train, test = by_patient if self.test_patients is not None else by_sample
+        kind = "patients" if self.test_patients is not None else "samples"
+        if not train or not test:
+            bad(f"train_{kind}", f"non-empty train_{kind} and test_{kind}")
+        overlap = set(train) & set(test)
+        if overlap:
+            bad(f"test_{kind}", f"{kind} not also in train_{kind} (both: {sorted(overlap)})")
+
+    @property
     def resolved_normalization(self) -> str:
         """``"encoder"`` or ``"cohort"`` (``"auto"`` resolved)."""
         if self.normalization != "auto":
@@ -227,31 +309,41 @@ class PipelineConfig:
 
 
 def plan_sections(config: PipelineConfig) -> dict[str, list[str]]:
-    """Split the manifest's sections into ``fit`` / ``val`` (training patients) and ``test``.
+    """Split the manifest's sections into ``fit`` / ``val`` (training side) and ``test``.
 
-    Validation sections come from the training patients only (an inner split by
-    section), so nothing chosen during training ever looks at the test patients.
+    Validation sections come from the training side only (an inner split by section),
+    so nothing chosen during training ever looks at the test sections. With a split by
+    patient the training side is every section of ``train_patients``; with a split by
+    section it is ``train_samples``.
 
     Raises
     ------
     ValueError
-        Patients missing from the manifest, validation sections that are not sections
-        of the training patients, or no section left to train on.
+        Patients or sections missing from the manifest, validation sections outside the
+        training side, or no section left to train on.
     """
     from .pairs._manifest import read_manifest
 
     rows = read_manifest(config.manifest, check_files=False)
-    by_patient: dict[str, list[str]] = {}
-    for row in rows:
-        by_patient.setdefault(row.patient_id, []).append(row.sample_id)
-    missing = [p for p in (*config.train_patients, *config.test_patients) if p not in by_patient]
-    if missing:
-        msg = (
-            f"patients {missing} are not in {config.manifest} "
-            f"(patients there: {sorted(by_patient)})"
+    if config.split_by == "patient":
+        by_patient: dict[str, list[str]] = {}
+        for row in rows:
+            by_patient.setdefault(row.patient_id, []).append(row.sample_id)
+        wanted, known, what = (
+            (*config.train_patients, *config.test_patients),
+            by_patient,
+            "patients",
         )
+    else:
+        wanted = (*config.train_samples, *config.test_samples)
+        known, what = {row.sample_id: [row.sample_id] for row in rows}, "sections"
+    missing = [p for p in wanted if p not in known]
+    if missing:
+        msg = f"{what} {missing} are not in {config.manifest} ({what} there: {sorted(known)})"
         raise ValueError(msg)
-    train_sections = [s for p in config.train_patients for s in by_patient[p]]
+    train_ids = config.train_patients if config.split_by == "patient" else config.train_samples
+    test_ids = config.test_patients if config.split_by == "patient" else config.test_samples
+    train_sections = [s for p in train_ids for s in known[p]]
     if config.val_samples is None:
         val = train_sections[-1:] if len(train_sections) >= 2 else []
     else:
@@ -259,16 +351,15 @@ def plan_sections(config: PipelineConfig) -> dict[str, list[str]]:
         outside = [s for s in val if s not in train_sections]
         if outside:
             msg = (
-                f"PipelineConfig.val_samples {outside} are not sections of the training "
-                f"patients {list(config.train_patients)} ({train_sections}); validation "
-                "must never use the test patients"
+                f"PipelineConfig.val_samples {outside} are not training sections "
+                f"({train_sections}); validation must never use the test sections"
             )
             raise ValueError(msg)
     fit = [s for s in train_sections if s not in val]
     if not fit:
         msg = f"no training section left: {train_sections} are all val_samples"
         raise ValueError(msg)
-    test = [s for p in config.test_patients for s in by_patient[p]]
+    test = [s for p in test_ids for s in known[p]]
     return {"fit": fit, "val": val, "test": test}
 
 
@@ -468,6 +559,13 @@ def train_config(
     )
 
 
+def _test_split(config: PipelineConfig) -> dict[str, list[str]]:
+    """Return the evaluation's held-out side: ``test_patients`` or ``test_samples``."""
+    if config.split_by == "patient":
+        return {"test_patients": list(config.test_patients)}
+    return {"test_samples": list(config.test_samples)}
+
+
 def run_pipeline(
     out: str | os.PathLike, config: PipelineConfig | None = None, *, progress: bool = True
 ) -> PipelineResult:
@@ -582,7 +680,7 @@ def run_pipeline(
         pairs_dir,
         encoders,
         out=out / "eval",
-        test_patients=list(config.test_patients),
+        **_test_split(config),
         random_encoder=list(config.random_encoders or (config.encoder,)),
         image_size=config.img_size,
         seeds=list(config.seeds),

@@ -47,6 +47,32 @@ def mob_dir() -> Path:
     return examples_dir() / "mob"
 
 
-def example_manifest() -> Path:
-    """Return the manifest CSV of the bundled MOB sections (paths relative to it)."""
-    return data_dir() / "manifests" / "examples.csv"
+#: Manifest file of each bundled example, in ``data/manifests/``.
+EXAMPLE_MANIFESTS = {"mob": "examples.csv", "her2st": "her2st_C.csv"}
+
+
+def example_manifest(example: str = "mob") -> Path:
+    """Return the manifest CSV of a bundled example (paths relative to it).
+
+    Parameters
+    ----------
+    example
+        ``"mob"``: the four mouse olfactory bulb sections (2 animals, legacy ST,
+        ~4.4 µm/px, 1,000 genes). ``"her2st"``: five sections C2-C6 of one human
+        HER2-positive breast tumour (her2st patient C, legacy ST, reduced copy at
+        ≈1.38 µm/px, ~15,600 genes).
+
+    Raises
+    ------
+    ValueError
+        An unknown example name.
+    """
+    if example not in EXAMPLE_MANIFESTS:
+        msg = f"example_manifest: expected one of {sorted(EXAMPLE_MANIFESTS)}, got {example!r}"
+        raise ValueError(msg)
+    return data_dir() / "manifests" / EXAMPLE_MANIFESTS[example]
+
+
+def her2st_dir() -> Path:
+    """Return the folder of the five her2st patient C sections (legacy ST, C2-C6)."""
+    return examples_dir() / "her2st_C"
