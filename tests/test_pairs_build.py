@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import stalign as st
 from stalign.pairs import (
     ManifestError,
     build_pairs,
@@ -28,6 +29,7 @@ from stalign.pairs import (
     read_manifest,
     shard_samples,
 )
+from stalign.pairs._store import params_fingerprint
 
 # small, fast geometry: 32 px at 9.4 µm/px = the same ~300 µm field as the demo's 64 px
 FAST = {"mpp": 9.4, "size_px": 32, "gene_sets": "hallmark", "progress": False}
@@ -122,7 +124,7 @@ def test_store_content_is_keyed_by_barcode(store):
     assert "MOB1" in report and "MOB3" in report and "![MOB1](MOB1_spots.png)" in report
     for png in ("MOB1_spots.png", "MOB3_spots.png", "counts_per_spot.png", "tissue_fraction.png"):
         assert (store / "qc" / png).stat().st_size > 10_000
-    assert (store / "qc" / "report.html").read_text().count("<img") == 4
+    assert (store / "qc" / "report.html").read_text().count("<img") == 5  # + pathway_depth
 
 
 def test_sigkill_mid_run_then_resume_gives_identical_content(tmp_path, store, two_sample_manifest):
@@ -258,3 +260,91 @@ def test_invalid_manifest_fails_before_any_work(tmp_path, mob_dir):
     with pytest.raises(ManifestError, match="line 3"):
         build_pairs(manifest, tmp_path / "out", **FAST)
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- depth
+def test_store_records_depth_diagnostics(store):
+    """Per shard (uns + _SUCCESS), summarised in index.json, tabled and drawn in the report."""
+    index = read_index(store)
+    assert index["pathway_depth_threshold"] == 0.5
+    for s in index["samples"]:
+        summary = s["pathway_depth"]
+        assert summary["n_pathways"] == s["n_pathways"]
+        assert 0.0 <= summary["median_abs_r_log_counts"] <= summary["max_abs_r_log_counts"] <= 1
+        pairs = ad.read_h5ad(store / s["path"] / "pairs.h5ad")
+        info = json.loads(pairs.uns["stalign_pairs"])
+        stored = pd.DataFrame(info["pathway_scores"]["depth"]).set_index("pathway")
+        fresh = st.tl.pathway_depth_diagnostics(pairs).set_index("pathway")
+        for col in ("r_log_counts", "r2_log_counts", "r_log_genes", "r2_log_genes"):
+            np.testing.assert_allclose(stored[col], fresh.loc[stored.index, col], atol=1e-5)
+        med = float(fresh["r_log_counts"].abs().median())
+        assert summary["median_abs_r_log_counts"] == pytest.approx(med, abs=1e-4)
+    report = (store / "qc" / "report.md").read_text()
+    assert "## Pathway scores and sequencing depth" in report
+    assert "median abs r, log counts" in report and "![pathway scores vs depth]" in report
+    assert (store / "qc" / "pathway_depth.png").stat().st_size > 10_000
+    html = (store / "qc" / "report.html").read_text()
+    assert html.count("<table") == 2  # samples + depth
+
+
+def test_store_built_before_depth_diagnostics_is_reused_and_summarised(tmp_path, store):
+    """Same fingerprint with the new parameters at their defaults: shards are kept as they are.
+
+    A store written before this version has neither the new keys in build.json nor the
+    diagnostics in _SUCCESS; the merge computes them from each shard's pairs.h5ad.
+    """
+    old = tmp_path / "pairs"
+    shutil.copytree(store, old)
+    build = json.loads((old / "build.json").read_text())
+    for key in ("rarefy_depth", "rarefy_draws", "random_state"):
+        build["params"].pop(key)
+    # the fingerprint an older stalign computed: of the parameters it knew
+    build["params_fingerprint"] = params_fingerprint(build["params"])
+    (old / "build.json").write_text(json.dumps(build))
+    for success in old.glob("samples/*/_SUCCESS"):
+        rec = json.loads(success.read_text())
+        rec.pop("pathway_depth")
+        rec["params_fingerprint"] = build["params_fingerprint"]
+        success.write_text(json.dumps(rec))
+    manifest = read_manifest_from_build(build, tmp_path)
+    result = build_pairs(manifest, old, **FAST)
+    assert list(result.table["status"]) == ["skipped", "skipped"]
+    new_index, ref_index = read_index(old), read_index(store)
+    for a, b in zip(new_index["samples"], ref_index["samples"], strict=True):
+        assert a["pathway_depth"] == pytest.approx(b["pathway_depth"], abs=1e-4)
+
+
+def read_manifest_from_build(build: dict, tmp: Path) -> Path:
+    """The manifest CSV of a build record (same rows, same paths)."""
+    cols = HEADER.strip().split(",")
+    rows = [",".join(str(r.get(c, "") or "") for c in cols) for r in build["samples"]]
+    path = tmp / "manifest_from_build.csv"
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    return path
+
+
+def test_rarefied_build_drops_and_reports_spots_below_the_depth(tmp_path, mob_dir):
+    manifest = _manifest(tmp_path, mob_dir, [("MOB3", "mouse2", str(mob_dir / "MOB3.tsv.gz"), "")])
+    out = tmp_path / "pairs"
+    build_pairs(manifest, out, **FAST, rarefy_depth=1200, rarefy_draws=2, random_state=3)
+    index = read_index(out)
+    s = index["samples"][0]
+    spots = pd.read_csv(out / s["path"] / "spots.csv", index_col=0, keep_default_na=False)
+    below = spots["reason"] == "below_rarefy_depth"
+    assert s["dropped"]["below_rarefy_depth"] == below.sum() > 0
+    assert (spots.loc[below, "total_counts"] < 1200).all()
+    assert (spots.loc[spots["kept"], "total_counts"] >= 1200).all()
+    assert 0.0 < s["pathway_depth"]["median_draw_agreement_r"] < 1.0
+    pairs = ad.read_h5ad(out / s["path"] / "pairs.h5ad")
+    assert not pairs.obsm["pathway_scores"].isna().any().any()
+    info = json.loads(pairs.uns["stalign_pairs"])
+    assert info["pathway_scores"]["params"]["rarefy_depth"] == 1200
+    assert info["pathway_scores"]["rarefaction"]["draws"] == 2
+    assert index["params"]["rarefy_depth"] == 1200 and index["params"]["random_state"] == 3
+    report = (out / "qc" / "report.md").read_text()
+    assert "on counts rarefied to 1200 per spot, 2 draws" in report
+    assert "dropped below rarefy depth" in report and "r of 2 draws (median)" in report
+    with pytest.raises(ValueError, match="other parameters"):  # a new fingerprint
+        build_pairs(manifest, out, **FAST, rarefy_depth=1000)
+    with pytest.raises(ValueError, match="rarefy_draws must be an integer >= 1"):
+        build_pairs(manifest, tmp_path / "bad", **FAST, rarefy_depth=10, rarefy_draws=0)

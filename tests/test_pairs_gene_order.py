@@ -62,6 +62,30 @@ def test_shuffled_gene_columns_give_identical_pathway_scores(tmp_path, mob_dir):
     assert info["pathway_scores"]["params"]["ties"] == "average"
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "score_genes"},
+        {"method": "ssgsea", "rarefy_depth": 1000, "rarefy_draws": 2, "random_state": 4},
+    ],
+    ids=["score_genes", "ssgsea-rarefied"],
+)
+def test_depth_options_give_identical_scores_whatever_the_gene_order(tmp_path, mob_dir, options):
+    """score_genes' control-gene draw and rarefaction run over genes in a canonical order."""
+    ref_out, shuf_out = tmp_path / "ref" / "pairs", tmp_path / "shuf" / "pairs"
+    ref_manifest = _one_section_manifest(tmp_path / "ref", mob_dir / "MOB1.tsv.gz")
+    build_pairs(ref_manifest, ref_out, **FAST, **options)
+    shuffled = _shuffled_section(mob_dir, tmp_path / "shuf" / "data", seed=1)
+    build_pairs(_one_section_manifest(tmp_path / "shuf", shuffled), shuf_out, **FAST, **options)
+    ref, out = _scores(ref_out), _scores(shuf_out)
+    assert ref.shape[0] > 100 and list(out.index) == list(ref.index)
+    np.testing.assert_allclose(out.to_numpy(), ref.to_numpy(), rtol=0, atol=1e-6)
+    info = json.loads(
+        ad.read_h5ad(ref_out / "samples" / "MOB1" / "pairs.h5ad").uns[_keys.PAIRS_INFO]
+    )
+    assert info["params"]["method"] == options["method"]
+
+
 def test_tie_mode_is_a_build_pairs_argument_and_a_cli_flag(tmp_path, mob_dir):
     from stalign.cli import main
 

@@ -26,7 +26,7 @@ import pandas as pd
 from .._lock import folder_lock
 from ._manifest import Sample, read_manifest
 from ._params import PairsParams
-from ._sample import SampleError, build_sample
+from ._sample import SampleError, build_sample, shard_pathway_depth
 from ._store import (
     BUILD_JSON,
     FORMAT_VERSION,
@@ -426,6 +426,9 @@ def build_pairs(
     method: str = "ssgsea",
     min_genes: int = 5,
     ties: str = "average",
+    rarefy_depth: int | None = None,
+    rarefy_draws: int = 1,
+    random_state: int = 0,
     gene_panel: str = "all",
     use_in_tissue: bool = True,
     jpeg: bool = False,
@@ -465,6 +468,11 @@ def build_pairs(
         Passed to `stalign.tl.score_pathways`; ``gene_sets=None`` skips scores.
         ``ties`` is ssGSEA's tie mode: ``"average"`` (scores independent of the
         gene order) or ``"gseapy"`` (gseapy's order-dependent walk).
+    rarefy_depth, rarefy_draws, random_state
+        Score pathways on counts rarefied to ``rarefy_depth`` per spot (averaged over
+        ``rarefy_draws`` seeded draws); spots with fewer counts are dropped and counted
+        (see [`PairsParams`][stalign.pairs.PairsParams]). ``random_state`` also seeds
+        ``method="score_genes"``'s control genes.
     gene_panel
         Genes whose counts are stored: ``"all"``, ``"hvg:N"`` or a gene-list file.
     use_in_tissue
@@ -523,6 +531,9 @@ def build_pairs(
         method=method,
         min_genes=int(min_genes),
         ties=str(ties),
+        rarefy_depth=None if rarefy_depth is None else int(rarefy_depth),
+        rarefy_draws=int(rarefy_draws),
+        random_state=int(random_state),
         gene_panel=str(gene_panel),
         use_in_tissue=bool(use_in_tissue),
         jpeg=bool(jpeg),
@@ -756,9 +767,12 @@ def merge_pairs(
         ``OUT/index.json``. Its keys: ``format_version``, ``params``,
         ``params_fingerprint``, ``versions``, ``n_samples``, ``n_pairs``,
         ``samples`` (per finished sample: ids, organ, species, platform,
-        ``n_spots``, ``n_pairs``, ``n_genes``, ``dropped``, ``files`` with
-        sha256 + bytes), ``failed`` (sample → reason), ``missing``, ``genes``
-        (union), ``pathways`` (names scored in every sample).
+        ``n_spots``, ``n_pairs``, ``n_genes``, ``dropped``, ``pathway_depth``
+        (median and max |r| of the scores on log total counts and log detected
+        genes over pathways, the most depth-driven pathway, how many exceed
+        ``pathway_depth_threshold``), ``files`` with sha256 + bytes), ``failed``
+        (sample → reason), ``missing``, ``genes`` (union), ``pathways`` (names
+        scored in every sample), ``pathway_depth_threshold``.
 
     Raises
     ------
@@ -779,6 +793,13 @@ def merge_pairs(
         return _merge(
             out, allow_missing=allow_missing, report=report, verify=verify, progress=progress
         )
+
+
+def _depth_threshold() -> float:
+    """Return the median |r| above which a section's scores are flagged as depth-driven."""
+    from ..tl._pathway_depth import DEPTH_WARN_ABS_R
+
+    return DEPTH_WARN_ABS_R
 
 
 def _sample_of(row: dict[str, Any]) -> Sample:
@@ -835,6 +856,7 @@ def _merge(
                     "n_genes": rec["n_genes"],
                     "n_pathways": len(pw),
                     "dropped": rec.get("dropped", {}),
+                    "pathway_depth": shard_pathway_depth(out, sid, rec).get("summary"),
                     "mpp_level0": rec.get("mpp_level0"),
                     "files": rec.get("files", {}),
                 }
@@ -867,6 +889,7 @@ def _merge(
         "missing": missing,
         "genes": sorted(genes),
         "pathways": pathways or [],
+        "pathway_depth_threshold": _depth_threshold(),
     }
     path = write_index(out, index)
     if report:

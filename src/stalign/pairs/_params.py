@@ -43,6 +43,17 @@ class PairsParams:
     ties
         How ssGSEA ranks tied genes (``ties`` of `stalign.tl.score_pathways`):
         ``"average"`` makes the scores independent of the gene order.
+    rarefy_depth
+        Score pathways on counts rarefied to this many per spot (``rarefy_depth`` of
+        `stalign.tl.score_pathways`), so that the training targets cannot follow
+        sequencing depth through the counts. Spots with fewer counts are dropped (reason
+        ``below_rarefy_depth`` in ``spots.csv`` and the QC report). A fixed number, not
+        a quantile: a sharded build never sees the whole cohort. ``None``: no rarefaction.
+    rarefy_draws
+        Rarefy this many times and average the scores (the QC report shows the
+        agreement of the first two draws).
+    random_state
+        Seed of the scores' random draws (rarefaction; ``score_genes``' control genes).
     gene_panel
         Genes whose counts are stored: ``"all"``, ``"hvg:N"`` (the N most
         variable genes of each sample) or a path to a text file with one gene
@@ -68,6 +79,9 @@ class PairsParams:
     method: str = "ssgsea"
     min_genes: int = 5
     ties: str = "average"
+    rarefy_depth: int | None = None
+    rarefy_draws: int = 1
+    random_state: int = 0
     gene_panel: str = "all"
     use_in_tissue: bool = True
     jpeg: bool = False
@@ -97,6 +111,7 @@ class PairsParams:
             msg = f"min_genes must be a positive integer, got {self.min_genes!r}"
             raise ValueError(msg)
         self._check_scoring()
+        self._check_draws()
         panel = self.gene_panel
         if panel != "all" and not panel.startswith("hvg:") and not Path(panel).is_file():
             msg = (
@@ -131,6 +146,16 @@ class PairsParams:
             from ..tl._genesets import read_gmt
 
             read_gmt(path)  # a missing or malformed GMT fails now, naming the file
+
+    def _check_draws(self) -> None:
+        """Validate the rarefaction and seed parameters (integers, in range)."""
+        checks = {"rarefy_draws": (self.rarefy_draws, 1), "random_state": (self.random_state, 0)}
+        if self.rarefy_depth is not None:
+            checks["rarefy_depth"] = (self.rarefy_depth, 1)
+        for name, (value, low) in checks.items():
+            if isinstance(value, bool) or int(value) != value or value < low:
+                msg = f"{name} must be an integer >= {low}, got {value!r}"
+                raise ValueError(msg)
 
     def gene_sets_file(self) -> Path | None:
         """Return the GMT file ``gene_sets`` reads (bundled or the user's), or ``None``.
@@ -174,10 +199,23 @@ class PairsParams:
         return d
 
     def fingerprint(self) -> str:
-        """Return the short hash of `to_dict` recorded in every shard."""
+        """Return the short hash of `to_dict` recorded in every shard.
+
+        Parameters added after fingerprint v3 are left out while at their defaults
+        (`FINGERPRINT_OPTIONAL`), so a store built before them keeps its fingerprint:
+        its shards hold the same scores.
+        """
         from ._store import params_fingerprint
 
-        return params_fingerprint(self.to_dict())
+        d = self.to_dict()
+        for key, default in FINGERPRINT_OPTIONAL.items():
+            if d.get(key) == default:
+                d.pop(key, None)
+        return params_fingerprint(d)
+
+
+#: parameters left out of the fingerprint while at these defaults (added since v3)
+FINGERPRINT_OPTIONAL: dict[str, Any] = {"rarefy_depth": None, "rarefy_draws": 1, "random_state": 0}
 
 
 def _bundled_names() -> set[str]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-__all__ = ["qc_counts_histogram", "qc_spots", "qc_tissue_histogram"]
+__all__ = ["qc_counts_histogram", "qc_pathway_depth", "qc_spots", "qc_tissue_histogram"]
 
 #: colour of each spot status in `qc_spots` (kept + the drop reasons)
 QC_COLORS = {
@@ -21,6 +21,7 @@ QC_COLORS = {
     "not_in_tissue_call": "#9e9e9e",
     "outside_image": "#d73027",
     "no_counts": "#762a83",
+    "below_rarefy_depth": "#c2a5cf",
 }
 #: colour of the tissue-mask outline in `qc_spots`
 MASK_COLOR = "#00a6d6"
@@ -266,3 +267,60 @@ def qc_tissue_histogram(
         vline=threshold,
         save=save,
     )
+
+
+def qc_pathway_depth(
+    tables: Mapping[str, pd.DataFrame],
+    *,
+    threshold: float | None = None,
+    column: str = "r_log_counts",
+    save: str | os.PathLike | None = None,
+):
+    """Heat map of each pathway's correlation with sequencing depth, per section.
+
+    Parameters
+    ----------
+    tables
+        ``sample_id`` → depth table indexed by pathway (columns as
+        [`pathway_depth_diagnostics`][stalign.tl.pathway_depth_diagnostics]).
+    threshold
+        The median |r| above which a section is flagged; flagged sections are
+        marked ``!`` in their label.
+    column
+        The statistic drawn (default: Pearson r on log total counts).
+    save
+        Write the figure to this path (PNG).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Rows: pathways, most depth-driven (median |r| over sections) on top; columns:
+        sections, labelled with their median |r|; colour: signed r in [-1, 1].
+    """
+    frame = pd.DataFrame({sid: t[column] for sid, t in tables.items()})
+    order = frame.abs().median(axis=1).sort_values(ascending=False).index
+    frame = frame.loc[order]
+    med = frame.abs().median(axis=0)
+    labels = [
+        f"{sid}\n|r| {m:.2f}" + (" !" if threshold is not None and m > threshold else "")
+        for sid, m in med.items()
+    ]
+    fig, ax = _figure(
+        figsize=(4.2 + 0.6 * max(1, frame.shape[1]), 1.8 + 0.16 * max(1, frame.shape[0]))
+    )
+    im = ax.imshow(frame.to_numpy(float), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(frame.shape[1]), labels, fontsize=7)
+    ax.set_yticks(range(frame.shape[0]), [_short(p) for p in frame.index], fontsize=6)
+    ax.xaxis.tick_top()
+    fig.colorbar(im, ax=ax, shrink=0.5, label=f"Pearson {column.replace('_', ' ')}")
+    fig.suptitle(
+        "Pathway score vs sequencing depth\n(section: median |r| over pathways)", fontsize=9
+    )
+    _save(fig, save)
+    return fig
+
+
+def _short(pathway: str) -> str:
+    """Pathway name without the collection prefix (``HALLMARK_``), at most 32 characters."""
+    name = pathway.split("_", 1)[1] if pathway.startswith("HALLMARK_") else pathway
+    return name if len(name) <= 32 else name[:31] + "…"

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .._utils import atomic_path, atomic_write_text
-from ._sample import TISSUE_FRACTION_PIXELS, TISSUE_MASK_PNG
+from ._sample import TISSUE_FRACTION_PIXELS, TISSUE_MASK_PNG, shard_pathway_depth
 from ._store import QC_DIR, SPOTS_CSV, THUMBNAIL_PNG, read_success, sample_dir
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
     """Write ``OUT/qc/report.md``, ``report.html`` and the QC figures.
 
     Figures: ``qc/<sample_id>_spots.png`` (kept/dropped spots on the H&E),
-    ``qc/counts_per_spot.png``, ``qc/tissue_fraction.png``.
+    ``qc/counts_per_spot.png``, ``qc/tissue_fraction.png`` and, with pathway scores,
+    ``qc/pathway_depth.png`` (each pathway's r with log total counts, per section).
 
     Parameters
     ----------
@@ -161,6 +162,8 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
         table.to_markdown(index=False) if len(table) and _has_tabulate() else _md_table(table),
         "",
     ]
+    depth_md, depth_rows = _depth_section(out, index, qc)
+    md += depth_md
     if index["failed"]:
         md += ["## Failed samples", ""]
         md += [f"- **{sid}**: {reason}" for sid, reason in index["failed"].items()]
@@ -187,8 +190,84 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
     text = "\n".join(md)
     path = qc / "report.md"
     atomic_write_text(path, text)
-    atomic_write_text(qc / "report.html", _html(text, table, index))
+    tables = {"Samples": table, DEPTH_HEADING: depth_rows}
+    atomic_write_text(qc / "report.html", _html(text, tables, index))
     return path
+
+
+#: heading of the report's section on depth in the pathway scores
+DEPTH_HEADING = "Pathway scores and sequencing depth"
+
+
+def _depth_section(out: Path, index: dict[str, Any], qc: Path) -> tuple[list[str], pd.DataFrame]:
+    """Write ``qc/pathway_depth.png``; return the depth section's markdown and table."""
+    from ..tl._pathway_depth import table_from_record
+    from . import _qc_plots
+
+    params = index["params"]
+    threshold = float(index.get("pathway_depth_threshold", 0.5))
+    tables, rows = {}, []
+    for s in index["samples"]:
+        depth = shard_pathway_depth(out, s["sample_id"], read_success(out, s["sample_id"]) or {})
+        if not depth:
+            continue
+        tables[s["sample_id"]] = table_from_record(depth["table"])
+        rows.append(_depth_row(s, depth["summary"], tables[s["sample_id"]], threshold))
+    if not rows:
+        return [], pd.DataFrame()
+    _savefig(_qc_plots.qc_pathway_depth(tables, threshold=threshold), qc / "pathway_depth.png")
+    depth_rows = pd.DataFrame(rows)
+    md = [
+        f"## {DEPTH_HEADING}",
+        "",
+        f"Per section, the Pearson r of each pathway score ({params['method']}"
+        f"{_rarefy_text(params)}) with log total counts and log detected genes of the spot, "
+        "and the R² of a cubic in log total counts (the share of a score's variance that "
+        f"depth explains). A median absolute r above {threshold} (marked **!**) means the training "
+        "targets largely follow sequencing depth, which colour and cellularity already "
+        "predict; see the 'Pathway scoring' concept page for rarefaction, score_genes and "
+        "depth regression in training.",
+        "",
+        _md_table(depth_rows) if not _has_tabulate() else depth_rows.to_markdown(index=False),
+        "",
+        "![pathway scores vs depth](pathway_depth.png)",
+        "",
+    ]
+    return md, depth_rows
+
+
+def _depth_row(
+    s: dict[str, Any], summary: dict[str, Any], table: pd.DataFrame, threshold: float
+) -> dict[str, Any]:
+    """One section's row of the depth table."""
+    med = summary.get("median_abs_r_log_counts")
+    flag = " **!**" if med is not None and med > threshold else ""
+    row = {
+        "sample": s["sample_id"],
+        "median abs r, log counts": f"{med:.2f}{flag}" if med is not None else "n/a",
+        "median abs r, log genes": _fmt(summary.get("median_abs_r_log_genes")),
+        "median R² (cubic, log counts)": _fmt(table["r2_log_counts"].median()),
+        "most depth-driven": f"{summary.get('most_depth_driven')} "
+        f"({_fmt(summary.get('max_abs_r_log_counts'))})",
+        f"pathways abs r > {threshold}": summary.get("n_above_threshold", ""),
+    }
+    if "below_rarefy_depth" in s.get("dropped", {}):
+        row["dropped below rarefy depth"] = s["dropped"]["below_rarefy_depth"]
+        row["r of 2 draws (median)"] = _fmt(summary.get("median_draw_agreement_r"))
+    return row
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None or not np.isfinite(float(v)) else f"{float(v):.2f}"
+
+
+def _rarefy_text(params: dict[str, Any]) -> str:
+    """Return the clause on rarefaction of the build's parameters (``""``: none)."""
+    depth = params.get("rarefy_depth")
+    if depth is None:
+        return ""
+    draws = int(params.get("rarefy_draws", 1))
+    return f", on counts rarefied to {depth} per spot, {draws} draw{'s' if draws > 1 else ''}"
 
 
 def _tissue_cut(params: dict[str, Any]) -> float | None:
@@ -256,7 +335,7 @@ def _md_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _html(markdown_text: str, table: pd.DataFrame, index: dict[str, Any]) -> str:
+def _html(markdown_text: str, tables: dict[str, pd.DataFrame], index: dict[str, Any]) -> str:
     """Render the report as dependency-free HTML (tables and images)."""
     body = []
     for line in markdown_text.splitlines():
@@ -268,13 +347,14 @@ def _html(markdown_text: str, table: pd.DataFrame, index: dict[str, Any]) -> str
             alt, src = line[2:].split("](", 1)
             body.append(f'<img alt="{html.escape(alt)}" src="{html.escape(src[:-1])}">')
         elif line.startswith("|"):
-            continue  # the samples table is rendered below from the DataFrame
+            continue  # tables are rendered from their DataFrames after their heading
         elif line.startswith("- "):
             body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
         elif line.strip():
             body.append(f"<p>{html.escape(line)}</p>")
-        if line == "## Samples" and not table.empty:
-            body.append(table.to_html(index=False, border=0))
+        heading = line[3:] if line.startswith("## ") else None
+        if heading in tables and not tables[heading].empty:
+            body.append(tables[heading].to_html(index=False, border=0).replace("**!**", "!"))
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Pairs QC report</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: reasons a spot is dropped, in the order they are checked (spots.csv ``reason``)
 DROP_REASONS = ("outside_image", "not_in_tissue_call", "low_tissue", "no_counts")
+#: drop reason of a spot with fewer counts than ``PairsParams.rarefy_depth`` (when set)
+BELOW_RAREFY_DEPTH = "below_rarefy_depth"
 PAIRS_UNS = K.PAIRS_INFO  # uns key of pairs.h5ad: JSON string with sample + params
 #: shard file: the slide's tissue mask on the thumbnail grid (uint8 coverage, 255 = tissue)
 TISSUE_MASK_PNG = "tissue_mask.png"
@@ -262,6 +264,7 @@ def build_sample(
 
         kept = adata[keep].copy()
         pathway_names, pathway_uns = _score_pathways(kept, params)
+        depth = _pathway_depth(kept, params, spots, keep, sample.sample_id, pathway_uns)
         timings["pathways"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
 
@@ -299,7 +302,8 @@ def build_sample(
             "n_genes": len(genes),
             "genes": genes,
             "pathways": pathway_names,
-            "dropped": _dropped(reason, hest=source is not None),
+            "dropped": _dropped(reason, hest=source is not None, rarefy=params.rarefy_depth),
+            **({"pathway_depth": depth} if depth else {}),
             **(source.info if source is not None else _wsi_info(adata, wsi_reason, params)),
             **_geometry(meta, params, mpp0),
             "thumbnail": thumb_info,
@@ -345,6 +349,7 @@ class _SpotQC:
     in_image: np.ndarray
     tissue_fraction: np.ndarray
     pixel_fraction: np.ndarray  # the per-pixel rule, for the QC report
+    min_counts: float = 0.0  # fewest counts of a kept spot (the rarefaction depth, if any)
 
     @property
     def n(self) -> int:
@@ -369,6 +374,7 @@ class _SpotQC:
             in_image=np.zeros(n, bool),
             tissue_fraction=np.zeros(n, np.float32),
             pixel_fraction=np.zeros(n, np.float32),
+            min_counts=float(params.rarefy_depth or 0),
         )
 
     def record(self, batch: Any, pixel_fraction: np.ndarray | None) -> np.ndarray:
@@ -384,12 +390,14 @@ class _SpotQC:
             & (batch.tissue_fraction >= self.min_tissue)
             & self.in_tissue_call[sl]
             & (self.total[sl] > 0)
+            & (self.total[sl] >= self.min_counts)
         )
 
     def reasons(self, sample_id: str, missing: np.ndarray | None) -> np.ndarray:
         """Drop reason per spot (``""``: kept); refuse a sample with nothing to keep."""
         reason = np.full(self.n, "", dtype=object)
         for name, bad in (
+            (BELOW_RAREFY_DEPTH, self.total < self.min_counts),
             ("no_counts", self.total <= 0),
             ("low_tissue", self.tissue_fraction < self.min_tissue),
             ("not_in_tissue_call", ~self.in_tissue_call),
@@ -485,9 +493,10 @@ def _pairs_anndata(
     return pairs
 
 
-def _dropped(reason: np.ndarray, *, hest: bool) -> dict[str, int]:
+def _dropped(reason: np.ndarray, *, hest: bool, rarefy: int | None = None) -> dict[str, int]:
     """Return how many spots each reason dropped (``_SUCCESS['dropped']``)."""
     names = DROP_REASONS + ((NO_HEST_PATCH,) if hest else ())
+    names += (BELOW_RAREFY_DEPTH,) if rarefy is not None else ()
     return {r: int((reason == r).sum()) for r in names}
 
 
@@ -535,11 +544,97 @@ def _score_pathways(kept: Any, params: PairsParams) -> tuple[list[str], dict[str
         method=params.method,
         min_genes=params.min_genes,
         ties=params.ties,
+        rarefy_depth=params.rarefy_depth,
+        rarefy_draws=params.rarefy_draws,
+        random_state=params.random_state,
+        depth_diagnostics=False,  # on the kept spots' own counts below, named by sample
         key_added=K.PATHWAY_SCORES,
         progress=False,
     )
     names = [str(c) for c in kept.obsm[K.PATHWAY_SCORES].columns]
-    return names, {"params": kept.uns.get(K.PATHWAY_SCORES, {}).get("params", {})}
+    uns = kept.uns.get(K.PATHWAY_SCORES, {})
+    out: dict[str, Any] = {"params": uns.get("params", {})}
+    if K.PATHWAY_RAREFACTION in uns:
+        out[K.PATHWAY_RAREFACTION] = _json_safe(uns[K.PATHWAY_RAREFACTION])
+    return names, out
+
+
+def _pathway_depth(
+    kept: Any,
+    params: PairsParams,
+    spots: _SpotQC,
+    keep: np.ndarray,
+    sample_id: str,
+    pathway_uns: dict[str, Any],
+) -> dict[str, Any]:
+    """Depth diagnostics of the shard's scores (``_SUCCESS['pathway_depth']``); may warn.
+
+    ``{"summary": median / max |r| ..., "table": per pathway r and R², as columns}``;
+    empty without pathway scores. Depth is the raw library size before any rarefaction.
+    The table also goes to ``pathway_uns['depth']`` (the ``uns`` of ``pairs.h5ad``), the
+    agreement of two rarefaction draws (if measured) to the summary.
+    """
+    from ..tl._pathway_depth import depth_summary, depth_table, warn_if_depth_driven
+
+    if not params.gene_sets:
+        return {}
+    table = depth_table(kept.obsm[K.PATHWAY_SCORES], spots.total[keep], spots.n_genes[keep])
+    method = params.method + (f", rarefied to {params.rarefy_depth}" if params.rarefy_depth else "")
+    warn_if_depth_driven(table, section=f"sample {sample_id}", method=method)
+    summary = depth_summary(table)
+    agreement = pathway_uns.get(K.PATHWAY_RAREFACTION, {}).get("median_draw_agreement_r")
+    if agreement is not None:
+        summary["median_draw_agreement_r"] = round(float(agreement), 4)
+    pathway_uns[K.PATHWAY_DEPTH] = depth_table_json(table)
+    return {"summary": summary, "table": pathway_uns[K.PATHWAY_DEPTH]}
+
+
+def shard_pathway_depth(out: str | Path, sample_id: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """Return a finished shard's depth diagnostics (``_SUCCESS``, else its ``pairs.h5ad``).
+
+    Shards built before the diagnostics existed (same fingerprint) lack the record; their
+    scores and library sizes are read back and the diagnostics computed. ``{}`` for a
+    shard without pathway scores.
+    """
+    if rec.get("pathway_depth"):
+        return rec["pathway_depth"]
+    if not rec.get("pathways"):
+        return {}
+    import anndata as ad
+
+    from ..tl._pathway_depth import depth_summary, depth_table
+
+    pairs = ad.read_h5ad(sample_dir(out, sample_id) / PAIRS_H5AD, backed="r")
+    try:
+        obs = pairs.obs
+        table = depth_table(
+            pairs.obsm[K.PATHWAY_SCORES],
+            obs[K.TOTAL_COUNTS].to_numpy(float),
+            obs[K.N_GENES_BY_COUNTS].to_numpy(float),
+        )
+    finally:
+        pairs.file.close()
+    return {"summary": depth_summary(table), "table": depth_table_json(table)}
+
+
+def depth_table_json(table: pd.DataFrame) -> dict[str, list]:
+    """Return a depth table as JSON columns (NaN → ``null``)."""
+    from ..tl._pathway_depth import table_to_record
+
+    return _json_safe(table_to_record(table))
+
+
+def _json_safe(obj: Any) -> Any:
+    """Arrays → lists, numpy scalars → Python, NaN → ``None`` (for ``_SUCCESS`` and uns JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray | list | tuple):
+        return [_json_safe(v) for v in list(obj)]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 def _write_thumbnail(
