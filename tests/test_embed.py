@@ -251,6 +251,7 @@ def test_cli_errors_and_encoders(tmp_path, capsys):
     assert "not a stalign training checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_embedding_is_bf16_autocast_in_the_one_loop(store, tmp_path):
     """On CUDA, tl.embed_patches and evaluate's feature cache run the same bf16 loop."""
