@@ -106,12 +106,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "timm.create_model('local-dir:OUT/timm', pretrained=True)) and OUT/adapter "
             "(peft save_pretrained)."
         ),
-        examples=["stalign export results/aligned --out results/export/aligned"],
+        examples=[
+            "stalign export results/aligned --out results/export/aligned",
+            "stalign export results/aligned --out results/export/aligned --baseline",
+        ],
     )
     p.add_argument("checkpoint", help="training run directory or checkpoint directory")
     p.add_argument("--out", required=True, help="output directory (gets timm/ and adapter/)")
     p.add_argument("--no-merged", action="store_true", help="skip the merged timm model")
     p.add_argument("--no-adapter", action="store_true", help="skip the LoRA adapter")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also write OUT/baseline/timm: the encoder training started from (LoRA "
+        "adapters removed, same colour normalisation), the exact baseline to evaluate "
+        "the aligned model against",
+    )
     p.set_defaults(func=run_export)
 
 
@@ -199,6 +209,11 @@ def run_export(args: argparse.Namespace) -> int:
     written = export(
         model.image_tower.encoder, args.out, merged=not args.no_merged, adapter=not args.no_adapter
     )
+    if args.baseline:
+        from ..pipeline import _without_lora
+
+        base = _without_lora(model.image_tower.encoder)
+        written["baseline"] = export(base, Path(args.out) / "baseline", adapter=False)["timm"]
     for kind, path in written.items():
         print(f"{kind}: {path}")
     if "timm" in written:
