@@ -99,3 +99,19 @@ def test_tie_mode_is_a_build_pairs_argument_and_a_cli_flag(tmp_path, mob_dir):
     with pytest.raises(ValueError, match="ties must be one of"):  # before any work
         build_pairs(manifest, tmp_path / "bad", ties="first", **FAST)
     assert not (tmp_path / "bad" / "build.json").exists()
+
+
+def test_depth_options_are_cli_flags(tmp_path, mob_dir):
+    from stalign.cli import main
+
+    manifest = _one_section_manifest(tmp_path, mob_dir / "MOB1.tsv.gz")
+    out = tmp_path / "pairs"
+    args = ["build-pairs", str(manifest), "--out", str(out), "--mpp", "9.4", "--size-px", "32"]
+    depth = ["--method", "score_genes", "--rarefy-depth", "900", "--rarefy-draws", "2"]
+    assert main([*args, *depth, "--random-state", "3", "--no-progress"]) == 0
+    params = json.loads((out / "build.json").read_text())["params"]
+    assert params["method"] == "score_genes" and params["rarefy_depth"] == 900
+    assert params["rarefy_draws"] == 2 and params["random_state"] == 3
+    info = json.loads(ad.read_h5ad(out / "samples" / "MOB1" / "pairs.h5ad").uns[_keys.PAIRS_INFO])
+    assert info["pathway_scores"]["params"]["random_state"] == 3
+    assert info["pathway_scores"]["rarefaction"]["draws"] == 2

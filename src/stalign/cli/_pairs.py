@@ -14,6 +14,9 @@ _BUILD_KEYWORDS = (
     "min_mask_coverage",
     "method",
     "ties",
+    "rarefy_depth",
+    "rarefy_draws",
+    "random_state",
     "min_genes",
     "gene_panel",
     "jpeg_quality",
@@ -122,7 +125,9 @@ def _register_build(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--method",
-        help="pathway scoring method of stalign.tl.score_pathways" + format_default(d["method"]),
+        help="pathway scoring method of stalign.tl.score_pathways: ssgsea, aucell, zscore, "
+        "ulm or score_genes (scanpy's control-gene-matched score on log CP10k)"
+        + format_default(d["method"]),
     )
     p.add_argument(
         "--ties",
@@ -130,6 +135,27 @@ def _register_build(subparsers: argparse._SubParsersAction) -> None:
         help="ssGSEA tie mode: 'average' ranks tied genes by their mean rank, so scores do "
         "not depend on the gene order; 'gseapy' walks them in matrix order like gseapy"
         + format_default(d["ties"]),
+    )
+    p.add_argument(
+        "--rarefy-depth",
+        type=int,
+        metavar="N",
+        help="score pathways on counts rarefied to N per spot (drawn without replacement, "
+        "seeded per spot, genes in name order), so the targets cannot follow sequencing "
+        "depth through the counts; spots with fewer counts are dropped and counted in the "
+        "QC report" + format_default(d["rarefy_depth"], none="no rarefaction"),
+    )
+    p.add_argument(
+        "--rarefy-draws",
+        type=int,
+        help="rarefy this many times and average the scores; the QC report shows the "
+        "agreement of two draws" + format_default(d["rarefy_draws"]),
+    )
+    p.add_argument(
+        "--random-state",
+        type=int,
+        help="seed of the pathway scores' random draws (rarefaction, score_genes' control "
+        "genes)" + format_default(d["random_state"]),
     )
     p.add_argument(
         "--min-genes",
