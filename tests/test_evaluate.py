@@ -398,3 +398,102 @@ def test_two_process_gloo_evaluate_shares_the_embedding(
     # rank 0 scores and reports; rank 1 only embeds its share
     assert json.loads((out / "rank0.json").read_text()) == {"result": True}
     assert json.loads((out / "rank1.json").read_text()) == {"result": False}
+
+
+LOCK_NAME = ".stalign-evaluate.lock"
+
+
+def _folder_bytes(out: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in out.rglob("*")
+        if p.is_file() and p.relative_to(out).parts[0] not in ("cache", LOCK_NAME)
+    }
+
+
+def test_a_rerun_killed_before_its_report_leaves_the_previous_set_whole(
+    small_store, tiny_export, single_run, tmp_path, monkeypatch
+):
+    """Issue 21.3: a rerun stopped after its tables were written used to leave the new
+    summary.csv/runs.csv beside the old report.md/results.json/figures."""
+    import shutil
+
+    from stalign.bench import _report, check_evaluation_outputs, evaluate
+
+    out = tmp_path / "out"
+    shutil.copytree(single_run.out, out, ignore=shutil.ignore_patterns("cache"))
+    before = _folder_bytes(out)
+    assert {"summary.csv", "report.md", "outputs.json"} <= set(before)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the run is stopped while writing its report
+
+    monkeypatch.setattr(_report, "write_report", killed)
+    cache = {"cache_dir": single_run.out / "cache"}
+    rerun = {**SMALL_RUN, "references": ("pixels",)}  # other rows: other tables
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(small_store, [f"tiny={tiny_export}"], out=out, **rerun, **cache)
+    assert _folder_bytes(out) == before  # nothing of the stopped run is visible
+    assert not list(out.glob(".staging-*"))
+    check_evaluation_outputs(out)
+    monkeypatch.undo()
+    res = evaluate(small_store, [f"tiny={tiny_export}"], out=out, **rerun, **cache)
+    manifest = check_evaluation_outputs(out)
+    assert "8×8 pixels" in set(res.table["features"])
+    assert set(manifest["files"]) == set(_folder_bytes(out)) - {"outputs.json"}
+    assert not list(out.glob(".staging-*"))
+
+
+def _stage(out: Path, run: str) -> Path:
+    from stalign.bench._publish import staging_dir
+
+    stage = staging_dir(out)
+    for name in ("summary.csv", "report.md", "figures/a.png"):
+        (stage / name).write_text(f"{run} {name}")
+    return stage
+
+
+def test_publishing_stopped_midway_is_marked_incomplete(tmp_path, monkeypatch):
+    from stalign.bench import check_evaluation_outputs
+    from stalign.bench._publish import publish
+
+    out = tmp_path / "out"
+    out.mkdir()
+    publish(_stage(out, "old"), out, {"run": "old"})
+    assert check_evaluation_outputs(out)["run"] == {"run": "old"}
+    (out / "figures" / "a.png").write_text("edited")
+    with pytest.raises(ValueError, match=r"a\.png: differs from outputs\.json"):
+        check_evaluation_outputs(out)
+    (out / "figures" / "a.png").write_text("old figures/a.png")
+
+    calls = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    stage = _stage(out, "new")
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space"):
+        publish(stage, out, {"run": "new"})
+    monkeypatch.undo()
+    # one file of the new set moved in, the rest old, and no manifest: marked incomplete
+    assert (out / "figures" / "a.png").read_text() == "new figures/a.png"
+    assert (out / "summary.csv").read_text() == "old summary.csv"
+    with pytest.raises(ValueError, match=r"no outputs\.json; the evaluation outputs there are"):
+        check_evaluation_outputs(out)
+
+
+def test_a_second_evaluate_on_one_folder_is_refused_up_front(small_store, tmp_path):
+    from stalign._lock import FolderLockedError, folder_lock
+    from stalign.bench import evaluate
+    from stalign.bench._publish import LOCK_FILE
+
+    with (
+        folder_lock(tmp_path / LOCK_FILE, command="stalign evaluate"),
+        pytest.raises(FolderLockedError),
+    ):
+        evaluate(small_store, [], out=tmp_path, references=("histogram",), progress=False)

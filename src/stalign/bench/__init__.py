@@ -28,6 +28,7 @@ from ._features import (
 from ._genes import hest_gene_panel
 from ._mil import MarkerResult, marker_prediction
 from ._probe import PROTOCOLS, ProbeResult, gene_prediction, pathway_prediction, pearson_columns
+from ._publish import check_evaluation_outputs
 from ._retrieval import RetrievalResult, retrieval
 from ._tasks import MarkerTask, bags_from_task, region_tasks, slide_task
 
@@ -42,6 +43,7 @@ __all__ = [
     "Reference",
     "RetrievalResult",
     "bags_from_task",
+    "check_evaluation_outputs",
     "color_histogram",
     "depth_adjusted",
     "downsampled_pixels",

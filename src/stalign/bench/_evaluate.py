@@ -20,6 +20,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1062,7 +1063,10 @@ def evaluate(
         the last the aligned model.
     out
         Output directory: ``report.md``, ``summary.csv``, ``runs.csv``,
-        ``per_target_*.csv``, ``results.json``, ``figures/*.png``.
+        ``per_target_*.csv``, ``results.json``, ``figures/*.png``, published as one
+        set with the manifest ``outputs.json`` written last
+        ([`check_evaluation_outputs`][stalign.bench.check_evaluation_outputs] checks
+        it); the run holds the folder's lock (a second evaluate on it is refused).
     test_patients
         Fixed test patients (default: leave-one-patient-out over all patients).
     test_samples
@@ -1282,19 +1286,32 @@ def _report_params(spec: EvaluationSpec, ctx: _Context) -> dict[str, Any]:
 def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
     """Run an `EvaluationSpec`: features → grid of scores → tables, figures, report.
 
-    Under ``torchrun`` every rank embeds its share of the samples and only rank 0
-    scores and writes the report (the other ranks return ``None``).
+    The run holds the lock of ``spec.out`` (a second evaluate on the same folder is
+    refused up front) and publishes its outputs as one set (``_publish``): a run
+    killed midway never leaves a folder mixing two runs' files. Under ``torchrun``
+    every rank embeds its share of the samples and only rank 0 locks, scores and
+    writes the report (the other ranks return ``None``).
     """
-    from .._utils import atomic_write_text
-    from .._utils import progress_bar as tqdm
-    from ._report import READOUT_TEXT, overall_verdict, summary_table, write_figures, write_report
+    from .._lock import folder_lock
+    from ._publish import LOCK_FILE
 
-    (spec.out / "figures").mkdir(parents=True, exist_ok=True)
+    spec.out.mkdir(parents=True, exist_ok=True)
+    if _distributed_rank()[0] != 0:
+        ds, _, _ = _open_store(spec)
+        embed_features(spec, ds)
+        return None  # the other ranks embedded their share; rank 0 scores
+    with folder_lock(spec.out / LOCK_FILE, command="stalign evaluate", what=str(spec.out)):
+        return _run_locked(spec)
+
+
+def _run_locked(spec: EvaluationSpec) -> EvaluationResult:
+    from .._utils import progress_bar as tqdm
+    from ._publish import publish, staging_dir
+    from ._report import overall_verdict, summary_table
+
     ds, data, panel = _open_store(spec)
     cache = embed_features(spec, ds)
     _release_freed_heap()  # the patch chunks of the embedding loop
-    if _distributed_rank()[0] != 0:
-        return None  # the other ranks embedded their share; rank 0 scores
     ctx = _Context(
         spec=spec,
         data=data,
@@ -1311,37 +1328,15 @@ def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
     table = summary_table(runs)
     keys = dict.fromkeys(k for s in scores.values() for k in s.per_target)
     per_target = {key: {label: s.per_target[key] for label, s in scores.items()} for key in keys}
-    runs.to_csv(spec.out / "runs.csv", index=False)
-    table.to_csv(spec.out / "summary.csv", index=False)
-    for key, cols in per_target.items():
-        pd.DataFrame(cols).to_csv(spec.out / f"per_target_{key}.csv")
     params = _report_params(spec, ctx)
-    figs = write_figures(
-        spec.out,
-        per_target=per_target,
-        sections={label: s.map_sections for label, s in scores.items() if s.map_sections},
-        curves={label: s.curve for label, s in scores.items()},
-        chance_curve=next(s.chance_curve for s in scores.values()),
-        coords=data.coords,
-        base=params["baseline"],
-        aligned=params["aligned"],
-        n_maps=spec.n_maps,
-    )
     verdict = overall_verdict(table, params)
-    report = write_report(spec.out, table, params, figs, verdict=verdict)
-    atomic_write_text(
-        spec.out / "results.json",
-        json.dumps(
-            {
-                "params": params,
-                "overall_verdict": verdict,
-                "readouts": READOUT_TEXT,
-                "summary": table.to_dict(orient="records"),
-            },
-            indent=2,
-            default=float,
-        ),
-    )
+    stage = staging_dir(spec.out)
+    try:
+        figs = _write_outputs(stage, ctx, scores, runs, table, per_target, params, verdict)
+        publish(stage, spec.out, {"seeds": list(spec.seeds), "split": params["split"]})
+    finally:  # a stopped run leaves no staging litter (a killed one: the next run's lock)
+        shutil.rmtree(stage, ignore_errors=True)
+    report = spec.out / "report.md"
     logger.info("evaluation report: %s", report)
     return EvaluationResult(
         table=table,
@@ -1350,3 +1345,43 @@ def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
         out=spec.out,
         extras={"per_target": per_target, "figures": figs, "overall_verdict": verdict},
     )
+
+
+def _write_outputs(
+    stage: Path,
+    ctx: _Context,
+    scores: Mapping[str, _FeatureSetScores],
+    runs: pd.DataFrame,
+    table: pd.DataFrame,
+    per_target: Mapping[str, Mapping[str, pd.Series]],
+    params: dict[str, Any],
+    verdict: dict[str, str],
+) -> dict[str, str]:
+    """Write tables, figures, report and results into the staging folder; return the figures."""
+    from .._utils import atomic_write_text
+    from ._report import READOUT_TEXT, write_figures, write_report
+
+    runs.to_csv(stage / "runs.csv", index=False)
+    table.to_csv(stage / "summary.csv", index=False)
+    for key, cols in per_target.items():
+        pd.DataFrame(cols).to_csv(stage / f"per_target_{key}.csv")
+    figs = write_figures(
+        stage,
+        per_target=per_target,
+        sections={label: s.map_sections for label, s in scores.items() if s.map_sections},
+        curves={label: s.curve for label, s in scores.items()},
+        chance_curve=next(s.chance_curve for s in scores.values()),
+        coords=ctx.data.coords,
+        base=params["baseline"],
+        aligned=params["aligned"],
+        n_maps=ctx.spec.n_maps,
+    )
+    write_report(stage, table, params, figs, verdict=verdict)
+    results = {
+        "params": params,
+        "overall_verdict": verdict,
+        "readouts": READOUT_TEXT,
+        "summary": table.to_dict(orient="records"),
+    }
+    atomic_write_text(stage / "results.json", json.dumps(results, indent=2, default=float))
+    return figs
