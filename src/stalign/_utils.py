@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +32,45 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except Exception as e:
+        named = write_error(e, path)
+        if named is None:
+            raise
+        raise named from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+#: how libraries report the C library's errno inside a message: safetensors ("(os error
+#: 28)"), HDF5 ("errno = 28")
+_ERRNO_IN_MESSAGE = re.compile(r"\bos error (\d+)|\berrno = (\d+)")
+
+
+def write_error(error: BaseException, path: str | os.PathLike) -> OSError | None:
+    """Return an ``OSError`` naming ``path`` for a failed write (None: not the disk's fault).
+
+    Libraries lose the file and often the cause: Python's ``write`` raises
+    ``OSError(28)`` without a file name, safetensors an ``SafetensorError`` with "(os
+    error 28)" in its text, torch ``RuntimeError('[enforce fail at inline_container.cc]
+    unexpected pos …')`` (then the folder's file system has no space left).
+    """
+    if isinstance(error, OSError) and error.filename:
+        return None
+    code = error.errno if isinstance(error, OSError) else None
+    found = _ERRNO_IN_MESSAGE.search(str(error))
+    if code is None and found:
+        code = int(found.group(1) or found.group(2))
+    if code is None and not isinstance(error, OSError) and _no_space_left(Path(path).parent):
+        code = errno.ENOSPC
+    return None if code is None else OSError(code, os.strerror(code), str(path))
+
+
+def _no_space_left(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
 
 
 def _umask() -> int:

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .._utils import write_error
+
 __all__ = ["FeatureCache", "FeatureSource"]
 
 logger = logging.getLogger(__name__)
@@ -177,22 +179,32 @@ class FeatureCache:
                         f"{feats.shape}, expected ({chunk.shape[0]}, d)"
                     )
                     raise ValueError(msg)
-                if "features" not in f:
-                    f.create_dataset(
-                        "features",
-                        (rows.size, feats.shape[1]),
-                        dtype="float32",
-                        chunks=(min(rows.size, self.chunk_rows), feats.shape[1]),
-                    )
-                f["features"][start : start + feats.shape[0]] = feats
-                f.attrs["rows_done"] = start + feats.shape[0]
-                f.flush()
+                self._write_chunk(f, start, feats, rows.size)
                 bar.update(feats.shape[0])
-        finally:
             f.close()
+        except Exception as e:
+            _close_quietly(f, partial)  # the first error is the one to report
+            named = write_error(e, partial)
+            if named is None:
+                raise
+            raise named from e
+        finally:
             if hasattr(self.dataset, "close"):
                 self.dataset.close()  # one sample's patch file open at a time
         os.replace(partial, final)
+
+    def _write_chunk(self, f: Any, start: int, feats: np.ndarray, n_rows: int) -> None:
+        """Write ``feats`` at row ``start`` of the partial file ``f`` and record progress."""
+        if "features" not in f:
+            f.create_dataset(
+                "features",
+                (n_rows, feats.shape[1]),
+                dtype="float32",
+                chunks=(min(n_rows, self.chunk_rows), feats.shape[1]),
+            )
+        f["features"][start : start + feats.shape[0]] = feats
+        f.attrs["rows_done"] = start + feats.shape[0]
+        f.flush()
 
     @staticmethod
     def _open_partial(partial: Path, key: str) -> Any:
@@ -236,3 +248,15 @@ class FeatureCache:
                 out[self._rows[s]] = feats[:]
         assert out is not None  # a dataset has at least one sample
         return out
+
+
+def _close_quietly(f: Any, path: Path) -> None:
+    """Close the HDF5 file ``f`` (at ``path``) after an error.
+
+    HDF5 may fail to flush it again; ``f`` is not touched after that (reading even its
+    ``filename`` can crash HDF5 then).
+    """
+    try:
+        f.close()
+    except (OSError, RuntimeError) as e:
+        logger.debug("closing %s after an error failed too: %s", path, e)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import re
 import sys
+import traceback
 from collections.abc import Sequence
 
 from .. import __version__
@@ -49,6 +52,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeErro
 PROGRAM_ERRORS: tuple[type[BaseException], ...] = (NotImplementedError, RecursionError)
 
 
+#: HDF5's message of a failed system call, e.g. ``Can't close file (file write failed:
+#: time = …, filename = 'x.h5', …, error message = 'No space left on device', buf = …)``:
+#: shown as `` x.h5: No space left on device``
+_HDF5_DETAIL = re.compile(
+    r"[^:()]*\(file \w+ failed: [^()]*?filename = '(?P<file>[^']*)'[^()]*?"
+    r"error message = '(?P<reason>[^']*)'[^()]*\)"
+)
+
+
 def format_error(command: str | None, error: BaseException) -> str:
     """Return the one-line message the CLI prints for a user error.
 
@@ -64,14 +76,93 @@ def format_error(command: str | None, error: BaseException) -> str:
         text = error.strerror  # drop the "[Errno 28]" prefix
     elif isinstance(error, MemoryError):
         text = f"out of memory{': ' + text if text else ''}"
+    text = _HDF5_DETAIL.sub(r" \g<file>: \g<reason>", text)
+    if isinstance(error, OSError):  # HDF5's messages span lines; a list is a ValueError
+        text = " ".join(text.split())
     if not text.strip():
         text = type(error).__name__
     prog = f"stalign {command}" if command else "stalign"
     return f"{prog}: error: {text}"
 
 
+def _quiet_hdf5_release(unraisable: sys.UnraisableHookArgs) -> None:
+    """``sys.unraisablehook`` that logs (``-vv``) h5py's failures to release an object.
+
+    After a failed write (a full disk) every object of the file fails to close again
+    in its destructor; each would print a traceback after the one-line error.
+    """
+    if str(unraisable.object).startswith("h5py."):
+        _log_hdf5_release(unraisable.exc_value)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _quiet_hdf5_traceback(kind: type, value: BaseException, tb: object) -> None:
+    """``sys.excepthook`` while a command runs: quiet for h5py's destructors.
+
+    They print their failure through it (Cython's full tracebacks) before reporting it
+    as unraisable.
+    """
+    frames = traceback.extract_tb(tb)  # type: ignore[arg-type]
+    if frames and frames[-1].filename.startswith("h5py/"):
+        _log_hdf5_release(value)
+        return
+    sys.__excepthook__(kind, value, tb)  # type: ignore[arg-type]
+
+
+def _log_hdf5_release(error: BaseException | None) -> None:
+    logging.getLogger("stalign").debug("h5py could not release an object: %s", error)
+
+
+def _hdf5_objects_left_open() -> bool:
+    """Whether HDF5 still holds an object (e.g. of a file it failed to write and close).
+
+    Not collected first: releasing an object of a file whose writes failed can crash
+    HDF5 itself.
+    """
+    h5py = sys.modules.get("h5py")
+    return h5py is not None and bool(h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_ALL))
+
+
+def _exit_now(code: int) -> None:
+    """End the process with ``code`` without the interpreter's teardown.
+
+    HDF5 releases the objects it still holds when the interpreter shuts down; those of a
+    file whose writes failed (a full disk) then crash the process (SIGSEGV, SIGBUS)
+    after the one-line error. Only used on the error path, where such files are
+    temporary.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the process exit code."""
+    """Run the command line; return the process exit code.
+
+    Run as the program (``argv`` None), a command that failed while HDF5 still holds an
+    object ends the process at once (see `_exit_now`) instead of crashing in teardown.
+    """
+    try:
+        code, error = _run(argv)
+    except BaseException:  # -vv, or a bug: the traceback, then the same guard
+        if argv is None and _hdf5_objects_left_open():
+            traceback.print_exc()
+            _exit_now(1)
+        raise
+    if code != 0 and argv is None and _hdf5_objects_left_open():
+        _exit_now(code)  # ``error`` (its traceback holds h5py objects) is never released
+    del error
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> tuple[int, BaseException | None]:
+    """Parse ``argv`` and run its command; user errors become one line and exit 1.
+
+    Returns the exit code and the user error caught, if any: the caller decides when
+    to release it (and with it the objects its traceback holds).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     # other libraries stay at WARNING; stalign's own logger: -v info, -vv debug
@@ -79,20 +170,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("stalign").setLevel(logging.WARNING - 10 * min(args.verbose, 2))
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return 2, None
+    hooks = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook, sys.excepthook = _quiet_hdf5_release, _quiet_hdf5_traceback
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args) or 0), None
     except USER_ERRORS as e:
         # user-facing errors: one clear line, no traceback (use -vv for it)
         if args.verbose >= 2 or isinstance(e, PROGRAM_ERRORS):
             raise
         print(format_error(args.command, e), file=sys.stderr)
-        return 1
+        return 1, e
     except KeyboardInterrupt:
         if args.verbose >= 2:
             raise
         print(f"stalign {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 130, None
+    finally:
+        sys.unraisablehook, sys.excepthook = hooks
 
 
 if __name__ == "__main__":  # pragma: no cover

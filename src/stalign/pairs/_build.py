@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -320,14 +321,18 @@ def sample_inputs(sample: Sample) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- workers
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 def _is_disk_error(e: BaseException) -> bool:
     """Out of disk / quota or a read-only store: the environment's fault, not the sample's."""
     if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
         return True
-    text = str(e)  # h5py reports the C library's errno in its message only
+    text = str(e)  # h5py reports the C library's errno in its message only, also in a
+    # RuntimeError ("Can't decrement id ref count (file write failed: …, errno = 28, …")
+    found = re.search(r"\berrno = (\d+)", text)
+    if found and int(found.group(1)) in _DISK_ERRNOS:
+        return True
     return isinstance(e, OSError) and ("No space left" in text or "Disk quota" in text)
 
 
