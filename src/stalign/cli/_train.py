@@ -31,6 +31,12 @@ _FLAGS = {
     ),
     "checkpoint_path": (str, "local encoder weights (.safetensors or torch file)", "none"),
     "amp": (str, "mixed precision: auto (bf16 on CUDA), bf16 or none", None),
+    "target_transform": (
+        str,
+        "none, or depth_regression: a cubic in log library size, fitted on the training "
+        "pairs, removed from every pathway score",
+        None,
+    ),
 }
 
 

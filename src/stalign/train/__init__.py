@@ -25,6 +25,7 @@ from ._fit import LOCK_FILE, FitResult, TrainingDivergedError, fit, validate
 from ._loss import contrastive_loss, gather_features, pathway_soft_targets
 from ._metrics import retrieval_metrics
 from ._model import AlignmentModel, ImageTower, MolecularTower, ProjectionHead
+from ._targets import TransformedTargets, library_sizes
 
 __all__ = [
     "LOCK_FILE",
@@ -37,6 +38,7 @@ __all__ = [
     "TensorPairsDataset",
     "TrainConfig",
     "TrainingDivergedError",
+    "TransformedTargets",
     "augment_batch",
     "build_model",
     "collate_pairs",
@@ -46,6 +48,7 @@ __all__ = [
     "gather_features",
     "image_statistics",
     "latest_checkpoint",
+    "library_sizes",
     "load_model",
     "pathway_soft_targets",
     "pathway_statistics",

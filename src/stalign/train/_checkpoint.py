@@ -21,6 +21,7 @@ import torch
 from .._utils import atomic_path, atomic_write_text
 from ._config import TrainConfig
 from ._model import AlignmentModel, ImageTower, MolecularTower
+from ._targets import transform_from_meta
 
 __all__ = ["build_model", "latest_checkpoint", "load_model", "save_checkpoint"]
 
@@ -112,6 +113,8 @@ class ResumeState:
     history
         Log rows up to the checkpoint (``None`` for checkpoints written before the log
         was stored with them).
+    meta
+        The content of ``model.json`` (e.g. the fitted ``target_transform``).
     """
 
     path: Path
@@ -121,6 +124,7 @@ class ResumeState:
     rng: dict[str, Any]
     state: dict[str, Any]
     history: list[dict[str, Any]] | None
+    meta: dict[str, Any]
 
 
 def read_resume_checkpoint(directory: str | os.PathLike, rank: int = 0) -> ResumeState:
@@ -167,6 +171,7 @@ def read_resume_checkpoint(directory: str | os.PathLike, rank: int = 0) -> Resum
         rng=rng,
         state=state,
         history=history,
+        meta=read_json(d / META_FILE),
     )
 
 
@@ -399,6 +404,10 @@ def load_model(checkpoint: str | os.PathLike, *, device: str = "cpu") -> Alignme
 
     ``checkpoint`` is a ``checkpoints/step_*`` directory, a run's ``best/`` directory,
     or a run's folder (``TrainConfig.out``; then ``best/`` or the latest step is used).
+    The model carries ``meta`` (``model.json``), ``pathway_names`` and
+    ``target_transform``: the fitted transform of the training targets
+    ([`DepthRegression`][stalign.pp.DepthRegression], or ``None``), to apply to new
+    profiles before the molecular tower.
 
     Raises
     ------
@@ -425,4 +434,6 @@ def load_model(checkpoint: str | os.PathLike, *, device: str = "cpu") -> Alignme
     load_weights(model, state, path / MODEL_FILE)
     model.pathway_names = meta.get("pathway_names")  # type: ignore[attr-defined]
     model.meta = meta  # type: ignore[attr-defined]
+    # the fitted transform of the training targets (None without one), for new profiles
+    model.target_transform = transform_from_meta(meta)  # type: ignore[attr-defined]
     return model.to(device).eval()

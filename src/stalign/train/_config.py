@@ -16,6 +16,8 @@ __all__ = ["TrainConfig"]
 
 _AMP = ("auto", "bf16", "none")
 _NORM = ("cohort", "encoder")
+#: the values of ``TrainConfig.target_transform`` (see ``train._targets``)
+TARGET_TRANSFORMS = ("none", "depth_regression")
 
 # annotation → the number type its value is coerced to
 _NUMERIC_FIELDS = {"int": int, "int | None": int, "float": float, "float | None": float}
@@ -94,6 +96,7 @@ STRUCTURAL_FIELDS = (
     "seed",
     "batch_size",
     "grad_accum_steps",
+    "target_transform",
 )
 
 
@@ -144,6 +147,12 @@ class TrainConfig:
         ``softmax(cos(p_i, p_j) / soft_target_temperature)``.
     soft_target_temperature
         Sharpness of the soft targets (small → identity).
+    target_transform
+        ``"none"``: train on the pathway scores as stored. ``"depth_regression"``: remove
+        from each pathway a cubic in log library size fitted on the training pairs only
+        (validation pairs get the same fitted curve); the fit is saved with every
+        checkpoint (``model.json``), so resume and reload use the same transform. Needs
+        each pair's library size (``total_counts``, recorded by pairs stores).
     batch_size
         Global contrastive batch (split across DDP ranks; negatives are drawn from it),
         at least 2. An epoch drops the last incomplete batch.
@@ -208,6 +217,7 @@ class TrainConfig:
     temperature_lr: float = 1e-2
     soft_targets: bool = False
     soft_target_temperature: float = 0.1
+    target_transform: str = "none"
     batch_size: int = 128
     grad_accum_steps: int = 1
     epochs: int = 10
@@ -338,6 +348,8 @@ class TrainConfig:
             bad("amp", f"one of {_AMP}")
         if self.normalization not in _NORM:
             bad("normalization", f"one of {_NORM}")
+        if self.target_transform not in TARGET_TRANSFORMS:
+            bad("target_transform", f"one of {TARGET_TRANSFORMS}")
         if not isinstance(self.encoder, str) or not self.encoder:
             bad("encoder", "an encoder name")
         if not isinstance(self.encoder_kwargs, dict):

@@ -37,6 +37,9 @@ class TensorPairsDataset(Dataset):
         Per-pair labels (default: ``"sample"``, ``"patient"``, the row number).
     pathway_names
         Names of the ``P`` columns.
+    total_counts
+        ``(n,)`` library size (raw counts, all genes) of each pair's spot; needed by
+        ``TrainConfig(target_transform="depth_regression")``.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class TensorPairsDataset(Dataset):
         patient_ids: Sequence[str] | None = None,
         barcodes: Sequence[str] | None = None,
         pathway_names: Sequence[str] | None = None,
+        total_counts: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         images = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
         if images.ndim != 4:
@@ -95,6 +99,13 @@ class TensorPairsDataset(Dataset):
         if len(self.pathway_names) != p:
             msg = f"TensorPairsDataset: {len(self.pathway_names)} pathway_names for {p} columns"
             raise ValueError(msg)
+        self.total_counts = None
+        if total_counts is not None:
+            tc = np.asarray(total_counts, dtype=np.float64).reshape(-1)
+            if tc.shape != (n,) or not (np.isfinite(tc).all() and (tc >= 0).all()):
+                msg = f"TensorPairsDataset: total_counts must be {n} finite counts >= 0"
+                raise ValueError(msg)
+            self.total_counts = tc
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -126,6 +137,7 @@ class TensorPairsDataset(Dataset):
             patient_ids=[self.patient_ids[i] for i in idx],
             barcodes=[self.barcodes[i] for i in idx],
             pathway_names=self.pathway_names,
+            total_counts=None if self.total_counts is None else self.total_counts[idx],
         )
 
 

@@ -51,6 +51,7 @@ from ._data import (
 from ._loss import contrastive_loss, gather_features, pathway_soft_targets
 from ._metrics import retrieval_metrics
 from ._model import AlignmentModel
+from ._targets import apply_target_transform
 
 __all__ = ["FitResult", "TrainingDivergedError", "fit", "validate"]
 
@@ -676,7 +677,12 @@ def _setup(
     _seed_everything(config.seed)
     # every resume file read and checked before any statistics or model
     resume = _resume_point(config, out_dir, rank)
+    # fitted on the training pairs only, or the resumed run's own fit
+    train_dataset, val_dataset, targets = apply_target_transform(
+        config.target_transform, train_dataset, val_dataset, resume.meta if resume else None
+    )
     model, meta = _build(config, train_dataset, val_dataset, device, world, log=rank == 0)
+    meta["target_transform"] = targets
     sampler = GlobalBatchSampler(
         len(train_dataset), config.batch_size, seed=config.seed, rank=rank, world_size=world
     )
