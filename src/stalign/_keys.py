@@ -43,10 +43,10 @@ PATCHES = "patches"  # uns: dict with the patch parameters (mpp, size_px, thresh
 
 # --- written by stalign.tl ---------------------------------------------------------
 PATHWAY_SCORES = "pathway_scores"  # obsm: DataFrame spots × pathways; uns: params/coverage
-# uns[PATHWAY_SCORES] fields (besides 'params', 'coverage', 'genes')
+EMBEDDING_PREFIX = "X_"  # obsm: f"X_{encoder_name}" (n, dim) float32
+# uns['pathway_scores'] fields (besides 'params', 'coverage', 'genes')
 PATHWAY_DEPTH = "depth"  # dict of columns: per pathway r / R² of the score on log depth
 PATHWAY_RAREFACTION = "rarefaction"  # dict: depth, draws, spots below, agreement of draws
-EMBEDDING_PREFIX = "X_"  # obsm: f"X_{encoder_name}" (n, dim) float32
 
 # --- written by stalign.pairs (samples/<id>/pairs.h5ad of a pairs store) ----------
 SAMPLE_ID = "sample_id"  # obs: category, the manifest's sample_id
