@@ -83,7 +83,9 @@ def library_size(counts) -> np.ndarray:
     HEST gene panel (top-50 variance of log1p raw counts, no library-size
     normalisation) follows depth closely when sections differ in depth, so any image
     feature that tracks depth (tissue density, staining) inherits that score; this
-    row shows the floor.
+    row shows the floor. It is the same log depth
+    ([`log_depth`][stalign.pp.log_depth]) that the depth-adjusted readout regresses
+    out, so there it scores 0.
 
     Parameters
     ----------
@@ -93,18 +95,16 @@ def library_size(counts) -> np.ndarray:
     Returns
     -------
     np.ndarray
-        ``(n, 1)`` float32 ``log1p(total counts)``.
+        ``(n, 1)`` float32 ``log(total counts)`` (``0`` for a spot without counts).
     """
     import scipy.sparse as sp
+
+    from ..pp import log_depth
 
     if not (sp.issparse(counts) or isinstance(counts, np.ndarray)) or counts.ndim != 2:
         msg = f"counts must be a 2-D array or sparse matrix (spots × genes), got {type(counts)}"
         raise ValueError(msg)
-    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-    if (totals < 0).any():
-        msg = "counts must be raw (non-negative) counts; found a negative total"
-        raise ValueError(msg)
-    return np.log1p(totals)[:, None].astype(np.float32)
+    return log_depth(counts)[:, None].astype(np.float32)
 
 
 def squidpy_features(patches) -> np.ndarray:
