@@ -44,6 +44,9 @@ def cpu_run(tmp_path_factory):
     """One CPU-mode run of every part: (process, results.json, results.md)."""
     tmp = tmp_path_factory.mktemp("gpu_check")
     out = tmp / "out"
+    # a record left by an earlier run in the same --work must not be taken for this one's
+    (tmp / "work" / "parts").mkdir(parents=True)
+    (tmp / "work" / "parts" / "env.json").write_text('{"status": "stale"}')
     proc = _run_check("--cpu", "--out", str(out), "--work", str(tmp / "work"), "--peak-tflops", "1")
     results = json.loads((out / "results.json").read_text())
     return proc, results, (out / "results.md").read_text()

@@ -263,6 +263,8 @@ class Orchestrator:
     def run(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.parts_dir.iterdir():  # records of an earlier run in the same --work
+            old.unlink()
         pending = list(self.args.parts)
         self.save()
         while pending:

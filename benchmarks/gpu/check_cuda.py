@@ -34,6 +34,11 @@ def cuda_free_memory() -> None:
     torch.cuda.empty_cache()
 
 
+def cuda_pinned(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in page-locked host memory (what the loaders hand to a GPU)."""
+    return x.pin_memory()
+
+
 def cuda_is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is CUDA running out of memory."""
     return isinstance(error, torch.cuda.OutOfMemoryError)

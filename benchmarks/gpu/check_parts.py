@@ -387,11 +387,14 @@ def count_step_flops(run, state, batch: dict[str, torch.Tensor]) -> dict[str, An
             run.model(images, batch["pathways"].to(run.device))
     n = batch["image"].shape[0]
     step, fwd = step_counter.get_total_flops(), fwd_counter.get_total_flops()
-    return {
+    out = {
         "flops_per_image": step / n,
         "forward_flops_per_image": fwd / n,
         "step_over_forward": step / fwd if fwd else None,
     }
+    if not fwd or step < 1.2 * fwd:  # the backward pass must add at least the input grads
+        out["flops_note"] = "the step counted under 1.2 forwards: backward FLOPs missed?"
+    return out
 
 
 def measure_steps(run, state, batches: Iterator[dict], warmup: int, steps: int, batch: int):
@@ -509,14 +512,8 @@ def part_train_synthetic(ctx: Context, key: str) -> dict[str, Any]:
     run, state = training_run(ctx, model, data)
     batch = device_batch(data, model.batch, ctx.device)
     flops = count_step_flops(run, state, batch)
-    rows = []
-    for name, change in VARIANTS:
-        if change is not None:
-            change(run)
-        row = measure_with_fallback(ctx, run, state, batch, ctx.profile.steps)
-        row.update(variant=name, **mfu(ctx, flops["flops_per_image"], row["images_per_s"]))
-        rows.append(row)
-    return {
+    rows = [variant_row(ctx, run, state, batch, v, flops) for v in VARIANTS]
+    result = {
         "model": model.encoder,
         "feed": "synthetic batch on the device",
         **flops,
@@ -525,6 +522,23 @@ def part_train_synthetic(ctx: Context, key: str) -> dict[str, Any]:
         "amp": ctx.profile.amp,
         "rows": rows,
     }
+    if all("error" in r for r in rows):
+        raise CheckFailed("every variant failed", result)
+    return result
+
+
+def variant_row(ctx: Context, run, state, batch: dict, variant: tuple, flops: dict) -> dict:
+    """One variant's measurement, or its error (the next variant still runs)."""
+    name, change = variant
+    try:
+        if change is not None:
+            change(run)
+        row = measure_with_fallback(ctx, run, state, batch, ctx.profile.steps)
+    except Exception as e:
+        run.optimizer.zero_grad(set_to_none=True)
+        free_memory(ctx.device)
+        return {"variant": name, "error": f"{type(e).__name__}: {e}"[:500]}
+    return {**row, "variant": name, **mfu(ctx, flops["flops_per_image"], row["images_per_s"])}
 
 
 def part_train_compiled(ctx: Context, key: str) -> dict[str, Any]:
@@ -592,7 +606,7 @@ def part_train_loader(ctx: Context, key: str) -> dict[str, Any]:
     )
     return {
         "model": model.encoder,
-        "feed": f"JPEG store, PairsDataset + DataLoader ({p.loader_workers} workers)",
+        "feed": f"JPEG store, PairsDataset + DataLoader, {p.loader_workers} worker(s)",
         "pairs": len(ds),
         "amp": p.amp,
         "rows": [row],
@@ -622,7 +636,9 @@ def _embed_in_memory(ctx: Context, encoder, n: int, batch: int) -> float:
         0, 256, (batch, px, px, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
     if ctx.is_cuda:
-        x = x.pin_memory()
+        from check_cuda import cuda_pinned
+
+        x = cuda_pinned(x)
     count = math.ceil(n / batch)
     seen = 0
 

@@ -63,6 +63,9 @@ def _training(parts: dict[str, dict]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['feed']} | {r['variant']} | failed: {r['error']} |")
+            continue
         gflop = r["flops_per_image"] / 1e9 if r.get("flops_per_image") else None
         lines.append(
             f"| {r['model']} | {r['feed']} | {r['variant']} | {r['batch']} | "
@@ -71,6 +74,49 @@ def _training(parts: dict[str, dict]) -> list[str]:
             f"{_num(r.get('loader_alone_images_per_s'))} |"
         )
     return lines
+
+
+def _training_notes(parts: dict[str, dict]) -> list[str]:
+    """FLOPs ratio, compilation time, out-of-memory retries and the loader's share."""
+    notes = []
+    for name, rec in parts.items():
+        res = rec.get("result") or {}
+        if not name.startswith("train_") or not res:
+            continue
+        if res.get("step_over_forward"):
+            notes.append(
+                f"- {name}: a training step counts {res['step_over_forward']:.2f}× the FLOPs of "
+                f"its forward (LoRA: no weight gradients for the frozen weights)"
+                + (f"; **{res['flops_note']}**" if res.get("flops_note") else "")
+            )
+        if "first_step_s (compilation)" in res:
+            notes.append(
+                f"- {name}: first step (compilation) {res['first_step_s (compilation)']:.0f} s"
+            )
+        for row in res.get("rows", []):
+            if row.get("oom_at"):
+                notes.append(f"- {name} {row['variant']}: out of memory at batch {row['oom_at']}")
+    notes += _loader_share(parts)
+    return ["", *notes] if notes else []
+
+
+def _loader_share(parts: dict[str, dict]) -> list[str]:
+    """The loader-fed rate as a share of the synthetic rate of the same model and optimiser."""
+    notes = []
+    for name, rec in parts.items():
+        if not name.startswith("train_loader_") or not rec.get("result"):
+            continue
+        synthetic = _result(parts, name.replace("train_loader_", "train_synthetic_"))
+        fed = rec["result"]["rows"][0]
+        base = next((r for r in synthetic.get("rows", []) if r["variant"] == fed["variant"]), None)
+        if base and "images_per_s" in base:
+            share = 100 * fed["images_per_s"] / base["images_per_s"]
+            notes.append(
+                f"- {name}: fed from the store at {share:.0f} % "
+                f"of the synthetic rate; the loader alone delivers "
+                f"{_num(fed['loader_alone_images_per_s'])} images/s"
+            )
+    return notes
 
 
 def _embedding(res: dict[str, Any]) -> list[str]:
@@ -164,6 +210,7 @@ def render(results: dict[str, Any]) -> str:
         "## LoRA contrastive training",
         "",
         *_training(parts),
+        *_training_notes(parts),
         "",
         "## Embedding (`tl.write_embeddings`)",
         "",
