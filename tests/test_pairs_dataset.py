@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+
 import anndata as ad
 import h5py
 import numpy as np
@@ -136,3 +140,71 @@ def test_jpeg_patches_roundtrip(store, tmp_path):
     assert n_bytes < raw.nbytes
     with pytest.raises(ValueError, match="encoding"):
         PatchWriter(tmp_path / "x.h5", size_px=48, mpp=1.0, encoding="png")
+
+
+# ----------------------------------------------------------------- modified shards (issue 21.6)
+def _flip_byte(path, offset: int, *, keep_mtime: bool = False) -> None:
+    """Invert one byte of ``path`` at ``offset`` (the size never changes)."""
+    st = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _score_offset(pairs_h5ad) -> int:
+    """Byte offset of the first pathway score column's data inside ``pairs.h5ad``."""
+    with h5py.File(pairs_h5ad, "r") as f:
+        group = f["obsm/pathway_scores"]
+        column = next(k for k in group if k.startswith("HALLMARK_"))
+        return int(group[column].id.get_offset()) + 4
+
+
+def _patch_offset(patches_h5) -> int:
+    """Byte offset of a pixel of the first patch inside ``patches.h5``."""
+    with h5py.File(patches_h5, "r") as f:
+        return int(f["img"].id.get_chunk_info(0).byte_offset) + 100
+
+
+@pytest.fixture
+def copy(store, tmp_path):
+    out = tmp_path / "pairs"
+    shutil.copytree(store, out)
+    return out
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("name", ["patches.h5", "pairs.h5ad"])
+def test_a_flipped_byte_in_a_shard_is_refused(copy, name):
+    path = copy / "samples" / "MOB2" / name
+    offset = _patch_offset(path) if name == "patches.h5" else _score_offset(path)
+    PairsDataset(copy)  # a copied store loads (re-hashed once where its mtimes differ)
+    _flip_byte(path, offset)
+    with pytest.raises(ValueError, match=rf"MOB2.*{name}.*checksum"):
+        PairsDataset(copy)
+    PairsDataset(copy, samples=["MOB4"])  # the other sample is still usable
+
+
+@pytest.mark.faults
+def test_verify_catches_a_flip_that_kept_size_and_mtime(copy):
+    path = copy / "samples" / "MOB4" / "pairs.h5ad"
+    PairsDataset(copy)  # the stat cache now holds the copy's size and mtime
+    _flip_byte(path, _score_offset(path), keep_mtime=True)
+    with pytest.raises(ValueError, match=r"MOB4.*pairs\.h5ad.*checksum"):
+        PairsDataset(copy, verify=True)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(("field", "value"), [("patient_id", "mouse2"), ("n_pairs", 3)])
+def test_an_index_that_disagrees_with_its_shard_is_refused(copy, field, value):
+    index = json.loads((copy / "index.json").read_text())
+    entry = next(s for s in index["samples"] if s["sample_id"] == "MOB2")
+    entry[field] = value  # e.g. MOB2 moved to the other patient
+    (copy / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=rf"index\.json.*MOB2.*{field}"):
+        PairsDataset(copy)
+    with pytest.raises(ValueError, match=rf"index\.json.*MOB2.*{field}"):
+        PairsDataset(copy, split="train")

@@ -13,7 +13,14 @@ from torch.utils.data import Dataset as _TorchDataset  # this module is imported
 
 from .. import _keys as K
 from ._augment import Augment
-from ._store import PAIRS_H5AD, PATCHES_H5, check_indexed_shard, read_index, read_patch
+from ._store import (
+    PAIRS_H5AD,
+    PATCHES_H5,
+    check_index_entry,
+    check_indexed_shard,
+    read_index,
+    read_patch,
+)
 
 __all__ = ["PairsDataset", "split_by_patient"]
 
@@ -114,6 +121,10 @@ class PairsDataset(_TorchDataset):
     pathways
         Pathway names to return, in order (default: those scored in every sample,
         ``index.json['pathways']``).
+    verify
+        Re-hash (SHA-256) every file of the chosen shards against the checksums the
+        build recorded. By default a file is re-hashed only when its size or mtime
+        differs from those recorded (a copied store is hashed once).
 
     Raises
     ------
@@ -121,8 +132,10 @@ class PairsDataset(_TorchDataset):
         ``root`` has no ``index.json`` (unfinished or interrupted build).
     ValueError
         A chosen shard is not the one ``index.json`` describes: unfinished, built
-        with other parameters (a store mixing two builds) or changed since the
-        index was written; or ``index.json`` is malformed (named).
+        with other parameters (a store mixing two builds), changed since the
+        index was written or a file fails its checksum; an ``index.json`` entry
+        disagrees with its shard's ``_SUCCESS`` (e.g. an edited ``patient_id``); or
+        ``index.json`` is malformed (named).
     """
 
     def __init__(
@@ -138,12 +151,15 @@ class PairsDataset(_TorchDataset):
         augment: bool | Augment = False,
         transform: Callable[[Any], Any] | None = None,
         pathways: Sequence[str] | None = None,
+        verify: bool = False,
     ) -> None:
         import anndata as ad
 
         self.root = Path(root)
         self.index_json = read_index(self.root)
         available = {s["sample_id"]: s for s in self.index_json["samples"]}
+        for s in available.values():  # a split reads every entry's patient_id
+            check_index_entry(self.root, s)
         if samples is not None:
             unknown = [s for s in samples if s not in available]
             if unknown:
@@ -172,8 +188,8 @@ class PairsDataset(_TorchDataset):
 
         obs_parts, scores, h5_rows = [], [], []
         self._files: list[Path] = []
-        for s in chosen:  # never train on a store that mixes builds
-            check_indexed_shard(self.root, self.index_json, s)
+        for s in chosen:  # never train on a store that mixes builds or changed since
+            check_indexed_shard(self.root, self.index_json, s, verify=verify)
         for k, s in enumerate(chosen):
             sdir = self.root / s["path"]
             adata = ad.read_h5ad(sdir / PAIRS_H5AD, backed="r")

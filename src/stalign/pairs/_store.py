@@ -444,7 +444,16 @@ def shard_problem(
     if inputs is not None and record.get("inputs") != inputs:
         changed = _first_change(record.get("inputs") or {}, inputs)
         return f"its input files changed since it was built ({changed})"
-    d = sample_dir(out, sample_id)
+    return files_problem(sample_dir(out, sample_id), record, verify=verify)
+
+
+def files_problem(d: Path, record: dict[str, Any], *, verify: bool = False) -> str | None:
+    """Return why a file of the shard ``d`` differs from its ``_SUCCESS`` ``record``.
+
+    Sizes are always compared; a file whose size and mtime match the ``.stat.json``
+    cache is trusted, any other (or every file, with ``verify``) is re-hashed
+    (SHA-256) and, when it passes, its stat cached again. ``None``: every file matches.
+    """
     cache = _read_stat_cache(d)
     refreshed = False
     for name, info in record.get("files", {}).items():
@@ -700,7 +709,9 @@ def write_index(out: str | os.PathLike, index: dict[str, Any]) -> Path:
     return path
 
 
-def check_indexed_shard(root: str | os.PathLike, index: dict[str, Any], entry: dict) -> None:
+def check_indexed_shard(
+    root: str | os.PathLike, index: dict[str, Any], entry: dict, *, verify: bool = False
+) -> None:
     """Refuse a shard that is not the one ``index.json`` describes.
 
     Parameters
@@ -711,13 +722,18 @@ def check_indexed_shard(root: str | os.PathLike, index: dict[str, Any], entry: d
         Its ``index.json``.
     entry
         The sample's entry of ``index['samples']``.
+    verify
+        Re-hash (SHA-256) every file of the shard; by default only a file whose size
+        or mtime differs from those recorded is re-hashed (see `files_problem`).
 
     Raises
     ------
     ValueError
         The shard is unfinished, was built with other parameters (a store mixing
-        two builds, e.g. after an interrupted rebuild) or changed after the index
-        was written; the message says how to repair the store.
+        two builds, e.g. after an interrupted rebuild), changed after the index
+        was written, has a file that no longer matches its checksum, or the index
+        entry disagrees with the shard's ``_SUCCESS`` (e.g. an edited
+        ``patient_id``); the message says how to repair the store.
     """
     sid = entry["sample_id"]
     record = read_success(root, sid)
@@ -742,6 +758,48 @@ def check_indexed_shard(root: str | os.PathLike, index: dict[str, Any], entry: d
             f"run `stalign merge-pairs {root}` (or build-pairs) to index what is there"
         )
         raise ValueError(msg)
+    _check_entry(Path(root), entry, record)
+    problem = files_problem(d, record, verify=verify)
+    if problem is not None:
+        msg = (
+            f"shard {sid} ({d}): {problem}; run build-pairs again with the same parameters "
+            "to rebuild it"
+        )
+        raise ValueError(msg)
+
+
+def check_index_entry(root: str | os.PathLike, entry: dict[str, Any]) -> None:
+    """Refuse an ``index.json`` entry whose fields differ from its shard's ``_SUCCESS``.
+
+    Cheap (no file is hashed): for every sample a patient split reads, not only those
+    loaded. A shard without ``_SUCCESS`` is left to `check_indexed_shard`.
+
+    Raises
+    ------
+    ValueError
+        E.g. a ``patient_id`` edited in ``index.json``: a split could put one patient
+        on both sides.
+    """
+    record = read_success(root, entry["sample_id"])
+    if record is not None:
+        _check_entry(Path(root), entry, record)
+
+
+#: fields of an ``index.json`` sample entry copied verbatim from the shard's ``_SUCCESS``
+#: that splits and filters read
+_ENTRY_FIELDS = ("sample_id", "patient_id", "organ", "species", "platform", "n_pairs")
+
+
+def _check_entry(root: Path, entry: dict[str, Any], record: dict[str, Any]) -> None:
+    """Refuse an ``index.json`` entry whose fields differ from the shard's ``_SUCCESS``."""
+    for key in _ENTRY_FIELDS:
+        if key in entry and key in record and record[key] != entry[key]:
+            msg = (
+                f"{root / INDEX_JSON}: sample {entry['sample_id']} has {key}={entry[key]!r} but "
+                f"its shard's {SUCCESS} says {record[key]!r} (was the index edited?); run "
+                f"`stalign merge-pairs {root}` to rewrite the index from the shards"
+            )
+            raise ValueError(msg)
 
 
 def read_index(root: str | os.PathLike) -> dict[str, Any]:
