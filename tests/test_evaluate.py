@@ -157,8 +157,13 @@ def test_split_by_section_scores_both_readouts_and_library_size_is_zero_net_of_d
     assert verdict["verdict"] == "inconclusive" and "no spread" in verdict["reason"]
 
 
-def test_evaluate_errors(small_store, tmp_path):
+def test_evaluate_errors(small_store, tmp_path, capsys):
     from stalign.bench import evaluate
+
+    cli = ["evaluate", str(small_store), "--encoder", "x=vit_tiny_patch16_224", "--out"]
+    both = ["--test-samples", "MOB3", "--test-patients", "mouse1", "--shard", "0/1"]
+    assert main([*cli, str(tmp_path / "cli"), *both]) != 0
+    assert "not both" in capsys.readouterr().err
 
     with pytest.raises(ValueError, match="references"):
         evaluate(small_store, [], out=tmp_path, references=("colour",))
