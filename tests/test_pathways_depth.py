@@ -272,3 +272,16 @@ def test_depth_record_writes_to_h5ad(tmp_path):
     got = pd.DataFrame(b.uns["pathway_scores"]["depth"])
     assert set(got.columns) >= {"pathway", "r_log_counts", "r2_log_genes", "n_spots"}
     assert b.uns["pathway_scores"]["rarefaction"]["draws"] == 2
+
+
+def test_scaled_input_is_scored_without_diagnostics():
+    """zscore on already scaled values (negatives): no library size, so no diagnostics."""
+    a = _counts()
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    sc.pp.scale(a)
+    _score(a, _sets(a), method="zscore", normalize=False)
+    assert a.obsm["pathway_scores"].notna().all().all()
+    assert _keys.PATHWAY_DEPTH not in a.uns["pathway_scores"]
+    with pytest.raises(ValueError, match="need raw counts"):
+        st.tl.pathway_depth_diagnostics(a)

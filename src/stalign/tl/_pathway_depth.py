@@ -34,9 +34,21 @@ _DEGREE = 3
 
 
 def library_sizes(x: Any, chunk_size: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    """Return total counts and detected genes (counts > 0) per row, read chunk by chunk."""
+    """Return total counts and detected genes (counts > 0) per row, read chunk by chunk.
+
+    Raises
+    ------
+    ValueError
+        A negative value: the matrix does not hold raw counts.
+    """
     totals, detected = [], []
-    for _, _, chunk in iter_row_chunks(x, chunk_size):
+    for start, stop, chunk in iter_row_chunks(x, chunk_size):
+        if chunk.data.size and chunk.data.min() < 0:
+            msg = (
+                f"depth diagnostics need raw counts; found negative values in spots "
+                f"{start}:{stop} (scaled data?)"
+            )
+            raise ValueError(msg)
         totals.append(np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel())
         detected.append(np.diff((chunk > 0).tocsr().indptr).astype(np.float64))
     if not totals:

@@ -252,7 +252,8 @@ def score_pathways(
     )
     total = detected = None
     if depth_diagnostics or rarefy_depth is not None:
-        total, detected = library_sizes(x, chunk_size)
+        total, detected = _library_sizes(x, chunk_size, rarefy_depth, depth_diagnostics)
+        depth_diagnostics = depth_diagnostics and total is not None
     if rarefy_depth is None:
         scores = _score_once(chunks, sets, n_spots, opts, adata.var_names, names)
         rarefaction = None
@@ -289,6 +290,18 @@ def score_pathways(
     if depth_diagnostics:
         _record_depth(adata, key_added, scores, total, detected, names, method)
     return adata if copy else None
+
+
+def _library_sizes(x, chunk_size: int, rarefy_depth: int | None, diagnostics: bool):
+    """Library sizes for rarefaction (raw counts needed) or the diagnostics (skipped if not)."""
+    try:
+        return library_sizes(x, chunk_size)
+    except ValueError as e:
+        if rarefy_depth is not None:
+            msg = f"rarefy_depth needs raw integer counts: {e}"
+            raise ValueError(msg) from e
+        logger.info("depth diagnostics skipped: %s", e)
+        return None, None
 
 
 def _record_depth(adata, key_added, scores, total, detected, names, method) -> None:
