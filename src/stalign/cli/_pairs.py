@@ -125,8 +125,7 @@ def _register_build(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--method",
-        help="pathway scoring method of stalign.tl.score_pathways: ssgsea, aucell, zscore, "
-        "ulm or score_genes (scanpy's control-gene-matched score on log CP10k)"
+        help="pathway scoring method: ssgsea, aucell, zscore, ulm or score_genes (scanpy's)"
         + format_default(d["method"]),
     )
     p.add_argument(
@@ -136,27 +135,7 @@ def _register_build(subparsers: argparse._SubParsersAction) -> None:
         "not depend on the gene order; 'gseapy' walks them in matrix order like gseapy"
         + format_default(d["ties"]),
     )
-    p.add_argument(
-        "--rarefy-depth",
-        type=int,
-        metavar="N",
-        help="score pathways on counts rarefied to N per spot (drawn without replacement, "
-        "seeded per spot, genes in name order), so the targets cannot follow sequencing "
-        "depth through the counts; spots with fewer counts are dropped and counted in the "
-        "QC report" + format_default(d["rarefy_depth"], none="no rarefaction"),
-    )
-    p.add_argument(
-        "--rarefy-draws",
-        type=int,
-        help="rarefy this many times and average the scores; the QC report shows the "
-        "agreement of two draws" + format_default(d["rarefy_draws"]),
-    )
-    p.add_argument(
-        "--random-state",
-        type=int,
-        help="seed of the pathway scores' random draws (rarefaction, score_genes' control "
-        "genes)" + format_default(d["random_state"]),
-    )
+    _add_depth_flags(p, d)
     p.add_argument(
         "--min-genes",
         type=int,
@@ -209,6 +188,33 @@ def _register_build(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_build)
+
+
+def _add_depth_flags(p: argparse.ArgumentParser, d: dict) -> None:
+    """``--rarefy-depth``, ``--rarefy-draws``, ``--random-state`` (``d``: the defaults)."""
+    from ._args import format_default
+
+    p.add_argument(
+        "--rarefy-depth",
+        type=int,
+        metavar="N",
+        help="score pathways on counts rarefied to N per spot (drawn without replacement, "
+        "seeded per spot, genes in name order), so the targets cannot follow sequencing "
+        "depth through the counts; spots with fewer counts are dropped and counted in the "
+        "QC report" + format_default(d["rarefy_depth"], none="no rarefaction"),
+    )
+    p.add_argument(
+        "--rarefy-draws",
+        type=int,
+        help="rarefy this many times and average the scores; the QC report shows the "
+        "agreement of two draws" + format_default(d["rarefy_draws"]),
+    )
+    p.add_argument(
+        "--random-state",
+        type=int,
+        help="seed of the pathway scores' random draws (rarefaction, score_genes' control "
+        "genes)" + format_default(d["random_state"]),
+    )
 
 
 def _register_merge(subparsers: argparse._SubParsersAction) -> None:
