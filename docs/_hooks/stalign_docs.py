@@ -205,18 +205,28 @@ def tutorial_mode() -> str:
     return mode
 
 
-def _execute_stale(executor, stale: list[Path]) -> None:
-    """Execute ``stale`` notebooks in order into ``build/notebooks/``; fail on an error."""
+def _execute_stale(executor, stale: list[Path]) -> dict[Path, Path]:
+    """Execute ``stale`` notebooks in order into ``build/notebooks/``; fail on an error.
+
+    Returns notebook → executed copy: the copies of this build, shown even if the code
+    changed while they ran (their fingerprint then says so to the next build).
+    """
     import tempfile
 
     log.info("executing %d tutorial(s) without a current copy (minutes)", len(stale))
+    copies = {}
     with tempfile.TemporaryDirectory(prefix="stalign-docs-tutorials-") as results:
         for nb in stale:  # one results folder: 04 reuses the pairs 03 built
-            copy = executor.ensure_executed(nb, Path(results))
+            copies[nb] = copy = executor.ensure_executed(nb, Path(results))
             if found := executor.errors(copy):
-                msg = f"tutorial {nb.name} raised while the docs executed it: {found[0]}"
+                error = found[0] if len(found[0]) <= 300 else found[0][:300] + " ..."
+                msg = (
+                    f"tutorial {nb.name} raised while the docs executed it: {error} "
+                    f"(the whole error is in {copy})"
+                )
                 raise PluginError(msg)
             log.info("executed %s", nb.name)
+    return copies
 
 
 def _tutorial_sources(executor) -> dict[Path, Path | None]:
@@ -232,9 +242,7 @@ def _tutorial_sources(executor) -> dict[Path, Path | None]:
         names = ", ".join(nb.name for nb in stale)
         msg = f"tutorials without executed outputs ({names}): run `{EXECUTE_COMMAND}` first"
         raise PluginError(msg)
-    _execute_stale(executor, stale)
-    tree = executor.tree_digest()
-    return {nb: executor.current_copy(nb, tree) for nb in notebooks}
+    return {**copies, **_execute_stale(executor, stale)}
 
 
 #: notebook pages shown without outputs (``STALIGN_DOCS_TUTORIALS=skip``)

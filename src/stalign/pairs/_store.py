@@ -755,7 +755,7 @@ def check_indexed_shard(
     if record.get("files") != entry.get("files"):
         msg = (
             f"shard {sid} ({d}) changed after {Path(root) / INDEX_JSON} was written; "
-            f"run `stalign merge-pairs {root}` (or build-pairs) to index what is there"
+            f"run `stalign merge-pairs --out {root}` (or build-pairs) to index what is there"
         )
         raise ValueError(msg)
     _check_entry(Path(root), entry, record)
@@ -797,7 +797,7 @@ def _check_entry(root: Path, entry: dict[str, Any], record: dict[str, Any]) -> N
             msg = (
                 f"{root / INDEX_JSON}: sample {entry['sample_id']} has {key}={entry[key]!r} but "
                 f"its shard's {SUCCESS} says {record[key]!r} (was the index edited?); run "
-                f"`stalign merge-pairs {root}` to rewrite the index from the shards"
+                f"`stalign merge-pairs --out {root}` to rewrite the index from the shards"
             )
             raise ValueError(msg)
 
