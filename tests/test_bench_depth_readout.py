@@ -73,3 +73,16 @@ def test_partial_pearson_is_the_correlation_of_cubic_residuals():
     assert np.isnan(r[0]) and r[1] == 0.0
     with pytest.raises(ValueError, match="same spots"):
         partial_pearson(a, b[:10], ld)
+
+
+def test_a_test_fold_too_small_for_the_depth_curve_scores_nan():
+    counts, _, _, groups, rng = _depth_cohort(n=300, g=10, seed=3)
+    depth = log_depth(counts)
+    groups = groups.astype(object)
+    groups[:3] = "p_small"  # 3 spots: fewer than the 4 coefficients of a cubic
+    plain = pathway_prediction(rng.normal(size=(300, 3)), np.log1p(counts), groups, samples=groups)
+    adj = depth_adjusted(plain, depth, samples=groups)
+    small = adj.per_fold["test_groups"] == "p_small"
+    assert adj.per_fold.loc[small, "pearson_mean"].isna().all()
+    assert adj.per_fold.loc[~small, "pearson_mean"].notna().all()
+    assert adj.per_sample.loc[adj.per_sample["sample"] == "p_small", "pearson"].isna().all()

@@ -88,16 +88,22 @@ def partial_pearson(y_true, y_pred, log_depth, *, degree: int = 3) -> np.ndarray
     return r
 
 
-def _sample_rows(res: ProbeResult, samples: np.ndarray | None, degree: int) -> list[tuple]:
-    """(fold, sample, test rows) of every test sample large enough for the depth fit."""
+def _sample_rows(res: ProbeResult, samples: np.ndarray | None) -> list[tuple]:
+    """(fold, sample, test rows) of every test sample."""
     if samples is None:
         return []
     out = []
     for fi, te in enumerate(res.test_rows):
         for smp in dict.fromkeys(samples[te].tolist()):
-            rows = te[samples[te] == smp]
-            out.append((fi, smp, rows if rows.size > degree + 2 else None))
+            out.append((fi, smp, te[samples[te] == smp]))
     return out
+
+
+def _scores(res: ProbeResult, rows: np.ndarray, ld: np.ndarray, degree: int) -> np.ndarray:
+    """Partial Pearson over ``rows``; NaN where too few spots to fit the depth curve."""
+    if rows.size <= degree + 2:
+        return np.full(len(res.target_names), np.nan)
+    return partial_pearson(res.targets[rows], res.predictions[rows], ld[rows], degree=degree)
 
 
 def depth_adjusted(
@@ -146,7 +152,7 @@ def depth_adjusted(
     s = None if samples is None else np.asarray(samples).astype(str)
     rows_t, r_fold, n_nan = [], [], []
     for fi, te in enumerate(res.test_rows):
-        r = partial_pearson(res.targets[te], res.predictions[te], ld[te], degree=degree)
+        r = _scores(res, te, ld, degree)
         rows_t += [
             {"fold": fi, "target": t, "pearson": float(v)}
             for t, v in zip(res.target_names, r, strict=True)
@@ -157,12 +163,8 @@ def depth_adjusted(
     per_fold["pearson_mean"] = r_fold
     per_fold["n_nan"] = n_nan
     rows_s = []
-    for fi, smp, rows in _sample_rows(res, s, degree):
-        r = (
-            np.full(len(res.target_names), np.nan)
-            if rows is None
-            else partial_pearson(res.targets[rows], res.predictions[rows], ld[rows], degree=degree)
-        )
+    for fi, smp, rows in _sample_rows(res, s):
+        r = _scores(res, rows, ld, degree)
         rows_s += [
             {"fold": fi, "sample": smp, "target": t, "pearson": float(v)}
             for t, v in zip(res.target_names, r, strict=True)
