@@ -157,6 +157,24 @@ def test_split_by_section_scores_both_readouts_and_library_size_is_zero_net_of_d
     assert verdict["verdict"] == "inconclusive" and "no spread" in verdict["reason"]
 
 
+def test_split_level_is_resolved_from_the_fixed_test_set(tmp_path):
+    from stalign.bench import EvaluationSpec
+
+    def spec(**kw):
+        return EvaluationSpec(tmp_path, [], tmp_path, **kw)
+
+    assert spec().split_by == "patient" and spec().test_groups is None
+    assert spec(test_patients=["mouse2"]).test_groups == ["mouse2"]
+    by_section = spec(test_samples=["MOB3"])
+    assert by_section.split_by == "sample" and by_section.test_groups == ["MOB3"]
+    loso = spec(split_by="sample")  # leave one section out
+    assert loso.split_by == "sample" and loso.test_groups is None
+    with pytest.raises(TypeError, match="list of ids"):
+        spec(test_samples="MOB3")
+    with pytest.raises(ValueError, match="split_by must be"):
+        spec(split_by="slide")
+
+
 def test_evaluate_errors(small_store, tmp_path, capsys):
     from stalign.bench import evaluate
 
