@@ -34,3 +34,17 @@ def test_pathways_plot_on_mob(mob_adata, tmp_path):
     with pytest.raises(KeyError, match="score_pathways"):
         st.pl.pathways(a)
     matplotlib.pyplot.close("all")
+
+
+def test_qc_pathway_depth_orders_pathways_and_flags_sections():
+    import pandas as pd
+
+    tables = {
+        "A": pd.DataFrame({"r_log_counts": [0.9, -0.1, 0.6]}, index=["P1", "P2", "P3"]),
+        "B": pd.DataFrame({"r_log_counts": [0.2, 0.05, -0.1]}, index=["P1", "P2", "P3"]),
+    }
+    fig = st.pl.qc_pathway_depth(tables, threshold=0.5)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["P1", "P3", "P2"]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0].endswith("!") and not labels[1].endswith("!")  # A: median |r| 0.6
