@@ -548,3 +548,74 @@ def test_input_identity_reads_whole_small_files_and_the_ends_of_big_ones(tmp_pat
     both = input_identity([tmp_path, tmp_path / "absent.jpg"])
     assert set(both) == {str(small), str(big), str(tmp_path / "absent.jpg")}
     assert both[str(tmp_path / "absent.jpg")] == {"missing": True}
+
+
+# ----------------------------------------------------------------------------- gene sets
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test on any connection attempt or gseapy download."""
+    import socket
+
+    import gseapy
+
+    def refuse(*args, **kwargs):
+        pytest.fail(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(gseapy, "get_library", refuse)
+
+
+@pytest.mark.faults
+def test_a_gene_set_typo_never_reaches_the_network(tmp_path, one, capsys, no_network):
+    out = tmp_path / "pairs"
+    cmd = ["build-pairs", str(one), "--out", str(out), *CLI_FAST[:-3], "--no-progress"]
+    assert main([*cmd, "--gene-sets", "hallmrk"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'hallmrk'" in err[0] and "did you mean 'hallmark'" in err[0], err
+    assert "reactome" in err[0] and "wikipathways" in err[0] and "enrichr:" in err[0]
+    assert not list(out.glob("samples/*"))  # refused before any work
+
+
+@pytest.mark.faults
+def test_enrichr_prefix_is_the_only_way_to_download(monkeypatch):
+    import gseapy
+
+    from stalign.tl._genesets import gene_set_source, load_gene_sets
+
+    asked = []
+
+    def library(name, organism):
+        asked.append((name, organism))
+        return {"SET": ["A", "B", "A"]}
+
+    monkeypatch.setattr(gseapy, "get_library", library)
+    assert load_gene_sets("enrichr:GO_Biological_Process_2023") == {"SET": ["A", "B"]}
+    assert asked == [("GO_Biological_Process_2023", "Human")]
+    with pytest.raises(ValueError, match="unknown gene sets 'GO_Biological_Process_2023'"):
+        load_gene_sets("GO_Biological_Process_2023")
+    assert len(asked) == 1
+    assert gene_set_source("HALLMARK") == ("bundled", "hallmark")
+
+
+def _gmt(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "sets.gmt"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("data", "line", "why"),
+    [
+        (b"A\tx\tActb\tPtgds\n\tx\tApod\tCst3\n", 2, "no name"),  # empty set name (21.11)
+        (b"A\tx\tActb\n\nB\tcaf\xe9\tApod\n", 3, "not UTF-8"),  # Latin-1 text (21.14)
+    ],
+)
+def test_a_malformed_gmt_is_one_line_naming_file_and_line(tmp_path, one, capsys, data, line, why):
+    gmt = _gmt(tmp_path, data)
+    out = tmp_path / "pairs"
+    cmd = ["build-pairs", str(one), "--out", str(out), *CLI_FAST[:-3], "--no-progress"]
+    assert main([*cmd, "--gene-sets", str(gmt), "--min-genes", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{gmt}:{line}:" in err[0] and why in err[0], err
+    assert not list(out.glob("samples/*"))

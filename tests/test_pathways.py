@@ -260,7 +260,7 @@ def test_gseapy_library_offline_error(mob150, monkeypatch):
 
     monkeypatch.setattr(gseapy, "get_library", offline)
     with pytest.raises(ConnectionError, match=r"local|\.gmt"):
-        st.tl.score_pathways(mob150[:5].copy(), "GO_Biological_Process_2023")
+        st.tl.score_pathways(mob150[:5].copy(), "enrichr:GO_Biological_Process_2023")
 
 
 # --------------------------------------------------------------------------- smoothing

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -160,18 +159,17 @@ class PairsParams:
     def gene_sets_file(self) -> Path | None:
         """Return the GMT file ``gene_sets`` reads (bundled or the user's), or ``None``.
 
-        ``None`` for no scores and for Enrichr library names (fetched by gseapy).
+        ``None`` for no scores and for Enrichr libraries (``enrichr:NAME``, fetched by
+        gseapy); an unknown name (a typo) is refused here, before any work.
         """
-        from ..tl._genesets import BUNDLED_GENE_SETS, bundled_gmt_path
+        from ..tl._genesets import bundled_gmt_path, gene_set_source
 
-        gs = self.gene_sets
-        if gs is None:
+        if self.gene_sets is None:
             return None
-        if gs.lower() in BUNDLED_GENE_SETS:
-            return bundled_gmt_path(gs)
-        if gs.lower().endswith(".gmt") or os.sep in gs or Path(gs).exists():
-            return Path(gs)
-        return None
+        kind, value = gene_set_source(self.gene_sets)
+        if kind == "bundled":
+            return bundled_gmt_path(value)
+        return Path(value) if kind == "file" else None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the parameters, plus the SHA-256 of every file they name.

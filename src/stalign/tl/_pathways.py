@@ -88,8 +88,9 @@ def score_pathways(
         (sparse or dense; a backed AnnData is read chunk by chunk).
     gene_sets
         ``"hallmark"`` (bundled MSigDB Hallmark v7.5.1, default), ``"reactome"`` or
-        ``"wikipathways"`` (bundled, opt-in), a GMT path, a ``{name: [genes]}`` dict, or an
-        Enrichr library name fetched with ``gseapy.get_library`` (needs the network).
+        ``"wikipathways"`` (bundled, opt-in), a GMT path, a ``{name: [genes]}`` dict, or
+        ``"enrichr:NAME"``: an Enrichr library fetched with ``gseapy.get_library`` (needs
+        the network; another name is refused, never looked up online).
     method
         ``"ssgsea"``: single-sample GSEA (gseapy's definition; tied genes as set by
         ``ties``). ``"aucell"``: AUCell-style recovery AUC of the set in the top
