@@ -10,9 +10,11 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,29 @@ def test_unknown_part_is_refused_naming_the_known_ones(tmp_path):
     proc = _run_check("--cpu", "--out", str(tmp_path), "--parts", "warp_drive", timeout=120)
     assert proc.returncode == 2
     assert "warp_drive" in proc.stderr and "cuda_tests" in proc.stderr
+
+
+def _failed_rank(path: str) -> None:
+    Path(path).write_text(json.dumps({"rank": 0, "ok": False, "error": "boom"}))
+
+
+def _stuck_rank() -> None:
+    time.sleep(120)  # as a rank waiting in a collective for the one that failed
+
+
+def test_ddp_wait_stops_a_rank_left_waiting_after_the_other_failed(tmp_path):
+    parts = _module("check_parts")
+    fork = multiprocessing.get_context("fork")  # trivial targets: no torch in the children
+    files = [tmp_path / "rank0.json", tmp_path / "rank1.json"]
+    procs = [
+        fork.Process(target=_failed_rank, args=(str(files[0]),)),
+        fork.Process(target=_stuck_rank),
+    ]
+    for proc in procs:
+        proc.start()
+    t = time.perf_counter()
+    ranks = parts.wait_for_ranks(procs, files, t + 100, grace=1)
+    assert time.perf_counter() - t < 30  # not the 100-s deadline
+    assert ranks[0] == {"rank": 0, "ok": False, "error": "boom"}
+    assert not ranks[1]["ok"] and "no result" in ranks[1]["error"]
+    assert not any(proc.is_alive() for proc in procs)

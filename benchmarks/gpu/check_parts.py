@@ -842,10 +842,40 @@ def ddp_rank(
         )
     except Exception as e:
         record.update(ok=False, error=f"{type(e).__name__}: {e}"[-1500:])
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        Path(f"{out}.rank{rank}.json").write_text(json.dumps(record))
+    # written before the group is torn down: after a failed NCCL start that can hang
+    tmp = Path(f"{out}.rank{rank}.json.tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, f"{out}.rank{rank}.json")  # whole, for the parent that polls
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wait_for_ranks(procs: list, files: list[Path], deadline: float, grace: float = 10.0) -> list:
+    """Each rank's record; a rank still running ``grace`` s after another failed is killed.
+
+    (After one rank fails, the other may wait in a collective until the group's timeout.)
+    """
+    failed_at = None
+    while time.perf_counter() < deadline and any(p.is_alive() for p in procs):
+        records = [json.loads(f.read_text()) for f in files if f.is_file()]
+        if all(f.is_file() for f in files):
+            break
+        if failed_at is None and any(not r["ok"] for r in records):
+            failed_at = time.perf_counter()
+        if failed_at is not None and time.perf_counter() - failed_at > grace:
+            break
+        time.sleep(0.5)
+    for proc in procs:
+        proc.join(grace if all(f.is_file() for f in files) else 0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    return [
+        json.loads(f.read_text())
+        if f.is_file()
+        else {"rank": r, "ok": False, "error": f"no result (exit code {procs[r].exitcode})"}
+        for r, f in enumerate(files)
+    ]
 
 
 def ddp_attempt(ctx: Context, backend: str, timeout: float) -> dict[str, Any]:
@@ -877,23 +907,7 @@ def ddp_attempt(ctx: Context, backend: str, timeout: float) -> dict[str, Any]:
     t = time.perf_counter()
     for proc in procs:
         proc.start()
-    deadline = t + timeout
-    for proc in procs:
-        proc.join(max(0.0, deadline - time.perf_counter()))
-    for proc in procs:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    ranks = [
-        json.loads(Path(f"{out}.rank{r}.json").read_text())
-        if Path(f"{out}.rank{r}.json").is_file()
-        else {
-            "rank": r,
-            "ok": False,
-            "error": f"no result (exit code {procs[r].exitcode}; timeout {timeout:.0f} s?)",
-        }
-        for r in (0, 1)
-    ]
+    ranks = wait_for_ranks(procs, [Path(f"{out}.rank{r}.json") for r in (0, 1)], t + timeout)
     ok = all(r["ok"] for r in ranks) and ranks[0]["digest"] == ranks[1]["digest"]
     return {
         "backend": backend,
