@@ -285,3 +285,19 @@ def test_scaled_input_is_scored_without_diagnostics():
     assert _keys.PATHWAY_DEPTH not in a.uns["pathway_scores"]
     with pytest.raises(ValueError, match="need raw counts"):
         st.tl.pathway_depth_diagnostics(a)
+
+
+def test_smoothing_skips_spots_below_the_depth():
+    a = _counts()
+    n = a.n_obs
+    chain = sp.diags([np.ones(n - 1), np.ones(n - 1)], [-1, 1], format="csr")  # a line graph
+    a.obsp["spatial_connectivities"] = chain
+    depth = _depth_quantile(a, 0.25)
+    plain = _score(a.copy(), _sets(a), method="zscore", rarefy_depth=depth).to_numpy()
+    smooth = _score(a, _sets(a), method="zscore", rarefy_depth=depth, smooth=True).to_numpy()
+    below = np.isnan(plain).all(axis=1)
+    np.testing.assert_array_equal(np.isnan(smooth).all(axis=1), below)
+    i = next(i for i in range(1, n - 1) if not below[i - 1 : i + 2].any())
+    np.testing.assert_allclose(smooth[i], plain[i - 1 : i + 2].mean(axis=0), atol=1e-12)
+    j = next(i for i in range(1, n - 1) if below[i - 1] and not below[i] and not below[i + 1])
+    np.testing.assert_allclose(smooth[j], plain[j : j + 2].mean(axis=0), atol=1e-12)
