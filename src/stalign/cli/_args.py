@@ -32,6 +32,43 @@ def warn_deprecated(prog: str, message: str) -> None:
     print(f"{prog}: warning: {message}", file=sys.stderr)
 
 
+def _module_constants(tree: ast.Module) -> dict[str, ast.expr]:
+    """Module-level ``NAME = value`` / ``NAME: type = value`` of ``tree``."""
+    out: dict[str, ast.expr] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name):
+            out[target.id] = value
+    return out
+
+
+def _literal(node: ast.expr, constants: dict[str, ast.expr]) -> Any:
+    """``ast.literal_eval``, also through a module constant and ``tuple(DICT)`` (its keys)."""
+    if isinstance(node, ast.Name) and node.id in constants:
+        return _literal(constants[node.id], constants)
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("tuple", "list")
+        and len(node.args) == 1
+        and not node.keywords
+    ):
+        inner = node.args[0]
+        if isinstance(inner, ast.Name) and inner.id in constants:
+            inner = constants[inner.id]
+        if isinstance(inner, ast.Dict):  # the keys, in order
+            keys = tuple(ast.literal_eval(k) for k in inner.keys if k is not None)
+            return keys if node.func.id == "tuple" else list(keys)
+        value = _literal(inner, constants)
+        return tuple(value) if node.func.id == "tuple" else list(value)
+    return ast.literal_eval(node)
+
+
 @functools.cache
 def settings_defaults(module: str, cls: str) -> dict[str, Any]:
     """Return ``{field: default}`` of dataclass ``cls`` in ``stalign/<module>.py``.
@@ -42,13 +79,14 @@ def settings_defaults(module: str, cls: str) -> dict[str, Any]:
     """
     path = PACKAGE.joinpath(*module.split(".")).with_suffix(".py")
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    constants = _module_constants(tree)
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == cls:
             out = {}
             for item in node.body:
                 if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
                     try:
-                        out[item.target.id] = ast.literal_eval(item.value)
+                        out[item.target.id] = _literal(item.value, constants)
                     except ValueError:  # field(default_factory=...), a call: no literal
                         continue
             return out
