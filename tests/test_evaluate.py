@@ -108,7 +108,7 @@ def test_evaluate_cli_writes_report_with_figures(small_store, tiny_export, tmp_p
     with open(out / "per_target_genes.csv") as fh:
         assert len(list(csv.reader(fh))) == 51  # header + 50 HEST genes
     assert "## Verdicts on the depth-adjusted readout" in report and "aligned" in report
-    assert report.splitlines()[2].startswith("**Overall verdict: alignment ")
+    assert report.splitlines()[2].startswith("**Overall verdict: ")
     assert report.index("depth-adjusted readout") < report.index("## Verdicts on the HEST readout")
     assert "Probe protocol `hest_robust`" in report
     for key in ("genes_depth_adjusted", "genes_cp10k", "pathways_depth_adjusted"):
@@ -149,9 +149,9 @@ def test_split_by_section_scores_both_readouts_and_library_size_is_zero_net_of_d
     assert set(runs["fold"]) <= {"MOB3", "all"}  # sections, never patient ids
     assert runs["task"].str.startswith("marker").any()
     report = res.report.read_text()
-    assert report.splitlines()[2].startswith("**Overall verdict: alignment inconclusive**")
+    assert report.splitlines()[2].startswith("**Overall verdict: inconclusive**")
     assert "Rule: **helped** only if" in report
-    assert "sections of one tumour are near-replicates" in report
+    assert "sections of one tumour (or tissue block) are near-replicates" in report
     assert "train on sections ['MOB1'], test on sections ['MOB3']" in report
     verdict = json.loads((tmp_path / "results.json").read_text())["overall_verdict"]
     assert verdict["verdict"] == "inconclusive" and "no spread" in verdict["reason"]

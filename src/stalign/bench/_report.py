@@ -56,9 +56,9 @@ _TASK_TEXT = {
 }
 
 _SECTION_SPLIT_NOTE = (
-    "Split by section: sections of one tumour are near-replicates (adjacent tissue, one "
-    "patient, often one run), so this measures generalisation to a new section, not to a "
-    "new patient — weaker evidence than a split by patient."
+    "Split by section: sections of one tumour (or tissue block) are near-replicates "
+    "(adjacent tissue, one patient, often one run), so this measures generalisation to a "
+    "new section, not to a new patient — weaker evidence than a split by patient."
 )
 
 
@@ -379,12 +379,16 @@ def _by_task(table: pd.DataFrame, tasks: list[str], metric: str) -> str:
     return _wide(sub, "task", columns=[t for t in tasks if t in set(sub["task"])])
 
 
+def _verdict_words(word: str) -> str:
+    return word if word == "inconclusive" else f"alignment {word}"
+
+
 def _lead_lines(params: Mapping[str, Any], verdict: Mapping[str, str]) -> list[str]:
     """Overall verdict, its rule, and one sentence per readout."""
     return [
         "# stalign evaluation report",
         "",
-        f"**Overall verdict: alignment {verdict['verdict']}** ({params['aligned']} vs "
+        f"**Overall verdict: {_verdict_words(verdict['verdict'])}** ({params['aligned']} vs "
         f"{params['baseline']} and the shuffled-pair control, depth-adjusted gene readout): "
         f"{verdict['reason']}.",
         "",
