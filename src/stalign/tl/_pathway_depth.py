@@ -33,6 +33,46 @@ DEPTH_COLUMNS = ("r_log_counts", "r2_log_counts", "r_log_genes", "r2_log_genes")
 _DEGREE = 3
 
 
+class LibrarySizes:
+    """Total counts and detected genes (counts > 0) per row, filled chunk by chunk.
+
+    `tap` fills it from the chunks a scorer
+    reads anyway, so the diagnostics cost no extra pass over a backed matrix.
+    """
+
+    def __init__(self, n_rows: int):
+        self.total = np.zeros(n_rows)
+        self.detected = np.zeros(n_rows)
+        self.negative_in: tuple[int, int] | None = None  # first chunk with a value < 0
+
+    def add(self, start: int, stop: int, chunk: Any) -> None:
+        """Record the rows ``start:stop`` of a CSR chunk."""
+        if self.negative_in is None and chunk.data.size and chunk.data.min() < 0:
+            self.negative_in = (start, stop)
+        self.total[start:stop] = np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel()
+        self.detected[start:stop] = np.diff((chunk > 0).tocsr().indptr)
+
+    def tap(self, chunks):
+        """Wrap a ``chunks(desc)`` factory so that every chunk it yields is recorded."""
+
+        def tapped(desc: str):
+            for start, stop, chunk in chunks(desc):
+                self.add(start, stop, chunk)
+                yield start, stop, chunk
+
+        return tapped
+
+    def check_counts(self) -> None:
+        """Raise ``ValueError`` when a value was negative (not raw counts)."""
+        if self.negative_in is not None:
+            start, stop = self.negative_in
+            msg = (
+                f"depth diagnostics need raw counts; found negative values in spots "
+                f"{start}:{stop} (scaled data?)"
+            )
+            raise ValueError(msg)
+
+
 def library_sizes(x: Any, chunk_size: int = 2000) -> tuple[np.ndarray, np.ndarray]:
     """Return total counts and detected genes (counts > 0) per row, read chunk by chunk.
 
@@ -41,19 +81,11 @@ def library_sizes(x: Any, chunk_size: int = 2000) -> tuple[np.ndarray, np.ndarra
     ValueError
         A negative value: the matrix does not hold raw counts.
     """
-    totals, detected = [], []
+    sizes = LibrarySizes(x.shape[0])
     for start, stop, chunk in iter_row_chunks(x, chunk_size):
-        if chunk.data.size and chunk.data.min() < 0:
-            msg = (
-                f"depth diagnostics need raw counts; found negative values in spots "
-                f"{start}:{stop} (scaled data?)"
-            )
-            raise ValueError(msg)
-        totals.append(np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel())
-        detected.append(np.diff((chunk > 0).tocsr().indptr).astype(np.float64))
-    if not totals:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(totals), np.concatenate(detected)
+        sizes.add(start, stop, chunk)
+    sizes.check_counts()
+    return sizes.total, sizes.detected
 
 
 def column_pearson(y: np.ndarray, x: np.ndarray) -> np.ndarray:

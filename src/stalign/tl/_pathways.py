@@ -21,6 +21,7 @@ from ..pp._genes import match_gene_sets
 from ..pp._normalize import lognorm_matrix
 from ._genesets import GeneSetsLike, load_gene_sets
 from ._pathway_depth import (
+    LibrarySizes,
     column_pearson,
     depth_table,
     library_sizes,
@@ -251,17 +252,19 @@ def score_pathways(
     chunks = functools.partial(
         _finite_chunks, x, chunk_size, total=n_chunks, show=show, layer=layer
     )
-    total = detected = None
-    if depth_diagnostics or rarefy_depth is not None:
-        total, detected = _library_sizes(x, chunk_size, rarefy_depth, depth_diagnostics)
-        depth_diagnostics = depth_diagnostics and total is not None
+    sizes = LibrarySizes(n_spots)  # filled as the scorer reads the chunks
     if rarefy_depth is None:
-        scores = _score_once(chunks, sets, n_spots, opts, adata.var_names, names)
+        tapped = sizes.tap(chunks) if depth_diagnostics else chunks
+        scores = _score_once(tapped, sets, n_spots, opts, adata.var_names, names)
         rarefaction = None
-    else:
+    else:  # the library sizes decide which spots are scored: one pass first
+        sizes.total, sizes.detected = _rarefy_library_sizes(x, chunk_size)
         scores, rarefaction = _score_rarefied(
-            adata, chunks, sets, opts, names, total, rarefy_depth, rarefy_draws
+            adata, chunks, sets, opts, names, sizes.total, rarefy_depth, rarefy_draws
         )
+    if depth_diagnostics and sizes.negative_in is not None:
+        logger.info("depth diagnostics skipped: the scored values are not raw counts")
+        depth_diagnostics = False
     if method == "ssgsea" and ssgsea_norm:
         _normalize_ssgsea(scores)
 
@@ -289,20 +292,17 @@ def score_pathways(
     if rarefaction is not None:
         adata.uns[key_added][_keys.PATHWAY_RAREFACTION] = rarefaction
     if depth_diagnostics:
-        _record_depth(adata, key_added, scores, total, detected, names, method)
+        _record_depth(adata, key_added, scores, sizes.total, sizes.detected, names, method)
     return adata if copy else None
 
 
-def _library_sizes(x, chunk_size: int, rarefy_depth: int | None, diagnostics: bool):
-    """Library sizes for rarefaction (raw counts needed) or the diagnostics (skipped if not)."""
+def _rarefy_library_sizes(x, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Library sizes of every spot, before rarefying (raw counts needed)."""
     try:
         return library_sizes(x, chunk_size)
     except ValueError as e:
-        if rarefy_depth is not None:
-            msg = f"rarefy_depth needs raw integer counts: {e}"
-            raise ValueError(msg) from e
-        logger.info("depth diagnostics skipped: %s", e)
-        return None, None
+        msg = f"rarefy_depth needs raw integer counts: {e}"
+        raise ValueError(msg) from e
 
 
 def _record_depth(adata, key_added, scores, total, detected, names, method) -> None:
