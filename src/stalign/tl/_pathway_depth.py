@@ -49,8 +49,10 @@ class LibrarySizes:
         """Record the rows ``start:stop`` of a CSR chunk."""
         if self.negative_in is None and chunk.data.size and chunk.data.min() < 0:
             self.negative_in = (start, stop)
-        self.total[start:stop] = np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel()
-        self.detected[start:stop] = np.diff((chunk > 0).tocsr().indptr)
+        n = stop - start
+        rows = np.repeat(np.arange(n), np.diff(chunk.indptr))
+        self.total[start:stop] = np.bincount(rows, weights=chunk.data, minlength=n)
+        self.detected[start:stop] = np.bincount(rows[chunk.data > 0], minlength=n)
 
     def tap(self, chunks):
         """Wrap a ``chunks(desc)`` factory so that every chunk it yields is recorded."""
