@@ -163,3 +163,67 @@ def test_large_single_level_tiff_thumbnail_is_read_in_strips(mob_dir, tmp_path, 
     tifffile.imwrite(tmp_path / "one_strip.tif", rgb, rowsperstrip=rgb.shape[0], photometric="rgb")
     with pytest.raises(ImageTooLargeError, match=r"one_strip.tif"):
         load_thumbnail(tmp_path / "one_strip.tif", 400)
+
+
+# --------------------------------------------------- memory bounded by the declared size (21.8)
+#: decodes the image named on the command line (a process limited to 2 GiB of address
+#: space: a whole decode of the bomb below fails with MemoryError instead of filling the
+#: machine's memory); prints the outcome
+_DECODE = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from stalign.im import open_image
+from stalign.io import ImageTooLargeError
+from stalign.io._image import load_thumbnail
+t0 = time.perf_counter()
+for name, read in (("thumbnail", lambda p: load_thumbnail(p, 600)),
+                   ("open_image", lambda p: open_image(p, mpp=1.0))):
+    try:
+        read(sys.argv[1])
+        print(name, "decoded")
+    except ImageTooLargeError as e:
+        print(name, "refused:", e)
+print("seconds", time.perf_counter() - t0)
+"""
+
+
+@pytest.mark.faults
+def test_a_png_declaring_31000_squared_px_is_refused_before_decoding(tmp_path):
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "bomb.png"
+    _png_declaring(bomb, 31_000, 31_000)  # 961 Mpx: under the 1 Gpx pixel limit
+    assert bomb.stat().st_size < 3_000_000
+    info = image_info(bomb)  # the header alone is fine
+    assert (info.width, info.height) == (31_000, 31_000)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DECODE, str(bomb)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
+    for name in ("thumbnail", "open_image"):
+        assert lines[name].startswith("refused:"), proc.stdout
+        assert str(bomb) in lines[name] and "GiB" in lines[name] and "TIFF" in lines[name]
+    assert float(lines["seconds"]) < 10
+
+
+# --------------------------------------------------------- 16-bit and grayscale images (21.9)
+@pytest.mark.faults
+@pytest.mark.parametrize("bits", [8, 16])
+def test_grayscale_pngs_are_scaled_not_clipped(mob_dir, tmp_path, bits):
+    """A real H&E saved as 8- or 16-bit grayscale reads as its gray values in 0..255."""
+    with Image.open(mob_dir / "MOB1.jpg") as im:
+        gray = np.asarray(im.convert("L"))[:256, :256]
+    arr = gray if bits == 8 else gray.astype(np.uint16) * 257  # 0..255 -> 0..65535
+    path = tmp_path / f"gray{bits}.png"
+    Image.fromarray(arr).save(path)
+    with Image.open(path) as im:
+        assert im.mode == ("L" if bits == 8 else "I;16")
+    with open_image(path, mpp=1.0) as slide:
+        region = slide.read_region(0, 0, 256, 256)
+    assert region.dtype == np.uint8 and region.shape == (256, 256, 3)
+    np.testing.assert_array_equal(region[..., 0], gray)
+    np.testing.assert_array_equal(region[..., 2], gray)
+    thumb, scale = load_thumbnail(path, 256)
+    assert scale == 1.0 and np.array_equal(thumb[..., 1], gray)

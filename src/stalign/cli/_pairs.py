@@ -120,9 +120,8 @@ def _register_build(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--gene-sets",
-        help="gene sets for pathway scores: a bundled name (hallmark, reactome, "
-        "wikipathways) or a GMT path; 'enrichr:NAME' downloads an Enrichr library; 'none' "
-        "to skip" + format_default(d["gene_sets"]),
+        help="gene sets for pathway scores: hallmark, reactome, wikipathways, a GMT path, "
+        "'enrichr:NAME' (downloads it) or 'none'" + format_default(d["gene_sets"]),
     )
     p.add_argument(
         "--method",

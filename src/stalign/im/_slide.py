@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _keys as K
-from ..io._image import is_tiff, open_pil, tiff_mpp, to_rgb_uint8
+from ..io._image import (
+    check_decode_memory,
+    is_tiff,
+    open_pil,
+    pil_to_rgb_uint8,
+    tiff_mpp,
+    to_rgb_uint8,
+)
 from ..io._mpp import reconcile_mpp
 from ._levels import ArrayLevel, Level, OpenSlideLevel, TiledTiffLevel, ZarrLevel
 from ._resample import Window, outside_mask, patch_window, resample
@@ -476,9 +483,8 @@ def _open_pil(path: Path, mpp: float | None, max_pixels: int | None) -> SlideIma
                     img.width,
                     img.height,
                 )
-            img.load()
-            rgb = img if img.mode == "RGB" else img.convert("RGB")
-            arr = np.asarray(rgb)
+            check_decode_memory(path, img)  # from the header, before anything is decoded
+            arr = pil_to_rgb_uint8(img, source=str(path))  # 16-bit scaled, not clipped
     except (OSError, SyntaxError) as e:
         msg = f"{path}: not a readable image file ({e}); expected JPEG/PNG/TIFF"
         raise ValueError(msg) from e

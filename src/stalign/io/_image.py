@@ -47,6 +47,19 @@ logger = logging.getLogger(__name__)
 MAX_IMAGE_PIXELS = 1_000_000_000
 #: Environment variable that overrides `MAX_IMAGE_PIXELS` (a positive integer).
 MAX_IMAGE_PIXELS_ENV = "STALIGN_MAX_IMAGE_PIXELS"
+#: Largest memory, in bytes, a whole decode of a plain (untiled) image may take: a plain
+#: JPEG or PNG cannot be read by region, so it is decoded whole, and the estimate
+#: (`decode_bytes`: the pixels in the file's own mode plus two RGB copies) is checked
+#: from the header before anything is decoded; above it `ImageTooLargeError` asks for a
+#: tiled pyramidal TIFF (read lazily, tile by tile). 4 GiB holds an RGB image of about
+#: 475 Mpx (21,800 × 21,800 px); a 92 Mpx whole-slide JPEG needs 0.8 GiB. Override with
+#: ``STALIGN_MAX_DECODE_BYTES``.
+MAX_DECODE_BYTES = 4 * 1024**3
+#: Environment variable that overrides `MAX_DECODE_BYTES` (a positive integer).
+MAX_DECODE_BYTES_ENV = "STALIGN_MAX_DECODE_BYTES"
+#: bytes per pixel of PIL's modes (others: 4)
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3}
+_MODE_BYTES |= {"HSV": 3, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 
 #: Max side (px) of the thumbnails kept in ``uns['spatial'][lib]['images']``, as Space Ranger.
 HIRES_MAX_PX = 2000
@@ -97,20 +110,7 @@ def max_image_pixels(max_pixels: int | None = None) -> int:
         When the value is not a positive whole number.
     """
     if max_pixels is None:
-        text = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
-        if not text:
-            return MAX_IMAGE_PIXELS
-        try:
-            value = float(text.replace("_", ""))
-        except ValueError:
-            value = float("nan")
-        if not (math.isfinite(value) and value >= 1 and value == int(value)):
-            msg = (
-                f"{MAX_IMAGE_PIXELS_ENV}={text!r}: expected a positive whole number of "
-                f"pixels (e.g. 2_000_000_000), default {MAX_IMAGE_PIXELS:,}"
-            )
-            raise ValueError(msg)
-        return int(value)
+        return _limit_from_env(MAX_IMAGE_PIXELS_ENV, MAX_IMAGE_PIXELS, "pixels")
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int | np.integer):
         msg = f"max_pixels must be a positive integer (px), got {max_pixels!r}"
         raise ValueError(msg)
@@ -118,6 +118,83 @@ def max_image_pixels(max_pixels: int | None = None) -> int:
         msg = f"max_pixels must be a positive integer (px), got {max_pixels!r}"
         raise ValueError(msg)
     return int(max_pixels)
+
+
+def _limit_from_env(name: str, default: int, unit: str) -> int:
+    """Return the positive whole number in the environment variable ``name``, else ``default``.
+
+    ``1_000_000`` and ``4e9`` are accepted.
+
+    Raises
+    ------
+    ValueError
+        When the value is not a positive whole number (the message names the variable).
+    """
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 1 and value == int(value)):
+        msg = f"{name}={text!r}: expected a positive whole number of {unit}, default {default:_}"
+        raise ValueError(msg)
+    return int(value)
+
+
+def decode_bytes(img: PILImage.Image) -> int:
+    """Estimate the peak memory (bytes) of decoding ``img`` whole into an RGB array.
+
+    The pixels in the file's own mode (e.g. 2 bytes for 16-bit grayscale), plus the
+    RGB image and the array copied from it (3 bytes a pixel each).
+    """
+    n = int(img.width) * int(img.height)
+    return n * _MODE_BYTES.get(img.mode, 4) + 2 * 3 * n
+
+
+def check_decode_memory(path: Path, img: PILImage.Image) -> None:
+    """Refuse to decode ``img`` whole when `decode_bytes` exceeds the memory limit.
+
+    Called on an opened, not yet decoded image (its header only), so a small file
+    declaring a huge image is refused at once instead of filling the memory.
+
+    Raises
+    ------
+    ImageTooLargeError
+        Above `MAX_DECODE_BYTES` (or ``STALIGN_MAX_DECODE_BYTES``); names the file.
+    """
+    limit = _limit_from_env(MAX_DECODE_BYTES_ENV, MAX_DECODE_BYTES, "bytes")
+    need = decode_bytes(img)
+    if need > limit:
+        msg = (
+            f"{path}: decoding this {img.width}×{img.height} px {img.mode} image whole needs "
+            f"about {need / 2**30:.1f} GiB of memory, above stalign's limit of "
+            f"{limit / 2**30:.1f} GiB (a plain JPEG/PNG cannot be read by region); convert "
+            f"it to a tiled pyramidal TIFF, read lazily tile by tile, or raise the limit with "
+            f"{MAX_DECODE_BYTES_ENV}=<bytes>"
+        )
+        raise ImageTooLargeError(msg)
+
+
+def pil_to_rgb_uint8(img: PILImage.Image, *, source: str = "image") -> np.ndarray:
+    """Decode ``img`` into an ``(h, w, 3)`` uint8 array, scaling wider pixel types.
+
+    PIL's own ``convert("RGB")`` clips 16-bit grayscale (``I;16``) at 255, which turns
+    an image white; such modes go through `to_rgb_uint8` instead (scaled by their
+    type's maximum: 16-bit ``v`` becomes ``round(v * 255 / 65535)``). A PNG's 16-bit
+    grayscale read as 32-bit ``I`` is scaled as 16-bit.
+    """
+    if img.mode == "RGB":
+        return np.asarray(img)
+    if img.mode.startswith("I;16") or img.mode == "F":
+        return to_rgb_uint8(np.asarray(img), source=source)
+    if img.mode == "I":
+        arr = np.asarray(img)
+        if img.format == "PNG":  # PNG samples have at most 16 bits
+            arr = arr.astype(np.uint16)
+        return to_rgb_uint8(arr, source=source)
+    return np.asarray(img.convert("RGB"))
 
 
 def check_image_pixels(
@@ -431,8 +508,8 @@ def load_thumbnail(
         else:
             with open_pil(path, max_pixels=max_pixels) as src:
                 src.draft("RGB", (int(info.width * scale) + 1, int(info.height * scale) + 1))
-                im = src.convert("RGB")
-                im.load()
+                check_decode_memory(path, src)  # the size after a JPEG's draft reduction
+                im = Image.fromarray(pil_to_rgb_uint8(src, source=str(path)))
     except ValueError:
         raise
     except (OSError, SyntaxError) as e:
