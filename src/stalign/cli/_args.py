@@ -163,7 +163,13 @@ def add_command(
 
 
 class ListAction(argparse.Action):
-    """``nargs='+'`` list flag; a comma-separated value is split, with a deprecation warning."""
+    """``nargs='+'`` list flag; a comma-separated value is split, with a deprecation warning.
+
+    The values are converted by ``convert`` (set by `add_list`) after splitting, so
+    ``--seeds 0,1`` works as ``--seeds 0 1`` does.
+    """
+
+    convert: Any = None
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         values = [values] if isinstance(values, str) else list(values)
@@ -175,16 +181,28 @@ class ListAction(argparse.Action):
                 f"separate values with spaces: {option_string} {' '.join(joined)}",
             )
             values = joined
-        if self.type is not None:  # the comma form arrives untyped
-            values = [self.type(v) if isinstance(v, str) else v for v in values]
+        if self.convert is not None:
+            try:
+                values = [self.convert(v) for v in values]
+            except ValueError as e:
+                msg = f"invalid {self.convert.__name__} value in {values}"
+                raise argparse.ArgumentError(self, msg) from e
         setattr(namespace, self.dest, values)
 
 
 def add_list(
-    parser: argparse.ArgumentParser, flag: str, *, help: str, nargs: str = "+", **kwargs: Any
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    help: str,
+    nargs: str = "+",
+    type: Any = None,
+    **kwargs: Any,
 ) -> argparse.Action:
     """Add a space-separated list flag (``nargs``) that still accepts a comma list."""
-    return parser.add_argument(flag, nargs=nargs, action=ListAction, help=help, **kwargs)
+    action = parser.add_argument(flag, nargs=nargs, action=ListAction, help=help, **kwargs)
+    action.convert = type
+    return action
 
 
 def add_deprecated_alias(
