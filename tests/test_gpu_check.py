@@ -1,8 +1,8 @@
 """benchmarks/gpu/check.py (issue 23): the CPU mode runs every part, so the device check cannot rot.
 
-The full CPU run (tiny ViT at 32 px, 2 MOB sections) takes about a minute on 2 idle
-cores, most of it in the five Python processes it starts (worker, pytest, ``stalign
-train``, two DDP ranks), hence ``slow``.
+The full CPU run (tiny ViT at 32 px, 2 MOB sections) costs about 60 s of CPU time, most
+of it importing torch, timm and peft in the five Python processes it starts (worker,
+pytest, ``stalign train``, two DDP ranks), hence ``slow``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+# one xdist worker for the module: the CPU run (a module fixture) then happens once
+pytestmark = pytest.mark.xdist_group("gpu_check")
 
 GPU_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
 CHECK = GPU_DIR / "check.py"
@@ -199,3 +202,24 @@ def test_ddp_wait_stops_a_rank_left_waiting_after_the_other_failed(tmp_path):
     assert ranks[0] == {"rank": 0, "ok": False, "error": "boom"}
     assert not ranks[1]["ok"] and "no result" in ranks[1]["error"]
     assert not any(proc.is_alive() for proc in procs)
+
+
+def test_gpu_profile_is_the_issues_and_every_part_has_a_limit_and_a_function():
+    profiles, parts = _module("check_profiles"), _module("check_parts")
+    gpu = profiles.GPU
+    # what issue 23 asks of the device run (the CPU run cannot check these sizes)
+    assert {m.encoder for m in gpu.models} == {"vit_base_patch16_224", "vit_large_patch16_224"}
+    assert (gpu.device, gpu.input_px, gpu.amp, gpu.compile_backend) == (
+        "cuda",
+        224,
+        "bf16",
+        "inductor",
+    )
+    assert gpu.embed_images >= 20_000 and gpu.budget_s <= 8 * 60
+    assert gpu.ddp_backends[0] == "nccl"
+    for profile in (gpu, profiles.CPU):
+        names = profile.parts()
+        assert names[:3] == ["env", "store", "cuda_tests"] and len(set(names)) == len(names)
+        for name in names:
+            assert 0 < profile.timeout(name) <= profile.budget_s, name
+            assert callable(parts.part_function(name)), name
