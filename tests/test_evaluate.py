@@ -58,6 +58,7 @@ def test_evaluate_cli_writes_report_with_figures(small_store, tiny_export, tmp_p
     rc = main(
         [
             "evaluate",
+            "--pairs",
             str(small_store),
             "--encoder",
             f"aligned={tiny_export}",
@@ -68,7 +69,7 @@ def test_evaluate_cli_writes_report_with_figures(small_store, tiny_export, tmp_p
             "--n-markers",
             "0",
             "1",
-            "--image-size",
+            "--img-size",
             "32",
             "--seeds",
             "0",
@@ -157,6 +158,44 @@ def test_split_by_section_scores_both_readouts_and_library_size_is_zero_net_of_d
     assert verdict["verdict"] == "inconclusive" and "no spread" in verdict["reason"]
 
 
+def test_evaluate_cli_old_spellings_still_parse_with_a_warning(tmp_path, capsys):
+    from stalign.cli import build_parser
+    from stalign.cli._args import take_positional
+    from stalign.cli._evaluate import _options
+
+    old = build_parser().parse_args(
+        ["evaluate", str(tmp_path), "--encoder", "a=x", "--out", "o", "--references",
+         "histogram,pixels", "--random-encoder", "vit_tiny_patch16_224,resnet18",
+         "--image-size", "32", "--probes", "ridge,mlp"]
+    )  # fmt: skip
+    take_positional(old, "stalign evaluate", "--pairs", dest="pairs")
+    new = build_parser().parse_args(
+        ["evaluate", "--pairs", str(tmp_path), "--encoder", "a=x", "--out", "o",
+         "--references", "histogram", "pixels", "--random-encoders", "vit_tiny_patch16_224",
+         "resnet18", "--img-size", "32", "--probes", "ridge", "mlp"]
+    )  # fmt: skip
+    assert old.pairs == new.pairs == str(tmp_path)
+    assert _options(old) == _options(new)
+    assert _options(new)["random_encoder"] == ["vit_tiny_patch16_224", "resnet18"]
+    err = capsys.readouterr().err
+    for word in ("--image-size is deprecated", "--random-encoder is deprecated", "comma"):
+        assert word in err
+    assert "positionally is deprecated" in err
+    unset = build_parser().parse_args(
+        ["evaluate", "--pairs", "p", "--encoder", "a=x", "--out", "o"]
+    )
+    assert set(_options(unset)) == {"progress"}  # the EvaluationSpec defaults apply
+
+
+def test_an_unknown_encoder_name_is_refused_before_any_work(tmp_path):
+    from stalign.bench import EvaluationSpec
+
+    with pytest.raises(ValueError, match="encoder foo=bar: unknown encoder 'bar'"):
+        EvaluationSpec(tmp_path, ["foo=bar"], tmp_path, references=("histogram",))
+    with pytest.raises(ValueError, match="encoder random=not_a_net"):
+        EvaluationSpec(tmp_path, [], tmp_path, random_encoder="not_a_net")
+
+
 def test_split_level_is_resolved_from_the_fixed_test_set(tmp_path):
     from stalign.bench import EvaluationSpec
 
@@ -178,7 +217,7 @@ def test_split_level_is_resolved_from_the_fixed_test_set(tmp_path):
 def test_evaluate_errors(small_store, tmp_path, capsys):
     from stalign.bench import evaluate
 
-    cli = ["evaluate", str(small_store), "--encoder", "x=vit_tiny_patch16_224", "--out"]
+    cli = ["evaluate", "--pairs", str(small_store), "--encoder", "x=vit_tiny_patch16_224", "--out"]
     both = ["--test-samples", "MOB3", "--test-patients", "mouse1", "--shard", "0/1"]
     assert main([*cli, str(tmp_path / "cli"), *both]) != 0
     assert "not both" in capsys.readouterr().err
@@ -289,6 +328,15 @@ def test_cache_is_keyed_by_source_and_sample_digest(small_store, tmp_path):
         FeatureCache(tmp_path / "c2", ds, chunk_rows=0)
 
 
+def test_cache_fill_of_no_samples_computes_nothing(small_store, tmp_path):
+    """A rank whose share is empty (more ranks than samples) must not embed everything."""
+    cache = FeatureCache(tmp_path / "cache", PairsDataset(small_store), chunk_rows=1000)
+    calls: list[int] = []
+    assert cache.fill(_histogram_source(calls=calls), samples=[]) == 0 and not calls
+    assert cache.fill(_histogram_source(calls=calls), samples=cache.samples[:1]) == 1
+    assert sum(calls) == len(cache._rows[cache.samples[0]])
+
+
 def test_cache_key_records_the_embedding_precision(small_store, tiny_export, tmp_path):
     """bf16-autocast (CUDA) and float32 (CPU) features never share a cache entry."""
     from stalign.bench._evaluate import EvaluationSpec, FeatureSet, _feature_source
@@ -356,6 +404,7 @@ def test_sharded_cache_then_one_scoring_step_equals_a_single_run(
         rc = main(
             [
                 "evaluate",
+                "--pairs",
                 str(small_store),
                 "--encoder",
                 f"tiny={tiny_export}",
@@ -383,7 +432,7 @@ def test_sharded_cache_then_one_scoring_step_equals_a_single_run(
         small_store, [f"tiny={tiny_export}"], out=tmp_path / "sharded", **SMALL_RUN, **cache
     )
     pd.testing.assert_frame_equal(res.table, single_run.table)
-    bad = ["evaluate", str(small_store), "--encoder", str(tiny_export), "--out"]
+    bad = ["evaluate", "--pairs", str(small_store), "--encoder", str(tiny_export), "--out"]
     assert main([*bad, str(tmp_path / "x"), "--shard", "2/2"]) != 0
     assert "--shard I/N needs 0 <= I < N" in capsys.readouterr().err
 

@@ -146,8 +146,12 @@ class FeatureCache:
         samples: Sequence[str] | None = None,
         progress: bool = False,
     ) -> int:
-        """Compute the missing samples of ``source`` (all, or ``samples``); return how many."""
-        todo = [s for s in (samples or self.samples) if not self.is_complete(source, s)]
+        """Compute the missing samples of ``source`` (all, or ``samples``); return how many.
+
+        ``samples=[]`` computes nothing (e.g. a rank's empty share of the samples).
+        """
+        chosen = self.samples if samples is None else samples
+        todo = [s for s in chosen if not self.is_complete(source, s)]
         if not todo:
             return 0
         from .._utils import progress_bar as tqdm
