@@ -17,4 +17,5 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,temperature.gpu \
   --format=csv 2>&1 | tee "$out/nvidia-smi.csv" || true
+df -h /dev/shm /tmp || true  # DataLoader workers hand batches over through /dev/shm
 exec "$py" benchmarks/gpu/check.py --out "$out" --work /tmp/stalign-gpu-check "$@"

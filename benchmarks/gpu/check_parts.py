@@ -639,20 +639,19 @@ def _embed_in_memory(ctx: Context, encoder, n: int, batch: int) -> float:
         from check_cuda import cuda_pinned
 
         x = cuda_pinned(x)
-    count = math.ceil(n / batch)
+    count, size = math.ceil(n / batch), ctx.profile.input_px
+    list(iter_embeddings(encoder, [x], device=ctx.device, image_size=size))  # warm-up
     seen = 0
 
     def run() -> None:
         nonlocal seen
         for z in iter_embeddings(
-            encoder, (x for _ in range(count)), device=ctx.device, image_size=ctx.profile.input_px
+            encoder, (x for _ in range(count)), device=ctx.device, image_size=size
         ):
             seen += z.shape[0]
 
-    list(
-        iter_embeddings(encoder, [x], device=ctx.device, image_size=ctx.profile.input_px)
-    )  # warm-up
-    return count * batch / _timed(run, ctx.device)
+    seconds = _timed(run, ctx.device)
+    return seen / seconds
 
 
 def _forward_flops(encoder, ctx: Context) -> float:
