@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # stalign's two commands. Each sets up (or reuses) the environment in .venv/ first.
-#   ./run.sh demo [OUT]   build pairs -> train -> evaluate on the bundled MOB data
+#   ./run.sh demo [OUT]   build pairs -> train -> evaluate on the bundled human breast-cancer sections (her2st C)
 #   ./run.sh test [ARGS]  the test suite (what CI runs)
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from stalign.pipeline import PipelineConfig, ShuffledPairs, _without_lora, run_pipeline
@@ -360,3 +362,56 @@ def test_demo_flags_override_the_example_settings():
     args = parser.parse_args(["demo", "--train-patients", "her2st_C", "--test-patients", "x"])
     config = _config(args)
     assert (config.split_by, config.train_samples) == ("patient", None)
+
+
+@pytest.fixture(scope="module")
+def her2st_three_sections(tmp_path_factory):
+    """The bundled her2st manifest restricted to C2-C4 (absolute paths)."""
+    from stalign.pipeline import HER2ST_MANIFEST
+
+    lines = Path(HER2ST_MANIFEST).read_text().splitlines()
+    root = Path(HER2ST_MANIFEST).parent
+    out = [lines[0]]
+    for line in lines[1:]:
+        if line.split(",")[0] in ("C2", "C3", "C4"):
+            out.append(line.replace("../examples/", str(root.parent / "examples") + "/"))
+    path = tmp_path_factory.mktemp("her2st") / "manifest.csv"
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_pipeline_splits_human_sections_and_evaluates_held_out_section(
+    her2st_three_sections, tmp_path
+):
+    """Split by section end to end: train C2, validate C3, evaluate C4 only."""
+    config = PipelineConfig(
+        manifest=str(her2st_three_sections),
+        train_samples=("C2", "C3"),
+        test_samples=("C4",),
+        val_samples=("C3",),
+        encoder="vit_tiny_patch16_224",
+        pretrained=False,
+        random_encoders=("vit_tiny_patch16_224",),
+        lora_last_n_blocks=None,
+        mpp=5.6,
+        size_px=32,
+        img_size=32,
+        batch_size=32,
+        max_steps=3,
+        eval_every_steps=None,
+        seeds=(0,),
+        references=("library_size",),
+        mil_epochs=2,
+    )
+    r = run_pipeline(tmp_path / "run", config, progress=False)
+    summary = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert summary["sections"] == {"fit": ["C2"], "val": ["C3"], "test": ["C4"]}
+    assert r.training["aligned_seed0"]["steps"] == 3
+    runs = pd.read_csv(r.report.parent / "runs.csv")
+    genes = runs[(runs.task == "genes") & (runs.metric == "pearson")]
+    assert set(genes.fold) == {"C4"}  # only the held-out section is ever scored
+    assert {"baseline", "aligned"} <= set(genes.features)
+    adjusted = runs[(runs.task == "genes") & (runs.metric == "pearson_depth_adjusted")]
+    assert set(adjusted.fold) == {"C4"}
+    report = r.report.read_text()
+    assert "near-replicates" in report

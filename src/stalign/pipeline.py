@@ -50,6 +50,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "batch_size": 128,
         "lr": 3e-4,  # chosen on the inner split of animal 1 (benchmarks/search)
         "early_stopping_patience": 2,
+        "eval_every_steps": None,
+        "lora_last_n_blocks": None,
         "references": ("histogram", "pixels", "squidpy", "library_size", "random"),
         "random_encoders": ("efficientnet_lite0", "vit_tiny_patch16_224"),
     },
@@ -95,8 +97,14 @@ class PipelineConfig:
     mpp, size_px
         Patch geometry: µm per pixel and side in px (her2st: 112 px at 1.4 µm/px ≈
         157 µm, the 100 µm spot and its surroundings; MOB, ~4.4 µm/px: 64 px ≈ 280 µm).
-    gene_sets, method
-        Pathway collection and scoring method ([`score_pathways`][stalign.tl.score_pathways]).
+    gene_sets, method, rarefy_depth
+        Pathway collection, scoring method ([`score_pathways`][stalign.tl.score_pathways])
+        and, when set, the depth (counts per spot) the counts are rarefied to before
+        scoring ([`PairsParams`][stalign.pairs.PairsParams]).
+    target_transform
+        ``"depth_regression"``: a cubic in log library size is regressed out of the
+        pathway targets, fitted on the training sections only
+        ([`TrainConfig`][stalign.train.TrainConfig]); ``"none"``: targets as scored.
     encoder, img_size
         Registry / timm name of the image encoder and its input side (px).
     pretrained
@@ -121,6 +129,8 @@ class PipelineConfig:
     epochs, max_steps, batch_size, lr
         Training schedule (AdamW, cosine): at most ``epochs`` passes and, when set,
         exactly ``max_steps`` optimiser steps (the epochs then only bound it).
+    eval_every_steps
+        Validate every this many optimiser steps (``None``: every epoch).
     early_stopping_patience
         Stop after this many epochs without a better recall@5 on ``val_samples`` and
         keep the best weights (``None``, or no validation section: train to the end).
@@ -152,6 +162,8 @@ class PipelineConfig:
     size_px: int = 112
     gene_sets: str = "hallmark"
     method: str = "ssgsea"
+    rarefy_depth: int | None = None
+    target_transform: str = "none"
     encoder: str = "efficientnet_lite0"
     img_size: int = 112
     pretrained: bool = True
@@ -163,7 +175,7 @@ class PipelineConfig:
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_target_modules: tuple[str, ...] | None = None
-    lora_last_n_blocks: int | None = None
+    lora_last_n_blocks: int | None = 4
     temperature: float = 0.07
     learn_temperature: bool = True
     soft_targets: bool = False
@@ -172,6 +184,7 @@ class PipelineConfig:
     batch_size: int = 32
     lr: float = 1e-3
     early_stopping_patience: int | None = None
+    eval_every_steps: int | None = 25
     seeds: tuple[int, ...] = (0, 1, 2)
     shuffled_control: bool = True
     references: tuple[str, ...] = ("histogram", "pixels", "library_size", "random")
@@ -470,8 +483,8 @@ def _append_training_section(
         "## Alignment training (joint embedding space, inner validation sections)",
         "",
         f"Trained on sections {', '.join(sections['fit'])}; validated during training on "
-        f"{', '.join(sections['val']) or 'nothing (no inner validation section)'}, sections "
-        "of the training patients. The test sections "
+        f"{', '.join(sections['val']) or 'nothing (no inner validation section)'}, "
+        "training sections too. The test sections "
         f"({', '.join(sections['test'])}) are touched once, by the evaluation above: no "
         "setting, epoch or checkpoint is chosen on them. Validation: the image tower's "
         "embedding of each validation spot retrieves the molecular tower's embedding of "
@@ -657,7 +670,9 @@ def run_pipeline(
         logger.info("training %s (%d train / %d val pairs)", name, len(data), n_val)
         result = train.fit(tcfg, data, val_ds)
         encoder = result.model.image_tower.encoder
-        exports[name] = models.export(encoder, out / "exports" / name)["timm"]
+        provenance = result.extra["meta"].get("provenance")  # training data and commit
+        written = models.export(encoder, out / "exports" / name, provenance=provenance)
+        exports[name] = written["timm"]
         if not shuffled:
             base_name = f"baseline_seed{seed}"
             exports[base_name] = models.export(
