@@ -80,7 +80,8 @@ def test_public_api_is_documented(site, module):
     mod = importlib.import_module(f"stalign.{module}")
     html = _html(site, f"api/{module}")
     assert f'id="stalign.{module}"' in html
-    for name in getattr(mod, "__all__", []):
+    assert getattr(mod, "__all__", None), f"stalign.{module} has no (or an empty) __all__"
+    for name in mod.__all__:
         # lazily imported names are documented from their private module
         found = re.search(rf'id="stalign\.{module}\.(_\w+\.)?{name}"', html)
         assert found, f"stalign.{module}.{name} undocumented"
