@@ -45,3 +45,17 @@ def test_progress_bar_draws_a_text_bar_quietly(kernel_without_widgets):
         bar = progress_bar(total=3, disable=True)
     assert type(bar) is tqdm
     bar.close()
+
+
+def test_libraries_importing_tqdm_auto_stay_quiet_after_stalign(kernel_without_widgets):
+    """huggingface_hub & co. import tqdm.auto themselves: stalign imports it first, quietly."""
+    from tqdm.std import tqdm
+
+    from stalign._utils import quiet_notebook_progress
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet_notebook_progress()
+        auto = importlib.import_module("tqdm.auto")  # what a library does next
+    assert issubclass(auto.tqdm, tqdm)  # the text bar, not the widget
+    assert not any("notebook" in c.__module__ for c in auto.tqdm.__mro__)

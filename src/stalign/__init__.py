@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from ._utils import quiet_notebook_progress as _quiet_notebook_progress
+
 __version__ = "0.1.0"
 
 _SUBMODULES = (
@@ -32,6 +34,8 @@ _SUBMODULES = (
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import bench, cli, datasets, im, io, models, pairs, pl, pp, tl, train  # noqa: F401
+
+_quiet_notebook_progress()  # no TqdmWarning in notebooks without ipywidgets
 
 
 def __getattr__(name: str):
