@@ -212,6 +212,20 @@ def test_build_executes_stale_tutorials_by_default(monkeypatch):
     assert hook._tutorial_sources(Working()) == {nb: nb for nb in notebooks}
 
 
+def test_build_without_a_notebook_kernel_says_what_to_install(monkeypatch):
+    from mkdocs.exceptions import PluginError
+
+    hook = _hook()
+    monkeypatch.delenv(hook.TUTORIALS_ENV, raising=False)
+
+    class NoKernel(_NothingExecuted):
+        def ensure_executed(self, notebook, results):
+            raise ImportError("No module named 'nbclient'", name="nbclient")
+
+    with pytest.raises(PluginError, match=r"needs nbclient .*STALIGN_DOCS_TUTORIALS=skip"):
+        hook._tutorial_sources(NoKernel())
+
+
 def test_unexecuted_tutorials_say_so(site):
     """``STALIGN_DOCS_TUTORIALS=skip`` shows a banner, never a silently blank page."""
     for nb in sorted((REPO / "notebooks").glob("*.ipynb")):

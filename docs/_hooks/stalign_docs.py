@@ -217,7 +217,14 @@ def _execute_stale(executor, stale: list[Path]) -> dict[Path, Path]:
     copies = {}
     with tempfile.TemporaryDirectory(prefix="stalign-docs-tutorials-") as results:
         for nb in stale:  # one results folder: 04 reuses the pairs 03 built
-            copies[nb] = copy = executor.ensure_executed(nb, Path(results))
+            try:
+                copies[nb] = copy = executor.ensure_executed(nb, Path(results))
+            except ImportError as e:
+                msg = (
+                    f"executing the tutorials needs {e.name or e} (pip install -e '.[test]'), "
+                    f"or set {TUTORIALS_ENV}=skip to build without their outputs"
+                )
+                raise PluginError(msg) from e
             if found := executor.errors(copy):
                 error = found[0] if len(found[0]) <= 300 else found[0][:300] + " ..."
                 msg = (
