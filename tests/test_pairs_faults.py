@@ -22,6 +22,8 @@ import pytest
 from stalign.cli import main
 from stalign.pairs import ManifestError, build_pairs, merge_pairs, read_index
 
+pytestmark = pytest.mark.faults  # the whole module is the store's fault battery
+
 FAST = {"mpp": 9.4, "size_px": 32, "gene_sets": None, "progress": False}
 CLI_FAST = ["--mpp", "9.4", "--size-px", "32", "--gene-sets", "none", "--no-progress"]
 HEADER = "sample_id,patient_id,organ,species,platform,path,image,mpp,source,license\n"
@@ -175,7 +177,9 @@ def test_killing_the_parent_kills_the_workers(tmp_path, manifest):
         except psutil.NoSuchProcess:
             return False
 
-    deadline = time.monotonic() + 10
+    # the death signal kills at once (the watcher within 0.5 s); a worker left alone
+    # would finish its sample first (seconds) and exit on its own, so wait 1.5 s only
+    deadline = time.monotonic() + 1.5
     while any(alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     survivors = [p for p in workers if alive(p)]
@@ -385,14 +389,17 @@ def test_malformed_store_json_is_named(tmp_path, ref, manifest, capsys, name):
     shutil.copytree(ref, out)
     (out / name).write_text('{"format_version": 1, "params": ')
     if name == "build.json":
-        assert main(["build-pairs", str(manifest), "--out", str(out), *CLI_FAST]) == 1
-        assert main(["merge-pairs", str(out)]) == 1
+        commands = [["build-pairs", str(manifest), "--out", str(out), *CLI_FAST]]
+        commands.append(["merge-pairs", "--out", str(out)])
     else:
         with pytest.raises(ValueError, match=r"index\.json is not valid JSON"):
             PairsDataset(out)
-        assert main(["train", "--pairs", str(out), "--out", str(tmp_path / "t")]) == 1
-    for line in capsys.readouterr().err.strip().splitlines():
-        assert line.startswith("stalign ") and f"{out / name} is not valid JSON" in line
+        commands = [["train", "--pairs", str(out), "--out", str(tmp_path / "t")]]
+    for cmd in commands:  # each command prints exactly one line, the one naming the file
+        assert main(cmd) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, (cmd[0], err)
+        assert err[0].startswith(f"stalign {cmd[0]}: error: {out / name} is not valid JSON")
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -565,7 +572,6 @@ def no_network(monkeypatch):
     monkeypatch.setattr(gseapy, "get_library", refuse)
 
 
-@pytest.mark.faults
 def test_a_gene_set_typo_never_reaches_the_network(tmp_path, one, capsys, no_network):
     out = tmp_path / "pairs"
     cmd = ["build-pairs", str(one), "--out", str(out), *CLI_FAST[:-3], "--no-progress"]
@@ -576,7 +582,6 @@ def test_a_gene_set_typo_never_reaches_the_network(tmp_path, one, capsys, no_net
     assert not list(out.glob("samples/*"))  # refused before any work
 
 
-@pytest.mark.faults
 def test_enrichr_prefix_is_the_only_way_to_download(monkeypatch):
     import gseapy
 
@@ -603,7 +608,6 @@ def _gmt(tmp_path: Path, data: bytes) -> Path:
     return path
 
 
-@pytest.mark.faults
 @pytest.mark.parametrize(
     ("data", "line", "why"),
     [
