@@ -28,7 +28,7 @@ def test_baseline_is_the_encoder_before_training(run_dir, tmp_path, capsys):
     baseline = st.models.load_exported(out / "baseline" / "timm")
     aligned = st.models.load_exported(out / "timm")
     trained = st.train.load_model(run_dir).image_tower.encoder
-    before = st.pipeline._without_lora(trained)  # adapters removed: the starting weights
+    before = st.models.remove_lora(trained)  # adapters removed: the starting weights
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(baseline(x), before(x), atol=1e-5, rtol=0)

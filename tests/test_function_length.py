@@ -1,9 +1,7 @@
 """No function in src/ is longer than ~120 lines (docstring excluded) without a reason.
 
 A longer function needs a comment ``# long-function: <why>`` on one of the three
-lines above its ``def`` (or its decorators). Functions in files another branch is
-rewriting are listed in ``PENDING`` instead; the list is strict, so a function that
-got short enough (or was split) fails until its entry is removed.
+lines above its ``def`` (or its decorators).
 
 Run ``python tests/test_function_length.py`` for the report of every function over
 the limit.
@@ -18,9 +16,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 MAX_LINES = 120
 REASON = "# long-function:"
-
-#: "file::qualified name" -> the branch that is splitting it
-PENDING: dict[str, str] = {}
 
 
 def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
@@ -58,24 +53,14 @@ def long_functions(limit: int = MAX_LINES) -> list[tuple[str, int, bool]]:
 
 
 def test_no_long_function_without_a_reason():
-    unexplained = [
-        f"{name} ({n} lines)"
-        for name, n, reason in long_functions()
-        if not reason and name not in PENDING
-    ]
+    unexplained = [f"{name} ({n} lines)" for name, n, reason in long_functions() if not reason]
     assert not unexplained, (
         f"functions over {MAX_LINES} lines (docstring excluded): split them, or write "
         f"'{REASON} <why>' above the def:\n  " + "\n  ".join(unexplained)
     )
 
 
-def test_pending_long_functions_are_still_long():
-    long_names = {n for n, _, _ in long_functions()}
-    short_now = sorted(name for name in PENDING if name not in long_names)
-    assert not short_now, f"{short_now} are short now: drop them from PENDING"
-
-
 if __name__ == "__main__":
     for name, n, reason in long_functions(int(sys.argv[1]) if len(sys.argv) > 1 else MAX_LINES):
-        note = "reason given" if reason else PENDING.get(name, "NO REASON")
+        note = "reason given" if reason else "NO REASON"
         print(f"{n:5d}  {name}  ({note})")

@@ -3,9 +3,7 @@
 Every ``import`` / ``from ... import`` in ``src/stalign`` counts, at module level or
 inside a function (a function-level import hides a dependency, it does not remove it).
 A subpackage may import its own layer's modules and the layers below it; an import of
-a higher layer, and any cycle between subpackages, fails. Known violations that live in
-files another branch is rewriting are listed in ``PENDING`` with the fix; the list is
-strict, so an entry whose import is gone fails until it is removed.
+a higher layer, and any cycle between subpackages, fails.
 """
 
 from __future__ import annotations
@@ -35,9 +33,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
-#: (importer, imported) -> what removes it; each is an upward import
-PENDING: dict[tuple[str, str], str] = {}
-
 
 def _subpackage(module: str) -> str | None:
     """``stalign.io._core`` -> ``io``; ``stalign`` itself (the version) -> None."""
@@ -45,8 +40,8 @@ def _subpackage(module: str) -> str | None:
     return parts[1] if parts[0] == "stalign" and len(parts) > 1 else None
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(SRC.parent).with_suffix("")
+def _module_name(path: Path, src: Path = SRC) -> str:
+    rel = path.relative_to(src.parent).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -64,9 +59,10 @@ def _imported(node: ast.AST, module: str, is_package: bool) -> list[str]:
         package = module.split(".") if is_package else module.split(".")[:-1]
         package = package[: len(package) - (node.level - 1)]
         base = ".".join([*package, *([node.module] if node.module else [])])
-    if node.module is None:  # "from .. import io, im": each name may be a module
-        return [f"{base}.{alias.name}" for alias in node.names]
-    return [base]
+    # each imported name may be a module ("from .. import io", "from ..bench import
+    # _cache"): count it too, so a private module imported by name is seen
+    names = [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
+    return names if node.module is None else [base, *names]
 
 
 def import_edges() -> dict[tuple[str, str], list[str]]:
@@ -149,9 +145,7 @@ def test_the_checker_sees_function_level_imports():
 
 def test_no_upward_imports():
     upward = {
-        edge: where
-        for edge, where in import_edges().items()
-        if RANK[edge[1]] > RANK[edge[0]] and edge not in PENDING
+        edge: where for edge, where in import_edges().items() if RANK[edge[1]] > RANK[edge[0]]
     }
     assert not upward, "imports of a higher layer:\n" + "\n".join(
         f"  {a} -> {b}: {', '.join(w)}" for (a, b), w in sorted(upward.items())
@@ -159,26 +153,15 @@ def test_no_upward_imports():
 
 
 def test_no_import_cycles_between_subpackages():
-    edges = set(import_edges()) - set(PENDING)
+    edges = set(import_edges())
     assert not _cycles(edges), f"import cycles between subpackages: {_cycles(edges)}"
 
 
-def test_pending_upward_imports_are_still_there():
-    """Remove an entry of PENDING as soon as its import is gone (keeps the list honest)."""
-    edges = import_edges()
-    gone = sorted(edge for edge in PENDING if edge not in edges)
-    assert not gone, f"{gone} no longer imported: delete them from PENDING"
-
-
-#: "file: imported private module" -> what removes it
-PENDING_PRIVATE: dict[str, str] = {}
-
-
-def private_imports_of_cli() -> dict[str, str]:
+def private_imports_of_cli(src: Path = SRC) -> dict[str, str]:
     """``"file: module"`` for every private module of another subpackage the CLI imports."""
     found = {}
-    for path in sorted((SRC / "cli").glob("*.py")):
-        module = _module_name(path)
+    for path in sorted((src / "cli").glob("*.py")):
+        module = _module_name(path, src)
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -186,17 +169,20 @@ def private_imports_of_cli() -> dict[str, str]:
                     parts = name.split(".")
                     other = len(parts) > 2 and parts[1] != "cli"
                     if other and any(p.startswith("_") for p in parts[2:]):
-                        found[f"{path.relative_to(SRC.parent)}: {name}"] = str(node.lineno)
+                        found[f"{path.relative_to(src.parent)}: {name}"] = str(node.lineno)
     return found
 
 
 def test_cli_imports_public_names_only():
     """The CLI calls what a notebook calls: ``stalign.<module>.<name>``, no private module."""
-    extra = set(private_imports_of_cli()) - set(PENDING_PRIVATE)
-    assert not extra, f"the CLI imports private modules: {sorted(extra)}"
-
-
-def test_pending_private_imports_are_still_there():
     found = private_imports_of_cli()
-    gone = sorted(entry for entry in PENDING_PRIVATE if entry not in found)
-    assert not gone, f"{gone} are gone: delete them from PENDING_PRIVATE"
+    assert not found, f"the CLI imports private modules: {sorted(found)}"
+
+
+def test_the_checker_sees_a_private_module_imported_by_name(tmp_path):
+    """A guard on the checker: ``from ..bench import _cache`` is a private import."""
+    cli = tmp_path / "stalign" / "cli"
+    cli.mkdir(parents=True)
+    (cli / "_x.py").write_text("from ..bench import _cache\nfrom ..io import read_visium\n")
+    found = private_imports_of_cli(tmp_path / "stalign")
+    assert list(found) == ["stalign/cli/_x.py: stalign.bench._cache"]

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stalign.pipeline import PipelineConfig, ShuffledPairs, _without_lora, run_pipeline
+from stalign.models import remove_lora
+from stalign.pipeline import PipelineConfig, ShuffledPairs, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +93,7 @@ def test_without_lora_merges_to_base_weights():
             if "lora_B" in name:
                 p.normal_()
     x = torch.rand(2, 3, 32, 32)
-    base = _without_lora(enc)
+    base = remove_lora(enc)
     enc.eval()
     base.eval()
     assert not torch.allclose(enc(x), base(x))
@@ -118,7 +119,7 @@ def test_without_lora_is_the_pre_training_encoder_bit_for_bit(tmp_path):
         for name, p in enc.named_parameters():
             if "lora_" in name:
                 p.normal_()  # a trained adapter: B != 0
-    base = _without_lora(enc)
+    base = remove_lora(enc)
     assert base.peft_model is None and enc.peft_model is not None  # enc untouched
     assert not any("lora_" in name for name, _ in base.named_parameters())
     assert any("lora_B" in name for name, _ in enc.named_parameters())

@@ -9,7 +9,6 @@ report needs several seeds, a control and simple baselines in the same run).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -430,23 +429,6 @@ class ShuffledPairs:
         return item
 
 
-def _without_lora(encoder: Any) -> Any:
-    """Return a copy of ``encoder`` with its LoRA adapters removed: the encoder it started from.
-
-    LoRA keeps the base weights frozen, so peft's `unload` (the
-    adapter layers replaced by the layers they wrap, nothing merged) gives back the
-    backbone the alignment started from, bit for bit, with the same colour
-    normalisation as the aligned export. ``encoder`` itself is not modified; one
-    without adapters is returned as a plain copy.
-    """
-    base = copy.deepcopy(encoder)
-    if base.peft_model is not None:
-        base.model = base.peft_model.unload()
-        object.__setattr__(base, "peft_model", None)
-        base.__dict__.pop("lora_summary", None)  # set by add_lora
-    return base
-
-
 def _training_summary(result: Any, curves_png: Path | None) -> dict[str, Any]:
     """Summarise the validation numbers of one `stalign.train.fit` run (joint space)."""
     history = result.history
@@ -676,7 +658,7 @@ def run_pipeline(
         if not shuffled:
             base_name = f"baseline_seed{seed}"
             exports[base_name] = models.export(
-                _without_lora(encoder), out / "exports" / base_name, adapter=False
+                models.remove_lora(encoder), out / "exports" / base_name, adapter=False
             )["timm"]
         curves = pl.save_training_curves(result.history, out / "train" / name / "curves.png")
         training[name] = _training_summary(result, curves)

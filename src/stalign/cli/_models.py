@@ -210,9 +210,9 @@ def run_export(args: argparse.Namespace) -> int:
         model.image_tower.encoder, args.out, merged=not args.no_merged, adapter=not args.no_adapter
     )
     if args.baseline:
-        from ..pipeline import _without_lora
+        from ..models import remove_lora
 
-        base = _without_lora(model.image_tower.encoder)
+        base = remove_lora(model.image_tower.encoder)
         written["baseline"] = export(base, Path(args.out) / "baseline", adapter=False)["timm"]
     for kind, path in written.items():
         print(f"{kind}: {path}")

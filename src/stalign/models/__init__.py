@@ -7,7 +7,7 @@
 
 from ._encoder import Encoder, create_encoder, load_state_dict_file
 from ._export import export, export_adapter, export_timm, load_exported
-from ._lora import LoraSummary, add_lora, count_parameters, lora_target_names
+from ._lora import LoraSummary, add_lora, count_parameters, lora_target_names, remove_lora
 from ._packaged import weights_available
 from ._registry import (
     EncoderConfig,
@@ -32,5 +32,6 @@ __all__ = [
     "load_state_dict_file",
     "lora_target_names",
     "register_encoder",
+    "remove_lora",
     "weights_available",
 ]

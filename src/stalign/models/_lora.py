@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from torch import nn
 
 from ._encoder import Encoder
 
-__all__ = ["LoraSummary", "add_lora", "count_parameters", "lora_target_names"]
+__all__ = ["LoraSummary", "add_lora", "count_parameters", "lora_target_names", "remove_lora"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,3 +191,19 @@ def add_lora(
     object.__setattr__(encoder, "lora_summary", summary)
     logger.info("%s: %s", encoder.name, summary)
     return encoder
+
+
+def remove_lora(encoder: Encoder) -> Encoder:
+    """Return a copy of ``encoder`` with its LoRA adapters removed: the encoder it started from.
+
+    LoRA keeps the base weights frozen, so peft's ``unload`` (the adapter layers replaced
+    by the layers they wrap, nothing merged) gives back the backbone an alignment started
+    from, bit for bit, with the same colour normalisation as the aligned export.
+    ``encoder`` itself is not modified; one without adapters is returned as a plain copy.
+    """
+    base = copy.deepcopy(encoder)
+    if base.peft_model is not None:
+        base.model = base.peft_model.unload()
+        object.__setattr__(base, "peft_model", None)
+        base.__dict__.pop("lora_summary", None)  # set by add_lora
+    return base
