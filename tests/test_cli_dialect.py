@@ -28,7 +28,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 COMMANDS = _subparsers(build_parser())
 #: commands whose modules other work owned during this change; harmonised next
-PENDING = {"evaluate"}
+PENDING: set[str] = set()
 
 
 def _commands() -> list:

@@ -220,7 +220,8 @@ def test_evaluate_errors(small_store, tmp_path, capsys):
     cli = ["evaluate", "--pairs", str(small_store), "--encoder", "x=vit_tiny_patch16_224", "--out"]
     both = ["--test-samples", "MOB3", "--test-patients", "mouse1", "--shard", "0/1"]
     assert main([*cli, str(tmp_path / "cli"), *both]) != 0
-    assert "not both" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "not both" in captured.err, captured
 
     with pytest.raises(ValueError, match="references"):
         evaluate(small_store, [], out=tmp_path, references=("colour",))

@@ -396,6 +396,7 @@ class EvaluationSpec:
         if unknown:
             msg = f"references {unknown} unknown; choose from {REFERENCES}"
             raise ValueError(msg)
+        _check_encoder_names(self)
         labels = [lab for lab, _ in self.encoders]
         if len(set(labels)) != len(labels):
             msg = f"encoder labels must be unique, got {labels}"
@@ -448,6 +449,26 @@ class EvaluationSpec:
             else:
                 sets.append(FeatureSet(REFERENCE_FEATURES[r].label, "reference", r))
         return sets
+
+
+def _check_encoder_names(spec: EvaluationSpec) -> None:
+    """Refuse an encoder name that is neither a path, a registry nor a timm name, up front."""
+    from ..models import get_encoder_config
+
+    named = [
+        (label, src)
+        for label, source in spec.encoders
+        for src in (source if isinstance(source, list | tuple) else [source])
+        if isinstance(src, str) and not os.path.exists(src)
+    ]
+    if "random" in spec.references:
+        named += [("random", name) for name in spec.random_encoder]
+    for label, name in named:
+        try:
+            get_encoder_config(name)
+        except (ValueError, FileNotFoundError) as e:
+            msg = f"encoder {label}={name}: {e}"
+            raise ValueError(msg) from None
 
 
 def _split_by(

@@ -7,9 +7,20 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``evaluate`` to ``subparsers``."""
-    p = subparsers.add_parser(
+    from ._args import (
+        add_command,
+        add_deprecated_alias,
+        add_deprecated_positional,
+        add_list,
+        format_default,
+        settings_defaults,
+    )
+
+    d = settings_defaults("bench._evaluate", "EvaluationSpec")
+    p = add_command(
+        subparsers,
         "evaluate",
-        help="compare encoders (baseline vs aligned export) on a pairs store; write a report",
+        summary="compare encoders (baseline vs aligned export) on a pairs store; write a report",
         description=(
             "Score encoders and reference features (colour histogram, 8x8 pixels, squidpy "
             "features, library size, a random-weights encoder) on the same pairs store: HEST "
@@ -17,8 +28,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "image->profile retrieval, attention-MIL marker prediction. Writes OUT/report.md, "
             "led by an overall verdict, with tables and figures."
         ),
+        examples=[
+            "stalign evaluate --pairs results/pairs --encoder baseline=results/export/baseline "
+            "--encoder shuffled=results/export/shuffled --encoder aligned=results/export/aligned "
+            "--test-patients mouse2 --out results/evaluation",
+            "stalign evaluate --pairs results/pairs --encoder aligned=results/export/aligned "
+            "--test-samples C5 C6 --references histogram library_size --out results/eval_c",
+        ],
     )
-    p.add_argument("pairs", help="pairs store (the --out of `stalign build-pairs`)")
+    p.add_argument("--pairs", help="pairs store (the --out of `stalign build-pairs`); required")
+    add_deprecated_positional(p, "--pairs", dest="pairs", metavar="PAIRS")
     p.add_argument(
         "--encoder",
         dest="encoders",
@@ -32,17 +51,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--out", required=True, help="output directory of the report")
-    p.add_argument(
+    add_list(
+        p,
         "--test-patients",
-        nargs="+",
-        default=None,
         metavar="ID",
         help="fixed test patients (default: leave one patient out)",
     )
-    p.add_argument(
+    add_list(
+        p,
         "--test-samples",
-        nargs="+",
-        default=None,
         metavar="ID",
         help="fixed test sections (sample_id), instead of --test-patients: a split by section "
         "(weaker than by patient: sections of one tumour are near-replicates)",
@@ -50,68 +67,86 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--split-by",
         choices=("patient", "sample"),
-        default=None,
         help="unit of the folds: patient, or sample (section; leave one section out without "
         "--test-samples) (default: sample with --test-samples, else patient)",
     )
-    p.add_argument(
+    add_list(
+        p,
         "--references",
-        default="histogram,pixels,squidpy,library_size,random",
-        help="comma-separated reference features (default: "
-        "histogram,pixels,squidpy,library_size,random; 'none' for none)",
+        metavar="NAME",
+        help="reference feature sets, or 'none'" + format_default(d["references"]),
+    )
+    add_list(
+        p,
+        "--random-encoders",
+        dest="random_encoder",
+        metavar="NAME",
+        help="registry name(s) of the random-weights reference, one row each"
+        + format_default(d["random_encoder"]),
+    )
+    add_deprecated_alias(
+        p, "--random-encoder", "--random-encoders", dest="random_encoder", list_values=True
     )
     p.add_argument(
-        "--random-encoder",
-        default="vit_tiny_patch16_224",
-        help="registry name(s) of the random-weights reference, comma-separated, one row "
-        "each (default vit_tiny_patch16_224)",
+        "--img-size",
+        type=int,
+        dest="image_size",
+        metavar="PX",
+        help="input side in px of encoders created by name (default: their config's)",
     )
-    p.add_argument("--image-size", type=int, default=None, help="encoder input side in px")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
-    p.add_argument(
+    add_deprecated_alias(p, "--image-size", "--img-size", dest="image_size", type=int)
+    add_list(p, "--seeds", type=int, metavar="SEED", help="seeds" + format_default(d["seeds"]))
+    add_list(
+        p,
         "--probes",
-        default="ridge",
-        help="comma-separated spot probes: ridge (HEST), ridge_cv, mlp (default ridge)",
+        metavar="PROBE",
+        help="spot probes: ridge (HEST), ridge_cv, mlp" + format_default(d["probes"]),
     )
     p.add_argument(
         "--protocol",
         choices=("hest_robust", "hest"),
-        default="hest_robust",
         help="probe feature pipeline: hest (HEST-Benchmark exactly) or hest_robust (also drops "
-        "training-constant features and clips test features to their training range) "
-        "(default hest_robust)",
+        "training-constant features and clips test features to their training range)"
+        + format_default(d["protocol"]),
     )
-    p.add_argument("--marker-genes", nargs="+", default=None, help="marker genes for the MIL")
+    add_list(
+        p,
+        "--marker-genes",
+        metavar="GENE",
+        help="marker genes of the MIL tasks (default: the most variable balanced panel genes)",
+    )
     p.add_argument(
         "--n-markers",
         type=int,
         nargs=2,
-        default=[2, 2],
         metavar=("GENES", "PATHWAYS"),
-        help="number of default MIL marker tasks: genes and pathways (default 2 2)",
+        help="number of MIL marker tasks chosen automatically: genes and pathways"
+        + format_default((d["n_marker_genes"], d["n_marker_pathways"])),
     )
-    p.add_argument("--mil-epochs", type=int, default=30, help="ABMIL epochs (default 30)")
-    p.add_argument("--batch-size", type=int, default=64, help="patches per forward pass")
+    p.add_argument("--mil-epochs", type=int, help="ABMIL epochs" + format_default(d["mil_epochs"]))
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="patches per forward pass" + format_default(d["batch_size"]),
+    )
     p.add_argument(
         "--device",
-        default="auto",
-        help="where encoders run: auto (CUDA if available, bf16 there), cpu, cuda, cuda:1 ...",
+        help="where encoders run: auto (CUDA if available, bf16 there), cpu, cuda, cuda:1 ..."
+        + format_default(d["device"]),
     )
     p.add_argument(
         "--cache",
-        default=None,
         metavar="DIR",
-        help="feature cache (default OUT/cache); reuse it across runs on the same store",
+        help="feature cache; reuse it across runs on the same store (default: OUT/cache)",
     )
     p.add_argument(
         "--chunk-rows",
         type=int,
-        default=1024,
-        help="patches read and featurised at once (bounds memory; default 1024)",
+        help="patches read and featurised at once (bounds memory)"
+        + format_default(d["chunk_rows"]),
     )
     p.add_argument(
         "--shard",
-        default=None,
         metavar="I/N",
         help="only fill the feature cache for samples I, I+N, ... and stop (array jobs); "
         "then run evaluate once without --shard to score",
@@ -119,41 +154,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="cap BLAS/torch threads (1 is fastest on small shared CPU machines)",
+        help="cap BLAS/torch threads; 1 is fastest on small shared CPU machines (default: no cap)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run)
 
 
+#: argparse dest → EvaluationSpec field, for flags given as they are
+_SAME = (
+    "test_patients",
+    "test_samples",
+    "split_by",
+    "random_encoder",
+    "image_size",
+    "seeds",
+    "probes",
+    "protocol",
+    "marker_genes",
+    "mil_epochs",
+    "batch_size",
+    "device",
+    "chunk_rows",
+)
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """Return the EvaluationSpec keywords the command line set (others keep defaults)."""
+    options = {k: getattr(args, k) for k in _SAME if getattr(args, k) is not None}
+    if args.references is not None:
+        options["references"] = [] if args.references == ["none"] else args.references
+    if args.n_markers is not None:
+        options["n_marker_genes"], options["n_marker_pathways"] = args.n_markers
+    if args.cache is not None:
+        options["cache_dir"] = args.cache
+    options["progress"] = not args.no_progress
+    return options
+
+
 def _run(args: argparse.Namespace) -> int:
     from ..bench import EvaluationSpec, embed_features, evaluate
+    from ._args import take_positional
 
-    refs = [] if args.references.strip() == "none" else args.references.split(",")
-    options = dict(
-        test_patients=args.test_patients,
-        test_samples=args.test_samples,
-        split_by=args.split_by,
-        references=[r.strip() for r in refs if r.strip()],
-        random_encoder=[n.strip() for n in args.random_encoder.split(",") if n.strip()],
-        image_size=args.image_size,
-        seeds=args.seeds,
-        probes=[q.strip() for q in args.probes.split(",") if q.strip()],
-        protocol=args.protocol,
-        marker_genes=args.marker_genes,
-        n_marker_genes=args.n_markers[0],
-        n_marker_pathways=args.n_markers[1],
-        mil_epochs=args.mil_epochs,
-        batch_size=args.batch_size,
-        device=args.device,
-        cache_dir=args.cache,
-        chunk_rows=args.chunk_rows,
-        progress=not args.no_progress,
-    )
+    take_positional(args, "stalign evaluate", "--pairs", dest="pairs")
+    options = _options(args)
+    spec = EvaluationSpec(pairs_dir=args.pairs, encoders=args.encoders, out=args.out, **options)
     if args.shard:
         from ..pairs import PairsDataset, parse_shard
 
-        spec = EvaluationSpec(pairs_dir=args.pairs, encoders=args.encoders, out=args.out, **options)
         cache = embed_features(spec, PairsDataset(args.pairs), shard=parse_shard(args.shard))
         print(f"shard {args.shard}: features cached in {cache.root}")
         return 0
