@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,32 @@ def mob_dir() -> Path:
     return EXAMPLES / "mob"
 
 
+#: set to 1 (e.g. in CI) to fail, not skip, the tests that need ../shared/data
+REQUIRE_SHARED_DATA_ENV = "STALIGN_REQUIRE_SHARED_DATA"
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` beside the repository; skips the test when it is absent."""
+    """``../shared/data`` beside the repository.
+
+    When it is absent the test is skipped, or fails with ``STALIGN_REQUIRE_SHARED_DATA=1``.
+    Every test using this fixture (directly or through another fixture) carries the
+    ``shared_data`` marker (`pytest_collection_modifyitems`), so ``-m shared_data`` lists
+    them and ``-m "not shared_data"`` leaves them out.
+    """
     if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not present beside the repository")
+        msg = f"{SHARED_DATA} is not present beside the repository"
+        if os.environ.get(REQUIRE_SHARED_DATA_ENV) == "1":
+            pytest.fail(f"{msg} ({REQUIRE_SHARED_DATA_ENV}=1)")
+        pytest.skip(msg)
     return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark every test that needs the ``shared_data`` fixture with ``shared_data``."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared_data)
 
 
 @pytest.fixture(scope="session")
