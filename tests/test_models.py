@@ -172,7 +172,8 @@ def test_add_lora_last_n_blocks_and_convnet():
     )
     assert {t.split(".")[1] for t in enc.lora_summary.target_modules} == {"10", "11"}
     cnn = models.add_lora(models.create_encoder("resnet18"), r=4)
-    assert all(isinstance(m, torch.nn.Module) for m in [cnn])
+    trainable = [n for n, p in cnn.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)  # the backbone stays frozen
     assert any(
         t.startswith("layer4") and t.endswith("conv2") for t in cnn.lora_summary.target_modules
     )
