@@ -623,3 +623,48 @@ def test_a_malformed_gmt_is_one_line_naming_file_and_line(tmp_path, one, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{gmt}:{line}:" in err[0] and why in err[0], err
     assert not list(out.glob("samples/*"))
+
+
+# ----------------------------------------------------------------------------- litter (21.15)
+_KILLED_WRITER = """
+import os, signal, sys
+from stalign._utils import atomic_path
+with atomic_path(sys.argv[1], suffix=sys.argv[2]) as tmp:
+    tmp.write_bytes(b"x" * 100_000)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    return int(proc.stdout)
+
+
+@pytest.mark.parametrize("suffix", [".h5.tmp", ".png"])
+def test_the_next_write_removes_the_temp_file_of_a_killed_one(tmp_path, suffix):
+    from stalign._utils import atomic_write_bytes
+
+    target = tmp_path / "qc" / "figure"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(target), suffix])
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list(target.parent.glob(".figure.*"))) == 1  # the killed run's litter
+    live = target.parent / f".figure.{os.getpid()}.busy{suffix}"  # a live writer's file
+    live.write_bytes(b"")
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert list(target.parent.glob(".figure.*")) == [live]
+
+
+def test_build_pairs_removes_shard_litter_of_gone_processes(tmp_path, ref, manifest):
+    out = tmp_path / "pairs"
+    shutil.copytree(ref, out)
+    dead = _dead_pid()
+    gone = [out / "samples" / f".tmp-DROPPED.old{dead}", out / "samples" / f".tmp-DROPPED.{dead}"]
+    busy = out / "samples" / f".tmp-OTHER.{os.getpid()}"  # e.g. another shard job, alive
+    for d in [*gone, busy]:
+        d.mkdir()
+        (d / "patches.h5").write_bytes(b"x" * 1000)
+    assert main(["build-pairs", str(manifest), "--out", str(out), *CLI_FAST]) == 0
+    assert not any(d.exists() for d in gone) and busy.is_dir()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import logging
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from ._lock import _pid_alive
 
 logger = logging.getLogger("stalign")
 
@@ -23,7 +26,10 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=suffix or ".tmp", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600: give the usual mode
@@ -71,6 +77,23 @@ def _no_space_left(folder: Path) -> bool:
         return os.statvfs(folder).f_bavail == 0
     except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
         return False
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Remove the temporary files of `atomic_path` for ``path`` whose process is gone.
+
+    A run killed inside `atomic_path` leaves ``.<name>.<pid>.<random><suffix>`` beside
+    ``path``; the next write of ``path`` removes those of dead processes (a live one,
+    e.g. a concurrent run, keeps its file). Returns how many were removed.
+    """
+    prefix = f".{path.name}."
+    removed = 0
+    for entry in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = entry.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _umask() -> int:

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from .._lock import _pid_alive
 from .._utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -243,7 +244,8 @@ def new_shard_tmpdir(out: str | os.PathLike, sample_id: str) -> Path:
 def clean_stale_tmpdirs(out: str | os.PathLike, sample_ids: Sequence[str]) -> int:
     """Remove temporary shard directories left by killed runs for ``sample_ids``.
 
-    Only directories of the given samples are touched, so concurrent shard jobs
+    Directories of other samples are removed only when the process named in them is
+    gone (e.g. a sample since dropped from the manifest), so concurrent shard jobs
     (``--shard I/N``) working on other samples are never disturbed.
     """
     parent = Path(out) / SAMPLES_DIR
@@ -254,8 +256,9 @@ def clean_stale_tmpdirs(out: str | os.PathLike, sample_ids: Sequence[str]) -> in
     for entry in parent.iterdir():
         if not entry.name.startswith(_TMP_PREFIX):
             continue
-        sid = entry.name[len(_TMP_PREFIX) :].rsplit(".", 1)[0]
-        if sid in wanted:
+        sid, _, owner = entry.name[len(_TMP_PREFIX) :].rpartition(".")
+        pid = owner.removeprefix("old")  # .tmp-<id>.<pid> or, being deleted, .tmp-<id>.old<pid>
+        if sid in wanted or (pid.isdigit() and not _pid_alive(int(pid))):
             shutil.rmtree(entry, ignore_errors=True)
             removed += 1
     return removed
