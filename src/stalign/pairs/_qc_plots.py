@@ -62,7 +62,8 @@ def qc_spots(
     spots
         One row per spot with level-0 pixel ``x``, ``y`` and ``reason`` (``""``
         for kept spots, else one of ``outside_image``, ``not_in_tissue_call``,
-        ``low_tissue``, ``no_counts``) — the ``spots.csv`` of a shard.
+        ``low_tissue``, ``no_counts``, ``below_rarefy_depth``) — the ``spots.csv`` of
+        a shard.
     scale
         Level-0 px per thumbnail px.
     spot_diameter_px

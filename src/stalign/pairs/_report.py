@@ -182,7 +182,8 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
             "",
             "Green: kept; orange: patch below the tissue threshold; grey: outside the "
             "platform's tissue call; red: patch window leaves the image; purple: no counts; "
-            "blue line: the slide's tissue mask.",
+            "lilac: fewer counts than the rarefaction depth; blue line: the slide's tissue "
+            "mask.",
             "",
         ]
         md += [f"![{sid}]({sid}_spots.png)" for sid in spots]
