@@ -27,6 +27,13 @@ from ._features import (
 )
 from ._genes import hest_gene_panel
 from ._mil import MarkerResult, marker_prediction
+from ._positive_control import (
+    PlantedPairs,
+    PositiveControlResult,
+    plant_grating,
+    planted_signal_pairs,
+    positive_control,
+)
 from ._probe import PROTOCOLS, ProbeResult, gene_prediction, pathway_prediction, pearson_columns
 from ._publish import check_evaluation_outputs
 from ._retrieval import RetrievalResult, retrieval
@@ -39,6 +46,8 @@ __all__ = [
     "EvaluationSpec",
     "MarkerResult",
     "MarkerTask",
+    "PlantedPairs",
+    "PositiveControlResult",
     "ProbeResult",
     "Reference",
     "RetrievalResult",
@@ -59,6 +68,9 @@ __all__ = [
     "partial_pearson",
     "pathway_prediction",
     "pearson_columns",
+    "plant_grating",
+    "planted_signal_pairs",
+    "positive_control",
     "region_tasks",
     "retrieval",
     "run_evaluation",
