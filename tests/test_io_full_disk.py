@@ -107,3 +107,15 @@ def test_evaluate_on_a_full_disk(tmp_path, mob_dir):
     cmd += ["--image-size", "32", "--device", "cpu", "--references", "none", "--seeds", "0"]
     line = _check_one_line(_full_disk_run(100_000, *cmd, "--no-progress"), "evaluate", out)
     assert "cache" in line, line
+
+
+def test_embed_h5ad_given_a_jpeg_names_the_file(tmp_path, mob_dir, capsys):
+    """Issue 21.14: 'file signature not found' without the file."""
+    from stalign.cli import main
+
+    jpeg = tmp_path / "MOB1.h5ad"
+    jpeg.write_bytes((mob_dir / "MOB1.jpg").read_bytes())
+    cmd = ["embed", "--h5ad", str(jpeg), "--out", str(tmp_path / "o.h5ad"), *TINY]
+    assert main(cmd) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--h5ad {jpeg}: not an AnnData .h5ad (HDF5) file" in err[0], err

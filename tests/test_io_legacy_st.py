@@ -192,3 +192,21 @@ def test_missing_files(mob_dir, tmp_path):
     shutil.copy(mob_dir / "MOB1.tsv.gz", tmp_path / "MOB1.tsv.gz")
     with pytest.raises(FileNotFoundError, match=r"alignment_table_MOB1\.tsv"):
         read_legacy_st(tmp_path / "MOB1.tsv.gz")
+
+
+@pytest.mark.faults
+def test_a_missing_gene_name_table_is_explained_in_file_words(mob_dir, tmp_path, caplog):
+    """Issue 21.14: without mouse_genes.tsv.gz the user was told about adata.var[...]."""
+    for name in ("MOB1.tsv.gz", "MOB1.jpg", "alignment_table_MOB1.tsv"):
+        shutil.copy(mob_dir / name, tmp_path / name)
+    with caplog.at_level("WARNING", logger="stalign"):
+        adata = read_legacy_st(tmp_path / "MOB1.tsv.gz")
+    assert adata.var_names[0].startswith("ENSMUSG")
+    text = " ".join(r.getMessage() for r in caplog.records if "gene-name table" in r.getMessage())
+    assert str(tmp_path / "MOB1.tsv.gz") in text and "mouse_genes.tsv.gz" in text
+    assert "adata" not in text
+    caplog.clear()
+    shutil.copy(mob_dir / "mouse_genes.tsv.gz", tmp_path / "mouse_genes.tsv.gz")
+    with caplog.at_level("WARNING", logger="stalign"):
+        read_legacy_st(tmp_path / "MOB1.tsv.gz")
+    assert not [r for r in caplog.records if "gene-name table" in r.getMessage()]

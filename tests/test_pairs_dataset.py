@@ -208,3 +208,16 @@ def test_an_index_that_disagrees_with_its_shard_is_refused(copy, field, value):
         PairsDataset(copy)
     with pytest.raises(ValueError, match=rf"index\.json.*MOB2.*{field}"):
         PairsDataset(copy, split="train")
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("name", ["patches.h5", "pairs.h5ad"])
+def test_a_corrupt_shard_header_is_named(copy, name):
+    """Issue 21.14: a damaged HDF5 header (size and mtime kept) gave 'Unable to
+    synchronously open file (…)' without the file."""
+    path = copy / "samples" / "MOB2" / name
+    PairsDataset(copy)  # the stat cache records the copy
+    for offset in range(8, 64):  # the superblock after the signature
+        _flip_byte(path, offset, keep_mtime=True)
+    with pytest.raises(ValueError, match=rf"{path}: not a readable HDF5 file.*--verify"):
+        PairsDataset(copy)[0]

@@ -193,7 +193,11 @@ def run_embed(args: argparse.Namespace) -> int:
     if not path.is_file():
         msg = f"--h5ad {str(path)!r} does not exist"
         raise FileNotFoundError(msg)
-    adata = ad.read_h5ad(path)
+    try:
+        adata = ad.read_h5ad(path)
+    except OSError as e:  # h5py: "file signature not found" for a JPEG, …
+        msg = f"--h5ad {path}: not an AnnData .h5ad (HDF5) file ({' '.join(str(e).split())})"
+        raise ValueError(msg) from e
     embed(adata, encoder, key_added=args.key_added, mpp=args.mpp, size_px=args.size_px, **common)
     adata.write_h5ad(args.out)
     print(f"wrote {adata.n_obs} embeddings to {args.out}")

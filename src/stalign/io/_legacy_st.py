@@ -366,6 +366,29 @@ def _grid_mpp(
     return grid
 
 
+#: an Ensembl gene id (e.g. ENSMUSG00000029580, ENSG00000075624.17)
+_ENSEMBL_ID = re.compile(r"ENS[A-Z]*G\d{6,}(\.\d+)?")
+
+
+def _warn_ids_without_names(gene_ids: pd.Index, counts_path: Path) -> None:
+    """Warn when the genes are Ensembl ids and no id -> name table was found beside them.
+
+    Gene-set scores (symbols) then match no gene; the warning says which file is missing
+    and where it belongs, in the words of the files a user handles.
+    """
+    sample = gene_ids[:200]
+    if len(sample) and sum(bool(_ENSEMBL_ID.fullmatch(g)) for g in sample) > len(sample) / 2:
+        logger.warning(
+            "%s: the genes are Ensembl ids (e.g. %s) and no gene-name table "
+            "(*genes.tsv[.gz], id<TAB>name) is beside it in %s, so gene sets of gene "
+            "symbols (hallmark, reactome, ...) will match no gene: put the table (e.g. "
+            "mouse_genes.tsv.gz) next to the counts or pass genes=",
+            counts_path,
+            gene_ids[0],
+            counts_path.parent,
+        )
+
+
 def read_legacy_st(
     counts: PathLike,
     *,
@@ -457,6 +480,8 @@ def read_legacy_st(
 
     gene_ids = df.columns.astype(str)
     symbols = None if genes_path is None else _gene_symbols(gene_ids, genes_path, counts_path)
+    if genes_path is None:
+        _warn_ids_without_names(gene_ids, counts_path)
     var = make_var(gene_ids, None if symbols is None else symbols.to_numpy(), source=counts_path)
 
     xy = pos[["pixel_x", "pixel_y"]].to_numpy(float)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +193,8 @@ class PairsDataset(_TorchDataset):
             check_indexed_shard(self.root, self.index_json, s, verify=verify)
         for k, s in enumerate(chosen):
             sdir = self.root / s["path"]
-            adata = ad.read_h5ad(sdir / PAIRS_H5AD, backed="r")
+            with _shard_file(sdir / PAIRS_H5AD):
+                adata = ad.read_h5ad(sdir / PAIRS_H5AD, backed="r")
             obs = adata.obs[["sample_id", "patient_id"]].astype(str).copy()
             obs["barcode"] = adata.obs_names.astype(str)
             for col in (K.TISSUE_FRACTION, "total_counts"):
@@ -231,7 +233,7 @@ class PairsDataset(_TorchDataset):
     def _barcode_rows(path: Path, barcodes: np.ndarray) -> np.ndarray:
         import h5py
 
-        with h5py.File(path, "r") as f:
+        with _shard_file(path), h5py.File(path, "r") as f:
             stored = [b.decode() if isinstance(b, bytes) else str(b) for b in f["barcode"][:, 0]]
         pos = pd.Index(stored).get_indexer(barcodes)
         if (pos < 0).any():
@@ -251,7 +253,8 @@ class PairsDataset(_TorchDataset):
             self._pid = os.getpid()
         f = self._handles.get(k)
         if f is None:
-            f = h5py.File(self._files[k], "r")
+            with _shard_file(self._files[k]):
+                f = h5py.File(self._files[k], "r")
             self._handles[k] = f
         return f
 
@@ -381,6 +384,19 @@ class PairsDataset(_TorchDataset):
         new.pathways = self.pathways[idx]
         new._rows = self._rows[idx]
         return new
+
+
+@contextlib.contextmanager
+def _shard_file(path: Path) -> Iterator[None]:
+    """Turn HDF5's error on opening a damaged shard file into one naming the file."""
+    try:
+        yield
+    except OSError as e:  # e.g. "Unable to synchronously open file (ring type mismatch…)"
+        msg = (
+            f"{path}: not a readable HDF5 file ({' '.join(str(e).split())}); the shard is "
+            "damaged: run build-pairs again with --verify to rebuild it"
+        )
+        raise ValueError(msg) from e
 
 
 def _read_rows(f: Any, rows: np.ndarray) -> np.ndarray:
