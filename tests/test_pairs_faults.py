@@ -668,3 +668,16 @@ def test_build_pairs_removes_shard_litter_of_gone_processes(tmp_path, ref, manif
         (d / "patches.h5").write_bytes(b"x" * 1000)
     assert main(["build-pairs", str(manifest), "--out", str(out), *CLI_FAST]) == 0
     assert not any(d.exists() for d in gone) and busy.is_dir()
+
+
+def test_absent_panel_genes_are_warned_and_reported(tmp_path, one):
+    """Issue 21.13: they were dropped silently (a 3-gene store, no word)."""
+    panel = tmp_path / "panel.txt"
+    panel.write_text("Actb\nPtgds\nApod\nNOT_A_GENE1\nNOT_A_GENE2\n")
+    out = tmp_path / "pairs"
+    with pytest.warns(UserWarning, match=r"2 of 5 genes .* NOT_A_GENE1, NOT_A_GENE2"):
+        build_pairs(one, out, gene_panel=str(panel), **FAST)
+    entry = read_index(out)["samples"][0]
+    assert entry["n_genes"] == 3
+    report = (out / "qc" / "report.md").read_text()
+    assert "panel genes missing" in report and "NOT_A_GENE1, NOT_A_GENE2" in report

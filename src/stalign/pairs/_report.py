@@ -128,6 +128,7 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
                 "median counts (kept)": f"{kept['total_counts'].median():.0f}",
                 "median tissue (kept)": f"{kept['tissue_fraction'].median():.2f}",
                 "genes": s["n_genes"],
+                **_panel_column(rec),
                 "pathways": s["n_pathways"],
                 "patches from": _patch_source(rec),
                 "licence": s.get("license") or "unknown",
@@ -256,6 +257,12 @@ def _depth_row(
         row["dropped below rarefy depth"] = s["dropped"]["below_rarefy_depth"]
         row["r of 2 draws (median)"] = _fmt(summary.get("median_draw_agreement_r"))
     return row
+
+
+def _panel_column(rec: dict[str, Any]) -> dict[str, str]:
+    """``{'panel genes missing': 'A, B'}`` for a shard whose gene panel named absent genes."""
+    missing = rec.get("panel_missing") or []
+    return {"panel genes missing": ", ".join(missing)} if missing else {}
 
 
 def _fmt(v: Any) -> str:

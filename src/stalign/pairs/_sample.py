@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,24 +79,27 @@ def _counts(adata: Any) -> Any:
     return sp.csr_matrix(X, dtype=np.float32)
 
 
-def _panel_genes(adata: Any, panel: str) -> list[str]:
-    """Return the var_names kept by ``panel`` ('all', 'hvg:N' or a gene-list file)."""
+def _panel_genes(adata: Any, panel: str) -> tuple[list[str], list[str]]:
+    """Return the genes kept by ``panel`` ('all', 'hvg:N' or a gene-list file).
+
+    Also returns the genes of a panel file that the sample lacks (warned: left out).
+    """
     names = list(adata.var_names)
     if panel == "all":
-        return names
+        return names, []
     if panel.startswith("hvg:"):
         import scanpy as sc
 
         n = int(panel[4:])
         if n >= adata.n_vars:
-            return names
+            return names, []
         tmp = sc.AnnData(_counts(adata))
         tmp.var_names = adata.var_names
         sc.pp.normalize_total(tmp, target_sum=1e4)
         sc.pp.log1p(tmp)
         sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat")
         hv = tmp.var["highly_variable"].to_numpy()
-        return [g for g, keep in zip(names, hv, strict=True) if keep]
+        return [g for g, keep in zip(names, hv, strict=True) if keep], []
     wanted = [
         line.strip()
         for line in Path(panel).read_text(encoding="utf-8").splitlines()
@@ -112,7 +116,15 @@ def _panel_genes(adata: Any, panel: str) -> list[str]:
             f"(e.g. panel {wanted[:3]} vs sample {names[:3]})"
         )
         raise SampleError(msg)
-    return found
+    missing = [w for w in dict.fromkeys(wanted) if w.upper() not in lookup]
+    if missing:
+        warnings.warn(
+            f"gene panel {panel}: {len(missing)} of {len(wanted)} genes are not in the sample "
+            f"and are left out: {', '.join(missing[:20])}{' …' if len(missing) > 20 else ''}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return found, missing
 
 
 def _thumbnail(adata: Any, mpp0: float, longest_px: int) -> tuple[np.ndarray, dict[str, float]]:
@@ -271,7 +283,7 @@ def build_sample(
         tissue_qc_info = _tissue_qc_info(
             params, spots.has_call, spots.min_tissue, tmask, pixel_threshold
         )
-        genes = _panel_genes(adata, params.gene_panel)
+        genes, panel_missing = _panel_genes(adata, params.gene_panel)
         pairs = _pairs_anndata(adata, counts, kept, spots, keep, genes, sample, params)
         info = {
             "sample": sample.to_dict(),
@@ -301,6 +313,7 @@ def build_sample(
             "n_pairs": int(keep.sum()),
             "n_genes": len(genes),
             "genes": genes,
+            **({"panel_missing": panel_missing} if panel_missing else {}),
             "pathways": pathway_names,
             "dropped": _dropped(reason, hest=source is not None, rarefy=params.rarefy_depth),
             **({"pathway_depth": depth} if depth else {}),
