@@ -8,7 +8,8 @@ Usage::
 
 git holds the notebooks stripped; the executed copies go to ``build/notebooks/``
 (git-ignored). Each copy records a fingerprint of what its outputs depend on: the
-notebook itself, every file of ``src/stalign`` and ``data/``, and the Python version.
+notebook itself, every file of ``src/stalign`` and ``data/``, the Python version and
+the installed packages (name, version, RECORD digest).
 ``tests/test_notebooks.py`` executes through `ensure_executed`, so a test run
 leaves current copies behind; the docs hook (``docs/_hooks/stalign_docs.py``) renders a
 copy only while its fingerprint matches, else the stripped notebook. A copy made in the
@@ -44,9 +45,26 @@ CELL_TIMEOUT_S = 600
 DEPENDENCIES = (REPO / "src" / "stalign", REPO / "data")
 
 
+def installed_packages() -> list[str]:
+    """Return ``name==version`` of every installed distribution, sorted (with its RECORD digest).
+
+    A notebook's outputs depend on them as much as on stalign's code: an upgraded,
+    downgraded, removed or reinstalled dependency makes the executed copies stale.
+    """
+    from importlib import metadata
+
+    found = set()
+    for dist in metadata.distributions():
+        record = dist.read_text("RECORD") or ""
+        tag = hashlib.sha256(record.encode()).hexdigest()[:16]
+        found.add(f"{dist.metadata['Name']}=={dist.version} {tag}")
+    return sorted(found)
+
+
 def tree_digest() -> str:
-    """Return a digest of src/stalign, data/ and the Python version (outputs depend on them)."""
+    """Return a digest of src/stalign, data/, the Python version and the installed packages."""
     digest = hashlib.sha256(sys.version.encode())
+    digest.update("\n".join(installed_packages()).encode())
     for root in DEPENDENCIES:
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             if "__pycache__" in path.parts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from pathlib import Path
 
@@ -73,7 +74,21 @@ def test_notebook_runs(path, tutorial_out):
     # build/notebooks/ is what the docs site renders; tests/test_docs.py reuses it)
     executor = load_executor()
     start = time.perf_counter()
-    executed = executor.ensure_executed(path, tutorial_out)
+    force = os.environ.get("STALIGN_EXECUTE_NOTEBOOKS") == "1"  # CI: never reuse a copy
+    executed = executor.ensure_executed(path, tutorial_out, force=force)
     errors = executor.errors(executed)
     assert not errors, f"{path.name} raised: {errors}"
     print(f"{path.name}: {time.perf_counter() - start:.1f} s")
+
+
+def test_the_fingerprint_covers_the_installed_packages(monkeypatch):
+    """A cached executed copy is reused only while its fingerprint matches: a changed
+    dependency must change it (before, a broken package passed with the cache present)."""
+    executor = load_executor()
+    notebook = NOTEBOOKS[0]
+    before = executor.fingerprint(notebook)
+    packages = executor.installed_packages()
+    assert any(p.startswith(("numpy==", "torch==")) for p in packages)
+    changed = [p.replace("numpy==", "numpy==0.0.0+broken") for p in packages]
+    monkeypatch.setattr(executor, "installed_packages", lambda: changed)
+    assert executor.fingerprint(notebook) != before
