@@ -3,6 +3,8 @@ as the native readers, and scores go back into the SpatialData table."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -197,25 +199,34 @@ def test_concurrent_writers_of_one_store_are_refused(tmp_path, mob_dir):
     native.obsm["pathway_scores"] = native.obsm["spatial"][:, :1] * 0 + 1.0
     store = tmp_path / "mob1.zarr"
     to_spatialdata(native, path=store, image=False)
-    before = sorted(p.relative_to(store) for p in store.rglob("*"))
-    for lock, call in (
-        (store / ".stalign.lock", lambda: to_spatialdata(native, sdata=store)),
-        (
-            store / ".stalign.lock",
-            lambda: to_spatialdata(native, path=store, image=False, overwrite=True),
-        ),
+    before = _snapshot(store)
+    # the refused writers carry other data, so any write before the lock shows in the bytes
+    changed = native.copy()
+    changed.obsm["pathway_scores"] = native.obsm["pathway_scores"] + 1.0
+    for call in (
+        lambda: to_spatialdata(changed, sdata=store),
+        lambda: to_spatialdata(changed, path=store, image=False, overwrite=True),
     ):
-        proc = _hold_lock(lock)
+        proc = _hold_lock(store / ".stalign.lock")
         try:
             with pytest.raises(FolderLockedError, match=rf"is in use by pid {proc.pid} "):
                 call()
         finally:
             proc.kill()
             proc.wait()
-        after = sorted(p.relative_to(store) for p in store.rglob("*") if p.name != ".stalign.lock")
-        assert after == before
-    to_spatialdata(native, sdata=store)  # the holder is gone: the write-back goes through
-    assert "pathway_scores" in sd.read_zarr(store).tables["table"].obsm
+        assert _snapshot(store) == before  # names, bytes and mtimes
+    to_spatialdata(changed, sdata=store)  # the holder is gone: the write-back goes through
+    scores = sd.read_zarr(store).tables["table"].obsm["pathway_scores"]
+    assert np.all(np.asarray(scores) == 2.0)
+
+
+def _snapshot(store: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of ``store`` but the lock: relative path -> (bytes, mtime ns)."""
+    return {
+        str(p.relative_to(store)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in store.rglob("*")
+        if p.is_file() and p.name != ".stalign.lock"
+    }
 
 
 def test_a_store_created_meanwhile_by_another_writer_is_left_as_is(tmp_path, mob_dir, monkeypatch):
