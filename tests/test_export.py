@@ -120,3 +120,28 @@ def _safetensor_keys(path):
 
     with safe_open(str(path), "pt") as f:
         return list(f.keys())
+
+
+def test_read_provenance_without_one_is_empty(tmp_path):
+    enc = _trained_like_encoder()
+    written = models.export(enc, tmp_path / "plain")
+    prov = models.read_provenance(tmp_path / "plain")
+    assert set(prov) == {"exported_by"}  # no training record was given
+    assert models.read_provenance(written["timm"])["exported_by"] == models.code_provenance()
+    legacy = tmp_path / "legacy"  # an export written before provenance was recorded
+    legacy.mkdir()
+    meta = json.loads((written["timm"] / "stalign.json").read_text())
+    del meta["provenance"]
+    (legacy / "stalign.json").write_text(json.dumps(meta))
+    assert models.read_provenance(legacy) == {}
+    (tmp_path / "empty").mkdir()
+    assert models.read_provenance(tmp_path / "empty") == {}
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.read_provenance(tmp_path / "missing")
+    (legacy / "stalign.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"stalign\.json.*not valid JSON"):
+        models.read_provenance(legacy)
+    given = {"training_patients": ["p1"], "training_samples": ["s1", "s2"]}
+    models.export(enc, tmp_path / "trained", provenance=given, adapter=False)
+    prov = models.read_provenance(tmp_path / "trained")
+    assert {k: prov[k] for k in given} == given

@@ -622,3 +622,30 @@ def test_one_patient_store_without_a_split_says_what_to_do(one_patient_store, tm
     _one_line_error(capsys, "--val-fraction: expected a number in [0, 1)")
     split = ["--train-samples", "MOB1", "--val-samples", "MOB2", "--allow-patient-overlap"]
     assert main([*_train_cli(one_patient_store, out), *split]) == 0
+
+
+# ------------------------------------------------------------------------ provenance
+def test_an_export_records_what_it_was_trained_on(trained_run, store, tmp_path):
+    # issue 21.4: the export's stalign.json recorded no training samples, patients or store
+    from stalign.models import read_provenance
+
+    out = tmp_path / "export"
+    assert main(["export", str(trained_run), "--out", str(out)]) == 0
+    index = json.loads((store / "index.json").read_text())
+    for where in (out, out / "timm", out / "adapter"):
+        prov = read_provenance(where)
+        assert prov["training_samples"] == ["MOB1"] and prov["training_patients"] == ["animal1"]
+        assert prov["validation_samples"] == ["MOB3"]
+        assert prov["validation_patients"] == ["animal2"]
+        assert prov["pairs_store"] == str(store.resolve())
+        assert prov["store_fingerprint"] == index["params_fingerprint"]
+        assert len(prov["store_index_sha256"]) == 64
+        for code in (prov, prov["exported_by"]):
+            assert code["stalign_version"] and code["git_commit"] in (None, _git_head())
+
+
+def _git_head() -> str | None:
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else None

@@ -107,6 +107,9 @@ def test_round_trips_through_a_checkpoint_and_resumes_exactly(pairs, tmp_path):
     assert load_model(tmp_path / "full").target_transform is not None
     plain = fit(tiny_config(tmp_path / "plain", max_steps=2), train)
     assert plain.extra["meta"]["target_transform"] == {"name": "none"}
+    prov = plain.extra["meta"]["provenance"]  # in-memory pairs: labels, no store
+    assert prov["training_patients"] == ["patient"] and prov["validation_samples"] == []
+    assert "pairs_store" not in prov and prov["stalign_version"]
     assert load_model(tmp_path / "plain").target_transform is None
 
 

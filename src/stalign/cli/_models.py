@@ -211,7 +211,11 @@ def run_export(args: argparse.Namespace) -> int:
 
     model = load_model(args.checkpoint)
     written = export(
-        model.image_tower.encoder, args.out, merged=not args.no_merged, adapter=not args.no_adapter
+        model.image_tower.encoder,
+        args.out,
+        merged=not args.no_merged,
+        adapter=not args.no_adapter,
+        provenance=model.meta.get("provenance"),  # training samples, patients, store, commit
     )
     if args.baseline:
         from ..models import remove_lora

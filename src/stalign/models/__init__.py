@@ -6,7 +6,14 @@
 """
 
 from ._encoder import Encoder, create_encoder, load_state_dict_file
-from ._export import export, export_adapter, export_timm, load_exported
+from ._export import (
+    code_provenance,
+    export,
+    export_adapter,
+    export_timm,
+    load_exported,
+    read_provenance,
+)
 from ._lora import LoraSummary, add_lora, count_parameters, lora_target_names, remove_lora
 from ._packaged import weights_available
 from ._registry import (
@@ -21,6 +28,7 @@ __all__ = [
     "EncoderConfig",
     "LoraSummary",
     "add_lora",
+    "code_provenance",
     "count_parameters",
     "create_encoder",
     "export",
@@ -31,6 +39,7 @@ __all__ = [
     "load_exported",
     "load_state_dict_file",
     "lora_target_names",
+    "read_provenance",
     "register_encoder",
     "remove_lora",
     "weights_available",

@@ -11,11 +11,105 @@ from typing import Any
 
 from ._encoder import Encoder
 
-__all__ = ["export", "export_adapter", "export_timm", "load_exported"]
+__all__ = [
+    "code_provenance",
+    "export",
+    "export_adapter",
+    "export_timm",
+    "load_exported",
+    "read_provenance",
+]
 
 logger = logging.getLogger(__name__)
 
 STALIGN_META = "stalign.json"
+_GIT_TIMEOUT_S = 5.0
+
+
+def code_provenance() -> dict[str, str | None]:
+    """Return the version of stalign and, in a git checkout of it, its commit.
+
+    The commit is ``git rev-parse HEAD`` run in the checkout that holds this package (no
+    network); ``None`` for an installed wheel, without git, or on any git error.
+
+    Returns
+    -------
+    dict
+        ``{"stalign_version": ..., "git_commit": ... or None}``.
+    """
+    import subprocess
+
+    from .. import __version__
+
+    root = Path(__file__).resolve().parents[3]  # src/stalign/models/_export.py -> checkout
+    commit = None
+    if (root / ".git").exists() and (root / "src" / "stalign").is_dir():
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=_GIT_TIMEOUT_S,
+                env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+                check=False,
+            )
+            out = done.stdout.strip()
+            commit = out if done.returncode == 0 and len(out) == 40 else None
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return {"stalign_version": __version__, "git_commit": commit}
+
+
+def _write_meta(out: Path, meta: dict[str, Any], provenance: dict[str, Any] | None) -> None:
+    """Write ``stalign.json``: ``meta`` plus the provenance (training data and code)."""
+    from .._utils import atomic_write_text
+
+    record = {**(provenance or {}), "exported_by": code_provenance()}
+    text = json.dumps({**meta, "provenance": record}, indent=2)
+    atomic_write_text(out / STALIGN_META, text + "\n")
+
+
+def read_provenance(export_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read what an export records of how its encoder was trained.
+
+    Parameters
+    ----------
+    export_dir
+        A folder written by [`export`][stalign.models.export] (with ``timm/`` and/or
+        ``adapter/``), or one of those folders.
+
+    Returns
+    -------
+    dict
+        ``training_samples``, ``training_patients``, ``validation_samples``,
+        ``validation_patients`` (sorted lists), ``pairs_store`` (path),
+        ``store_fingerprint`` (the store's ``params_fingerprint``), ``store_index_sha256``,
+        ``stalign_version`` and ``git_commit`` of the training run, and ``exported_by``
+        (the same two of the export); only what the export recorded. Empty for a folder
+        without ``stalign.json`` or an export written before provenance was recorded.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``export_dir`` does not exist.
+    ValueError
+        Its ``stalign.json`` is not valid JSON.
+    """
+    path = Path(export_dir)
+    if not path.exists():
+        msg = f"export folder {str(path)!r} does not exist"
+        raise FileNotFoundError(msg)
+    for folder in (path, path / "timm", path / "adapter"):
+        candidate = folder / STALIGN_META
+        if candidate.is_file():
+            try:
+                meta = json.loads(candidate.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                msg = f"{str(candidate)!r} is not valid JSON: {e}"
+                raise ValueError(msg) from e
+            found = meta.get("provenance") if isinstance(meta, dict) else None
+            return dict(found) if isinstance(found, dict) else {}
+    return {}
 
 
 def _refuse_non_finite(encoder: Encoder) -> None:
@@ -31,13 +125,15 @@ def _refuse_non_finite(encoder: Encoder) -> None:
         raise ValueError(msg)
 
 
-def export_timm(encoder: Encoder, out: str | os.PathLike) -> Path:
+def export_timm(
+    encoder: Encoder, out: str | os.PathLike, *, provenance: dict[str, Any] | None = None
+) -> Path:
     """Save ``encoder`` (LoRA merged into the base weights) as a timm model directory.
 
     The directory holds ``config.json`` (architecture, ``model_args``, ``num_classes=0``
     and a ``pretrained_cfg`` whose ``mean``/``std`` are the encoder's current
     normalisation, e.g. the training cohort's colour statistics), ``model.safetensors``
-    and ``stalign.json`` (the encoder config). Load it with timm alone::
+    and ``stalign.json`` (the encoder config and the provenance). Load it with timm alone::
 
         import timm
         model = timm.create_model("local-dir:/path/to/export", pretrained=True).eval()
@@ -53,6 +149,11 @@ def export_timm(encoder: Encoder, out: str | os.PathLike) -> Path:
         The encoder, with or without LoRA (it is not modified).
     out
         Output directory (created).
+    provenance
+        How the encoder was trained (training/validation samples and patients, pairs
+        store and its fingerprint, stalign version and commit): the ``provenance`` of a
+        training run's ``model.json``; written to ``stalign.json`` with the exporting
+        code's version and commit (see [`read_provenance`][stalign.models.read_provenance]).
 
     Returns
     -------
@@ -90,12 +191,14 @@ def export_timm(encoder: Encoder, out: str | os.PathLike) -> Path:
         "lora_merged": encoder.peft_model is not None,
         "pooling": enc.config.pooling,
     }
-    (out / STALIGN_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    _write_meta(out, meta, provenance)
     logger.info("exported timm model to %s", out)
     return out
 
 
-def export_adapter(encoder: Encoder, out: str | os.PathLike) -> Path:
+def export_adapter(
+    encoder: Encoder, out: str | os.PathLike, *, provenance: dict[str, Any] | None = None
+) -> Path:
     """Save only the LoRA adapter (peft ``save_pretrained``) plus ``stalign.json``.
 
     Parameters
@@ -104,6 +207,11 @@ def export_adapter(encoder: Encoder, out: str | os.PathLike) -> Path:
         An encoder with a LoRA adapter (it is not modified).
     out
         Output directory (created).
+    provenance
+        How the encoder was trained (training/validation samples and patients, pairs
+        store and its fingerprint, stalign version and commit): the ``provenance`` of a
+        training run's ``model.json``; written to ``stalign.json`` with the exporting
+        code's version and commit (see [`read_provenance`][stalign.models.read_provenance]).
 
     Returns
     -------
@@ -128,7 +236,7 @@ def export_adapter(encoder: Encoder, out: str | os.PathLike) -> Path:
         "normalization": {"mean": list(mean), "std": list(std)},
         "lora": {k: v for k, v in vars(encoder.lora_summary).items() if k != "target_modules"},
     }
-    (out / STALIGN_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    _write_meta(out, meta, provenance)
     return out
 
 
@@ -138,6 +246,7 @@ def export(
     *,
     merged: bool = True,
     adapter: bool = True,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Export ``encoder``: merged timm model in ``out/timm`` and adapter in ``out/adapter``.
 
@@ -150,6 +259,11 @@ def export(
     merged, adapter
         Write the merged timm model / the LoRA adapter (skipped with a warning when the
         encoder has none).
+    provenance
+        How the encoder was trained (training/validation samples and patients, pairs
+        store and its fingerprint, stalign version and commit): the ``provenance`` of a
+        training run's ``model.json``; written to ``stalign.json`` with the exporting
+        code's version and commit (see [`read_provenance`][stalign.models.read_provenance]).
 
     Returns
     -------
@@ -159,9 +273,9 @@ def export(
     out = Path(out)
     written: dict[str, Path] = {}
     if merged:
-        written["timm"] = export_timm(encoder, out / "timm")
+        written["timm"] = export_timm(encoder, out / "timm", provenance=provenance)
     if adapter and encoder.peft_model is not None:
-        written["adapter"] = export_adapter(encoder, out / "adapter")
+        written["adapter"] = export_adapter(encoder, out / "adapter", provenance=provenance)
     elif adapter:
         logger.warning(
             "encoder %s has no LoRA adapter; only the timm model is exported", encoder.name

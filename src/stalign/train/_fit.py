@@ -51,6 +51,7 @@ from ._data import (
 from ._loss import contrastive_loss, gather_features, pathway_soft_targets
 from ._metrics import retrieval_metrics
 from ._model import AlignmentModel
+from ._provenance import run_provenance
 from ._targets import apply_target_transform
 
 __all__ = ["FitResult", "TrainingDivergedError", "fit", "validate"]
@@ -683,6 +684,7 @@ def _setup(
     )
     model, meta = _build(config, train_dataset, val_dataset, device, world, log=rank == 0)
     meta["target_transform"] = targets
+    meta["provenance"] = run_provenance(train_dataset, val_dataset)
     sampler = GlobalBatchSampler(
         len(train_dataset), config.batch_size, seed=config.seed, rank=rank, world_size=world
     )

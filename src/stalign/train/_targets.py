@@ -22,14 +22,6 @@ __all__ = ["TARGET_TRANSFORMS", "TransformedTargets", "library_sizes", "pathway_
 DEPTH_DEGREE = 3  # cubic in log library size
 
 
-def _unwrap(dataset: Any) -> list[Any]:
-    """``dataset`` and the datasets it wraps (``.dataset``, as ``Subset`` does), outermost first."""
-    chain = [dataset]
-    while getattr(chain[-1], "dataset", None) is not None and len(chain) < 16:
-        chain.append(chain[-1].dataset)
-    return chain
-
-
 def library_sizes(dataset: Dataset) -> np.ndarray:
     """Library size (total raw counts) of each pair's spot, ``(n,)``.
 
