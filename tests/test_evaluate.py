@@ -429,9 +429,15 @@ def test_sharded_cache_then_one_scoring_step_equals_a_single_run(
     files = sorted(p.name for p in (tmp_path / "cache").rglob("*.h5"))
     assert files == ["MOB1.h5", "MOB1.h5", "MOB3.h5", "MOB3.h5"]  # 2 feature sets × 2
     cache = {"cache_dir": tmp_path / "cache"}
-    res = evaluate(
-        small_store, [f"tiny={tiny_export}"], out=tmp_path / "sharded", **SMALL_RUN, **cache
-    )
+
+    def recompute(*args, **kwargs):  # the scoring step must read what the shards wrote
+        pytest.fail("the scoring step recomputed features the shard jobs had cached")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FeatureCache, "_fill_sample", recompute)
+        res = evaluate(
+            small_store, [f"tiny={tiny_export}"], out=tmp_path / "sharded", **SMALL_RUN, **cache
+        )
     pd.testing.assert_frame_equal(res.table, single_run.table)
     bad = ["evaluate", "--pairs", str(small_store), "--encoder", str(tiny_export), "--out"]
     assert main([*bad, str(tmp_path / "x"), "--shard", "2/2"]) != 0
@@ -444,9 +450,18 @@ def _rank_worker(rank: int, world: int, port: int, store: str, export: str, out:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    filled: list[str] = []  # the samples this rank embedded (per feature set)
+    fill_sample = FeatureCache._fill_sample
+
+    def recording(self, source, sample, fn, bar):
+        filled.append(sample)
+        return fill_sample(self, source, sample, fn, bar)
+
+    FeatureCache._fill_sample = recording
     try:
         res = evaluate(store, [f"tiny={export}"], out=out, **SMALL_RUN)
-        Path(out, f"rank{rank}.json").write_text(json.dumps({"result": res is not None}))
+        record = {"result": res is not None, "filled": sorted(set(filled))}
+        Path(out, f"rank{rank}.json").write_text(json.dumps(record))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -468,9 +483,13 @@ def test_two_process_gloo_evaluate_shares_the_embedding(
         pd.read_csv(out / "summary.csv"), pd.read_csv(single_run.out / "summary.csv")
     )
     assert (out / "report.md").is_file()
-    # rank 0 scores and reports; rank 1 only embeds its share
-    assert json.loads((out / "rank0.json").read_text()) == {"result": True}
-    assert json.loads((out / "rank1.json").read_text()) == {"result": False}
+    # rank 0 scores and reports; rank 1 only embeds its share: each rank embeds a
+    # different, non-empty half of the samples (not rank 0 all of them)
+    rank0, rank1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0["result"] is True and rank1["result"] is False
+    assert rank0["filled"] and rank1["filled"], (rank0, rank1)
+    assert not set(rank0["filled"]) & set(rank1["filled"])
+    assert sorted(rank0["filled"] + rank1["filled"]) == ["MOB1", "MOB3"]
 
 
 LOCK_NAME = ".stalign-evaluate.lock"
