@@ -37,3 +37,18 @@ def test_overlapping_test_patient_or_section_is_refused(tmp_path):
 def test_exports_without_provenance_pass(tmp_path):
     old = _export(tmp_path, "old", {})
     check_no_train_test_overlap({"a": str(old)}, split_by="patient", test_groups=["mouse1"])
+
+
+def test_evaluate_refuses_before_any_work(tmp_path):
+    """The spec (built first by evaluate and its CLI) refuses the overlap: no output written."""
+    from stalign.bench import EvaluationSpec
+
+    trained = _export(tmp_path, "aligned", {"training_patients": ["mouse1"]})
+    kwargs = {"pairs_dir": tmp_path / "store", "out": tmp_path / "eval"}
+    encoders = {"aligned": [str(trained)]}
+    with pytest.raises(ValueError, match="trained or validated on patients"):
+        EvaluationSpec(encoders=encoders, test_patients=["mouse1"], **kwargs)
+    spec = EvaluationSpec(
+        encoders=encoders, test_patients=["mouse1"], allow_patient_overlap=True, **kwargs
+    )
+    assert spec.allow_patient_overlap and not (tmp_path / "eval").exists()

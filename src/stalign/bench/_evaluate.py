@@ -32,6 +32,7 @@ import pandas as pd
 from ._cache import FeatureCache, FeatureSource
 from ._depth_readout import depth_adjusted
 from ._features import color_histogram, downsampled_pixels, library_size, squidpy_features
+from ._leakage import check_no_train_test_overlap
 from ._mil import marker_prediction
 from ._probe import PROTOCOLS, ProbeResult, gene_prediction, pathway_prediction
 from ._report import DEPTH_METRIC, MapSection
@@ -384,6 +385,7 @@ class EvaluationSpec:
     cache_dir: Path | None = None
     chunk_rows: int = 1024
     progress: bool = True
+    allow_patient_overlap: bool = False
 
     def __post_init__(self) -> None:
         self.encoders = encoder_specs(self.encoders)
@@ -418,6 +420,12 @@ class EvaluationSpec:
         if int(self.batch_size) <= 0:
             msg = f"batch_size must be a positive integer, got {self.batch_size!r}"
             raise ValueError(msg)
+        check_no_train_test_overlap(
+            dict(self.encoders),
+            split_by=self.split_by,
+            test_groups=self.test_groups,
+            allow_overlap=self.allow_patient_overlap,
+        )
 
     @property
     def test_groups(self) -> list[str] | None:
@@ -1032,6 +1040,7 @@ def evaluate(
     chunk_rows: int = 1024,
     threads: int | None = None,
     progress: bool = True,
+    allow_patient_overlap: bool = False,
 ) -> EvaluationResult | None:
     """Compare encoders (e.g. a baseline and its aligned export) on one pairs store.
 
@@ -1145,6 +1154,9 @@ def evaluate(
         probes' small matrices oversubscribe the cores. ``None`` leaves them alone.
     progress
         Progress bars.
+    allow_patient_overlap
+        Evaluate even when an export records training or validation on a test patient
+        (or, split by section, a test section); refused by default, before any work.
 
     Returns
     -------
@@ -1178,6 +1190,7 @@ def evaluate(
         cache_dir=Path(cache_dir) if cache_dir is not None else None,
         chunk_rows=chunk_rows,
         progress=progress,
+        allow_patient_overlap=allow_patient_overlap,
     )
     if threads is None:
         return run_evaluation(spec)

@@ -156,6 +156,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="cap BLAS/torch threads; 1 is fastest on small shared CPU machines (default: no cap)",
     )
+    p.add_argument(
+        "--allow-patient-overlap",
+        action="store_true",
+        help="evaluate even when an export was trained or validated on a test patient "
+        "(split by section: a test section); refused by default",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run)
 
@@ -188,6 +194,7 @@ def _options(args: argparse.Namespace) -> dict:
     if args.cache is not None:
         options["cache_dir"] = args.cache
     options["progress"] = not args.no_progress
+    options["allow_patient_overlap"] = args.allow_patient_overlap
     return options
 
 
