@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -378,12 +379,17 @@ class PositiveControlResult:
 
     def summary(self) -> str:
         """Return a markdown table of the per-seed figures, their mean and the checks."""
-        t = self.table.copy()
-        mean = t.drop(columns="seed").mean().to_frame().T.assign(seed="mean")
+        t = self.table
+        cols = [c for c in t.columns if c != "seed"]
+        values = t[cols].to_numpy()
+        rows = [[str(s), *(f"{v:.3f}" for v in r)] for s, r in zip(t["seed"], values, strict=True)]
+        rows.append(["mean", *(f"{v:.3f}" for v in t[cols].mean())])
         lines = [
             f"Planted pathway `{self.pathway}`; Pearson on held-out spots.",
             "",
-            pd.concat([t, mean]).to_markdown(index=False, floatfmt=".3f"),
+            "| " + " | ".join(["seed", *cols]) + " |",
+            "|" + "---|" * (len(cols) + 1),
+            *("| " + " | ".join(r) + " |" for r in rows),
             "",
             f"margin {self.margin_mean:.3f} ± {self.margin_sd:.3f} (sd over seeds)",
         ]
@@ -461,9 +467,17 @@ def _seed_row(
 ) -> dict[str, float]:
     """Train the aligned and the shuffled-pair run of one seed; probe both and the baseline."""
     cfg = config.replace(seed=seed)
-    aligned = _train_encoder(cfg, _subset(planted.dataset, train_rows))
+
+    def run_config(name: str) -> TrainConfig:  # one output folder per run, if any
+        return cfg if cfg.out is None else cfg.replace(out=str(Path(cfg.out) / name))
+
+    aligned = _train_encoder(
+        run_config(f"aligned_seed{seed}"), _subset(planted.dataset, train_rows)
+    )
     perm = np.random.default_rng(seed).permutation(len(train_rows))
-    shuffled = _train_encoder(cfg, _subset(planted.dataset, train_rows, perm=perm))
+    shuffled = _train_encoder(
+        run_config(f"shuffled_seed{seed}"), _subset(planted.dataset, train_rows, perm=perm)
+    )
     patches = planted.patches
     row = {
         "seed": seed,
@@ -484,9 +498,9 @@ def positive_control(
 ) -> PositiveControlResult:
     """Train on planted pairs and check that alignment learns the planted pathway.
 
-    For each seed, [`stalign.train.fit`][stalign.train.fit] aligns the encoder of ``config`` on the
-    pairs of the patients not in ``test_patients``, and again on the same pairs with
-    their profiles shuffled; the probe of `pathway_prediction` (fitted on the
+    For each seed, [`stalign.train.fit`][stalign.train.fit] aligns the encoder of
+    ``config`` on the pairs of the patients not in ``test_patients``, and again on the
+    same pairs with their profiles shuffled; the probe of `pathway_prediction` (fitted on the
     training patients, scored on ``test_patients``, all pathways as targets) then
     reads the planted pathway from the backbone features of
 
@@ -503,7 +517,9 @@ def positive_control(
     planted
         From `planted_signal_pairs`.
     config
-        Training settings (LoRA required; ``seed`` is replaced by each of ``seeds``).
+        Training settings (LoRA required; ``seed`` is replaced by each of ``seeds``;
+        with ``out`` set, each run writes to ``out/aligned_seed<s>`` or
+        ``out/shuffled_seed<s>``).
     test_patients
         Held-out patient ids (neither trained on nor used to fit the probe).
     seeds
