@@ -34,42 +34,8 @@ def _default(examples: dict[str, dict[str, Any]], field: str, none: str = "none"
     return " (default: " + "; ".join(f"{n} {p}" for n, p in zip(values, parts, strict=True)) + ")"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``demo`` to ``subparsers``."""
-    ex = _defaults()
-    p = add_command(
-        subparsers,
-        "demo",
-        summary="build pairs → LoRA alignment → evaluation on a bundled example",
-        description=(
-            "Run the whole pipeline on a bundled example: build (patch, expression, pathway) "
-            "pairs from a manifest, align an encoder with LoRA on the training sections (one "
-            "run per seed plus a shuffled-pair control), export it, and evaluate baseline vs "
-            "aligned on the held-out sections or patients. Prints where the report is. "
-            "--example her2st (default): 5 sections of one human HER2+ breast tumour, split "
-            "by section; --example mob: 4 mouse olfactory bulb sections, split by animal. "
-            "Every other flag overrides one setting of the example."
-        ),
-        examples=[
-            "stalign demo --out results/demo",
-            "stalign demo --example mob --out results/demo_mob",
-            "stalign demo --encoder uni --checkpoint-path checkpoints/uni/pytorch_model.bin "
-            "--img-size 224",
-        ],
-    )
-    p.add_argument("--out", default="results/demo", help="output folder (default: results/demo)")
-    p.add_argument(
-        "--example",
-        choices=sorted(ex),
-        default="her2st",
-        help="bundled example whose settings are the defaults (default: her2st)",
-    )
-    p.add_argument(
-        "--manifest",
-        default=None,
-        help="sample manifest CSV (default: the example's bundled manifest, "
-        "stalign.datasets.example_manifest(EXAMPLE))",
-    )
+def _add_split(p: argparse.ArgumentParser, ex: dict[str, dict[str, Any]]) -> None:
+    """Add the split flags: by patient or by section, and the validation sections."""
     split = p.add_argument_group(
         "split", "by patient (--train-patients/--test-patients) or by section "
         "(--train-samples/--test-samples)"
@@ -102,6 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_list(split, "--val-samples", nargs="*", default=None,
              help="training sections that validate during training (give no value for none)"
              + _default(ex, "val_samples", none="the last training section"))  # fmt: skip
+
+
+def _add_settings(p: argparse.ArgumentParser, ex: dict[str, dict[str, Any]]) -> None:
+    """Add the patch geometry, encoder, training and evaluation flags."""
     p.add_argument("--mpp", type=float, default=None, help="patch µm/px" + _default(ex, "mpp"))
     p.add_argument(
         "--size-px", type=int, default=None, help="patch side in px" + _default(ex, "size_px")
@@ -190,6 +160,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="epochs of the attention-MIL marker probe" + _default(ex, "mil_epochs"),
     )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``demo`` to ``subparsers``."""
+    ex = _defaults()
+    p = add_command(
+        subparsers,
+        "demo",
+        summary="build pairs → LoRA alignment → evaluation on a bundled example",
+        description=(
+            "Run the whole pipeline on a bundled example: build (patch, expression, pathway) "
+            "pairs from a manifest, align an encoder with LoRA on the training sections (one "
+            "run per seed plus a shuffled-pair control), export it, and evaluate baseline vs "
+            "aligned on the held-out sections or patients. Prints where the report is. "
+            "--example her2st (default): 5 sections of one human HER2+ breast tumour, split "
+            "by section; --example mob: 4 mouse olfactory bulb sections, split by animal. "
+            "Every other flag overrides one setting of the example."
+        ),
+        examples=[
+            "stalign demo --out results/demo",
+            "stalign demo --example mob --out results/demo_mob",
+            "stalign demo --encoder uni --checkpoint-path checkpoints/uni/pytorch_model.bin "
+            "--img-size 224",
+        ],
+    )
+    p.add_argument("--out", default="results/demo", help="output folder (default: results/demo)")
+    p.add_argument(
+        "--example",
+        choices=sorted(ex),
+        default="her2st",
+        help="bundled example whose settings are the defaults (default: her2st)",
+    )
+    p.add_argument(
+        "--manifest",
+        default=None,
+        help="sample manifest CSV (default: the example's bundled manifest, "
+        "stalign.datasets.example_manifest(EXAMPLE))",
+    )
+    _add_split(p, ex)
+    _add_settings(p, ex)
     p.add_argument(
         "--no-shuffled-control", action="store_true", help="skip the shuffled-pair control run"
     )
