@@ -95,6 +95,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="input side in px of encoders created by name (default: their config's)",
     )
     add_deprecated_alias(p, "--image-size", "--img-size", dest="image_size", type=int)
+    _add_scoring_flags(p, d)
+    p.set_defaults(func=_run)
+
+
+def _add_scoring_flags(p: argparse.ArgumentParser, d: dict) -> None:
+    """Add the flags of what is scored and how (seeds, references, probes, MIL, runtime)."""
+    from ._args import add_list, format_default
+
     add_list(p, "--seeds", type=int, metavar="SEED", help="seeds" + format_default(d["seeds"]))
     add_list(
         p,
@@ -163,7 +171,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(split by section: a test section); refused by default",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=_run)
 
 
 #: argparse dest → EvaluationSpec field, for flags given as they are
