@@ -649,3 +649,11 @@ def _git_head() -> str | None:
         ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
     )
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+def test_resume_refuses_a_learning_rate_it_would_ignore(mob_pairs, tmp_path):
+    # the optimiser and scheduler states of a checkpoint carry the old learning rate: a
+    # resumed run with another lr trained on the old schedule without a word
+    fit(tiny_config(tmp_path, max_steps=2, checkpoint_every_steps=2), mob_pairs)
+    with pytest.raises(ValueError, match=r"config changed \(lr: 0\.001 → 1e-06\)"):
+        fit(tiny_config(tmp_path, max_steps=4, resume="auto", lr=1e-6), mob_pairs)

@@ -79,7 +79,7 @@ def _renamed(settings: dict[str, Any], *, stacklevel: int) -> dict[str, Any]:
     return settings
 
 
-# fields that define the model/optimiser structure: a resumed run must agree on them
+# fields a resumed run must agree on: the model/optimiser structure and its schedule
 STRUCTURAL_FIELDS = (
     "encoder",
     "encoder_kwargs",
@@ -97,6 +97,13 @@ STRUCTURAL_FIELDS = (
     "batch_size",
     "grad_accum_steps",
     "target_transform",
+    # the optimiser and schedule: a resumed run restores them from the checkpoint, so a
+    # changed value would be silently ignored
+    "lr",
+    "weight_decay",
+    "temperature_lr",
+    "warmup_fraction",
+    "min_lr_ratio",
 )
 
 
