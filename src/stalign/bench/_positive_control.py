@@ -113,7 +113,8 @@ def plant_grating(
 
     Returns
     -------
-    ``(n, H, W, 3)`` uint8 patches with the grating.
+    np.ndarray
+        ``(n, H, W, 3)`` uint8 patches with the grating.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -269,7 +270,8 @@ def planted_signal_pairs(
 
     Returns
     -------
-    A `PlantedPairs` (sample id = the section's ``library_id`` or position).
+    PlantedPairs
+        Sample id = the section's ``library_id`` or position.
     """
     from ..train import TensorPairsDataset
 
@@ -527,8 +529,8 @@ def positive_control(
 
     Returns
     -------
-    A `PositiveControlResult`; `passed` tells
-    whether the margins of issue 19 hold.
+    PositiveControlResult
+        `passed` tells whether the margins of issue 19 hold.
     """
     if not config.lora:
         msg = (
