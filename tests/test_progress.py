@@ -51,7 +51,7 @@ def test_libraries_importing_tqdm_auto_stay_quiet_after_stalign(kernel_without_w
     """huggingface_hub & co. import tqdm.auto themselves: stalign imports it first, quietly."""
     from tqdm.std import tqdm
 
-    from stalign._utils import quiet_notebook_progress
+    from stalign import _quiet_notebook_progress as quiet_notebook_progress
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

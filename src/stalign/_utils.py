@@ -154,25 +154,3 @@ def progress_bar(*args, **kwargs):
     else:
         from tqdm.auto import tqdm
     return tqdm(*args, **kwargs)
-
-
-def quiet_notebook_progress() -> None:
-    """Import ``tqdm.auto`` once, silently, in a Jupyter kernel without ipywidgets.
-
-    There ``tqdm.auto`` warns ``TqdmWarning: IProgress not found`` when first imported,
-    by stalign or by a library it uses (huggingface_hub, dask, ...), and then draws
-    its text bar anyway. Imported here first with that one warning silenced, it draws
-    the same text bar without printing the warning into every notebook. Nothing
-    happens outside a kernel or where ipywidgets is installed.
-    """
-    import importlib.util
-    import sys
-    import warnings
-
-    if "ipykernel.zmqshell" not in sys.modules or "tqdm.autonotebook" in sys.modules:
-        return
-    if importlib.util.find_spec("ipywidgets") is not None:
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="IProgress not found")
-        import tqdm.autonotebook  # noqa: F401
