@@ -51,7 +51,8 @@ def _store(folder: Path, mob_dir: Path, **params) -> Path:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, mob_dir) -> Path:
-    return _store(tmp_path_factory.mktemp("full_disk"), mob_dir)
+    """MOB1 (mouse1) and MOB3 (mouse2), 32 px, with pathway scores (evaluate needs them)."""
+    return _store(tmp_path_factory.mktemp("full_disk"), mob_dir, gene_sets="hallmark")
 
 
 def _full_disk_run(limit: int, *args: str) -> subprocess.CompletedProcess:
@@ -100,8 +101,7 @@ def test_train_on_a_full_disk(tmp_path, store):
 
 
 @pytest.mark.slow
-def test_evaluate_on_a_full_disk(tmp_path, mob_dir):
-    store = _store(tmp_path, mob_dir, gene_sets="hallmark")
+def test_evaluate_on_a_full_disk(tmp_path, store):
     out = tmp_path / "eval"
     cmd = ["evaluate", str(store), "--encoder", "a=efficientnet_lite0", "--out", str(out)]
     cmd += ["--image-size", "32", "--device", "cpu", "--references", "none", "--seeds", "0"]
