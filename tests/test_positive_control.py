@@ -86,6 +86,10 @@ def test_planted_signal_pairs_errors(mob_sections):
         bench.planted_signal_pairs(mob_sections, patients=["a"])
     with pytest.raises(ValueError, match="keep_pathways"):
         bench.planted_signal_pairs(mob_sections, keep_pathways=["NOPE"])
+    bare = mob_sections[0].copy()
+    del bare.obsm["pathway_scores"]
+    with pytest.raises(KeyError, match="score_pathways"):
+        bench.planted_signal_pairs([bare])
 
 
 def _control_config(**changes):

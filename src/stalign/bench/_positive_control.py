@@ -197,12 +197,6 @@ def _section_arrays(
     """Patches, pathway scores, log depth and barcodes of the usable spots of one section."""
     from .. import im
 
-    if pathway_key not in adata.obsm:
-        msg = (
-            f"planted_signal_pairs: a section has no obsm[{pathway_key!r}]; "
-            "run stalign.tl.score_pathways on it first"
-        )
-        raise KeyError(msg)
     patch_mpp = float(adata.uns[K.STALIGN]["mpp"]) if mpp is None else float(mpp)
     patches = im.extract_patches(adata, mpp=patch_mpp, size_px=size_px, progress=False)
     keep = adata.obs[K.PATCH_IN_IMAGE].to_numpy(bool)
@@ -213,6 +207,34 @@ def _section_arrays(
     depth = library_size(counts[idx])[:, 0].astype(np.float64)
     scores = pd.DataFrame(adata.obsm[pathway_key]).iloc[idx]
     return patches[idx], scores, depth, list(adata.obs_names[idx])
+
+
+def _profile_columns(
+    sections: Sequence[AnnData],
+    pathway_key: str,
+    pathway: str | None,
+    keep_pathways: Sequence[str] | None,
+) -> tuple[str, list[str]]:
+    """Return the planted pathway and the profile's columns, checked before any work."""
+    for i, a in enumerate(sections):
+        if pathway_key not in a.obsm:
+            msg = (
+                f"planted_signal_pairs: section {i} has no obsm[{pathway_key!r}]; "
+                "run stalign.tl.score_pathways on it first"
+            )
+            raise KeyError(msg)
+    names = [str(c) for c in pd.DataFrame(sections[0].obsm[pathway_key]).columns]
+    pathway = names[0] if pathway is None else pathway
+    if pathway not in names:
+        msg = f"planted_signal_pairs: pathway {pathway!r} not among the scored ones {names[:5]}..."
+        raise ValueError(msg)
+    if keep_pathways is None:
+        return pathway, names
+    unknown = sorted(set(keep_pathways) - set(names))
+    if unknown:
+        msg = f"planted_signal_pairs: keep_pathways names unscored pathways {unknown}"
+        raise ValueError(msg)
+    return pathway, [n for n in names if n == pathway or n in set(keep_pathways)]
 
 
 def planted_signal_pairs(
@@ -282,18 +304,8 @@ def planted_signal_pairs(
     if len(patients) != len(sections):
         msg = f"patients has {len(patients)} entries for {len(sections)} sections"
         raise ValueError(msg)
+    pathway, names = _profile_columns(sections, pathway_key, pathway, keep_pathways)
     parts = [_section_arrays(a, size_px, mpp, pathway_key, in_tissue_only) for a in sections]
-    names = [str(c) for c in parts[0][1].columns]
-    pathway = names[0] if pathway is None else pathway
-    if pathway not in names:
-        msg = f"planted_signal_pairs: pathway {pathway!r} not among the scored ones {names[:5]}..."
-        raise ValueError(msg)
-    if keep_pathways is not None:
-        unknown = sorted(set(keep_pathways) - set(names))
-        if unknown:
-            msg = f"planted_signal_pairs: keep_pathways names unscored pathways {unknown}"
-            raise ValueError(msg)
-        names = [n for n in names if n == pathway or n in set(keep_pathways)]
     images = np.concatenate([p[0] for p in parts])
     scores = np.concatenate([p[1].reindex(columns=names).to_numpy(np.float64) for p in parts])
     scores = np.nan_to_num(scores)
