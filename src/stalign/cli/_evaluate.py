@@ -201,7 +201,8 @@ def _options(args: argparse.Namespace) -> dict:
     if args.cache is not None:
         options["cache_dir"] = args.cache
     options["progress"] = not args.no_progress
-    options["allow_patient_overlap"] = args.allow_patient_overlap
+    if args.allow_patient_overlap:
+        options["allow_patient_overlap"] = True
     return options
 
 
