@@ -151,6 +151,16 @@ def test_shuffled_pairs_reads_profiles_from_the_array(pipeline_run):
         j = int(shuffled.perm[i])
         np.testing.assert_array_equal(shuffled[i]["image"].numpy(), ds[i]["image"].numpy())
         np.testing.assert_array_equal(shuffled[i]["pathways"].numpy(), ds[j]["pathways"].numpy())
+    # each permuted profile keeps its own spot's library size (for depth_regression)
+    depth = ds.obs["total_counts"].to_numpy()
+    np.testing.assert_array_equal(shuffled.total_counts, depth[shuffled.perm])
+    np.testing.assert_array_equal(shuffled.pathways, np.asarray(ds.pathways)[shuffled.perm])
+    from stalign.train._targets import fit_depth_regression
+
+    # the fit sees the same (profile, depth) pairs as the unshuffled data: same curve
+    np.testing.assert_allclose(
+        fit_depth_regression(shuffled).coef, fit_depth_regression(ds).coef, atol=1e-8
+    )
 
 
 # ---------------------------------------------------------------- pretrained / local weights

@@ -405,27 +405,36 @@ class ShuffledPairs:
     Images stay in place; ``pathways`` of item ``i`` comes from item ``perm[i]``. This is
     the shuffled-pair control: same images, same profiles, no true correspondence.
     A dataset with a ``pathways`` array (`stalign.pairs.PairsDataset`) serves the
-    permuted profile from it, without reading a second patch.
+    permuted profile from it, without reading a second patch, and the view exposes the
+    permuted profiles as ``pathways`` and their spots' library sizes as ``total_counts``:
+    each profile keeps its own spot's depth, so a depth regression of the targets
+    (``target_transform="depth_regression"``) fits the same profile/depth pairs as the
+    aligned run.
     """
 
     def __init__(self, dataset: Any, seed: int = 0) -> None:
         self.dataset = dataset
         self.perm = np.random.default_rng(seed).permutation(len(dataset))
         self.pathway_names = getattr(dataset, "pathway_names", None)
-        self._profiles = getattr(dataset, "pathways", None)
+        profiles = getattr(dataset, "pathways", None)
+        self.pathways = None if profiles is None else np.asarray(profiles)[self.perm]
+        depth = getattr(dataset, "total_counts", None)
+        obs = getattr(dataset, "obs", None)
+        if depth is None and obs is not None and "total_counts" in obs:
+            depth = obs["total_counts"].to_numpy()
+        self.total_counts = None if depth is None else np.asarray(depth)[self.perm]
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = dict(self.dataset[i])
-        j = int(self.perm[i])
-        if self._profiles is None:
-            item["pathways"] = self.dataset[j]["pathways"]
+        if self.pathways is None:
+            item["pathways"] = self.dataset[int(self.perm[i])]["pathways"]
         else:
             import torch
 
-            item["pathways"] = torch.from_numpy(self._profiles[j])
+            item["pathways"] = torch.from_numpy(np.ascontiguousarray(self.pathways[i]))
         return item
 
 
