@@ -10,13 +10,21 @@ learn it, a frozen encoder hardly sees it, a shuffled-pair control cannot learn 
 ::
 
     from stalign import bench, datasets, tl
+    from stalign.train import TrainConfig
 
     sections = [datasets.mob_section(s) for s in ("MOB1", "MOB3")]
     for a in sections:
         tl.score_pathways(a, "hallmark")
-    planted = bench.planted_signal_pairs(sections, patients=["mouse1", "mouse2"])
+    names = list(sections[0].obsm["pathway_scores"].columns)
+    planted = bench.planted_signal_pairs(
+        sections, patients=["mouse1", "mouse2"], keep_pathways=names[1:6]
+    )
+    config = TrainConfig(  # the test's setting (tests/test_positive_control.py)
+        encoder_kwargs={"depth": 2, "global_pool": "avg"}, img_size=32, batch_size=32,
+        max_steps=150, lr=3e-3, lora_dropout=0.0,
+    )
     res = bench.positive_control(planted, config, test_patients=["mouse2"], seeds=(0, 1, 2))
-    print(res.table, res.passed())
+    print(res.summary())
 """
 
 from __future__ import annotations
