@@ -50,17 +50,21 @@ def test_installed_wheel_runs_demo_help_and_curation(installed, tmp_path):
     packaged = site / "stalign" / "datasets" / "_data"
     assert (packaged / "manifests" / "examples.csv").is_file()
     assert (packaged / "examples" / "mob" / "MOB1.tsv.gz").is_file()
+    assert (packaged / "manifests" / "her2st_C.csv").is_file()  # the demo's human sections
+    assert (packaged / "examples" / "her2st_C" / "C6.jpg").is_file()
 
     work = tmp_path / "elsewhere"  # outside the checkout: no data/ to fall back on
     work.mkdir()
     probe = (
         "import stalign, stalign.pipeline as p; "
-        "print(stalign.__file__); print(p.PipelineConfig().manifest)"
+        "print(stalign.__file__); print(p.PipelineConfig().manifest); "
+        "print(p.PipelineConfig.example('mob').manifest)"
     )
     where = _run([sys.executable, "-c", probe], cwd=work, env=env).stdout.split()
     assert Path(where[0]).is_relative_to(site), f"stalign imported from {where[0]}"
-    demo_manifest = Path(where[1])
-    assert demo_manifest.is_relative_to(packaged), f"demo manifest is {demo_manifest}"
+    assert Path(where[1]).is_relative_to(packaged), f"demo manifest is {where[1]}"
+    demo_manifest = Path(where[2])  # MOB: small, for the curation stage below
+    assert demo_manifest.is_relative_to(packaged), f"MOB manifest is {demo_manifest}"
 
     help_text = _run([sys.executable, "-m", "stalign", "demo", "--help"], cwd=work, env=env).stdout
     assert "usage: stalign demo" in help_text and "--manifest" in help_text
