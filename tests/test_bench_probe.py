@@ -272,3 +272,16 @@ def test_log1p_cp10k_targets_scale_each_spot_by_its_library_size_over_all_genes(
     total = counts.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(res.targets, np.log1p(counts[:, cols] / total * 1e4), rtol=1e-6)
     assert res.params["targets"] == "log1p_cp10k"
+
+
+def test_a_single_target_column_is_probed():
+    """One pathway (or gene): sklearn's ridge returns 1-D predictions; the probe keeps 2-D."""
+    from stalign.bench import pathway_prediction
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 8))
+    y = X[:, :1] * 2 + 0.1 * rng.normal(size=(120, 1))
+    groups = np.repeat(["a", "b", "c"], 40)
+    res = pathway_prediction(X, y, groups)
+    assert res.predictions.shape == (120, 1)
+    assert res.mean > 0.9

@@ -419,6 +419,7 @@ def _run(
             random_state=random_state,
             mlp_hidden=mlp_hidden,
         )
+        p = np.asarray(p).reshape(len(te), Y.shape[1])  # sklearn returns 1-D for 1 target
         preds[te] = p
         test_rows.append(te)
         r = pearson_columns(Y[te], p)
