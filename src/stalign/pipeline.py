@@ -50,6 +50,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "lr": 3e-4,  # chosen on the inner split of animal 1 (benchmarks/search)
         "early_stopping_patience": 2,
         "eval_every_steps": None,
+        "method": "ssgsea",
         "lora_last_n_blocks": None,
         "references": ("histogram", "pixels", "squidpy", "library_size", "random"),
         "random_encoders": ("efficientnet_lite0", "vit_tiny_patch16_224"),
@@ -160,7 +161,7 @@ class PipelineConfig:
     mpp: float = 1.4
     size_px: int = 112
     gene_sets: str = "hallmark"
-    method: str = "ssgsea"
+    method: str = "score_genes"  # chosen on the inner split (benchmarks/targets)
     rarefy_depth: int | None = None
     target_transform: str = "none"
     encoder: str = "efficientnet_lite0"
