@@ -26,10 +26,10 @@ def _table(means: dict[str, float], sd: float = 0.01, n: int = 3, metric: str = 
     [
         ({"baseline": 0.10, "shuffled": 0.11, "aligned": 0.20}, 0.01, 3, "helped"),
         # beats the baseline beyond the spread, the shuffled control only within it
-        ({"baseline": 0.10, "shuffled": 0.19, "aligned": 0.20}, 0.01, 3, "did not help"),
+        ({"baseline": 0.10, "shuffled": 0.19, "aligned": 0.20}, 0.01, 3, "not shown to help"),
         # 1.5 sd above both: within twice the larger sd
-        ({"baseline": 0.10, "shuffled": 0.10, "aligned": 0.115}, 0.01, 3, "did not help"),
-        ({"baseline": 0.10, "shuffled": 0.11, "aligned": 0.05}, 0.01, 3, "did not help"),
+        ({"baseline": 0.10, "shuffled": 0.10, "aligned": 0.115}, 0.01, 3, "not shown to help"),
+        ({"baseline": 0.10, "shuffled": 0.11, "aligned": 0.05}, 0.01, 3, "not shown to help"),
         # one value per row: nothing to judge the difference by
         ({"baseline": 0.10, "shuffled": 0.11, "aligned": 0.20}, 0.0, 1, "inconclusive"),
     ],

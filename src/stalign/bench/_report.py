@@ -43,7 +43,8 @@ VERDICT_RULE = (
     "**helped** only if, on the depth-adjusted gene readout (ridge probe), the aligned "
     "encoder's mean exceeds both the baseline's and the shuffled-pair control's by more "
     "than twice the larger of the two standard deviations (over folds × seeds); "
-    "**did not help** if it falls short of that against either; **inconclusive** when "
+    "**not shown to help** if it falls short of that against either (it may still be "
+    "ahead, by less than the margin); **inconclusive** when "
     "the run has no shuffled-pair control or no spread to judge by (one value per row)."
 )
 
@@ -168,7 +169,7 @@ def overall_verdict(table: pd.DataFrame, params: Mapping[str, Any]) -> dict[str,
     Returns
     -------
     dict
-        ``verdict`` (``"helped"``, ``"did not help"`` or ``"inconclusive"``), ``reason``
+        ``verdict`` (``"helped"``, ``"not shown to help"`` or ``"inconclusive"``), ``reason``
         (the numbers behind it) and ``rule``.
     """
     aligned = params["aligned"]
@@ -189,7 +190,7 @@ def overall_verdict(table: pd.DataFrame, params: Mapping[str, Any]) -> dict[str,
         elif not d > margin:
             failed.append(control)
     if failed:
-        word = "did not help"
+        word = "not shown to help"
     elif unjudged or not shuffled:
         word = "inconclusive"
     else:
