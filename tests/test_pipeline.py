@@ -55,7 +55,9 @@ def test_pipeline_writes_report_exports_and_summary(pipeline_run):
     text = r.report.read_text()
     assert "**aligned**" in text and "**baseline**" in text and "**shuffled control**" in text
     assert "Alignment training (joint embedding space" in text
-    assert "## Verdict (shuffled control vs aligned)" in text
+    assert text.startswith("# stalign evaluation report\n\n**Overall verdict:")
+    assert "## Verdicts on the depth-adjusted readout" in text
+    assert "shuffled control vs aligned" in text
     assert (r.report.parent / "figures" / "curves_aligned_seed0.png").is_file()
     for name in ("aligned_seed0", "baseline_seed0", "shuffled_seed0"):
         assert (r.exports[name] / "model.safetensors").is_file()
