@@ -419,11 +419,17 @@ class ShuffledPairs:
         self.pathway_names = getattr(dataset, "pathway_names", None)
         profiles = getattr(dataset, "pathways", None)
         self.pathways = None if profiles is None else np.asarray(profiles)[self.perm]
-        depth = getattr(dataset, "total_counts", None)
-        obs = getattr(dataset, "obs", None)
-        if depth is None and obs is not None and "total_counts" in obs:
-            depth = obs["total_counts"].to_numpy()
-        self.total_counts = None if depth is None else np.asarray(depth)[self.perm]
+
+    @property
+    def total_counts(self) -> np.ndarray:
+        """Library size of the spot each permuted profile came from (`train.library_sizes`).
+
+        Read only when asked (``target_transform="depth_regression"``); raises the base
+        dataset's `ValueError` when it records no library sizes.
+        """
+        from .train import library_sizes
+
+        return library_sizes(self.dataset)[self.perm]
 
     def __len__(self) -> int:
         return len(self.dataset)
