@@ -16,16 +16,15 @@ from typing import Any
 __all__ = ["check_no_train_test_overlap"]
 
 
-def _sources(encoders: Mapping[str, Any] | Sequence[Any]) -> Iterable[tuple[str, Any]]:
-    items = encoders.items() if isinstance(encoders, Mapping) else enumerate(encoders)
-    for label, value in items:
-        values = value if isinstance(value, list | tuple) else [value]
-        for v in values:
+def _sources(encoders: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
+    """``(label, source)`` for every source, one per seed where a label holds a list."""
+    for label, value in encoders.items():
+        for v in value if isinstance(value, list | tuple) else [value]:
             yield str(label), v
 
 
 def check_no_train_test_overlap(
-    encoders: Mapping[str, Any] | Sequence[Any],
+    encoders: Mapping[str, Any],
     *,
     split_by: str,
     test_groups: Sequence[str] | None,
