@@ -6,7 +6,7 @@ torch is imported inside the functions so that ``import stalign.bench`` stays li
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -150,6 +150,69 @@ def _train_predict(
     return torch.sigmoid(logits).numpy()
 
 
+def _checked_bags(bags, labels, groups) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The bags as float32 arrays, 0/1 labels and string groups, or a ValueError."""
+    bags = [np.asarray(b, dtype=np.float32) for b in bags]
+    y = np.asarray(labels).astype(int)
+    g = np.asarray(groups).astype(str)
+    nb = len(bags)
+    if nb == 0:
+        msg = "bags is empty"
+        raise ValueError(msg)
+    if y.shape != (nb,) or g.shape != (nb,):
+        msg = f"labels and groups need one entry per bag ({nb}), got {y.shape} and {g.shape}"
+        raise ValueError(msg)
+    if not set(np.unique(y)) <= {0, 1}:
+        msg = f"labels must be 0/1, found {sorted(set(np.unique(y)))}"
+        raise ValueError(msg)
+    dims = {b.shape[1] if b.ndim == 2 else -1 for b in bags}
+    if len(dims) != 1 or -1 in dims or any(b.shape[0] == 0 for b in bags):
+        msg = f"every bag must be a non-empty (n_i, dim) array with one dim; got dims {dims}"
+        raise ValueError(msg)
+    return bags, y, g
+
+
+def _group_splits(
+    g: np.ndarray, test_groups: Sequence[str] | None
+) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """``(test bag indices, training bag indices, fold name)``: leave-one-group-out, or
+    the one fixed split where ``test_groups`` are the test set."""
+    uniq = list(dict.fromkeys(g.tolist()))
+    if len(uniq) < 2:
+        msg = f"group-level CV needs >= 2 groups (patients or sections), found {uniq}"
+        raise ValueError(msg)
+    if test_groups is None:
+        return [(np.flatnonzero(g == u), np.flatnonzero(g != u), u) for u in uniq]
+    test = [str(t) for t in test_groups]
+    if not test or [t for t in test if t not in uniq] or len(set(test)) == len(uniq):
+        msg = f"test_groups must name some but not all of the groups {uniq}, got {test}"
+        raise ValueError(msg)
+    m = np.isin(g, test)
+    return [(np.flatnonzero(m), np.flatnonzero(~m), "+".join(test))]
+
+
+def _fitted_transform(train_bags: list[np.ndarray], pca_dim: int | None, seed: int) -> Callable:
+    """``StandardScaler`` (→ ``PCA(pca_dim)``) fitted on the training bags' instances only;
+    returns the function that transforms one bag."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    inst = np.concatenate(train_bags)
+    pre = [StandardScaler().fit(inst)]
+    if pca_dim is not None:
+        z = pre[0].transform(inst)
+        del inst
+        k = int(min(pca_dim, z.shape[0], z.shape[1]))
+        pre.append(PCA(n_components=k, random_state=seed).fit(z))
+        del z  # the PCA is fitted; the bags are transformed one by one
+
+    def tf(b: np.ndarray) -> np.ndarray:
+        out = pre[0].transform(b)
+        return pre[1].transform(out) if len(pre) > 1 else out
+
+    return tf
+
+
 def marker_prediction(
     bags: Sequence[np.ndarray],
     labels,
@@ -198,41 +261,11 @@ def marker_prediction(
     MarkerResult
         Per-fold AUCs, out-of-fold scores and labels.
     """
-    from sklearn.decomposition import PCA
     from sklearn.metrics import roc_auc_score
-    from sklearn.preprocessing import StandardScaler
 
-    bags = [np.asarray(b, dtype=np.float32) for b in bags]
-    y = np.asarray(labels).astype(int)
-    g = np.asarray(groups).astype(str)
+    bags, y, g = _checked_bags(bags, labels, groups)
     nb = len(bags)
-    if nb == 0:
-        msg = "bags is empty"
-        raise ValueError(msg)
-    if y.shape != (nb,) or g.shape != (nb,):
-        msg = f"labels and groups need one entry per bag ({nb}), got {y.shape} and {g.shape}"
-        raise ValueError(msg)
-    if not set(np.unique(y)) <= {0, 1}:
-        msg = f"labels must be 0/1, found {sorted(set(np.unique(y)))}"
-        raise ValueError(msg)
-    dims = {b.shape[1] if b.ndim == 2 else -1 for b in bags}
-    if len(dims) != 1 or -1 in dims or any(b.shape[0] == 0 for b in bags):
-        msg = f"every bag must be a non-empty (n_i, dim) array with one dim; got dims {dims}"
-        raise ValueError(msg)
-    uniq = list(dict.fromkeys(g.tolist()))
-    if len(uniq) < 2:
-        msg = f"group-level CV needs >= 2 groups (patients or sections), found {uniq}"
-        raise ValueError(msg)
-
-    if test_groups is None:
-        splits = [(np.flatnonzero(g == u), np.flatnonzero(g != u), u) for u in uniq]
-    else:
-        test = [str(t) for t in test_groups]
-        if not test or [t for t in test if t not in uniq] or len(set(test)) == len(uniq):
-            msg = f"test_groups must name some but not all of the groups {uniq}, got {test}"
-            raise ValueError(msg)
-        m = np.isin(g, test)
-        splits = [(np.flatnonzero(m), np.flatnonzero(~m), "+".join(test))]
+    splits = _group_splits(g, test_groups)
     scores = np.full((len(seeds), nb), np.nan)
     rows = []
     for si, seed in enumerate(seeds):
@@ -241,21 +274,7 @@ def marker_prediction(
                 logger.warning("fold %s: training bags hold one class only; skipped", u)
                 rows.append(_row(seed, fi, u, tr, te, y, float("nan")))
                 continue
-            inst = np.concatenate([bags[i] for i in tr])
-            pre = [StandardScaler().fit(inst)]
-            if pca_dim is not None:
-                z = pre[0].transform(inst)
-                del inst
-                k = int(min(pca_dim, z.shape[0], z.shape[1]))
-                pre.append(PCA(n_components=k, random_state=seed).fit(z))
-                del z  # the PCA is fitted; the bags are transformed one by one below
-            else:
-                del inst
-
-            def tf(b: np.ndarray, pre=pre) -> np.ndarray:
-                out = pre[0].transform(b)
-                return pre[1].transform(out) if len(pre) > 1 else out
-
+            tf = _fitted_transform([bags[i] for i in tr], pca_dim, seed)
             # tiny matrices: one thread is faster than several (and kinder to shared machines)
             with limit_threads(1):
                 p = _train_predict(

@@ -70,6 +70,84 @@ def _pitch(xy: np.ndarray) -> float:
     return float(np.median(nn))
 
 
+def _gene_target_counts(counts, gene_names, genes: Sequence[str], n: int):
+    """``(counts as float64 CSR, column of each target gene)``, or ``(None, None)``
+    without gene targets."""
+    if not genes:
+        return None, None
+    if counts is None or gene_names is None:
+        msg = "gene targets need counts= and gene_names="
+        raise ValueError(msg)
+    C = sp.csr_matrix(counts, dtype=np.float64)
+    if C.shape[0] != n:
+        msg = f"counts has {C.shape[0]} rows, expected {n}"
+        raise ValueError(msg)
+    pos = {str(g): i for i, g in enumerate(gene_names)}
+    missing = [g for g in genes if g not in pos]
+    if missing:
+        msg = f"target genes not in gene_names: {missing}"
+        raise ValueError(msg)
+    return C, np.array([pos[g] for g in genes])
+
+
+def _pathway_target_scores(
+    pathway_scores: pd.DataFrame | None, pathways: Sequence[str], n: int
+) -> np.ndarray | None:
+    """``(n, n_targets)`` scores of the target pathways, or None without pathway targets."""
+    if not pathways:
+        return None
+    if pathway_scores is None:
+        msg = "pathway targets need pathway_scores= (DataFrame spots × pathways)"
+        raise ValueError(msg)
+    missing = [q for q in pathways if q not in pathway_scores.columns]
+    if missing:
+        msg = f"target pathways not in pathway_scores columns: {missing}"
+        raise ValueError(msg)
+    P = pathway_scores[list(pathways)].to_numpy(dtype=np.float64)
+    if P.shape[0] != n:
+        msg = f"pathway_scores has {P.shape[0]} rows, expected {n}"
+        raise ValueError(msg)
+    return P
+
+
+def _tiles(
+    xy: np.ndarray, s: np.ndarray, p: np.ndarray, window: int, min_spots: int
+) -> tuple[list[np.ndarray], list[dict]]:
+    """Spot indices of every tile of ``window`` spot pitches with ≥ ``min_spots`` spots
+    (never across sections), and one record per tile."""
+    bags, rows = [], []
+    for smp in dict.fromkeys(s.tolist()):
+        idx = np.flatnonzero(s == smp)
+        if idx.size < 2:
+            continue
+        side = window * _pitch(xy[idx])
+        origin = xy[idx].min(axis=0)
+        tile = np.floor((xy[idx] - origin) / side).astype(int)
+        keys = tile[:, 0] * 100_000 + tile[:, 1]
+        for k in np.unique(keys):
+            members = idx[keys == k]
+            if members.size < min_spots:
+                continue
+            bags.append(members)
+            pats = np.unique(p[members])
+            rows.append(
+                {
+                    "sample_id": smp,
+                    "patient_id": pats[0],
+                    "n_spots": members.size,
+                    "tile_x": int(k // 100_000),
+                    "tile_y": int(k % 100_000),
+                }
+            )
+    if not bags:
+        msg = (
+            f"no region has >= {min_spots} spots with window={window}; "
+            "lower min_spots or enlarge window"
+        )
+        raise ValueError(msg)
+    return bags, rows
+
+
 def region_tasks(
     coords,
     sample_ids,
@@ -130,67 +208,9 @@ def region_tasks(
         msg = "give at least one target: genes=[...] (with counts) or pathways=[...]"
         raise ValueError(msg)
 
-    gene_cols: np.ndarray | None = None
-    C = None
-    if genes:
-        if counts is None or gene_names is None:
-            msg = "gene targets need counts= and gene_names="
-            raise ValueError(msg)
-        C = sp.csr_matrix(counts, dtype=np.float64)
-        if C.shape[0] != n:
-            msg = f"counts has {C.shape[0]} rows, expected {n}"
-            raise ValueError(msg)
-        pos = {str(g): i for i, g in enumerate(gene_names)}
-        missing = [g for g in genes if g not in pos]
-        if missing:
-            msg = f"target genes not in gene_names: {missing}"
-            raise ValueError(msg)
-        gene_cols = np.array([pos[g] for g in genes])
-    P = None
-    if pathways:
-        if pathway_scores is None:
-            msg = "pathway targets need pathway_scores= (DataFrame spots × pathways)"
-            raise ValueError(msg)
-        missing = [q for q in pathways if q not in pathway_scores.columns]
-        if missing:
-            msg = f"target pathways not in pathway_scores columns: {missing}"
-            raise ValueError(msg)
-        P = pathway_scores[list(pathways)].to_numpy(dtype=np.float64)
-        if P.shape[0] != n:
-            msg = f"pathway_scores has {P.shape[0]} rows, expected {n}"
-            raise ValueError(msg)
-
-    bags, rows = [], []
-    for smp in dict.fromkeys(s.tolist()):
-        idx = np.flatnonzero(s == smp)
-        if idx.size < 2:
-            continue
-        side = window * _pitch(xy[idx])
-        origin = xy[idx].min(axis=0)
-        tile = np.floor((xy[idx] - origin) / side).astype(int)
-        keys = tile[:, 0] * 100_000 + tile[:, 1]
-        for k in np.unique(keys):
-            members = idx[keys == k]
-            if members.size < min_spots:
-                continue
-            bags.append(members)
-            pats = np.unique(p[members])
-            rows.append(
-                {
-                    "sample_id": smp,
-                    "patient_id": pats[0],
-                    "n_spots": members.size,
-                    "tile_x": int(k // 100_000),
-                    "tile_y": int(k % 100_000),
-                }
-            )
-    if not bags:
-        msg = (
-            f"no region has >= {min_spots} spots with window={window}; "
-            "lower min_spots or enlarge window"
-        )
-        raise ValueError(msg)
-
+    C, gene_cols = _gene_target_counts(counts, gene_names, genes, n)
+    P = _pathway_target_scores(pathway_scores, pathways, n)
+    bags, rows = _tiles(xy, s, p, window, min_spots)
     values = {}
     if C is not None:
         total = np.array([C[b].sum() for b in bags])

@@ -9,10 +9,13 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``encoders``, ``embed`` and ``export`` to ``subparsers``."""
-    from ._args import add_command, add_deprecated_alias, add_list, format_default
-    from ._args import signature_defaults as defaults_of
+    _register_encoders(subparsers)
+    _register_embed(subparsers)
+    _register_export(subparsers)
 
-    embed_defaults = defaults_of("tl._embed", "embed")
+
+def _register_encoders(subparsers: argparse._SubParsersAction) -> None:
+    from ._args import add_command
 
     p = add_command(
         subparsers,
@@ -29,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the full configs as JSON")
     p.set_defaults(func=run_encoders)
 
+
+def _register_embed(subparsers: argparse._SubParsersAction) -> None:
+    from ._args import add_command, add_deprecated_alias, add_list, format_default
+    from ._args import signature_defaults as defaults_of
+
+    embed_defaults = defaults_of("tl._embed", "embed")
     p = add_command(
         subparsers,
         "embed",
@@ -96,6 +105,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         + format_default(defaults_of("tl._embed", "write_embeddings")["num_workers"]),
     )
     p.set_defaults(func=run_embed)
+
+
+def _register_export(subparsers: argparse._SubParsersAction) -> None:
+    from ._args import add_command
 
     p = add_command(
         subparsers,

@@ -163,6 +163,42 @@ def _library_id(folder: Path) -> str:
     return folder.parent.name if folder.name == "outs" else folder.name
 
 
+def _check_positions_in_frame(xy, pos_path: Path, image, info, sizes, sf) -> None:
+    """Positions inside the full-resolution image, or (without one) inside the level-0
+    frame the PNGs bound (their size / their scale factor)."""
+    if info is not None:
+        check_coordinates(
+            xy, image_size=(info.width, info.height), source=pos_path, image_source=image
+        )
+        return
+    for res, (w, h) in sizes.items():
+        s = sf[f"tissue_{res}_scalef"]
+        check_coordinates(
+            xy,
+            image_size=(w / s, h / s),
+            source=pos_path,
+            image_source=pos_path.parent / f"tissue_{res}_image.png",
+            tolerance_px=1.0 / s,
+        )
+
+
+def _mpp_estimates(
+    sf: dict, *, hd: bool, spot_diameter_um: float | None
+) -> tuple[float, dict[str, float | None]]:
+    """``(spot or bin diameter in µm, µm/px estimates from the scale factors)``."""
+    estimates: dict[str, float | None] = {}
+    if hd:
+        bin_um = float(sf.get("bin_size_um", spot_diameter_um or np.nan))
+        spot_diameter_um = bin_um if spot_diameter_um is None else spot_diameter_um
+        estimates["scalefactors"] = float(sf["microns_per_pixel"])
+        # bin geometry is a second estimate: bin_size_um / spot_diameter_fullres
+        estimates["spot_pitch"] = bin_um / float(sf["spot_diameter_fullres"])
+    else:
+        spot_diameter_um = spot_diameter_um or VISIUM_SPOT_DIAMETER_UM
+        estimates["scalefactors"] = spot_diameter_um / float(sf["spot_diameter_fullres"])
+    return spot_diameter_um, estimates
+
+
 def _read_spaceranger(
     folder: Path,
     *,
@@ -201,31 +237,9 @@ def _read_spaceranger(
     check_coordinates(xy, image_size=None, source=pos_path)  # finite, not all identical
     images, sizes = _png_images(spatial_dir) if load_images else ({}, {})
     info = image_info(image) if image is not None else None
-    if info is not None:
-        check_coordinates(
-            xy, image_size=(info.width, info.height), source=pos_path, image_source=image
-        )
-    else:
-        # no full-resolution image: the PNGs bound the level-0 frame (size / scale factor)
-        for res, (w, h) in sizes.items():
-            s = sf[f"tissue_{res}_scalef"]
-            check_coordinates(
-                xy,
-                image_size=(w / s, h / s),
-                source=pos_path,
-                image_source=spatial_dir / f"tissue_{res}_image.png",
-                tolerance_px=1.0 / s,
-            )
-    estimates: dict[str, float | None] = {"user": mpp}
-    if hd:
-        bin_um = float(sf.get("bin_size_um", spot_diameter_um or np.nan))
-        spot_diameter_um = bin_um if spot_diameter_um is None else spot_diameter_um
-        estimates["scalefactors"] = float(sf["microns_per_pixel"])
-        # bin geometry is a second estimate: bin_size_um / spot_diameter_fullres
-        estimates["spot_pitch"] = bin_um / float(sf["spot_diameter_fullres"])
-    else:
-        spot_diameter_um = spot_diameter_um or VISIUM_SPOT_DIAMETER_UM
-        estimates["scalefactors"] = spot_diameter_um / float(sf["spot_diameter_fullres"])
+    _check_positions_in_frame(xy, pos_path, image, info, sizes, sf)
+    spot_diameter_um, estimates = _mpp_estimates(sf, hd=hd, spot_diameter_um=spot_diameter_um)
+    estimates = {"user": mpp, **estimates}
     if info is not None:
         estimates["tiff_metadata"] = info.mpp
     mpp_value, mpp_source = reconcile_mpp(estimates, context=str(folder))

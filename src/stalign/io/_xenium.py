@@ -70,6 +70,25 @@ def read_alignment_matrix(path: PathLike) -> np.ndarray:
     return M
 
 
+def _alignment_matrix(image: PathLike | None, alignment) -> np.ndarray | None:
+    """The 3×3 affine H&E alignment (from an array or Xenium Explorer's CSV), or None
+    without an image; an image without its alignment is an error."""
+    if image is None:
+        return None
+    if alignment is None:
+        msg = (
+            f"{image}: an H&E image needs its alignment matrix (alignment=..., the 3×3 "
+            "'*_he_imagealignment.csv' from Xenium Explorer) to place the cells"
+        )
+        raise ValueError(msg)
+    M = alignment if isinstance(alignment, np.ndarray) else read_alignment_matrix(alignment)
+    M = np.asarray(M, dtype=float)
+    if M.shape != (3, 3):
+        msg = f"alignment: expected a 3×3 affine matrix, found shape {M.shape}"
+        raise ValueError(msg)
+    return M
+
+
 def read_xenium(
     path: PathLike,
     *,
@@ -130,19 +149,7 @@ def read_xenium(
     if alignment_units not in ("pixel", "micron"):
         msg = f"alignment_units must be 'pixel' or 'micron', got {alignment_units!r}"
         raise ValueError(msg)
-    M = None
-    if image is not None:
-        if alignment is None:
-            msg = (
-                f"{image}: an H&E image needs its alignment matrix (alignment=..., the 3×3 "
-                "'*_he_imagealignment.csv' from Xenium Explorer) to place the cells"
-            )
-            raise ValueError(msg)
-        M = alignment if isinstance(alignment, np.ndarray) else read_alignment_matrix(alignment)
-        M = np.asarray(M, dtype=float)
-        if M.shape != (3, 3):
-            msg = f"alignment: expected a 3×3 affine matrix, found shape {M.shape}"
-            raise ValueError(msg)
+    M = _alignment_matrix(image, alignment)
     counts_path = _first(folder, _MATRIX, "cell-feature matrix")
     cells_path = _first(folder, _CELLS, "cells table")
     mat = read_matrix(counts_path)
