@@ -230,6 +230,26 @@ def _prepare_sets(content: tuple[tuple[str, tuple[str, ...]], ...]) -> _Prepared
     )
 
 
+def _entry_positions(keys: np.ndarray, prepared, id_type: str) -> np.ndarray:
+    """``var`` position of every gene-set entry (-1: not in the data); a key held by
+    several genes maps to the first of them."""
+    n_vars = len(keys)
+    index = pd.Index(keys)
+    first = ~index.duplicated(keep="first")
+    n_dup = int(n_vars - first.sum())
+    if n_dup:
+        logger.info(
+            "%d genes share a %s key with an earlier gene (case-insensitive); the first one "
+            "is used for gene-set membership",
+            n_dup,
+            id_type,
+        )
+    # var position of every distinct set key (-1: not in the data), then of every entry
+    hit = pd.Index(keys[first]).get_indexer(prepared.keys)
+    hit = np.where(hit >= 0, np.flatnonzero(first)[np.maximum(hit, 0)], -1)
+    return hit[prepared.codes]
+
+
 def match_gene_sets(
     var: pd.DataFrame,
     gene_sets: Mapping[str, Sequence[str]],
@@ -273,20 +293,7 @@ def match_gene_sets(
     id_type = prepared.id_type
     keys, source = gene_keys(var, id_type=id_type, gene_column=gene_column)
     n_vars = len(keys)
-    index = pd.Index(keys)
-    first = ~index.duplicated(keep="first")
-    n_dup = int(n_vars - first.sum())
-    if n_dup:
-        logger.info(
-            "%d genes share a %s key with an earlier gene (case-insensitive); the first one "
-            "is used for gene-set membership",
-            n_dup,
-            id_type,
-        )
-    # var position of every distinct set key (-1: not in the data), then of every entry
-    hit = pd.Index(keys[first]).get_indexer(prepared.keys)
-    hit = np.where(hit >= 0, np.flatnonzero(first)[np.maximum(hit, 0)], -1)
-    entry_hit = hit[prepared.codes]
+    entry_hit = _entry_positions(keys, prepared, id_type)
 
     names: list[str] = []
     indices: list[np.ndarray] = []
