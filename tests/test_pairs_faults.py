@@ -207,6 +207,50 @@ def test_a_killed_worker_stops_the_build_with_one_line_and_it_resumes(tmp_path, 
     assert _files(out) == _files(ref)
 
 
+class _Orphaned(Exception):
+    """Stands in for ``os._exit(1)`` of an orphaned worker."""
+
+
+def test_an_orphaned_worker_commits_nothing(tmp_path):
+    """The orphan check runs after ``_SUCCESS`` is written and before the shard moves in."""
+    from stalign.pairs._store import SHARD_FILES, ShardInputs, commit_shard, write_failure
+
+    tmp, final = tmp_path / "samples" / ".tmp-S.1", tmp_path / "samples" / "S"
+    tmp.mkdir(parents=True)
+    for name in SHARD_FILES:
+        (tmp / name).write_bytes(name.encode())
+    inputs = ShardInputs({"/data/S.tsv": {"missing": True}}, {"/data/S.tsv": [3, 4]})
+
+    def gone() -> None:
+        assert (tmp / "_SUCCESS").is_file()
+        raise _Orphaned
+
+    with pytest.raises(_Orphaned):
+        commit_shard(tmp, final, {"sample_id": "S"}, inputs=inputs, orphan_check=gone)
+    assert not final.exists()
+    with pytest.raises(_Orphaned):
+        write_failure(tmp_path, "F", {"reason": "x"}, orphan_check=gone)
+    assert not (tmp_path / "samples" / "F").exists()
+    commit_shard(tmp, final, {"sample_id": "S"}, inputs=inputs, orphan_check=lambda: None)
+    assert json.loads((final / "_SUCCESS").read_text())["inputs"] == inputs.identity
+    assert json.loads((final / ".stat.json").read_text())["inputs"] == inputs.stats
+
+
+def test_a_worker_exits_once_its_build_is_gone(monkeypatch):
+    import stalign.pairs._build as build_module
+
+    def exit_(code: int) -> None:
+        raise _Orphaned(code)
+
+    monkeypatch.setattr(build_module.os, "_exit", exit_)
+    for parent in (None, os.getppid()):  # the build process itself; a worker of a live build
+        monkeypatch.setattr(build_module, "_worker_parent", parent)
+        build_module._exit_if_orphaned()
+    monkeypatch.setattr(build_module, "_worker_parent", -1)  # re-parented: the build is gone
+    with pytest.raises(_Orphaned, match="1"):
+        build_module._exit_if_orphaned()
+
+
 # ----------------------------------------------------------------------------- concurrency
 def test_a_second_run_on_the_same_folder_is_refused_at_once(tmp_path, ref, manifest):
     out = tmp_path / "pairs"

@@ -34,9 +34,8 @@ from ._store import (
     LOCK_FILE,
     SAMPLES_DIR,
     SUCCESS,
-    bind_to_parent,
+    ShardInputs,
     clean_stale_tmpdirs,
-    commit_inputs,
     input_identity,
     known_inputs,
     read_failure,
@@ -341,14 +340,17 @@ def _run_one(
     params: PairsParams,
     out: str,
     fp: str,
-    inputs: tuple[dict[str, Any], dict[str, list[int]]],
+    inputs: ShardInputs,
     position: int | None,
     progress: bool,
+    orphan_check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Build a shard, turning a sample's error into a failure record.
 
     ``inputs`` is the identity of the sample's input files and their stat
-    (`_inputs_of`), recorded in the shard.
+    (`_inputs_of`), recorded in the shard. ``orphan_check`` runs right before the
+    shard (or its failure record) is written: `_exit_if_orphaned` in worker
+    processes, ``None`` in the build process itself.
 
     A full or read-only disk stops the whole build (re-raised, naming the sample
     and the store) instead of failing every remaining sample; the partial shard is
@@ -356,10 +358,16 @@ def _run_one(
     """
     t0 = time.perf_counter()
     try:
-        with commit_inputs(*inputs):
-            rec = build_sample(
-                sample, params, out, fingerprint=fp, progress_position=position, progress=progress
-            )
+        rec = build_sample(
+            sample,
+            params,
+            out,
+            fingerprint=fp,
+            inputs=inputs,
+            orphan_check=orphan_check,
+            progress_position=position,
+            progress=progress,
+        )
         return {"status": "done", "record": rec, "seconds": time.perf_counter() - t0}
     except Exception as e:
         if _is_disk_error(e):
@@ -374,7 +382,7 @@ def _run_one(
             "error_type": type(e).__name__,
             "traceback": traceback.format_exc(),
         }
-        write_failure(out, sample.sample_id, record)
+        write_failure(out, sample.sample_id, record, orphan_check=orphan_check)
         return {"status": "failed", "reason": reason, "seconds": time.perf_counter() - t0}
 
 
@@ -398,14 +406,30 @@ def _watch_parent(parent: int) -> None:
         time.sleep(0.5)
 
 
+#: a worker process's parent when the pool started it (set once per worker by
+#: `_worker_init`; ``None`` in the build process)
+_worker_parent: int | None = None
+
+
+def _exit_if_orphaned() -> None:
+    """Exit this worker at once if the build that started it is gone (it was re-parented).
+
+    The ``orphan_check`` that pool workers pass to `build_sample` and `write_failure`:
+    nobody owns the store once the build is gone, so nothing may be committed.
+    """
+    if _worker_parent is not None and os.getppid() != _worker_parent:
+        os._exit(1)
+
+
 def _worker_init(build_pid: int) -> None:
     """Tie a worker's life to the build: it dies with it and never commits after it.
 
     ``PR_SET_PDEATHSIG`` (Linux) kills the worker the moment its parent dies; a
-    watcher thread does the same within 0.5 s elsewhere, and
-    `bind_to_parent` makes a last check right before
-    a shard is committed.
+    watcher thread does the same within 0.5 s elsewhere, and `_exit_if_orphaned`
+    (the ``orphan_check`` of the worker's tasks) makes a last check right before a
+    shard is committed.
     """
+    global _worker_parent
     parent = os.getppid()
     _set_death_signal()
     try:
@@ -414,7 +438,7 @@ def _worker_init(build_pid: int) -> None:
         os._exit(1)
     except PermissionError:  # pragma: no cover
         pass
-    bind_to_parent(parent)
+    _worker_parent = parent
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
@@ -589,14 +613,12 @@ def build_pairs(
     return result
 
 
-def _inputs_of(
-    out: Path, sample: Sample, *, use_cache: bool
-) -> tuple[dict[str, Any], dict[str, list[int]]]:
+def _inputs_of(out: Path, sample: Sample, *, use_cache: bool) -> ShardInputs:
     """Return the identity of a sample's input files and their ``[size, mtime_ns]``."""
     known = known_inputs(out, sample.sample_id) if use_cache else None
     stats: dict[str, list[int]] = {}
     identity = input_identity(sample_inputs(sample), known=known, stats=stats)
-    return identity, stats
+    return ShardInputs(identity, stats)
 
 
 def _command_line(shard: tuple[int, int] | None) -> str:
@@ -605,15 +627,16 @@ def _command_line(shard: tuple[int, int] | None) -> str:
 
 
 def _plan(
-    out: Path, mine: Sequence[Sample], fp: str, inputs: dict[str, Any], *, verify: bool
+    out: Path, mine: Sequence[Sample], fp: str, inputs: dict[str, ShardInputs], *, verify: bool
 ) -> tuple[dict[str, dict[str, Any]], list[Sample]]:
     """Split the samples into finished shards (rows 'skipped') and those to build."""
     rows: dict[str, dict[str, Any]] = {}
     todo: list[Sample] = []
     for s in mine:
-        problem = shard_problem(out, s.sample_id, fp, inputs=inputs[s.sample_id][0], verify=verify)
+        mine_inputs = inputs[s.sample_id]
+        problem = shard_problem(out, s.sample_id, fp, inputs=mine_inputs.identity, verify=verify)
         if problem is None:
-            refresh_input_stats(out, s.sample_id, inputs[s.sample_id][1])
+            refresh_input_stats(out, s.sample_id, mine_inputs.stats)
             rec = read_success(out, s.sample_id) or {}
             rows[s.sample_id] = {
                 "status": "skipped",
@@ -636,7 +659,7 @@ def _run_all(
     params: PairsParams,
     out: Path,
     fp: str,
-    inputs: dict[str, Any],
+    inputs: dict[str, ShardInputs],
     rows: dict[str, dict[str, Any]],
     *,
     workers: int,
@@ -674,8 +697,8 @@ def _run_all(
             )
             raise RuntimeError(msg)
 
-    def args(s: Sample, slot: int) -> tuple:
-        return (s, params, str(out), fp, inputs[s.sample_id], slot, progress)
+    def args(s: Sample, slot: int, orphan_check: Callable[[], None] | None = None) -> tuple:
+        return (s, params, str(out), fp, inputs[s.sample_id], slot, progress, orphan_check)
 
     try:
         if n_workers == 1:
@@ -693,12 +716,12 @@ def _run_all(
 def _run_pool(
     todo: Sequence[Sample],
     n_workers: int,
-    args: Callable[[Sample, int], tuple],
+    args: Callable[[Sample, int, Callable[[], None]], tuple],
     record: Callable[[Sample, dict[str, Any]], None],
     *,
     stop: Callable[[], bool],
 ) -> None:
-    """Run ``_run_one(*args(sample, slot))`` in worker processes that die with this one."""
+    """Run ``_run_one(*args(sample, slot, _exit_if_orphaned))`` in workers dying with this one."""
     pool = ProcessPoolExecutor(
         max_workers=n_workers, initializer=_worker_init, initargs=(os.getpid(),)
     )
@@ -711,7 +734,7 @@ def _run_pool(
             while queue and slots and not stop():
                 s = queue.pop(0)
                 slot = slots.pop(0)
-                fut = pool.submit(_run_one, *args(s, slot))
+                fut = pool.submit(_run_one, *args(s, slot, _exit_if_orphaned))
                 pending[fut] = s
                 slot_of[fut] = slot
             if not pending:

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ._store import (
     SPOTS_CSV,
     THUMBNAIL_PNG,
     PatchWriter,
+    ShardInputs,
     commit_shard,
     new_shard_tmpdir,
     sample_dir,
@@ -186,6 +188,8 @@ def build_sample(
     out: str | Path,
     *,
     fingerprint: str,
+    inputs: ShardInputs | None = None,
+    orphan_check: Callable[[], None] | None = None,
     progress_position: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -202,6 +206,12 @@ def build_sample(
     fingerprint
         `params_fingerprint` of the build, recorded in
         ``_SUCCESS`` so a resumed build with other parameters is refused.
+    inputs
+        The identity of the sample's input files (and their stat), recorded in
+        ``_SUCCESS`` so a resume notices changed inputs; ``None`` records none.
+    orphan_check
+        Called right before the commit (see `commit_shard`): a worker process whose
+        build is gone exits there.
     progress_position, progress
         Position of this sample's tqdm bar (one per worker) and whether to show it.
 
@@ -323,7 +333,13 @@ def build_sample(
             "tissue_qc": tissue_qc_info,
         }
         # timings vary from run to run: kept out of _SUCCESS (checksummed content)
-        commit_shard(tmp, sample_dir(out, sample.sample_id), record)
+        commit_shard(
+            tmp,
+            sample_dir(out, sample.sample_id),
+            record,
+            inputs=inputs,
+            orphan_check=orphan_check,
+        )
         record["timings_s"] = {**timings, "total": round(time.perf_counter() - t0, 3)}
         return record
     finally:

@@ -32,13 +32,13 @@ when their size or mtime changed. ``verify=True`` re-hashes everything.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -264,22 +264,21 @@ def clean_stale_tmpdirs(out: str | os.PathLike, sample_ids: Sequence[str]) -> in
     return removed
 
 
-#: set in worker processes: commits stop once the build process that started them is gone
-_PARENT_PID: contextvars.ContextVar[int | None] = contextvars.ContextVar("parent", default=None)
-#: fields added to the next ``_SUCCESS`` record (e.g. the identity of the inputs)
-_COMMIT_EXTRA: contextvars.ContextVar[dict | None] = contextvars.ContextVar("extra", default=None)
+@dataclass(frozen=True)
+class ShardInputs:
+    """What a shard records of its sample's input files (see `input_identity`).
 
+    Attributes
+    ----------
+    identity
+        Path → `file_identity` (or ``{'missing': True}``), written to ``_SUCCESS['inputs']``.
+    stats
+        Path → ``[size, mtime_ns]`` of the files then, cached in ``.stat.json`` so a
+        resume re-reads only files whose size or mtime changed.
+    """
 
-def bind_to_parent(parent_pid: int) -> None:
-    """Make this (worker) process refuse to commit anything once ``parent_pid`` is gone."""
-    _PARENT_PID.set(int(parent_pid))
-
-
-def _exit_if_orphaned() -> None:
-    parent = _PARENT_PID.get()
-    if parent is not None and os.getppid() != parent:
-        # the build that started this worker was killed: nobody owns the store now
-        os._exit(1)
+    identity: dict[str, dict[str, Any]]
+    stats: dict[str, list[int]] = field(default_factory=dict)
 
 
 def refresh_input_stats(out: str | os.PathLike, sample_id: str, stats: dict[str, list]) -> None:
@@ -291,27 +290,22 @@ def refresh_input_stats(out: str | os.PathLike, sample_id: str, stats: dict[str,
             write_json(d / STAT_CACHE, {**cache, "inputs": stats})
 
 
-@contextlib.contextmanager
-def commit_inputs(
-    identity: dict[str, Any], stats: dict[str, list[int]] | None = None
-) -> Iterator[None]:
-    """Record ``identity`` (and the files' ``stats``) in shards committed inside the block."""
-    token = _COMMIT_EXTRA.set({"inputs": identity, "stats": stats or {}})
-    try:
-        yield
-    finally:
-        _COMMIT_EXTRA.reset(token)
-
-
-def commit_shard(tmp: Path, final: Path, success: dict[str, Any]) -> None:
+def commit_shard(
+    tmp: Path,
+    final: Path,
+    success: dict[str, Any],
+    *,
+    inputs: ShardInputs | None = None,
+    orphan_check: Callable[[], None] | None = None,
+) -> None:
     """Checksum the files in ``tmp``, write ``_SUCCESS`` last, move ``tmp`` onto ``final``.
 
-    ``success`` is extended with ``files`` (name → sha256 and bytes) and the
-    input identity of an enclosing `commit_inputs`; ``.stat.json`` caches
-    the size and mtime of the files and the inputs. A previous (incomplete or failed)
-    ``final`` directory is removed first; a crash between the removal and the
-    rename leaves no shard, which the next run redoes. A worker whose build
-    process is gone (`bind_to_parent`) exits instead of committing.
+    ``success`` is extended with ``files`` (name → sha256 and bytes) and, with
+    ``inputs``, the input identity (``inputs``); ``.stat.json`` caches the size and
+    mtime of the files and the inputs. A previous (incomplete or failed) ``final``
+    directory is removed first; a crash between the removal and the rename leaves no
+    shard, which the next run redoes. ``orphan_check`` is called right before the
+    rename: a worker whose build process is gone exits there instead of committing.
     """
     files = {}
     for name in sorted(os.listdir(tmp)):
@@ -322,15 +316,15 @@ def commit_shard(tmp: Path, final: Path, success: dict[str, Any]) -> None:
     if missing:
         msg = f"internal error: shard {tmp} lacks {missing} before commit"
         raise RuntimeError(msg)
-    extra = _COMMIT_EXTRA.get() or {}
-    if "inputs" in extra:
-        success["inputs"] = extra["inputs"]
+    if inputs is not None:
+        success["inputs"] = inputs.identity
     record = {**success, "files": files}
     cache = {"files": {name: _stat_key(tmp / name) for name in files}}
-    write_json(tmp / STAT_CACHE, {**cache, "inputs": extra.get("stats", {})})
+    write_json(tmp / STAT_CACHE, {**cache, "inputs": inputs.stats if inputs is not None else {}})
     write_json(tmp / SUCCESS, record)
     _fsync_dir(tmp)
-    _exit_if_orphaned()
+    if orphan_check is not None:
+        orphan_check()
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -364,9 +358,19 @@ def remove_index(out: str | os.PathLike) -> bool:
     return True
 
 
-def write_failure(out: str | os.PathLike, sample_id: str, record: dict[str, Any]) -> None:
-    """Record why a sample failed in ``samples/<id>/_FAILED`` (replacing older shards)."""
-    _exit_if_orphaned()
+def write_failure(
+    out: str | os.PathLike,
+    sample_id: str,
+    record: dict[str, Any],
+    *,
+    orphan_check: Callable[[], None] | None = None,
+) -> None:
+    """Record why a sample failed in ``samples/<id>/_FAILED`` (replacing older shards).
+
+    ``orphan_check`` is called first (a worker whose build is gone exits there).
+    """
+    if orphan_check is not None:
+        orphan_check()
     d = sample_dir(out, sample_id)
     if (d / SUCCESS).exists():  # pragma: no cover - a finished shard is never re-failed
         return
