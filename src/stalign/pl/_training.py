@@ -18,6 +18,9 @@ def training_curves(
 ):
     """Plot the loss (train and validation) and validation retrieval over steps.
 
+    Recall is drawn as a fraction of the validation spots (as in ``log.csv`` and the
+    evaluation report), each with its chance level (dotted).
+
     Parameters
     ----------
     history
@@ -59,9 +62,9 @@ def training_curves(
         if col in history.columns:
             d = history[["step", col, f"val_chance@{k}"]].dropna()
             if len(d):
-                ax_ret.plot(d["step"], 100 * d[col], "o-", color=color, ms=3, label=f"recall@{k}")
+                ax_ret.plot(d["step"], d[col], "o-", color=color, ms=3, label=f"recall@{k}")
                 ax_ret.axhline(
-                    100 * d[f"val_chance@{k}"].iloc[-1],
+                    d[f"val_chance@{k}"].iloc[-1],
                     color=color,
                     ls=":",
                     lw=1,
@@ -70,7 +73,7 @@ def training_curves(
                 plotted = True
     if plotted:
         ax_ret.set_xlabel("optimiser step")
-        ax_ret.set_ylabel("image → profile recall (%)")
+        ax_ret.set_ylabel("image → profile recall@k (fraction)")
         ax_ret.legend(frameon=False, fontsize=8, ncol=2, loc="upper left", bbox_to_anchor=(1, 1))
         ax_ret.set_title("validation retrieval")
     else:
