@@ -86,6 +86,43 @@ def test_visium_lowres_zarr_builds_the_native_pairs(tmp_path, examples_dir):
     _same_pairs(a, b, scores=False)
 
 
+def _level0(element):
+    """The full-resolution pixels of an image element (single- or multi-scale)."""
+    import xarray as xr
+
+    return element if isinstance(element, xr.DataArray) else sd.get_pyramid_levels(element, n=0)
+
+
+def test_the_io_writer_takes_the_opened_image(tmp_path, examples_dir):
+    """stalign.io.to_spatialdata (beside the reader) writes what im.to_spatialdata writes.
+
+    The Visium lowres stand-in has a non-integer level-0 downsample, so the writer's
+    chunked reads through the public ``read_region`` are checked pixel for pixel.
+    """
+    import stalign.io
+    from stalign.im import from_array, open_image
+
+    native = read_visium(examples_dir / "visium_human_heart")
+    by_im = to_spatialdata(native, path=tmp_path / "im.zarr")
+    with open_image(native) as slide:
+        assert slide.level_downsamples[0] != int(slide.level_downsamples[0])
+        by_io = stalign.io.to_spatialdata(native, path=tmp_path / "io.zarr", image=slide)
+    pixels = [np.asarray(_level0(s.images["he"])) for s in (by_im, by_io)]
+    assert pixels[0].shape[0] == 3 and pixels[0].size > 0
+    np.testing.assert_array_equal(pixels[0], pixels[1])
+    assert by_im.images["he"].attrs == by_io.images["he"].attrs  # the same transformations
+    # chunks away from the origin (1024 px each) with a non-integer downsample: every
+    # pixel lands where it was
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (1300, 2500, 3), dtype=np.uint8)
+    lazy = stalign.io.to_spatialdata(native, image=from_array(big, downsample=1 / 0.0738))
+    np.testing.assert_array_equal(np.asarray(_level0(lazy.images["he"])), np.moveaxis(big, -1, 0))
+    no_image = stalign.io.to_spatialdata(native)
+    assert not no_image.images and list(no_image.shapes) == ["spots"]
+    with pytest.raises(TypeError, match=r"image=stalign\.im\.open_image"):
+        stalign.io.to_spatialdata(native, image=True)
+
+
 def test_xenium_table_round_trip(tmp_path, shared_data):
     from stalign.io import read_xenium
 

@@ -27,7 +27,7 @@ try:  # POSIX
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FolderLockedError", "folder_lock"]
+__all__ = ["FolderLockedError", "folder_lock", "pid_alive"]
 
 
 class FolderLockedError(RuntimeError):
@@ -39,7 +39,8 @@ def _holder_line(command: str) -> str:
     return f"pid={os.getpid()} host={socket.gethostname()} since={now} command={command}\n"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` runs on this host (owned by anyone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -47,6 +48,9 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # alive, owned by another user
         return True
     return True
+
+
+_pid_alive = pid_alive  # the old private name, until pairs/_store.py imports pid_alive
 
 
 def _describe_holders(path: Path) -> str:
@@ -64,7 +68,7 @@ def _describe_holders(path: Path) -> str:
         except ValueError:
             continue
         host = fields.get("host", "?")
-        if host == here and not _pid_alive(pid):
+        if host == here and not pid_alive(pid):
             continue
         cmd = line.split(" command=", 1)[-1] if " command=" in line else "?"
         found.append(f"pid {pid} (host {host}, {cmd}, since {fields.get('since', '?')})")

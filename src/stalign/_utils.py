@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ._lock import _pid_alive
+from ._lock import pid_alive
 
 logger = logging.getLogger("stalign")
 
@@ -90,7 +90,7 @@ def remove_stale_temps(path: Path) -> int:
     removed = 0
     for entry in path.parent.glob(f"{glob.escape(prefix)}*"):
         pid = entry.name[len(prefix) :].split(".", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             entry.unlink(missing_ok=True)
             removed += 1
     return removed

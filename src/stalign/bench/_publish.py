@@ -44,7 +44,7 @@ def staging_dir(out: Path) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    from ..pairs._store import file_sha256
+    from ..pairs import file_sha256
 
     return file_sha256(path)
 

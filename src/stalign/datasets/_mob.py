@@ -102,7 +102,7 @@ def mob_example_pairs(
         ``patient_ids`` = mouse.
     """
     from .. import im, io, tl
-    from ..train._data import TensorPairsDataset
+    from ..train import TensorPairsDataset
 
     mob_dir = require(_default_mob_dir()) if mob_dir is None else Path(mob_dir)
     patients = dict(mob_patients() if patients is None else patients)

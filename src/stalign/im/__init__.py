@@ -1,7 +1,7 @@
 """H&E image access: the lazy `SlideImage`, spot → patch extraction, tissue QC.
 
-Also the SpatialData writer, `to_spatialdata` (it streams the H&E through
-`open_image`; the reader is `stalign.io.read_spatialdata`).
+Also `to_spatialdata`: the SpatialData writer `stalign.io.to_spatialdata` with the H&E
+opened for you through `open_image` (the reader is `stalign.io.read_spatialdata`).
 
 Coordinates are level-0 image pixels ``(x, y)``; resolutions are µm/px.
 """
@@ -20,7 +20,14 @@ from ._hest_tissue import read_hest_tissue
 from ._patches import PatchBatch, extract_patches, iter_patches
 from ._slide import SlideImage, from_array, open_image
 from ._spatialdata import to_spatialdata
-from ._tissue import TissueMask, saturation, tissue_fraction, tissue_mask, tissue_threshold
+from ._tissue import (
+    TissueMask,
+    saturation,
+    tissue_fraction,
+    tissue_mask,
+    tissue_mask_settings,
+    tissue_threshold,
+)
 
 __all__ = [
     "HEST_PATCH_MPP",
@@ -41,6 +48,7 @@ __all__ = [
     "saturation",
     "tissue_fraction",
     "tissue_mask",
+    "tissue_mask_settings",
     "tissue_threshold",
     "to_spatialdata",
     "write_hest_patches",

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io._image import to_rgb_uint8  # the one RGB conversion of stalign
+from ..io import to_rgb_uint8  # the one RGB conversion of stalign
 
 __all__ = ["ArrayLevel", "Level", "OpenSlideLevel", "TiledTiffLevel", "ZarrLevel", "to_rgb_uint8"]
 

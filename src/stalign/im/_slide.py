@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _keys as K
-from ..io._image import (
+from ..io import (
     check_decode_memory,
     is_tiff,
     open_pil,
     pil_to_rgb_uint8,
+    reconcile_mpp,
     tiff_mpp,
     to_rgb_uint8,
 )
-from ..io._mpp import reconcile_mpp
 from ._levels import ArrayLevel, Level, OpenSlideLevel, TiledTiffLevel, ZarrLevel
 from ._resample import Window, outside_mask, patch_window, resample
 
@@ -393,7 +393,7 @@ def _check_size(value: int, name: str = "size_px") -> int:
 
 
 # ----------------------------------------------------------------------------------
-# resolution from metadata: one rule for readers and images (stalign.io._image.tiff_mpp)
+# resolution from metadata: one rule for readers and images (stalign.io.tiff_mpp)
 def _reconcile_mpp(
     user: float | None, found: float | None, found_source: str | None, source: str
 ) -> tuple[float | None, str | None]:

@@ -46,6 +46,7 @@ __all__ = [
     "saturation",
     "tissue_fraction",
     "tissue_mask",
+    "tissue_mask_settings",
     "tissue_threshold",
 ]
 

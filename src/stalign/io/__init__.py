@@ -10,9 +10,13 @@ the H&E image, ``uns['spatial'][library_id]`` (squidpy layout) and ``uns['stalig
 ``read_h5ad`` and ``read_spatialdata`` (a SpatialData object or ``.zarr`` store).
 ``hest_manifest`` makes a sample manifest from a HEST-1k folder.
 
-``io`` only reads: it sits below ``im`` and never imports it. Writing SpatialData back
-needs the H&E through ``im``'s lazy slide, so the writer is
-[`stalign.im.to_spatialdata`][stalign.im.to_spatialdata].
+``to_spatialdata`` writes SpatialData (or stalign's results into an existing store).
+``io`` sits below ``im`` and never imports it, so the writer takes the H&E as an opened
+image (``image=stalign.im.open_image(adata)``);
+[`stalign.im.to_spatialdata`][stalign.im.to_spatialdata] opens it for you.
+
+The image-file helpers (``open_pil``, ``tiff_mpp``, ``to_rgb_uint8`` ...) are public so
+that ``im``'s lazy slide decodes files by the same rules as the readers.
 """
 
 from __future__ import annotations
@@ -23,13 +27,20 @@ from ._image import (
     MAX_IMAGE_PIXELS,
     ImageInfo,
     ImageTooLargeError,
+    check_decode_memory,
     image_info,
+    is_tiff,
     max_image_pixels,
+    open_pil,
+    pil_to_rgb_uint8,
+    tiff_mpp,
+    to_rgb_uint8,
 )
 from ._legacy_st import estimate_mpp_from_grid, find_legacy_st_files, read_legacy_st
 from ._mpp import MppMismatchWarning, reconcile_mpp
 from ._read import PLATFORMS, detect_platform, read
 from ._spatialdata import read_spatialdata
+from ._spatialdata_writer import to_spatialdata
 from ._visium import read_visium, read_visium_hd
 from ._xenium import read_alignment_matrix, read_xenium
 
@@ -39,13 +50,17 @@ __all__ = [
     "ImageInfo",
     "ImageTooLargeError",
     "MppMismatchWarning",
+    "check_decode_memory",
     "detect_platform",
     "estimate_mpp_from_grid",
     "find_hest_files",
     "find_legacy_st_files",
     "hest_manifest",
     "image_info",
+    "is_tiff",
     "max_image_pixels",
+    "open_pil",
+    "pil_to_rgb_uint8",
     "read",
     "read_alignment_matrix",
     "read_h5ad",
@@ -57,4 +72,7 @@ __all__ = [
     "read_visium_hd",
     "read_xenium",
     "reconcile_mpp",
+    "tiff_mpp",
+    "to_rgb_uint8",
+    "to_spatialdata",
 ]

@@ -7,9 +7,8 @@ transformations, µm/px from a micrometre coordinate system (or the spot size), 
 the image kept lazy (``uns['stalign']['image_path']`` = the image element's OME-Zarr
 folder, read chunk by chunk).
 
-The writer, `stalign.im.to_spatialdata`, lives in ``stalign.im``: it streams the
-H&E through `stalign.im.open_image`, and ``io`` sits below ``im`` (it may not
-import it). The two share `MICRON_SYSTEM` and the store/element look-ups here.
+The writer, `stalign.io.to_spatialdata` (``_spatialdata_writer.py``), shares
+`MICRON_SYSTEM` and the store/element look-ups here.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MICRON_SYSTEM", "read_spatialdata"]
 
-#: coordinate system in µm that `stalign.im.to_spatialdata` writes (and the reader
+#: coordinate system in µm that `stalign.io.to_spatialdata` writes (and the reader
 #: looks for)
 MICRON_SYSTEM = "um"
 _MICRON_NAMES = ("um", "µm", "micron", "microns", "micrometer", "micrometre", "micrometers")

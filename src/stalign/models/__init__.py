@@ -15,7 +15,7 @@ from ._export import (
     read_provenance,
 )
 from ._lora import LoraSummary, add_lora, count_parameters, lora_target_names, remove_lora
-from ._packaged import weights_available
+from ._packaged import PackagedWeights, packaged_weights, weights_available
 from ._registry import (
     EncoderConfig,
     get_encoder_config,
@@ -27,6 +27,7 @@ __all__ = [
     "Encoder",
     "EncoderConfig",
     "LoraSummary",
+    "PackagedWeights",
     "add_lora",
     "code_provenance",
     "count_parameters",
@@ -39,6 +40,7 @@ __all__ = [
     "load_exported",
     "load_state_dict_file",
     "lora_target_names",
+    "packaged_weights",
     "read_provenance",
     "register_encoder",
     "remove_lora",

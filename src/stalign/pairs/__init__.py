@@ -15,7 +15,7 @@ from ._codec import decode_jpeg, encode_jpeg, psnr
 from ._manifest import PLATFORMS, ManifestError, Sample, read_manifest
 from ._params import PairsParams
 from ._report import write_qc_report
-from ._store import PatchWriter, patches_digest, read_index
+from ._store import PatchWriter, file_sha256, patches_digest, read_index
 
 __all__ = [
     "PLATFORMS",
@@ -29,6 +29,7 @@ __all__ = [
     "build_pairs",
     "decode_jpeg",
     "encode_jpeg",
+    "file_sha256",
     "merge_pairs",
     "parse_shard",
     "patches_digest",

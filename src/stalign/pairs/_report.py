@@ -87,7 +87,7 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
     """
     from PIL import Image
 
-    from . import _qc_plots  # the QC figures live with the store (not in pl, above pairs)
+    from .. import pl  # the QC figures (pl sits below pairs)
 
     out = Path(out)
     qc = out / QC_DIR
@@ -105,7 +105,7 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
         spot_um = rec.get("spot_diameter_um")
         mpp0 = rec.get("mpp_level0")
         spot_px = float(spot_um) / float(mpp0) / scale if spot_um and mpp0 else None
-        fig = _qc_plots.qc_spots(
+        fig = pl.qc_spots(
             thumb,
             df,
             scale=scale,
@@ -135,9 +135,9 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
             }
         )
     if spots:
-        _savefig(_qc_plots.qc_counts_histogram(spots), qc / "counts_per_spot.png")
+        _savefig(pl.qc_counts_histogram(spots), qc / "counts_per_spot.png")
         _savefig(
-            _qc_plots.qc_tissue_histogram(spots, threshold=_tissue_cut(params)),
+            pl.qc_tissue_histogram(spots, threshold=_tissue_cut(params)),
             qc / "tissue_fraction.png",
         )
     table = pd.DataFrame(rows)
@@ -203,8 +203,8 @@ DEPTH_HEADING = "Pathway scores and sequencing depth"
 
 def _depth_section(out: Path, index: dict[str, Any], qc: Path) -> tuple[list[str], pd.DataFrame]:
     """Write ``qc/pathway_depth.png``; return the depth section's markdown and table."""
-    from ..tl._pathway_depth import table_from_record
-    from . import _qc_plots
+    from .. import pl
+    from ..tl import depth_table_from_record
 
     params = index["params"]
     threshold = float(index.get("pathway_depth_threshold", 0.5))
@@ -213,11 +213,11 @@ def _depth_section(out: Path, index: dict[str, Any], qc: Path) -> tuple[list[str
         depth = shard_pathway_depth(out, s["sample_id"], read_success(out, s["sample_id"]) or {})
         if not depth:
             continue
-        tables[s["sample_id"]] = table_from_record(depth["table"])
+        tables[s["sample_id"]] = depth_table_from_record(depth["table"])
         rows.append(_depth_row(s, depth["summary"], tables[s["sample_id"]], threshold))
     if not rows:
         return [], pd.DataFrame()
-    _savefig(_qc_plots.qc_pathway_depth(tables, threshold=threshold), qc / "pathway_depth.png")
+    _savefig(pl.qc_pathway_depth(tables, threshold=threshold), qc / "pathway_depth.png")
     depth_rows = pd.DataFrame(rows)
     md = [
         f"## {DEPTH_HEADING}",

@@ -129,8 +129,7 @@ def spatial_spots(
     import matplotlib.pyplot as plt
     from matplotlib.collections import EllipseCollection
 
-    from ..im import open_image
-    from ..im._slide import SlideImage
+    from ..im import SlideImage, open_image
 
     src = adata if image is None else image
     slide = open_image(src)
@@ -291,8 +290,7 @@ def patch_grid(
         pick = np.sort(rng.choice(len(data), size=min(n, len(data)), replace=False))
         shown, names = data[pick], labels[pick]
     elif hasattr(data, "obs") and hasattr(data, "obsm"):
-        from ..im import open_image
-        from ..im._slide import SlideImage
+        from ..im import SlideImage, open_image
 
         pool = np.arange(data.n_obs)
         if obs_filter is not None:

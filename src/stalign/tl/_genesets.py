@@ -35,7 +35,8 @@ def bundled_gmt_path(name: str) -> Path:
 
     Returns
     -------
-    Path to the GMT file inside the installed package.
+    Path
+        The GMT file inside the installed package.
     """
     key = name.lower()
     if key not in BUNDLED_GENE_SETS:

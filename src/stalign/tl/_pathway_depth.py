@@ -18,12 +18,20 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import _keys
-from ..pp._depth import log_depth, regress_out_depth
+from ..pp import log_depth, regress_out_depth
 from ._scoring import iter_row_chunks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEPTH_WARN_ABS_R", "pathway_depth_diagnostics"]
+__all__ = [
+    "DEPTH_WARN_ABS_R",
+    "depth_summary",
+    "depth_table",
+    "depth_table_from_record",
+    "depth_table_to_record",
+    "pathway_depth_diagnostics",
+    "warn_if_depth_driven",
+]
 
 #: median |r(score, log total counts)| over pathways above which a section is flagged
 DEPTH_WARN_ABS_R = 0.5
@@ -197,7 +205,7 @@ def warn_if_depth_driven(table: pd.DataFrame, *, section: str, method: str) -> b
     return True
 
 
-def table_to_record(table: pd.DataFrame) -> dict[str, Any]:
+def depth_table_to_record(table: pd.DataFrame) -> dict[str, Any]:
     """Return a depth table as a dict of columns (writable to ``.h5ad`` ``uns`` and JSON)."""
     rec: dict[str, Any] = {"pathway": np.asarray(table.index.astype(str), dtype=object)}
     rec["n_spots"] = table["n_spots"].to_numpy(np.int64)
@@ -206,11 +214,17 @@ def table_to_record(table: pd.DataFrame) -> dict[str, Any]:
     return rec
 
 
-def table_from_record(rec: Any) -> pd.DataFrame:
-    """Inverse of `table_to_record` (also reads the JSON form of a shard)."""
+def depth_table_from_record(rec: Any) -> pd.DataFrame:
+    """Inverse of [`depth_table_to_record`][stalign.tl.depth_table_to_record].
+
+    Also reads the JSON form a pairs shard records.
+    """
     df = pd.DataFrame({k: np.asarray(v) for k, v in dict(rec).items()})
     df["pathway"] = df["pathway"].astype(str)
     return df.set_index("pathway").astype({c: float for c in DEPTH_COLUMNS})
+
+
+table_to_record = depth_table_to_record  # old private name, until pairs/_sample.py imports tl's
 
 
 def pathway_depth_diagnostics(

@@ -17,15 +17,14 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import _keys
-from ..pp._genes import match_gene_sets
-from ..pp._normalize import lognorm_matrix
+from ..pp import lognorm_matrix, match_gene_sets
 from ._genesets import GeneSetsLike, load_gene_sets
 from ._pathway_depth import (
     LibrarySizes,
     column_pearson,
     depth_table,
+    depth_table_to_record,
     library_sizes,
-    table_to_record,
     warn_if_depth_driven,
 )
 from ._rarefy import canonical_gene_rank, rarefy_chunk, spot_keys
@@ -46,7 +45,9 @@ from ._scoring import (
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("ssgsea", "aucell", "zscore", "ulm", "score_genes")
+#: the values of ``score_pathways(method=...)``
+PATHWAY_METHODS = ("ssgsea", "aucell", "zscore", "ulm", "score_genes")
+METHODS = PATHWAY_METHODS  # the old private name, until pairs/_params.py imports tl.PATHWAY_METHODS
 
 
 def score_pathways(
@@ -308,7 +309,7 @@ def _rarefy_library_sizes(x, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
 def _record_depth(adata, key_added, scores, total, detected, names, method) -> None:
     """Write ``uns[key_added]['depth']``; warn when the scores follow depth."""
     table = depth_table(scores, total, detected, names=names)
-    adata.uns[key_added][_keys.PATHWAY_DEPTH] = table_to_record(table)
+    adata.uns[key_added][_keys.PATHWAY_DEPTH] = depth_table_to_record(table)
     section = adata.uns.get(_keys.STALIGN, {}).get(_keys.LIBRARY_ID) or "this AnnData"
     warn_if_depth_driven(table, section=str(section), method=method)
 
@@ -349,8 +350,8 @@ def _check_arguments(
     copy: bool,
 ) -> tuple[str, str]:
     """Validate `score_pathways`' arguments; return the two ssGSEA norms (None → default)."""
-    if method not in METHODS:
-        msg = f"method must be one of {METHODS}, found {method!r}"
+    if method not in PATHWAY_METHODS:
+        msg = f"method must be one of {PATHWAY_METHODS}, found {method!r}"
         raise ValueError(msg)
     if sample_norm_method is None:
         sample_norm_method = "custom"
