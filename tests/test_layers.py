@@ -57,7 +57,6 @@ PENDING_PRIVATE_IMPORTS: dict[str, str] = {
     "stalign/pairs/_params.py: stalign.tl._pathways": "tl.PATHWAY_METHODS",
     "stalign/pairs/_params.py: stalign.tl._scoring": "tl.SSGSEA_TIES",
     "stalign/pairs/_sample.py: stalign.tl._pathway_depth": "tl.depth_table, ...",
-    "stalign/pairs/_store.py: stalign._lock._pid_alive": "_lock.pid_alive",
 }
 
 

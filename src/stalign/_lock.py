@@ -50,9 +50,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-_pid_alive = pid_alive  # the old private name, until pairs/_store.py imports pid_alive
-
-
 def _describe_holders(path: Path) -> str:
     """Return 'pid 123 (host h, build-pairs since …)' for the live holders in ``path``."""
     try:

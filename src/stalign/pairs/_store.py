@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .._lock import _pid_alive
+from .._lock import pid_alive as _pid_alive
 from .._utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
