@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from stalign.bench._report import DEPTH_METRIC, overall_verdict
+from stalign.bench._report import DEPTH_METRIC, MARGIN_SDS, _verdicts, overall_verdict
 
 PARAMS = {
     "baseline": "baseline",
@@ -48,3 +48,20 @@ def test_overall_verdict_needs_a_shuffled_control_and_the_depth_adjusted_readout
     # the plain HEST readout alone never earns "helped"
     plain = _table({"baseline": 0.1, "shuffled": 0.1, "aligned": 0.3}, metric="pearson")
     assert overall_verdict(plain, PARAMS)["verdict"] == "inconclusive"
+
+
+@pytest.mark.parametrize(
+    ("aligned", "outcome", "word"),
+    [
+        (0.115, "within the margin", "not shown to help"),  # 1.5 sd: "better" by the old line rule
+        (0.125, "aligned is better", "helped"),
+        (0.075, "aligned is WORSE", "not shown to help"),
+    ],
+)
+def test_per_metric_lines_use_the_overall_rule(aligned, outcome, word):
+    """One margin (2 × the larger sd) for the verdict lines and the overall verdict."""
+    table = _table({"baseline": 0.10, "shuffled": 0.10, "aligned": aligned})
+    assert overall_verdict(table, PARAMS)["verdict"] == word
+    lines = _verdicts(table, "baseline", "aligned", depth=True)
+    assert len(lines) == 1 and outcome in lines[0]
+    assert f"margin {MARGIN_SDS} × larger sd = 0.020" in lines[0]

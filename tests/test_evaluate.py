@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _report_html_check import check_self_contained
 
 from stalign.bench import color_histogram, encoder_features
 from stalign.bench._cache import FeatureCache, FeatureSource
@@ -83,16 +84,15 @@ def test_evaluate_cli_writes_report_with_figures(small_store, tiny_export, tmp_p
     assert rc == 0
     assert "report:" in capsys.readouterr().out
     report = (out / "report.md").read_text()
-    for fig in (
-        "scatter_genes",
-        "maps_genes",
-        "scatter_pathways",
-        "maps_pathways",
-        "retrieval_curves",
-    ):
+    for fig in ("scatter_genes", "scatter_pathways", "retrieval_curves"):
         png = out / "figures" / f"{fig}.png"
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
         assert f"figures/{fig}.png" in report
+    for task in ("genes", "pathways"):  # maps of every tested section (leave one out: all)
+        pngs = sorted((out / "figures").glob(f"maps_{task}_*.png"))
+        assert [p.stem for p in pngs] == [f"maps_{task}_MOB1", f"maps_{task}_MOB3"]
+        assert all(f"figures/{p.name}" in report for p in pngs)
+    check_self_contained(out / "report.html")  # the same report, one file, images inline
     table = pd.read_csv(out / "summary.csv")
     for feats in ("8×8 pixels", "aligned"):
         sub = table[table["features"] == feats]

@@ -1,9 +1,11 @@
-"""Tables, figures and the markdown report of `stalign.bench.evaluate`."""
+"""Tables, verdicts and the markdown report of `stalign.bench.evaluate`.
+
+Its figures are drawn by ``_figures``, its HTML twin by ``_report_html``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +13,19 @@ import numpy as np
 import pandas as pd
 
 from .._utils import atomic_write_text
+from ._figures import MapSection, write_figures  # where evaluate imports them from
+from ._report_html import write_report_html
 
 __all__ = [
     "DEPTH_METRIC",
+    "MARGIN_SDS",
     "READOUT_TEXT",
     "MapSection",
     "overall_verdict",
     "summary_table",
     "write_figures",
     "write_report",
+    "write_report_html",
 ]
 
 #: Metric name of the depth-adjusted readout in ``runs.csv`` / ``summary.csv``.
@@ -37,6 +43,10 @@ READOUT_TEXT = {
     "cp10k": "Genes (log CP10k): the same gene panel as log1p of counts per 10,000 per spot, "
     "which removes library size as a scale factor but not its non-linear traces.",
 }
+
+#: A difference counts only beyond this many times the larger sd of the two rows: the
+#: margin of the overall verdict and of every per-metric verdict line.
+MARGIN_SDS = 2
 
 #: The rule of the overall verdict, stated in the report.
 VERDICT_RULE = (
@@ -115,26 +125,46 @@ def _compare(table: pd.DataFrame, task: str, metric: str, base: str, aligned: st
     return t.loc[base], t.loc[aligned]
 
 
+def _judge(ref: pd.Series, new: pd.Series) -> tuple[float, float, str]:
+    """Compare two summary rows by the report's one rule (``VERDICT_RULE``).
+
+    Returns
+    -------
+    tuple
+        ``(Δ = new − ref, margin = MARGIN_SDS × the larger sd, outcome)``; outcome is
+        ``"better"`` (Δ > margin), ``"worse"`` (Δ < −margin), ``"within"`` (|Δ| ≤
+        margin) or ``"unjudged"`` (one value per row, or Δ undefined).
+    """
+    d = float(new["mean"] - ref["mean"])
+    margin = MARGIN_SDS * float(np.nanmax([ref["std"], new["std"], 0.0]))
+    if np.isnan(d) or (ref["n"] <= 1 and new["n"] <= 1):
+        return d, margin, "unjudged"
+    if d > margin:
+        return d, margin, "better"
+    return d, margin, "worse" if d < -margin else "within"
+
+
+_OUTCOME_TEXT = {
+    "better": "aligned is better",
+    "worse": "aligned is WORSE",
+    "within": "within the margin (no difference shown)",
+    "unjudged": "single value each (no spread over folds/seeds to judge the difference by)",
+}
+
+
 def _verdict(table: pd.DataFrame, task: str, base: str, aligned: str, metric: str) -> str:
+    """One verdict line: ``base`` vs ``aligned`` on one task and metric, by ``_judge``."""
     rows = _compare(table, task, metric, base, aligned)
     if rows is None:
         return ""
     a, b = rows
-    d = b["mean"] - a["mean"]
-    noise = float(np.nanmax([a["std"], b["std"], 0.0]))
+    d, margin, outcome = _judge(a, b)
     if np.isnan(d):
         return f"- {task} ({metric}): undefined."
-    if a["n"] <= 1 and b["n"] <= 1:
-        word = "single value each (no folds/seeds spread to judge the difference by)"
-    elif abs(d) <= noise:
-        word = "no clear difference (the change is within the spread over folds/seeds)"
-    elif d > 0:
-        word = "aligned is better"
-    else:
-        word = "aligned is WORSE"
     return (
         f"- **{task}** ({metric}): {base} {a['mean']:.3f} → {aligned} {b['mean']:.3f} "
-        f"(Δ = {d:+.3f}; largest sd {noise:.3f}): {word}."
+        f"(Δ = {d:+.3f}; margin {MARGIN_SDS} × larger sd = {margin:.3f}): "
+        f"{_OUTCOME_TEXT[outcome]}."
     )
 
 
@@ -181,13 +211,11 @@ def overall_verdict(table: pd.DataFrame, params: Mapping[str, Any]) -> dict[str,
         if rows is None:
             unjudged.append(control)
             continue
-        c, a = rows
-        d = a["mean"] - c["mean"]
-        margin = 2 * float(np.nanmax([a["std"], c["std"], 0.0]))
-        parts.append(f"{aligned} − {control} = {d:+.3f} (2 × larger sd = {margin:.3f})")
-        if (a["n"] <= 1 and c["n"] <= 1) or np.isnan(d):
+        d, margin, outcome = _judge(*rows)
+        parts.append(f"{aligned} − {control} = {d:+.3f} ({MARGIN_SDS} × larger sd = {margin:.3f})")
+        if outcome == "unjudged":
             unjudged.append(control)
-        elif not d > margin:
+        elif outcome != "better":
             failed.append(control)
     if failed:
         word = "not shown to help"
@@ -210,168 +238,6 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         .agg(mean="mean", std=lambda v: float(np.nanstd(v)), n="count")
         .reset_index()
     )
-
-
-@dataclass(frozen=True)
-class MapSection:
-    """What a measured-vs-predicted map needs of a probe: its largest tested section.
-
-    Kept instead of the whole [`ProbeResult`][stalign.bench.ProbeResult] (``n × targets``
-    predictions and targets), so the figures do not hold two matrices per compared
-    feature set for the whole run.
-
-    Attributes
-    ----------
-    sample
-        The section (``sample_id``) with the most tested spots.
-    rows
-        Positions of its tested spots in the spot table.
-    targets, predictions
-        ``(len(rows), n_targets)`` measured and out-of-fold predicted values there.
-    target_names
-        Names of the target columns.
-    """
-
-    sample: str
-    rows: np.ndarray
-    targets: np.ndarray
-    predictions: np.ndarray
-    target_names: list[str]
-
-    @classmethod
-    def of(cls, res: Any, samples: np.ndarray) -> MapSection:
-        """Cut the largest tested section out of a probe result ``res``."""
-        tested = ~np.isnan(res.predictions).any(axis=1)
-        smp = pd.Series(samples[tested]).value_counts().index[0]
-        rows = np.flatnonzero(tested & (samples == smp))
-        return cls(
-            sample=str(smp),
-            rows=rows,
-            targets=res.targets[rows],
-            predictions=res.predictions[rows],
-            target_names=list(res.target_names),
-        )
-
-
-def _maps(
-    out: Path,
-    key: str,
-    unit: str,
-    sec_a: MapSection,
-    sec_b: MapSection,
-    best_of_b: pd.Series,
-    coords: np.ndarray,
-    base: str,
-    aligned: str,
-    n_maps: int,
-) -> str:
-    """Measured vs predicted maps of the largest tested section; return the figure path."""
-    from .. import pl
-
-    if sec_a.sample != sec_b.sample or not np.array_equal(sec_a.rows, sec_b.rows):
-        msg = (
-            f"maps: {base} and {aligned} were tested on different spots of "
-            f"{sec_b.sample!r}; their probes must share the split"
-        )
-        raise RuntimeError(msg)
-    best = best_of_b.sort_values(ascending=False).index[:n_maps]
-    cols = [sec_b.target_names.index(t) for t in best]
-    sc = {
-        lab: [float(np.corrcoef(sec.targets[:, c], sec.predictions[:, c])[0, 1]) for c in cols]
-        for lab, sec in ((base, sec_a), (aligned, sec_b))
-    }
-    f = f"figures/maps_{key}.png"
-    pl.bench_maps(
-        coords[sec_b.rows],
-        sec_b.targets[:, cols],
-        {base: sec_a.predictions[:, cols], aligned: sec_b.predictions[:, cols]},
-        [str(t) for t in best],
-        scores=sc,
-        title=f"{sec_b.sample}: measured vs predicted (best {unit}s of {aligned})",
-        save=out / f,
-    )
-    return f
-
-
-def write_figures(
-    out: Path,
-    *,
-    per_target: Mapping[str, Mapping[str, pd.Series]],
-    sections: Mapping[str, Mapping[str, MapSection]],
-    curves: Mapping[str, np.ndarray],
-    chance_curve: np.ndarray | None,
-    coords: np.ndarray,
-    base: str,
-    aligned: str,
-    n_maps: int,
-) -> dict[str, str]:
-    """Draw the baseline-vs-aligned figures into ``out/figures``; return name → path.
-
-    Parameters
-    ----------
-    out
-        Output directory.
-    per_target
-        Readout (``genes``, ``pathways``, ``genes_depth_adjusted``, ...) → feature label
-        → Pearson per target.
-    sections
-        Feature label → ``genes`` / ``pathways`` → `MapSection` of its ridge
-        probe (first seed), for the two compared labels.
-    curves, chance_curve
-        recall@k curves per feature label, and of a random ranking.
-    coords
-        Spot centres (level-0 px) of every spot.
-    base, aligned
-        The two feature labels compared.
-    n_maps
-        Targets drawn in the maps.
-    """
-    from .. import pl
-
-    figs: dict[str, str] = {}
-    for key, unit in (("genes", "gene"), ("pathways", "pathway")):
-        f = f"figures/scatter_{key}.png"
-        pl.bench_scatter(
-            per_target[key][base],
-            per_target[key][aligned],
-            xlabel=base,
-            ylabel=aligned,
-            title=f"Pearson per {unit} (held-out spots)",
-            save=out / f,
-        )
-        figs[f"scatter_{key}"] = f
-        figs[f"maps_{key}"] = _maps(
-            out,
-            key,
-            unit,
-            sections[base][key],
-            sections[aligned][key],
-            per_target[key][aligned],
-            coords,
-            base,
-            aligned,
-            n_maps,
-        )
-    if "genes_depth_adjusted" in per_target:
-        f = "figures/scatter_genes_depth_adjusted.png"
-        pl.bench_scatter(
-            per_target["genes_depth_adjusted"][base],
-            per_target["genes_depth_adjusted"][aligned],
-            xlabel=base,
-            ylabel=aligned,
-            title="depth-adjusted Pearson per gene (held-out spots)",
-            save=out / f,
-        )
-        figs["scatter_genes_depth_adjusted"] = f
-    f = "figures/retrieval_curves.png"
-    pl.bench_retrieval_curves(
-        dict(curves),
-        chance=chance_curve,
-        title="predicted → measured pathway profile, within section",
-        save=out / f,
-    )
-    figs["retrieval"] = f
-    return figs
 
 
 def _by_task(table: pd.DataFrame, tasks: list[str], metric: str) -> str:
@@ -435,7 +301,7 @@ def _verdict_sections(table: pd.DataFrame, params: Mapping[str, Any]) -> list[st
     base, aligned = params["baseline"], params["aligned"]
     lines: list[str] = []
     for depth, title in ((True, "depth-adjusted readout"), (False, "HEST readout")):
-        lines += [f"## Verdicts on the {title}", ""]
+        lines += [f"## Verdicts on the {title}", "", _MARGIN_NOTE, ""]
         verdicts = _verdicts(table, base, aligned, depth=depth)
         lines += [f"Baseline ({base}) vs aligned:", "", *verdicts]
         for control in _shuffled_controls(params):
@@ -451,12 +317,33 @@ def _verdict_sections(table: pd.DataFrame, params: Mapping[str, Any]) -> list[st
     return lines
 
 
+_MARGIN_NOTE = (
+    f"Each line applies the overall verdict's margin: a difference counts only beyond "
+    f"{MARGIN_SDS} × the larger sd of the two rows (over folds × seeds)."
+)
+
+
+def _maps_note(params: Mapping[str, Any]) -> str:
+    """Return the sentence on what the maps show (once per task that has them)."""
+    return (
+        f"Maps: every test section, measured beside the predictions of {params['baseline']} "
+        f"and {params['aligned']} (first seed) for the targets {params['aligned']} predicts "
+        "best over all test spots; r is Pearson on that section's spots. Underneath: the "
+        "pairs store's H&E thumbnail of the section, spots drawn to scale, scale bar in µm. "
+        "Each panel has its own colour range (2nd–98th percentile) and colour bar: Pearson "
+        "ignores offset and scale, and ridge predictions span a narrower range than the "
+        "measured values."
+    )
+
+
 def _task_text(task: str) -> str:
     key = max((k for k in _TASK_TEXT if task.startswith(k)), key=len, default=None)
     return task if key is None else _TASK_TEXT[key]
 
 
-def _task_sections(table: pd.DataFrame, figs: Mapping[str, str]) -> list[str]:
+def _task_sections(
+    table: pd.DataFrame, figs: Mapping[str, str], params: Mapping[str, Any]
+) -> list[str]:
     """Depth-adjusted summary table, then one section per spot task with its figures."""
     tasks = list(dict.fromkeys(table["task"]))
     probes = [t for t in tasks if t.startswith(("genes", "pathways"))]
@@ -469,8 +356,8 @@ def _task_sections(table: pd.DataFrame, figs: Mapping[str, str]) -> list[str]:
     if "scatter_genes_depth_adjusted" in figs:
         lines += [f"![per-gene depth-adjusted Pearson]({figs['scatter_genes_depth_adjusted']})", ""]
     figures = {
-        "genes": [("per-gene Pearson", "scatter_genes"), ("maps", "maps_genes")],
-        "pathways": [("per-pathway Pearson", "scatter_pathways"), ("maps", "maps_pathways")],
+        "genes": [("per-gene Pearson", "scatter_genes")],
+        "pathways": [("per-pathway Pearson", "scatter_pathways")],
         "retrieval": [("retrieval", "retrieval")],
     }
     for task in tasks:
@@ -481,12 +368,17 @@ def _task_sections(table: pd.DataFrame, figs: Mapping[str, str]) -> list[str]:
             lines += [
                 "Exact-match retrieval is harsh where neighbouring spots share near-identical "
                 "profiles; `profile_corr` gives graded credit (Pearson between the retrieved "
-                "and the true profile; the `chance` row is a random pick).",
+                "and the true profile; the `chance` row is a random pick). Recall is a "
+                "fraction of the test spots, here and in every figure.",
                 "",
             ]
         for alt, key in figures.get(task, []):
             if key in figs:
                 lines += [f"![{alt}]({figs[key]})", ""]
+        maps = [(k.split(":", 1)[1], f) for k, f in figs.items() if k.startswith(f"maps_{task}:")]
+        if maps:
+            lines += [_maps_note(params), ""]
+            lines += [line for sample, f in maps for line in (f"![{task}, {sample}]({f})", "")]
     return lines
 
 
@@ -514,19 +406,22 @@ def write_report(
     *,
     verdict: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write ``out/report.md`` from the summary table and the figure paths; return it.
+    """Write ``out/report.md`` and ``out/report.html``; return the markdown's path.
 
     The report opens with the overall verdict (``verdict``, default ``overall_verdict``
-    of ``table``) and its rule,
-    then what each readout measures, the verdicts on the depth-adjusted readout, then
-    on the HEST readout, and the tables.
+    of ``table``) and its rule, then what each readout measures, the verdicts on the
+    depth-adjusted readout, then on the HEST readout, and the tables with their
+    figures (``figs``: name → path relative to ``out``, as `write_figures` returns).
+    ``report.html`` is the same report in one self-contained file (figures embedded;
+    ``write_report_html``): rewrite it with that function after appending to the
+    markdown.
     """
     verdict = overall_verdict(table, params) if verdict is None else verdict
     lines = [
         *_lead_lines(params, verdict),
         *_run_lines(params),
         *_verdict_sections(table, params),
-        *_task_sections(table, figs),
+        *_task_sections(table, figs, params),
         *_marker_lines(table, params),
         "## Gene panel",
         "",
@@ -534,7 +429,8 @@ def write_report(
         "",
         "Files: `summary.csv` (these tables), `runs.csv` (every fold and seed), "
         "`per_target_<readout>.csv` (Pearson per gene / pathway, mean over seeds), "
-        "`results.json` (parameters, overall verdict, summary).",
+        "`results.json` (parameters, overall verdict, summary), `report.html` (this "
+        "report in one self-contained file, figures embedded).",
         "",
     ]
     if not _shuffled_controls(params):
@@ -546,4 +442,5 @@ def write_report(
         ]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
+    write_report_html(path)
     return path
