@@ -100,7 +100,7 @@ def section_image(store: str | os.PathLike, sample: str) -> SectionImage | None:
     """
     from PIL import Image
 
-    from ..pairs._store import THUMBNAIL_PNG, read_success, sample_dir
+    from ..pairs import THUMBNAIL_PNG, read_success, sample_dir
 
     path = sample_dir(store, sample) / THUMBNAIL_PNG
     rec = read_success(store, sample) or {}

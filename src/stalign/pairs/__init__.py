@@ -15,10 +15,19 @@ from ._codec import decode_jpeg, encode_jpeg, psnr
 from ._manifest import PLATFORMS, ManifestError, Sample, read_manifest
 from ._params import PairsParams
 from ._report import write_qc_report
-from ._store import PatchWriter, file_sha256, patches_digest, read_index
+from ._store import (
+    THUMBNAIL_PNG,
+    PatchWriter,
+    file_sha256,
+    patches_digest,
+    read_index,
+    read_success,
+    sample_dir,
+)
 
 __all__ = [
     "PLATFORMS",
+    "THUMBNAIL_PNG",
     "Augment",
     "BuildResult",
     "ManifestError",
@@ -36,6 +45,8 @@ __all__ = [
     "psnr",
     "read_index",
     "read_manifest",
+    "read_success",
+    "sample_dir",
     "shard_samples",
     "split_by_patient",
     "write_qc_report",
