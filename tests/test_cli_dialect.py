@@ -114,7 +114,7 @@ def _plain(value) -> bool:
     [
         ("train._config", "TrainConfig", "stalign.train"),
         ("pairs._params", "PairsParams", "stalign.pairs._params"),
-        ("bench._evaluate", "EvaluationSpec", "stalign.bench"),
+        ("bench._spec", "EvaluationSpec", "stalign.bench"),
         ("pipeline", "PipelineConfig", "stalign.pipeline"),
     ],
 )

@@ -255,9 +255,9 @@ def test_cli_errors_and_encoders(tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_embedding_is_bf16_autocast_in_the_one_loop(store, tmp_path):
     """On CUDA, tl.embed_patches and evaluate's feature cache run the same bf16 loop."""
-    from stalign.bench import encoder_features
+    from stalign.bench import EvaluationSpec, encoder_features
     from stalign.bench._cache import FeatureCache, FeatureSource
-    from stalign.bench._evaluate import EvaluationSpec, _encoder_chunk_fn
+    from stalign.bench._feature_sources import _encoder_chunk_fn
 
     torch.manual_seed(0)
     enc = st.models.create_encoder("vit_tiny_patch16_224", img_size=32, depth=2)

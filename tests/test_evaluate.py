@@ -340,7 +340,8 @@ def test_cache_fill_of_no_samples_computes_nothing(small_store, tmp_path):
 
 def test_cache_key_records_the_embedding_precision(small_store, tiny_export, tmp_path):
     """bf16-autocast (CUDA) and float32 (CPU) features never share a cache entry."""
-    from stalign.bench._evaluate import EvaluationSpec, FeatureSet, _feature_source
+    from stalign.bench._feature_sources import _feature_source
+    from stalign.bench._spec import EvaluationSpec, FeatureSet
 
     ds = PairsDataset(small_store)
     cache = FeatureCache(tmp_path / "cache", ds, chunk_rows=1000)

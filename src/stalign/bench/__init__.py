@@ -7,17 +7,8 @@ Core functions take plain arrays, so any embedding can be scored the same way::
 """
 
 from ._depth_readout import depth_adjusted, partial_pearson
-from ._evaluate import (
-    REFERENCE_FEATURES,
-    EvaluationResult,
-    EvaluationSpec,
-    Reference,
-    embed_features,
-    evaluate,
-    load_pairs_arrays,
-    parse_encoder_spec,
-    run_evaluation,
-)
+from ._evaluate import EvaluationResult, evaluate, run_evaluation
+from ._feature_sources import embed_features
 from ._features import (
     color_histogram,
     downsampled_pixels,
@@ -37,6 +28,8 @@ from ._positive_control import (
 from ._probe import PROTOCOLS, ProbeResult, gene_prediction, pathway_prediction, pearson_columns
 from ._publish import check_evaluation_outputs
 from ._retrieval import RetrievalResult, retrieval
+from ._spec import REFERENCE_FEATURES, EvaluationSpec, Reference, parse_encoder_spec
+from ._spot_table import load_pairs_arrays
 from ._tasks import MarkerTask, bags_from_task, region_tasks, slide_task
 
 __all__ = [

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         settings_defaults,
     )
 
-    d = settings_defaults("bench._evaluate", "EvaluationSpec")
+    d = settings_defaults("bench._spec", "EvaluationSpec")
     p = add_command(
         subparsers,
         "evaluate",
