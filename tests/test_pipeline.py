@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _report_html_check import check_self_contained
 
 from stalign.models import remove_lora
 from stalign.pipeline import PipelineConfig, ShuffledPairs, run_pipeline
@@ -59,6 +60,9 @@ def test_pipeline_writes_report_exports_and_summary(pipeline_run):
     assert "## Verdicts on the depth-adjusted readout" in text
     assert "shuffled control vs aligned" in text
     assert (r.report.parent / "figures" / "curves_aligned_seed0.png").is_file()
+    # the HTML twin is rewritten after the training section is appended
+    training = "Alignment training (joint embedding space, inner validation sections)"
+    check_self_contained(r.report.with_suffix(".html"), headings=(training,))
     for name in ("aligned_seed0", "baseline_seed0", "shuffled_seed0"):
         assert (r.exports[name] / "model.safetensors").is_file()
     summary = json.loads((r.out / "pipeline.json").read_text())

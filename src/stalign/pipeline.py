@@ -474,6 +474,8 @@ def _append_training_section(
     """Add the joint-space validation numbers of every training run to ``report``."""
     import shutil
 
+    from .bench import write_report_html
+
     figures = report.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -510,6 +512,7 @@ def _append_training_section(
             lines += [f"![{name} training curves](figures/{target.name})", ""]
     with open(report, "a", encoding="utf-8") as fh:
         fh.write("\n".join(lines))
+    write_report_html(report)  # report.html follows the markdown it was made from
 
 
 def _forwarded(config: PipelineConfig, owner: type) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from ._positive_control import (
 )
 from ._probe import PROTOCOLS, ProbeResult, gene_prediction, pathway_prediction, pearson_columns
 from ._publish import check_evaluation_outputs
+from ._report_html import write_report_html
 from ._retrieval import RetrievalResult, retrieval
 from ._spec import REFERENCE_FEATURES, EvaluationSpec, Reference, parse_encoder_spec
 from ._spot_table import load_pairs_arrays
@@ -69,4 +70,5 @@ __all__ = [
     "run_evaluation",
     "slide_task",
     "squidpy_features",
+    "write_report_html",
 ]

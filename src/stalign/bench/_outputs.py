@@ -111,6 +111,7 @@ def _write_outputs(
         base=params["baseline"],
         aligned=params["aligned"],
         n_maps=ctx.spec.n_maps,
+        store=ctx.spec.pairs_dir,  # its section thumbnails under the maps
     )
     write_report(stage, table, params, figs, verdict=verdict)
     results = {

@@ -243,7 +243,7 @@ class _FeatureSetScores:
     per_target: dict[str, pd.Series]  # readout key → mean over seeds per target
     # the maps' section of the first seed's ridge probes, for the compared pair only
     map_sections: dict[str, MapSection] | None
-    curve: np.ndarray  # recall@k curve, mean over seeds
+    curve: np.ndarray  # recall@k curves, (seeds scored, K): the report draws their spread
     chance_curve: np.ndarray | None
 
 
@@ -283,7 +283,7 @@ def _score_feature_set(fs: FeatureSet, ctx: _Context, *, with_chance: bool) -> _
         rows=rows,
         per_target={key: sum(m) / len(m) for key, m in means.items()},
         map_sections=map_sections,
-        curve=np.mean(curves, axis=0),
+        curve=np.stack(curves),
         chance_curve=chance,
     )
 
