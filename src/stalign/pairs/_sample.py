@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -180,8 +181,6 @@ def _png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-# long-function: one try/finally owns the slide, the HEST source, the patch writer and the
-# progress bar, so every exit closes them; each phase (read, stream, QC, score, write) is a helper
 def build_sample(
     sample: Sample,
     params: PairsParams,
@@ -226,112 +225,35 @@ def build_sample(
         No spot survives QC (e.g. all coordinates miss the image), or a gene
         panel matches nothing.
     """
-    from .. import im
     from .._utils import progress_bar as tqdm
 
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    bar = None
-    writer = None
-    slide = None
-    tmask = None
-    pixel_threshold = None
-    source: HestPatchSource | None = None
-    try:
-        plan, wsi_reason = plan_hest_reuse(sample, params)
-        adata = _read(sample, use_wsi=False) if plan is not None else _read(sample)
-        meta = adata.uns.get(K.STALIGN, {})
-        mpp0 = _level0_mpp(sample, meta)
-        timings["read"] = round(time.perf_counter() - t0, 3)
-        t = time.perf_counter()
-
-        counts = _counts(adata)
-        spots = _SpotQC.start(adata, counts, params)
-        if plan is not None:
-            source, adata, wsi_reason = _hest_source(sample, plan, adata, params, mpp0)
-
-        # patches stream from the image straight into the shard (bounded memory)
+    clock = _Clock()
+    # the stack owns what outlives one phase (HEST's patch source, the progress bar):
+    # every exit, error or not, closes them
+    with contextlib.ExitStack() as stack:
+        read = _read_sample(sample, params, clock)
+        if read.source is not None:
+            stack.callback(read.source.close)
         tmp = new_shard_tmpdir(out, sample.sample_id)
-        writer = _patch_writer(tmp, params)
         bar = tqdm(
-            total=spots.n,
+            total=read.spots.n,
             desc=f"{sample.sample_id:>10}",
             unit="spot",
             position=progress_position,
             leave=False,
             disable=not progress,
         )
-        if source is not None:  # HEST's own patches: no WSI is opened
-            batches = source.batches()
-        else:
-            slide = im.open_image(adata)
-            tmask = im.tissue_mask(slide) if params.tissue_qc == "mask" else None
-            pixel_threshold = im.tissue_threshold(slide)
-            batches = _wsi_batches(adata, slide, params, tmask, pixel_threshold)
-        for batch in batches:
-            pixels = None if tmask is None else im.tissue_fraction(batch.images, pixel_threshold)
-            ok = spots.record(batch, pixels)
-            writer.append(batch.images[ok], batch.topleft[ok], list(batch.barcodes[ok]))
-            bar.update(len(batch))
-        if slide is not None:
-            slide.close()
-            slide = None
-        writer.close()
-        timings["patches"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
+        stack.callback(bar.close)
+        image = _stream_patches(tmp, read, params, bar)
+        clock.lap("patches")
 
-        missing = source.missing() if source is not None else None
-        reason = spots.reasons(sample.sample_id, missing)
-        keep = reason == ""
+        scores = _score_spots(read, params)
+        clock.lap("pathways")
 
-        kept = adata[keep].copy()
-        pathway_names, pathway_uns = _score_pathways(kept, params)
-        depth = _pathway_depth(kept, params, spots, keep, sample.sample_id, pathway_uns)
-        timings["pathways"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
+        shard = _write_shard_files(tmp, read, image, scores, params, fingerprint)
+        clock.lap("write")
 
-        tissue_qc_info = _tissue_qc_info(
-            params, spots.has_call, spots.min_tissue, tmask, pixel_threshold
-        )
-        genes, panel_missing = _panel_genes(adata, params.gene_panel)
-        pairs = _pairs_anndata(adata, counts, kept, spots, keep, genes, sample, params)
-        info = {
-            "sample": sample.to_dict(),
-            "params": params.to_dict(),
-            "params_fingerprint": fingerprint,
-            "mpp_level0": mpp0,
-            "pathways": pathway_names,
-            "pathway_scores": pathway_uns,
-            "tissue_qc": tissue_qc_info,
-        }
-        pairs.uns[PAIRS_UNS] = json.dumps(info, sort_keys=True, default=str)
-        pairs.write_h5ad(tmp / PAIRS_H5AD)
-
-        spots.table(adata.obs_names, reason).to_csv(
-            tmp / SPOTS_CSV, float_format="%.6g", lineterminator="\n"
-        )
-        thumb_info = _write_thumbnail(tmp, adata, source, tmask, mpp0, params)
-        timings["write"] = round(time.perf_counter() - t, 3)
-
-        record = {
-            "format": "stalign-pairs-shard",
-            "sample_id": sample.sample_id,
-            "patient_id": sample.patient_id,
-            "sample": sample.to_dict(),
-            "params_fingerprint": fingerprint,
-            "n_spots": int(spots.n),
-            "n_pairs": int(keep.sum()),
-            "n_genes": len(genes),
-            "genes": genes,
-            **({"panel_missing": panel_missing} if panel_missing else {}),
-            "pathways": pathway_names,
-            "dropped": _dropped(reason, hest=source is not None, rarefy=params.rarefy_depth),
-            **({"pathway_depth": depth} if depth else {}),
-            **(source.info if source is not None else _wsi_info(adata, wsi_reason, params)),
-            **_geometry(meta, params, mpp0),
-            "thumbnail": thumb_info,
-            "tissue_qc": tissue_qc_info,
-        }
+        record = _success_record(read, scores, shard, params, fingerprint)
         # timings vary from run to run: kept out of _SUCCESS (checksummed content)
         commit_shard(
             tmp,
@@ -340,17 +262,195 @@ def build_sample(
             inputs=inputs,
             orphan_check=orphan_check,
         )
-        record["timings_s"] = {**timings, "total": round(time.perf_counter() - t0, 3)}
+        record["timings_s"] = clock.total()
         return record
-    finally:
-        if slide is not None:
-            slide.close()
-        if source is not None:
-            source.close()
-        if writer is not None:
-            writer.close()
-        if bar is not None:
-            bar.close()
+
+
+class _Clock:
+    """Seconds per phase of a shard build (``timings_s`` of the returned record)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        """Record the seconds since the previous lap as ``name``."""
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = time.perf_counter()
+
+    def total(self) -> dict[str, float]:
+        """Return the laps and the seconds since the start (``total``)."""
+        return {**self.laps, "total": round(time.perf_counter() - self.start, 3)}
+
+
+@dataclass
+class _SampleRead:
+    """A sample as read: its AnnData, counts, spot QC and where its patches come from."""
+
+    sample: Sample
+    adata: Any  # the reader's AnnData (with its WSI unless HEST's patches are used)
+    meta: dict[str, Any]  # adata.uns['stalign'] of the first read
+    mpp0: float  # µm/px of the level-0 image
+    counts: Any  # CSR counts, spots × genes
+    spots: _SpotQC
+    source: HestPatchSource | None  # HEST's own patches, or None: read from the WSI
+    wsi_reason: str  # why HEST's patches were not used ("" if they were, or no HEST)
+
+
+def _read_sample(sample: Sample, params: PairsParams, clock: _Clock) -> _SampleRead:
+    """Read the sample (lap ``read``), start its spot QC, open HEST's patches if they fit."""
+    plan, wsi_reason = plan_hest_reuse(sample, params)
+    adata = _read(sample, use_wsi=False) if plan is not None else _read(sample)
+    meta = adata.uns.get(K.STALIGN, {})
+    mpp0 = _level0_mpp(sample, meta)
+    clock.lap("read")
+
+    counts = _counts(adata)
+    spots = _SpotQC.start(adata, counts, params)
+    source = None
+    if plan is not None:
+        source, adata, wsi_reason = _hest_source(sample, plan, adata, params, mpp0)
+    return _SampleRead(sample, adata, meta, mpp0, counts, spots, source, wsi_reason)
+
+
+@dataclass
+class _ImageQC:
+    """The slide-level tissue QC of a sample read from its WSI (both ``None`` for HEST's)."""
+
+    tmask: Any = None  # the slide's tissue mask (``tissue_qc="mask"``)
+    pixel_threshold: float | None = None  # the slide's saturation threshold (per-pixel rule)
+
+
+def _stream_patches(tmp: Path, read: _SampleRead, params: PairsParams, bar: Any) -> _ImageQC:
+    """Stream the patches into ``tmp/patches.h5`` (bounded memory), filling the spot QC.
+
+    Patches come from HEST's own files (no WSI is opened) or from the slide, which is
+    open only while they stream.
+    """
+    from .. import im
+
+    image = _ImageQC()
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(_patch_writer(tmp, params))
+        if read.source is not None:
+            batches = read.source.batches()
+        else:
+            slide = im.open_image(read.adata)
+            stack.callback(slide.close)
+            image.tmask = im.tissue_mask(slide) if params.tissue_qc == "mask" else None
+            image.pixel_threshold = im.tissue_threshold(slide)
+            batches = _wsi_batches(read.adata, slide, params, image.tmask, image.pixel_threshold)
+        for batch in batches:
+            pixels = (
+                None
+                if image.tmask is None
+                else im.tissue_fraction(batch.images, image.pixel_threshold)
+            )
+            ok = read.spots.record(batch, pixels)
+            writer.append(batch.images[ok], batch.topleft[ok], list(batch.barcodes[ok]))
+            bar.update(len(batch))
+    return image
+
+
+@dataclass
+class _SpotScores:
+    """Which spots are kept (and why the others are not) and the kept spots' scores."""
+
+    reason: np.ndarray  # drop reason per spot, "" = kept
+    keep: np.ndarray  # bool per spot
+    kept: Any  # AnnData of the kept spots, obsm['pathway_scores'] filled
+    pathways: list[str]
+    pathway_uns: dict[str, Any]  # recorded scoring parameters (+ the depth table)
+    depth: dict[str, Any]  # depth diagnostics ({} without scores)
+
+
+def _score_spots(read: _SampleRead, params: PairsParams) -> _SpotScores:
+    """Decide each spot's fate, score the kept spots' pathways and their depth diagnostics."""
+    sid = read.sample.sample_id
+    missing = read.source.missing() if read.source is not None else None
+    reason = read.spots.reasons(sid, missing)
+    keep = reason == ""
+    kept = read.adata[keep].copy()
+    names, uns = _score_pathways(kept, params)
+    depth = _pathway_depth(kept, params, read.spots, keep, sid, uns)
+    return _SpotScores(reason, keep, kept, names, uns, depth)
+
+
+@dataclass
+class _ShardFiles:
+    """What writing the shard's files decided (recorded in ``_SUCCESS``)."""
+
+    genes: list[str]  # the stored gene panel
+    panel_missing: list[str]  # genes of a panel file the sample lacks
+    thumbnail: dict[str, Any]
+    tissue_qc: dict[str, Any]
+
+
+def _write_shard_files(
+    tmp: Path,
+    read: _SampleRead,
+    image: _ImageQC,
+    scores: _SpotScores,
+    params: PairsParams,
+    fingerprint: str,
+) -> _ShardFiles:
+    """Write ``pairs.h5ad``, ``spots.csv`` and the thumbnail (+ tissue mask) into ``tmp``."""
+    sample, adata, spots = read.sample, read.adata, read.spots
+    tissue_qc = _tissue_qc_info(
+        params, spots.has_call, spots.min_tissue, image.tmask, image.pixel_threshold
+    )
+    genes, panel_missing = _panel_genes(adata, params.gene_panel)
+    pairs = _pairs_anndata(
+        adata, read.counts, scores.kept, spots, scores.keep, genes, sample, params
+    )
+    info = {
+        "sample": sample.to_dict(),
+        "params": params.to_dict(),
+        "params_fingerprint": fingerprint,
+        "mpp_level0": read.mpp0,
+        "pathways": scores.pathways,
+        "pathway_scores": scores.pathway_uns,
+        "tissue_qc": tissue_qc,
+    }
+    pairs.uns[PAIRS_UNS] = json.dumps(info, sort_keys=True, default=str)
+    pairs.write_h5ad(tmp / PAIRS_H5AD)
+
+    spots.table(adata.obs_names, scores.reason).to_csv(
+        tmp / SPOTS_CSV, float_format="%.6g", lineterminator="\n"
+    )
+    thumbnail = _write_thumbnail(tmp, adata, read.source, image.tmask, read.mpp0, params)
+    return _ShardFiles(genes, panel_missing, thumbnail, tissue_qc)
+
+
+def _success_record(
+    read: _SampleRead,
+    scores: _SpotScores,
+    shard: _ShardFiles,
+    params: PairsParams,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """Return the ``_SUCCESS`` record, before `commit_shard` adds checksums and inputs."""
+    sample, source = read.sample, read.source
+    return {
+        "format": "stalign-pairs-shard",
+        "sample_id": sample.sample_id,
+        "patient_id": sample.patient_id,
+        "sample": sample.to_dict(),
+        "params_fingerprint": fingerprint,
+        "n_spots": int(read.spots.n),
+        "n_pairs": int(scores.keep.sum()),
+        "n_genes": len(shard.genes),
+        "genes": shard.genes,
+        **({"panel_missing": shard.panel_missing} if shard.panel_missing else {}),
+        "pathways": scores.pathways,
+        "dropped": _dropped(scores.reason, hest=source is not None, rarefy=params.rarefy_depth),
+        **({"pathway_depth": scores.depth} if scores.depth else {}),
+        **(source.info if source is not None else _wsi_info(read.adata, read.wsi_reason, params)),
+        **_geometry(read.meta, params, read.mpp0),
+        "thumbnail": shard.thumbnail,
+        "tissue_qc": shard.tissue_qc,
+    }
 
 
 def _level0_mpp(sample: Sample, meta: dict[str, Any]) -> float:
