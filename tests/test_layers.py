@@ -55,7 +55,6 @@ PENDING_PRIVATE_IMPORTS: dict[str, str] = {
     "stalign/pairs/_params.py: stalign.tl._genesets": "tl.BUNDLED_GENE_SETS, tl.read_gmt, ...",
     "stalign/pairs/_params.py: stalign.tl._pathways": "tl.PATHWAY_METHODS",
     "stalign/pairs/_params.py: stalign.tl._scoring": "tl.SSGSEA_TIES",
-    "stalign/pairs/_sample.py: stalign.tl._pathway_depth": "tl.depth_table, ...",
 }
 
 

@@ -703,7 +703,7 @@ def _pathway_depth(
     The table also goes to ``pathway_uns['depth']`` (the ``uns`` of ``pairs.h5ad``), the
     agreement of two rarefaction draws (if measured) to the summary.
     """
-    from ..tl._pathway_depth import depth_summary, depth_table, warn_if_depth_driven
+    from ..tl import depth_summary, depth_table, warn_if_depth_driven
 
     if not params.gene_sets:
         return {}
@@ -731,7 +731,7 @@ def shard_pathway_depth(out: str | Path, sample_id: str, rec: dict[str, Any]) ->
         return {}
     import anndata as ad
 
-    from ..tl._pathway_depth import depth_summary, depth_table
+    from ..tl import depth_summary, depth_table
 
     pairs = ad.read_h5ad(sample_dir(out, sample_id) / PAIRS_H5AD, backed="r")
     try:
@@ -748,7 +748,7 @@ def shard_pathway_depth(out: str | Path, sample_id: str, rec: dict[str, Any]) ->
 
 def depth_table_json(table: pd.DataFrame) -> dict[str, list]:
     """Return a depth table as JSON columns (NaN → ``null``)."""
-    from ..tl._pathway_depth import table_to_record
+    from ..tl import depth_table_to_record as table_to_record
 
     return _json_safe(table_to_record(table))
 

@@ -224,9 +224,6 @@ def depth_table_from_record(rec: Any) -> pd.DataFrame:
     return df.set_index("pathway").astype({c: float for c in DEPTH_COLUMNS})
 
 
-table_to_record = depth_table_to_record  # old private name, until pairs/_sample.py imports tl's
-
-
 def pathway_depth_diagnostics(
     adata: AnnData,
     *,
