@@ -178,6 +178,7 @@ def _section_map(
         mpp=None if img is None else img.mpp,
         spot_diameter=None if img is None else img.spot_diameter,
         value_label=_MAP_VALUES.get(job.key, "value"),
+        predicted_label=f"predicted {_MAP_VALUES.get(job.key, 'value')}, up to an offset",
         title=f"Section {sample}: measured vs predicted{under} "
         f"({len(job.best)} best {job.unit}s of {job.aligned})",
         save=out / f,

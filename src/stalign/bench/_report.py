@@ -331,8 +331,9 @@ def _maps_note(params: Mapping[str, Any]) -> str:
         "best over all test spots; r is Pearson on that section's spots. Underneath: the "
         "pairs store's H&E thumbnail of the section, spots drawn to scale, scale bar in µm. "
         "Each panel has its own colour range (2nd–98th percentile) and colour bar: Pearson "
-        "ignores offset and scale, and ridge predictions span a narrower range than the "
-        "measured values."
+        "ignores offset and scale, the probe fits no intercept (predictions carry an "
+        "arbitrary offset) and its predictions span a narrower range than the measured "
+        "values."
     )
 
 

@@ -243,6 +243,7 @@ def bench_maps(
     mpp: float | None = None,
     spot_diameter: float | None = None,
     value_label: str = "value",
+    predicted_label: str | None = None,
     spot_size: float = 18.0,
     title: str | None = None,
     save: str | os.PathLike | None = None,
@@ -276,7 +277,10 @@ def bench_maps(
         Spot diameter in level-0 px: spots are drawn to scale (else as markers of
         ``spot_size`` points²).
     value_label
-        Colour-bar label (the unit of the values).
+        Colour-bar label of the measured values (their unit).
+    predicted_label
+        Colour-bar label of the predictions (default ``value_label``), e.g. to say
+        that a probe without intercept predicts up to an offset.
     spot_size
         Marker size (points²) when ``spot_diameter`` is not given.
     title
@@ -325,7 +329,7 @@ def bench_maps(
                 image_scale=image_scale,
                 diameter=spot_diameter,
                 spot_size=spot_size,
-                label=value_label,
+                label=value_label if c == 0 else (predicted_label or value_label),
                 title=t,
             )
             if c == 0 and mpp is not None:
