@@ -206,7 +206,7 @@ def score_pathways(
             With ``rarefy_depth``: ``depth``, ``draws``, ``n_spots_below`` and, with two or
             more draws, ``draw_agreement_r`` (per pathway) and its median.
     """
-    sample_norm_method, correl_norm_type = _check_arguments(
+    opts = _checked_options(
         adata,
         method=method,
         layer=layer,
@@ -217,8 +217,10 @@ def score_pathways(
         weight=weight,
         auc_max_rank=auc_max_rank,
         copy=copy,
+        normalize=normalize,
+        target_sum=target_sum,
+        depth=(rarefy_depth, rarefy_draws, random_state, ctrl_size, n_bins),
     )
-    _check_depth_arguments(rarefy_depth, rarefy_draws, random_state, ctrl_size, n_bins)
     adata = adata.copy() if copy else adata
     x = adata.layers[layer] if layer is not None else adata.X
     if x is None:
@@ -226,52 +228,32 @@ def score_pathways(
         raise ValueError(msg)
     n_spots, n_genes = adata.shape
 
-    sets_dict = load_gene_sets(gene_sets, organism=organism)
     match = match_gene_sets(
-        adata.var, sets_dict, min_genes=min_genes, max_genes=max_genes, gene_column=gene_column
+        adata.var,
+        load_gene_sets(gene_sets, organism=organism),
+        min_genes=min_genes,
+        max_genes=max_genes,
+        gene_column=gene_column,
     )
-    sets = SetIndex(match.indices, n_genes)
-    names = match.names
+    sets, names = SetIndex(match.indices, n_genes), match.names
     msg = "scoring %d gene sets (%s, matched on %s) in %d spots × %d genes"
     logger.info(msg, len(names), method, match.source, n_spots, n_genes)
-    opts = _Options(
-        method=method,
-        layer=layer,
-        weight=weight,
-        sample_norm_method=sample_norm_method,
-        correl_norm_type=correl_norm_type,
-        ties=ties,
-        max_rank=_aucell_max_rank(auc_max_rank, n_genes),
-        normalize=normalize,
-        target_sum=target_sum,
-        ctrl_size=ctrl_size,
-        n_bins=n_bins,
-        random_state=random_state,
+    scores, rarefaction, sizes = _score_chunks(
+        adata,
+        x,
+        sets,
+        opts,
+        names,
+        chunk_size=chunk_size,
+        progress=progress,
+        rarefy_depth=rarefy_depth,
+        rarefy_draws=rarefy_draws,
+        tap_sizes=depth_diagnostics,
     )
-    n_chunks = max(1, math.ceil(n_spots / chunk_size))
-    show = progress if progress is not None else n_chunks > 10
-    chunks = functools.partial(
-        _finite_chunks, x, chunk_size, total=n_chunks, show=show, layer=layer
-    )
-    sizes = LibrarySizes(n_spots)  # filled as the scorer reads the chunks
-    if rarefy_depth is None:
-        tapped = sizes.tap(chunks) if depth_diagnostics else chunks
-        scores = _score_once(tapped, sets, n_spots, opts, adata.var_names, names)
-        rarefaction = None
-    else:  # the library sizes decide which spots are scored: one pass first
-        sizes.total, sizes.detected = _rarefy_library_sizes(x, chunk_size)
-        scores, rarefaction = _score_rarefied(
-            adata, chunks, sets, opts, names, sizes.total, rarefy_depth, rarefy_draws
-        )
-    if depth_diagnostics and sizes.negative_in is not None:
-        logger.info("depth diagnostics skipped: the scored values are not raw counts")
-        depth_diagnostics = False
     if method == "ssgsea" and ssgsea_norm:
         _normalize_ssgsea(scores)
-
     if smooth:
         scores = _smooth(adata, scores, smooth_kwargs)
-
     adata.obsm[key_added] = pd.DataFrame(scores, index=adata.obs_names.copy(), columns=names)
     params = {
         "gene_sets": gene_sets if isinstance(gene_sets, str) else type(gene_sets).__name__,
@@ -289,12 +271,43 @@ def score_pathways(
         **_method_params(opts, ssgsea_norm=ssgsea_norm, auc_max_rank=auc_max_rank),
         **_rarefy_params(rarefy_depth, rarefy_draws, random_state),
     }
-    adata.uns[key_added] = _uns_record(adata, match, params)
-    if rarefaction is not None:
-        adata.uns[key_added][_keys.PATHWAY_RAREFACTION] = rarefaction
-    if depth_diagnostics:
+    adata.uns[key_added] = _uns_record(adata, match, params, rarefaction)
+    if depth_diagnostics and _raw_counts_read(sizes):
         _record_depth(adata, key_added, scores, sizes.total, sizes.detected, names, method)
     return adata if copy else None
+
+
+def _score_chunks(
+    adata: AnnData,
+    x,
+    sets: SetIndex,
+    opts: _Options,
+    names: list[str],
+    *,
+    chunk_size: int,
+    progress: bool | None,
+    rarefy_depth: int | None,
+    rarefy_draws: int,
+    tap_sizes: bool,
+) -> tuple[np.ndarray, dict | None, LibrarySizes]:
+    """``(spots × sets scores, the rarefaction record or None, the library sizes read)``,
+    streaming ``x`` in chunks of ``chunk_size`` spots."""
+    n_spots = adata.n_obs
+    n_chunks = max(1, math.ceil(n_spots / chunk_size))
+    show = progress if progress is not None else n_chunks > 10
+    chunks = functools.partial(
+        _finite_chunks, x, chunk_size, total=n_chunks, show=show, layer=opts.layer
+    )
+    sizes = LibrarySizes(n_spots)  # filled as the scorer reads the chunks
+    if rarefy_depth is None:
+        tapped = sizes.tap(chunks) if tap_sizes else chunks
+        return _score_once(tapped, sets, n_spots, opts, adata.var_names, names), None, sizes
+    # the library sizes decide which spots are scored: one pass first
+    sizes.total, sizes.detected = _rarefy_library_sizes(x, chunk_size)
+    scores, rarefaction = _score_rarefied(
+        adata, chunks, sets, opts, names, sizes.total, rarefy_depth, rarefy_draws
+    )
+    return scores, rarefaction, sizes
 
 
 def _rarefy_library_sizes(x, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -334,6 +347,35 @@ def _method_params(o: _Options, *, ssgsea_norm: bool, auc_max_rank: float) -> di
             gene_order="sorted by var_names",
         )
     return params
+
+
+def _checked_options(
+    adata: AnnData,
+    *,
+    normalize: bool,
+    target_sum: float,
+    depth: tuple[int | None, int, int, int, int],
+    **kwargs,
+) -> _Options:
+    """Validate `score_pathways`' arguments (``depth``: rarefy_depth, rarefy_draws,
+    random_state, ctrl_size, n_bins); return the scorer's options."""
+    rarefy_depth, rarefy_draws, random_state, ctrl_size, n_bins = depth
+    norms = _check_arguments(adata, **kwargs)
+    _check_depth_arguments(rarefy_depth, rarefy_draws, random_state, ctrl_size, n_bins)
+    return _Options(
+        method=kwargs["method"],
+        layer=kwargs["layer"],
+        weight=kwargs["weight"],
+        sample_norm_method=norms[0],
+        correl_norm_type=norms[1],
+        ties=kwargs["ties"],
+        max_rank=_aucell_max_rank(kwargs["auc_max_rank"], adata.n_vars),
+        normalize=normalize,
+        target_sum=target_sum,
+        ctrl_size=ctrl_size,
+        n_bins=n_bins,
+        random_state=random_state,
+    )
 
 
 def _check_arguments(
@@ -424,16 +466,30 @@ def _finite_chunks(x, chunk_size: int, desc: str, *, total: int, show: bool, lay
         yield start, stop, chunk
 
 
-def _uns_record(adata: AnnData, match: Any, params: Mapping[str, Any]) -> dict[str, Any]:
-    """``uns[key_added]``: parameters, per-set coverage, the genes of each kept set."""
+def _uns_record(
+    adata: AnnData, match: Any, params: Mapping[str, Any], rarefaction: dict | None
+) -> dict[str, Any]:
+    """``uns[key_added]``: parameters, per-set coverage, the genes of each kept set (and
+    the rarefaction record when the counts were rarefied)."""
     coverage = match.coverage.reset_index()
     var_names = np.asarray(adata.var_names)
     genes = zip(match.names, match.indices, strict=True)
-    return {
+    record = {
         "params": _h5ad_safe(params),
         "coverage": {c: coverage[c].to_numpy() for c in coverage.columns},
         "genes": {n: ";".join(var_names[i]) for n, i in genes},
     }
+    if rarefaction is not None:
+        record[_keys.PATHWAY_RAREFACTION] = rarefaction
+    return record
+
+
+def _raw_counts_read(sizes: LibrarySizes) -> bool:
+    """Whether the scored values were raw counts (depth diagnostics need them)."""
+    if sizes.negative_in is None:
+        return True
+    logger.info("depth diagnostics skipped: the scored values are not raw counts")
+    return False
 
 
 def _counts_checked(chunks, desc: str, method: str, normalize: bool, layer: str | None):
