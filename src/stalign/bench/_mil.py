@@ -151,7 +151,7 @@ def _train_predict(
 
 
 def _checked_bags(bags, labels, groups) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The bags as float32 arrays, 0/1 labels and string groups, or a ValueError."""
+    """Check the bags; return them as float32 arrays, 0/1 labels and string groups."""
     bags = [np.asarray(b, dtype=np.float32) for b in bags]
     y = np.asarray(labels).astype(int)
     g = np.asarray(groups).astype(str)
@@ -175,8 +175,10 @@ def _checked_bags(bags, labels, groups) -> tuple[list[np.ndarray], np.ndarray, n
 def _group_splits(
     g: np.ndarray, test_groups: Sequence[str] | None
 ) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """``(test bag indices, training bag indices, fold name)``: leave-one-group-out, or
-    the one fixed split where ``test_groups`` are the test set."""
+    """Plan the folds as ``(test bag indices, training bag indices, fold name)``.
+
+    Leave-one-group-out, or the one fixed split where ``test_groups`` are the test set.
+    """
     uniq = list(dict.fromkeys(g.tolist()))
     if len(uniq) < 2:
         msg = f"group-level CV needs >= 2 groups (patients or sections), found {uniq}"
@@ -192,8 +194,10 @@ def _group_splits(
 
 
 def _fitted_transform(train_bags: list[np.ndarray], pca_dim: int | None, seed: int) -> Callable:
-    """``StandardScaler`` (→ ``PCA(pca_dim)``) fitted on the training bags' instances only;
-    returns the function that transforms one bag."""
+    """Fit ``StandardScaler`` (→ ``PCA(pca_dim)``) on the training bags' instances only.
+
+    Returns the function that transforms one bag.
+    """
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 

@@ -71,8 +71,10 @@ def _pitch(xy: np.ndarray) -> float:
 
 
 def _gene_target_counts(counts, gene_names, genes: Sequence[str], n: int):
-    """``(counts as float64 CSR, column of each target gene)``, or ``(None, None)``
-    without gene targets."""
+    """Return ``(counts as float64 CSR, column of each target gene)``.
+
+    ``(None, None)`` without gene targets.
+    """
     if not genes:
         return None, None
     if counts is None or gene_names is None:
@@ -113,8 +115,11 @@ def _pathway_target_scores(
 def _tiles(
     xy: np.ndarray, s: np.ndarray, p: np.ndarray, window: int, min_spots: int
 ) -> tuple[list[np.ndarray], list[dict]]:
-    """Spot indices of every tile of ``window`` spot pitches with ≥ ``min_spots`` spots
-    (never across sections), and one record per tile."""
+    """Cut each section into tiles of ``window`` spot pitches.
+
+    Returns the spot indices of every tile with ≥ ``min_spots`` spots (never across
+    sections) and one record per tile.
+    """
     bags, rows = [], []
     for smp in dict.fromkeys(s.tolist()):
         idx = np.flatnonzero(s == smp)

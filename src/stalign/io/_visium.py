@@ -164,8 +164,10 @@ def _library_id(folder: Path) -> str:
 
 
 def _check_positions_in_frame(xy, pos_path: Path, image, info, sizes, sf) -> None:
-    """Positions inside the full-resolution image, or (without one) inside the level-0
-    frame the PNGs bound (their size / their scale factor)."""
+    """Check that the positions lie inside the full-resolution image.
+
+    Without one, inside the level-0 frame the PNGs bound (their size / scale factor).
+    """
     if info is not None:
         check_coordinates(
             xy, image_size=(info.width, info.height), source=pos_path, image_source=image

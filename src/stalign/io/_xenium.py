@@ -71,8 +71,10 @@ def read_alignment_matrix(path: PathLike) -> np.ndarray:
 
 
 def _alignment_matrix(image: PathLike | None, alignment) -> np.ndarray | None:
-    """The 3×3 affine H&E alignment (from an array or Xenium Explorer's CSV), or None
-    without an image; an image without its alignment is an error."""
+    """Return the 3×3 affine H&E alignment (an array or Xenium Explorer's CSV).
+
+    None without an image; an image without its alignment is an error.
+    """
     if image is None:
         return None
     if alignment is None:

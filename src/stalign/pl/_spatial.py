@@ -71,6 +71,66 @@ def _finish(fig: Figure, save: str | os.PathLike | None, dpi: int) -> Figure:
     return fig
 
 
+def _draw_spots(fig, ax, adata, xy: np.ndarray, diam: float, *, color, layer, cmap, alpha) -> None:
+    """Draw the spots as circles of ``diam`` level-0 px.
+
+    Outlines without ``color``; a numeric colour with a colour bar; categories with a legend.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import EllipseCollection
+
+    sizes = np.full(len(xy), diam)
+    coll_kw: dict[str, Any] = {
+        "offsets": xy,
+        "units": "xy",
+        "offset_transform": ax.transData,
+        "linewidths": 0.4,
+    }
+    if color is None:
+        coll = EllipseCollection(
+            sizes, sizes, np.zeros(len(xy)), facecolors="none", edgecolors="black", **coll_kw
+        )
+        ax.add_collection(coll)
+    else:
+        values, kind = _color_values(adata, color, layer)
+        if kind == "numeric":
+            coll = EllipseCollection(
+                sizes,
+                sizes,
+                np.zeros(len(xy)),
+                cmap=cmap,
+                alpha=alpha,
+                edgecolors="none",
+                **coll_kw,
+            )
+            coll.set_array(values)
+            ax.add_collection(coll)
+            fig.colorbar(coll, ax=ax, shrink=0.7, label=color)
+        else:
+            cats = sorted(set(values.tolist()))
+            palette = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
+            lut = {c: palette(i % palette.N) for i, c in enumerate(cats)}
+            facecolors = [lut[v] for v in values]
+            coll = EllipseCollection(
+                sizes,
+                sizes,
+                np.zeros(len(xy)),
+                facecolors=facecolors,
+                alpha=alpha,
+                edgecolors="none",
+                **coll_kw,
+            )
+            ax.add_collection(coll)
+            from matplotlib.patches import Patch
+
+            ax.legend(
+                handles=[Patch(color=lut[c], label=f"{c} ({(values == c).sum()})") for c in cats],
+                title=color,
+                loc="upper right",
+                fontsize="small",
+            )
+
+
 def spatial_spots(
     adata: AnnData,
     color: str | None = None,
@@ -127,7 +187,6 @@ def spatial_spots(
     matplotlib.figure.Figure
     """
     import matplotlib.pyplot as plt
-    from matplotlib.collections import EllipseCollection
 
     from ..im import SlideImage, open_image
 
@@ -154,56 +213,7 @@ def spatial_spots(
         extent=(-0.5, thumb.shape[1] * scale - 0.5, thumb.shape[0] * scale - 0.5, -0.5),
         interpolation="antialiased",
     )
-    sizes = np.full(len(xy), diam)
-    coll_kw: dict[str, Any] = {
-        "offsets": xy,
-        "units": "xy",
-        "offset_transform": ax.transData,
-        "linewidths": 0.4,
-    }
-    if color is None:
-        coll = EllipseCollection(
-            sizes, sizes, np.zeros(len(xy)), facecolors="none", edgecolors="black", **coll_kw
-        )
-        ax.add_collection(coll)
-    else:
-        values, kind = _color_values(adata, color, layer)
-        if kind == "numeric":
-            coll = EllipseCollection(
-                sizes,
-                sizes,
-                np.zeros(len(xy)),
-                cmap=cmap,
-                alpha=alpha,
-                edgecolors="none",
-                **coll_kw,
-            )
-            coll.set_array(values)
-            ax.add_collection(coll)
-            fig.colorbar(coll, ax=ax, shrink=0.7, label=color)
-        else:
-            cats = sorted(set(values.tolist()))
-            palette = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
-            lut = {c: palette(i % palette.N) for i, c in enumerate(cats)}
-            facecolors = [lut[v] for v in values]
-            coll = EllipseCollection(
-                sizes,
-                sizes,
-                np.zeros(len(xy)),
-                facecolors=facecolors,
-                alpha=alpha,
-                edgecolors="none",
-                **coll_kw,
-            )
-            ax.add_collection(coll)
-            from matplotlib.patches import Patch
-
-            ax.legend(
-                handles=[Patch(color=lut[c], label=f"{c} ({(values == c).sum()})") for c in cats],
-                title=color,
-                loc="upper right",
-                fontsize="small",
-            )
+    _draw_spots(fig, ax, adata, xy, diam, color=color, layer=layer, cmap=cmap, alpha=alpha)
     if crop and len(xy):
         m = 2 * diam
         ax.set_xlim(max(xy[:, 0].min() - m, -0.5), min(xy[:, 0].max() + m, w0 - 0.5))

@@ -231,8 +231,10 @@ def _prepare_sets(content: tuple[tuple[str, tuple[str, ...]], ...]) -> _Prepared
 
 
 def _entry_positions(keys: np.ndarray, prepared, id_type: str) -> np.ndarray:
-    """``var`` position of every gene-set entry (-1: not in the data); a key held by
-    several genes maps to the first of them."""
+    """Return the ``var`` position of every gene-set entry (-1: not in the data).
+
+    A key held by several genes maps to the first of them.
+    """
     n_vars = len(keys)
     index = pd.Index(keys)
     first = ~index.duplicated(keep="first")

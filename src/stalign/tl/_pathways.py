@@ -290,8 +290,10 @@ def _score_chunks(
     rarefy_draws: int,
     tap_sizes: bool,
 ) -> tuple[np.ndarray, dict | None, LibrarySizes]:
-    """``(spots × sets scores, the rarefaction record or None, the library sizes read)``,
-    streaming ``x`` in chunks of ``chunk_size`` spots."""
+    """Score ``x`` in chunks of ``chunk_size`` spots.
+
+    Returns ``(spots × sets scores, the rarefaction record or None, the library sizes read)``.
+    """
     n_spots = adata.n_obs
     n_chunks = max(1, math.ceil(n_spots / chunk_size))
     show = progress if progress is not None else n_chunks > 10
@@ -357,8 +359,10 @@ def _checked_options(
     depth: tuple[int | None, int, int, int, int],
     **kwargs,
 ) -> _Options:
-    """Validate `score_pathways`' arguments (``depth``: rarefy_depth, rarefy_draws,
-    random_state, ctrl_size, n_bins); return the scorer's options."""
+    """Validate `score_pathways`' arguments; return the scorer's options.
+
+    ``depth``: ``(rarefy_depth, rarefy_draws, random_state, ctrl_size, n_bins)``.
+    """
     rarefy_depth, rarefy_draws, random_state, ctrl_size, n_bins = depth
     norms = _check_arguments(adata, **kwargs)
     _check_depth_arguments(rarefy_depth, rarefy_draws, random_state, ctrl_size, n_bins)
@@ -469,8 +473,11 @@ def _finite_chunks(x, chunk_size: int, desc: str, *, total: int, show: bool, lay
 def _uns_record(
     adata: AnnData, match: Any, params: Mapping[str, Any], rarefaction: dict | None
 ) -> dict[str, Any]:
-    """``uns[key_added]``: parameters, per-set coverage, the genes of each kept set (and
-    the rarefaction record when the counts were rarefied)."""
+    """Build ``uns[key_added]``.
+
+    Parameters, per-set coverage, the genes of each kept set, and the rarefaction record
+    when the counts were rarefied.
+    """
     coverage = match.coverage.reset_index()
     var_names = np.asarray(adata.var_names)
     genes = zip(match.names, match.indices, strict=True)
