@@ -66,6 +66,54 @@ def _savefig(fig: Any, path: Path) -> None:
         fig.savefig(tmp, dpi=110, format="png", metadata={"Software": None})
 
 
+def _draw_sample_spots(out: Path, s: dict[str, Any], df: pd.DataFrame, qc: Path) -> None:
+    """Write ``qc/<sample_id>_spots.png``: kept and dropped spots over the shard's thumbnail."""
+    from PIL import Image
+
+    from .. import pl  # the QC figures (pl sits below pairs)
+
+    sid = s["sample_id"]
+    rec = read_success(out, sid) or {}
+    thumb = np.asarray(Image.open(sample_dir(out, sid) / THUMBNAIL_PNG).convert("RGB"))
+    scale = float(rec.get("thumbnail", {}).get("scale", 1.0))
+    spot_um = rec.get("spot_diameter_um")
+    mpp0 = rec.get("mpp_level0")
+    spot_px = float(spot_um) / float(mpp0) / scale if spot_um and mpp0 else None
+    fig = pl.qc_spots(
+        thumb,
+        df,
+        scale=scale,
+        spot_diameter_px=max(1.5, spot_px) if spot_px else None,
+        tissue_mask=_load_mask(out, sid, thumb.shape[:2]),
+        title=f"{sid} ({s['patient_id']}): {s['n_pairs']} of {s['n_spots']} spots kept",
+    )
+    _savefig(fig, qc / f"{sid}_spots.png")
+
+
+def _sample_row(
+    s: dict[str, Any], df: pd.DataFrame, params: dict[str, Any], rec: dict[str, Any]
+) -> dict[str, Any]:
+    """One row of the report's sample table (``rec``: the shard's ``_SUCCESS`` record)."""
+    kept = df[df["kept"]]
+    return {
+        "sample": s["sample_id"],
+        "patient": s["patient_id"],
+        "platform": s["platform"],
+        "spots": s["n_spots"],
+        "pairs": s["n_pairs"],
+        "kept %": f"{100.0 * s['n_pairs'] / max(1, s['n_spots']):.0f}",
+        **_kept_columns(df, params),
+        **{f"drop: {k}": v for k, v in s.get("dropped", {}).items()},
+        "median counts (kept)": f"{kept['total_counts'].median():.0f}",
+        "median tissue (kept)": f"{kept['tissue_fraction'].median():.2f}",
+        "genes": s["n_genes"],
+        **_panel_column(rec),
+        "pathways": s["n_pathways"],
+        "patches from": _patch_source(rec),
+        "licence": s.get("license") or "unknown",
+    }
+
+
 def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
     """Write ``OUT/qc/report.md``, ``report.html`` and the QC figures.
 
@@ -85,8 +133,6 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
     Path
         ``OUT/qc/report.md``.
     """
-    from PIL import Image
-
     from .. import pl  # the QC figures (pl sits below pairs)
 
     out = Path(out)
@@ -96,43 +142,10 @@ def write_qc_report(out: str | Path, index: dict[str, Any]) -> Path:
     spots: dict[str, pd.DataFrame] = {}
     rows = []
     for s in index["samples"]:
-        sid = s["sample_id"]
-        df = _load_spots(out, sid)
-        spots[sid] = df
-        rec = read_success(out, sid) or {}
-        thumb = np.asarray(Image.open(sample_dir(out, sid) / THUMBNAIL_PNG).convert("RGB"))
-        scale = float(rec.get("thumbnail", {}).get("scale", 1.0))
-        spot_um = rec.get("spot_diameter_um")
-        mpp0 = rec.get("mpp_level0")
-        spot_px = float(spot_um) / float(mpp0) / scale if spot_um and mpp0 else None
-        fig = pl.qc_spots(
-            thumb,
-            df,
-            scale=scale,
-            spot_diameter_px=max(1.5, spot_px) if spot_px else None,
-            tissue_mask=_load_mask(out, sid, thumb.shape[:2]),
-            title=f"{sid} ({s['patient_id']}): {s['n_pairs']} of {s['n_spots']} spots kept",
-        )
-        _savefig(fig, qc / f"{sid}_spots.png")
-        kept = df[df["kept"]]
+        spots[s["sample_id"]] = _load_spots(out, s["sample_id"])
+        _draw_sample_spots(out, s, spots[s["sample_id"]], qc)
         rows.append(
-            {
-                "sample": sid,
-                "patient": s["patient_id"],
-                "platform": s["platform"],
-                "spots": s["n_spots"],
-                "pairs": s["n_pairs"],
-                "kept %": f"{100.0 * s['n_pairs'] / max(1, s['n_spots']):.0f}",
-                **_kept_columns(df, params),
-                **{f"drop: {k}": v for k, v in s.get("dropped", {}).items()},
-                "median counts (kept)": f"{kept['total_counts'].median():.0f}",
-                "median tissue (kept)": f"{kept['tissue_fraction'].median():.2f}",
-                "genes": s["n_genes"],
-                **_panel_column(rec),
-                "pathways": s["n_pathways"],
-                "patches from": _patch_source(rec),
-                "licence": s.get("license") or "unknown",
-            }
+            _sample_row(s, spots[s["sample_id"]], params, read_success(out, s["sample_id"]) or {})
         )
     if spots:
         _savefig(pl.qc_counts_histogram(spots), qc / "counts_per_spot.png")
