@@ -26,7 +26,7 @@ from ._positive_control import (
     positive_control,
 )
 from ._probe import PROTOCOLS, ProbeResult, gene_prediction, pathway_prediction, pearson_columns
-from ._publish import check_evaluation_outputs
+from ._publish import amend_evaluation_outputs, check_evaluation_outputs
 from ._report_html import write_report_html
 from ._retrieval import RetrievalResult, retrieval
 from ._spec import REFERENCE_FEATURES, EvaluationSpec, Reference, parse_encoder_spec
@@ -45,6 +45,7 @@ __all__ = [
     "ProbeResult",
     "Reference",
     "RetrievalResult",
+    "amend_evaluation_outputs",
     "bags_from_task",
     "check_evaluation_outputs",
     "color_histogram",

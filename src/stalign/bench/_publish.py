@@ -21,7 +21,7 @@ from typing import Any
 
 from .._utils import atomic_write_text
 
-__all__ = ["MANIFEST", "check_evaluation_outputs"]
+__all__ = ["MANIFEST", "amend_evaluation_outputs", "check_evaluation_outputs"]
 
 #: Name of the manifest of a published evaluation, written last.
 MANIFEST = "outputs.json"
@@ -120,4 +120,53 @@ def check_evaluation_outputs(out: str | os.PathLike) -> dict[str, Any]:
         if _sha256(path) != digest:
             msg = f"{path}: differs from {MANIFEST} (written by another run, or edited)"
             raise ValueError(msg)
+    return manifest
+
+
+def amend_evaluation_outputs(
+    out: str | os.PathLike, files: dict[str, str | bytes], *, command: str = "stalign"
+) -> dict[str, Any]:
+    """Add or replace files of a published evaluation and re-sign its manifest.
+
+    For a workflow that extends the report after [`evaluate`][stalign.bench.evaluate]
+    (e.g. the demo's training section). Under the evaluation folder's lock: the current
+    set is checked whole first (a mixed folder is never re-signed), each file is written
+    atomically, then the manifest is rewritten with their new SHA-256s.
+
+    Parameters
+    ----------
+    out
+        The ``out`` folder of a finished evaluation.
+    files
+        Relative path → new content (``str``: UTF-8 text; ``bytes``: as is).
+    command
+        Named in the lock's message to a concurrent run.
+
+    Returns
+    -------
+    dict
+        The new manifest.
+
+    Raises
+    ------
+    ValueError
+        The folder does not hold one whole published set, or a path leaves ``out``.
+    """
+    from .._lock import folder_lock
+    from .._utils import atomic_write_bytes
+
+    out = Path(out)
+    with folder_lock(out / LOCK_FILE, command=command, what=str(out)):
+        manifest = check_evaluation_outputs(out)
+        for rel, content in files.items():
+            path = (out / rel).resolve()
+            if out.resolve() not in path.parents or rel == MANIFEST:
+                msg = f"{rel}: expected a file path inside {out} (not the manifest)"
+                raise ValueError(msg)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+            atomic_write_bytes(path, data)
+            manifest["files"][Path(rel).as_posix()] = _sha256(path)
+        manifest["files"] = dict(sorted(manifest["files"].items()))
+        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
