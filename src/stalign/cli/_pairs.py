@@ -3,45 +3,149 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-#: build-pairs flags whose value goes to stalign.pairs.build_pairs under the same name;
-#: unset (None) ones keep the library's default, the one --help shows
-_BUILD_KEYWORDS = (
-    "mpp",
-    "size_px",
-    "tissue_threshold",
-    "tissue_qc",
-    "min_mask_coverage",
-    "method",
-    "ties",
-    "rarefy_depth",
-    "rarefy_draws",
-    "random_state",
-    "min_genes",
-    "gene_panel",
-    "jpeg_quality",
-    "workers",
-    "shard",
-    "resume",
-)
+#: build-pairs flags: dest → argparse keywords (plus ``flag``: the spelling when not
+#: ``--<dest>``; ``none``: what an unset default means). Every flag is unset (None) unless
+#: given, and only given ones go to stalign.pairs.build_pairs, under their dest: a
+#: PairsParams field or a build_pairs keyword, whose default --help shows.
+_BUILD_FLAGS: dict[str, dict[str, Any]] = {
+    "mpp": {"type": float, "help": "patch µm per pixel"},
+    "size_px": {"type": int, "help": "patch side in pixels"},
+    "tissue_threshold": {
+        "type": float,
+        "help": "minimum tissue fraction of a patch, 0..1, where the platform's in-tissue "
+        "call is not used",
+    },
+    "tissue_qc": {
+        "choices": ("mask", "pixels"),
+        "help": "tissue fraction of a patch: its coverage by the slide's tissue mask, or its "
+        "share of stained pixels (the older rule; fat counts as background)",
+    },
+    "min_mask_coverage": {
+        "type": float,
+        "help": "minimum tissue-mask coverage of a spot the platform calls in tissue, 0..1",
+    },
+    "gene_sets": {
+        "help": "gene sets for pathway scores: hallmark, reactome, wikipathways, a GMT path, "
+        "'enrichr:NAME' (downloads it) or 'none'",
+    },
+    "method": {
+        "help": "pathway scoring method: ssgsea, aucell, zscore, ulm or score_genes (scanpy's)"
+    },
+    "ties": {
+        "choices": ("average", "gseapy"),
+        "help": "ssGSEA tie mode: 'average' ranks tied genes by their mean rank, so scores do "
+        "not depend on the gene order; 'gseapy' walks them in matrix order like gseapy",
+    },
+    "rarefy_depth": {
+        "type": int,
+        "metavar": "N",
+        "none": "no rarefaction",
+        "help": "score pathways on counts rarefied to N per spot (drawn without replacement, "
+        "seeded per spot, genes in name order), so the targets cannot follow sequencing "
+        "depth through the counts; spots with fewer counts are dropped and counted in the "
+        "QC report",
+    },
+    "rarefy_draws": {
+        "type": int,
+        "help": "rarefy this many times and average the scores; the QC report shows the "
+        "agreement of two draws",
+    },
+    "random_state": {
+        "type": int,
+        "help": "seed of the pathway scores' random draws (rarefaction, score_genes' control "
+        "genes)",
+    },
+    "min_genes": {"type": int, "help": "minimum genes of a set in the panel"},
+    "gene_panel": {
+        "help": "genes stored: 'all', 'hvg:N' (N most variable per sample) or a file with one "
+        "gene per line",
+    },
+    "use_in_tissue": {
+        "flag": "--ignore-in-tissue",
+        "action": "store_const",
+        "const": False,
+        "help": "keep spots the platform calls outside tissue (QC on the image only)",
+    },
+    "jpeg": {"action": "store_const", "const": True, "help": "store patches as JPEG"},
+    "jpeg_quality": {"type": int, "help": "JPEG quality 1..100"},
+    "workers": {"type": int, "help": "samples processed in parallel"},
+    "shard": {
+        "metavar": "I/N",
+        "none": "every sample",
+        "help": "build only job I of N (0 <= I < N), e.g. "
+        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; then run merge-pairs",
+    },
+    "resume": {
+        "action": argparse.BooleanOptionalAction,
+        "help": "skip samples whose shard is finished with the same parameters and inputs; "
+        "--no-resume rebuilds",
+    },
+    "verify": {
+        "action": "store_const",
+        "const": True,
+        "help": "re-hash every finished shard's files before skipping it (slow on big stores; "
+        "otherwise a file is re-hashed only if its size or mtime changed)",
+    },
+    "keep_going": {
+        "action": "store_const",
+        "const": True,
+        "help": "report a failing sample and finish the others (exit code 1 if any failed)",
+    },
+    "progress": {
+        "flag": "--no-progress",
+        "action": "store_const",
+        "const": False,
+        "help": "hide the progress bars",
+    },
+}
+
+
+#: merge-pairs flags (as `_BUILD_FLAGS`): stalign.pairs.merge_pairs keywords
+_MERGE_FLAGS: dict[str, dict[str, Any]] = {
+    "allow_missing": {
+        "action": "store_const",
+        "const": True,
+        "help": "write the index even if some samples have no finished shard yet",
+    },
+    "verify": {
+        "action": "store_const",
+        "const": True,
+        "help": "recompute every file's SHA-256 and every sample's input identity; stale "
+        "shards are reported (build-pairs rebuilds them)",
+    },
+}
+
+
+def _given(args: argparse.Namespace, flags: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Return the flags of ``flags`` that were given (unset ones are None), by dest."""
+    return {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+
+
+def _add_flags(
+    p: argparse.ArgumentParser, flags: dict[str, dict[str, Any]], defaults: dict[str, Any]
+) -> None:
+    """Add ``flags`` (unset by default) to ``p``; each help ends with its ``defaults`` entry."""
+    from ._args import format_default
+
+    for dest, spec in flags.items():
+        kw = dict(spec)
+        flag = kw.pop("flag", "--" + dest.replace("_", "-"))
+        shown = defaults[dest]
+        if kw.get("action") == "store_const":  # a switch: on when it sets a non-default
+            shown = shown == kw["const"]
+        kw["help"] += format_default(shown, kw.pop("none", None))
+        p.add_argument(flag, dest=dest, default=None, **kw)
 
 
 def _build(args: argparse.Namespace) -> int:
     from ..pairs import build_pairs
 
-    kwargs = {k: getattr(args, k) for k in _BUILD_KEYWORDS if getattr(args, k) is not None}
-    if args.gene_sets is not None:
-        kwargs["gene_sets"] = None if args.gene_sets.lower() == "none" else args.gene_sets
-    result = build_pairs(
-        args.manifest,
-        args.out,
-        use_in_tissue=not args.ignore_in_tissue,
-        jpeg=args.jpeg,
-        verify=args.verify,
-        keep_going=args.keep_going,
-        progress=not args.no_progress,
-        **kwargs,
-    )
+    kwargs = _given(args, _BUILD_FLAGS)
+    if kwargs.get("gene_sets", "").lower() == "none":  # the word for "no pathway scores"
+        kwargs["gene_sets"] = None
+    result = build_pairs(args.manifest, args.out, **kwargs)
     print(result.summary())
     if result.index_path is not None:
         print(f"index: {result.index_path}\nQC report: {result.out / 'qc' / 'report.md'}")
@@ -57,7 +161,7 @@ def _merge(args: argparse.Namespace) -> int:
     from ._args import take_positional
 
     take_positional(args, "stalign merge-pairs", "--out", dest="out")
-    path = merge_pairs(args.out, allow_missing=args.allow_missing, verify=args.verify)
+    path = merge_pairs(args.out, **_given(args, _MERGE_FLAGS))
     print(f"index: {path}\nQC report: {path.parent / 'qc' / 'report.md'}")
     return 0
 
@@ -69,9 +173,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_build(subparsers: argparse._SubParsersAction) -> None:
-    from ._args import add_command, format_default, settings_defaults, signature_defaults
+    from ._args import add_command, settings_defaults, signature_defaults
 
-    d = {
+    defaults = {
         **signature_defaults("pairs._build", "build_pairs"),
         **settings_defaults("pairs._params", "PairsParams"),
     }
@@ -84,7 +188,8 @@ def _register_build(subparsers: argparse._SubParsersAction) -> None:
             "sample, written atomically) plus index.json and a QC report. The manifest's "
             "columns are in the documentation (Reference → Manifest schema); "
             "stalign.datasets.example_manifest() gives the bundled one. Calls "
-            "stalign.pairs.build_pairs."
+            "stalign.pairs.build_pairs; a default shown below is PairsParams' (or "
+            "build_pairs')."
         ),
         examples=[
             "stalign build-pairs data/manifests/examples.csv --out results/pairs "
@@ -95,130 +200,12 @@ def _register_build(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("manifest", help="manifest CSV (one row per sample)")
     p.add_argument("--out", required=True, help="output directory of the pairs store")
-    p.add_argument("--mpp", type=float, help="patch µm per pixel" + format_default(d["mpp"]))
-    p.add_argument(
-        "--size-px", type=int, help="patch side in pixels" + format_default(d["size_px"])
-    )
-    p.add_argument(
-        "--tissue-threshold",
-        type=float,
-        help="minimum tissue fraction of a patch, 0..1, where the platform's in-tissue "
-        "call is not used" + format_default(d["tissue_threshold"]),
-    )
-    p.add_argument(
-        "--tissue-qc",
-        choices=("mask", "pixels"),
-        help="tissue fraction of a patch: its coverage by the slide's tissue mask, or its "
-        "share of stained pixels (the older rule; fat counts as background)"
-        + format_default(d["tissue_qc"]),
-    )
-    p.add_argument(
-        "--min-mask-coverage",
-        type=float,
-        help="minimum tissue-mask coverage of a spot the platform calls in tissue, 0..1"
-        + format_default(d["min_mask_coverage"]),
-    )
-    p.add_argument(
-        "--gene-sets",
-        help="gene sets for pathway scores: hallmark, reactome, wikipathways, a GMT path, "
-        "'enrichr:NAME' (downloads it) or 'none'" + format_default(d["gene_sets"]),
-    )
-    p.add_argument(
-        "--method",
-        help="pathway scoring method: ssgsea, aucell, zscore, ulm or score_genes (scanpy's)"
-        + format_default(d["method"]),
-    )
-    p.add_argument(
-        "--ties",
-        choices=("average", "gseapy"),
-        help="ssGSEA tie mode: 'average' ranks tied genes by their mean rank, so scores do "
-        "not depend on the gene order; 'gseapy' walks them in matrix order like gseapy"
-        + format_default(d["ties"]),
-    )
-    _add_depth_flags(p, d)
-    p.add_argument(
-        "--min-genes",
-        type=int,
-        help="minimum genes of a set in the panel" + format_default(d["min_genes"]),
-    )
-    p.add_argument(
-        "--gene-panel",
-        help="genes stored: 'all', 'hvg:N' (N most variable per sample) or a file with one "
-        "gene per line" + format_default(d["gene_panel"]),
-    )
-    p.add_argument(
-        "--ignore-in-tissue",
-        action="store_true",
-        help="keep spots the platform calls outside tissue (QC on the image only)",
-    )
-    p.add_argument("--jpeg", action="store_true", help="store patches as JPEG")
-    p.add_argument(
-        "--jpeg-quality",
-        type=int,
-        help="JPEG quality 1..100" + format_default(d["jpeg_quality"]),
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        help="samples processed in parallel" + format_default(d["workers"]),
-    )
-    p.add_argument(
-        "--shard",
-        metavar="I/N",
-        help="build only job I of N (0 <= I < N), e.g. "
-        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; then run merge-pairs "
-        "(default: every sample)",
-    )
-    p.add_argument(
-        "--resume",
-        action=argparse.BooleanOptionalAction,
-        help="skip samples whose shard is finished with the same parameters and inputs; "
-        "--no-resume rebuilds" + format_default(d["resume"]),
-    )
-    p.add_argument(
-        "--verify",
-        action="store_true",
-        help="re-hash every finished shard's files before skipping it (slow on big stores; "
-        "by default a file is re-hashed only if its size or mtime changed)",
-    )
-    p.add_argument(
-        "--keep-going",
-        action="store_true",
-        help="report a failing sample and finish the others (exit code 1 if any failed)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_flags(p, _BUILD_FLAGS, defaults)
     p.set_defaults(func=_build)
 
 
-def _add_depth_flags(p: argparse.ArgumentParser, d: dict) -> None:
-    """``--rarefy-depth``, ``--rarefy-draws``, ``--random-state`` (``d``: the defaults)."""
-    from ._args import format_default
-
-    p.add_argument(
-        "--rarefy-depth",
-        type=int,
-        metavar="N",
-        help="score pathways on counts rarefied to N per spot (drawn without replacement, "
-        "seeded per spot, genes in name order), so the targets cannot follow sequencing "
-        "depth through the counts; spots with fewer counts are dropped and counted in the "
-        "QC report" + format_default(d["rarefy_depth"], none="no rarefaction"),
-    )
-    p.add_argument(
-        "--rarefy-draws",
-        type=int,
-        help="rarefy this many times and average the scores; the QC report shows the "
-        "agreement of two draws" + format_default(d["rarefy_draws"]),
-    )
-    p.add_argument(
-        "--random-state",
-        type=int,
-        help="seed of the pathway scores' random draws (rarefaction, score_genes' control "
-        "genes)" + format_default(d["random_state"]),
-    )
-
-
 def _register_merge(subparsers: argparse._SubParsersAction) -> None:
-    from ._args import add_command, add_deprecated_positional
+    from ._args import add_command, add_deprecated_positional, signature_defaults
 
     m = add_command(
         subparsers,
@@ -230,15 +217,5 @@ def _register_merge(subparsers: argparse._SubParsersAction) -> None:
     )
     m.add_argument("--out", help="the pairs store (the --out of build-pairs); required")
     add_deprecated_positional(m, "--out", dest="out", metavar="OUT")
-    m.add_argument(
-        "--allow-missing",
-        action="store_true",
-        help="write the index even if some samples have no finished shard yet",
-    )
-    m.add_argument(
-        "--verify",
-        action="store_true",
-        help="recompute every file's SHA-256 and every sample's input identity; stale "
-        "shards are reported (build-pairs rebuilds them)",
-    )
+    _add_flags(m, _MERGE_FLAGS, signature_defaults("pairs._build", "merge_pairs"))
     m.set_defaults(func=_merge)

@@ -445,23 +445,8 @@ def _worker_init(build_pid: int) -> None:
 def build_pairs(
     manifest: str | os.PathLike | Sequence[Sample],
     out: str | os.PathLike,
+    params: PairsParams | None = None,
     *,
-    mpp: float = 0.5,
-    size_px: int = 224,
-    tissue_threshold: float = 0.5,
-    tissue_qc: str = "mask",
-    min_mask_coverage: float = 0.1,
-    gene_sets: str | None = "hallmark",
-    method: str = "ssgsea",
-    min_genes: int = 5,
-    ties: str = "average",
-    rarefy_depth: int | None = None,
-    rarefy_draws: int = 1,
-    random_state: int = 0,
-    gene_panel: str = "all",
-    use_in_tissue: bool = True,
-    jpeg: bool = False,
-    jpeg_quality: int = 90,
     workers: int = 1,
     shard: tuple[int, int] | str | None = None,
     resume: bool = True,
@@ -469,6 +454,7 @@ def build_pairs(
     keep_going: bool = False,
     report: bool = True,
     progress: bool = True,
+    **overrides: Any,
 ) -> BuildResult:
     """Curate (H&E patch, expression, pathway scores) pairs from a manifest of samples.
 
@@ -479,6 +465,11 @@ def build_pairs(
     ``OUT/index.json`` and the QC report ``OUT/qc/report.md`` (see
     [`merge_pairs`][stalign.pairs.merge_pairs]).
 
+    What a shard holds is set by [`PairsParams`][stalign.pairs.PairsParams], whose
+    fields hold the defaults; keyword overrides replace single fields, e.g.
+    ``build_pairs(manifest, out, mpp=4.4, size_px=64)`` or
+    ``build_pairs(manifest, out, params, jpeg=True)``.
+
     Parameters
     ----------
     manifest
@@ -486,28 +477,8 @@ def build_pairs(
         The whole manifest is validated before any work starts.
     out
         Root of the pairs store (created).
-    mpp, size_px
-        Patch geometry: µm per pixel and side in px (HEST: 0.5 µm/px, 224 px).
-    tissue_threshold, tissue_qc, min_mask_coverage
-        Tissue QC (see [`PairsParams`][stalign.pairs.PairsParams]): ``tissue_qc="mask"``
-        measures each patch's coverage by the slide's tissue mask; spots the
-        platform calls in tissue are kept down to ``min_mask_coverage``, other
-        samples need ``tissue_threshold``. ``"pixels"`` is the per-pixel rule.
-    gene_sets, method, min_genes, ties
-        Passed to `stalign.tl.score_pathways`; ``gene_sets=None`` skips scores.
-        ``ties`` is ssGSEA's tie mode: ``"average"`` (scores independent of the
-        gene order) or ``"gseapy"`` (gseapy's order-dependent walk).
-    rarefy_depth, rarefy_draws, random_state
-        Score pathways on counts rarefied to ``rarefy_depth`` per spot (averaged over
-        ``rarefy_draws`` seeded draws); spots with fewer counts are dropped and counted
-        (see [`PairsParams`][stalign.pairs.PairsParams]). ``random_state`` also seeds
-        ``method="score_genes"``'s control genes.
-    gene_panel
-        Genes whose counts are stored: ``"all"``, ``"hvg:N"`` or a gene-list file.
-    use_in_tissue
-        Also drop spots the platform calls outside tissue.
-    jpeg, jpeg_quality
-        Store patches as JPEG (quality 1–100) instead of raw uint8.
+    params
+        The build parameters; ``None``: ``PairsParams()`` (its defaults).
     workers
         Processes building samples in parallel (one sample per process).
     shard
@@ -530,6 +501,34 @@ def build_pairs(
         Write ``index.json`` and the QC report at the end (unsharded builds).
     progress
         Show tqdm bars (overall and per sample).
+    **overrides
+        Fields of ``PairsParams`` replacing those of ``params`` (see
+        `PairsParams.with_overrides`); the most used are below.
+
+    Other Parameters
+    ----------------
+    mpp, size_px
+        Patch geometry: µm per pixel and side in px (HEST: 0.5 µm/px, 224 px).
+    tissue_threshold, tissue_qc, min_mask_coverage
+        Tissue QC (see [`PairsParams`][stalign.pairs.PairsParams]): ``tissue_qc="mask"``
+        measures each patch's coverage by the slide's tissue mask; spots the
+        platform calls in tissue are kept down to ``min_mask_coverage``, other
+        samples need ``tissue_threshold``. ``"pixels"`` is the per-pixel rule.
+    gene_sets, method, min_genes, ties
+        Passed to `stalign.tl.score_pathways`; ``gene_sets=None`` skips scores.
+        ``ties`` is ssGSEA's tie mode: ``"average"`` (scores independent of the
+        gene order) or ``"gseapy"`` (gseapy's order-dependent walk).
+    rarefy_depth, rarefy_draws, random_state
+        Score pathways on counts rarefied to ``rarefy_depth`` per spot (averaged over
+        ``rarefy_draws`` seeded draws); spots with fewer counts are dropped and counted
+        (see [`PairsParams`][stalign.pairs.PairsParams]). ``random_state`` also seeds
+        ``method="score_genes"``'s control genes.
+    gene_panel
+        Genes whose counts are stored: ``"all"``, ``"hvg:N"`` or a gene-list file.
+    use_in_tissue
+        Also drop spots the platform calls outside tissue.
+    jpeg, jpeg_quality
+        Store patches as JPEG (quality 1–100) instead of raw uint8.
 
     Returns
     -------
@@ -540,6 +539,8 @@ def build_pairs(
     ------
     ManifestError
         The manifest is invalid (every bad row is listed with its line number).
+    TypeError
+        ``params`` is not a ``PairsParams``, or an override names none of its fields.
     ValueError
         Bad parameters (checked before any work), or ``out`` holds a build with
         other parameters.
@@ -550,24 +551,10 @@ def build_pairs(
         ``out`` cannot be created or written (e.g. the disk is full); nothing
         partial is committed.
     """
-    params = PairsParams(
-        mpp=float(mpp),
-        size_px=int(size_px),
-        tissue_threshold=float(tissue_threshold),
-        tissue_qc=str(tissue_qc),
-        min_mask_coverage=float(min_mask_coverage),
-        gene_sets=gene_sets,
-        method=method,
-        min_genes=int(min_genes),
-        ties=str(ties),
-        rarefy_depth=None if rarefy_depth is None else int(rarefy_depth),
-        rarefy_draws=int(rarefy_draws),
-        random_state=int(random_state),
-        gene_panel=str(gene_panel),
-        use_in_tissue=bool(use_in_tissue),
-        jpeg=bool(jpeg),
-        jpeg_quality=int(jpeg_quality),
-    )
+    if params is not None and not isinstance(params, PairsParams):
+        msg = f"params must be a PairsParams (or None), got {type(params).__name__}"
+        raise TypeError(msg)
+    params = (params if params is not None else PairsParams()).with_overrides(**overrides)
     if isinstance(shard, str):
         shard = parse_shard(shard)
     if int(workers) < 1:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,10 @@ class PairsParams:
         JPEG quality (1–100) when ``jpeg``.
     thumbnail_px
         Longest side of the QC thumbnail, px.
+
+    These fields hold the only defaults of a pairs build: `build_pairs`' keyword
+    overrides and ``stalign build-pairs``' flags leave an unset one at them (see
+    `with_overrides`).
     """
 
     mpp: float = 0.5
@@ -171,6 +176,28 @@ class PairsParams:
             return bundled_gmt_path(value)
         return Path(value) if kind == "file" else None
 
+    def with_overrides(self, **overrides: Any) -> PairsParams:
+        """Return a copy with ``overrides`` (field name → value) applied.
+
+        Every field is converted to its type (``mpp=4`` is ``4.0``), as `build_pairs`'
+        keywords always were, so equal settings give one fingerprint whichever way
+        they are passed.
+
+        Raises
+        ------
+        TypeError
+            An override names no field of ``PairsParams``.
+        ValueError
+            A value is out of range (the checks of the constructor).
+        """
+        names = [f.name for f in fields(self)]
+        unknown = [k for k in overrides if k not in names]
+        if unknown:
+            msg = f"unknown pairs parameter {unknown[0]!r}; PairsParams has: {', '.join(names)}"
+            raise TypeError(msg)
+        values = {name: overrides.get(name, getattr(self, name)) for name in names}
+        return PairsParams(**{k: _CONVERTERS.get(k, _same)(v) for k, v in values.items()})
+
     def to_dict(self) -> dict[str, Any]:
         """Return the parameters, plus the SHA-256 of every file they name.
 
@@ -210,6 +237,35 @@ class PairsParams:
             if d.get(key) == default:
                 d.pop(key, None)
         return params_fingerprint(d)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+#: how `PairsParams.with_overrides` converts each field (the conversions `build_pairs`'
+#: keywords always had); ``gene_sets`` and ``method`` are taken as given
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "mpp": float,
+    "size_px": int,
+    "tissue_threshold": float,
+    "tissue_qc": str,
+    "min_mask_coverage": float,
+    "min_genes": int,
+    "ties": str,
+    "rarefy_depth": _optional_int,
+    "rarefy_draws": int,
+    "random_state": int,
+    "gene_panel": str,
+    "use_in_tissue": bool,
+    "jpeg": bool,
+    "jpeg_quality": int,
+    "thumbnail_px": int,
+}
 
 
 #: parameters left out of the fingerprint while at these defaults (added since v3)
