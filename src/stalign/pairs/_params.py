@@ -134,8 +134,8 @@ class PairsParams:
 
     def _check_scoring(self) -> None:
         """Validate ``method`` and ``gene_sets`` before any work (not after extraction)."""
-        from ..tl._pathways import METHODS
-        from ..tl._scoring import SSGSEA_TIES
+        from ..tl import PATHWAY_METHODS as METHODS
+        from ..tl import SSGSEA_TIES
 
         if self.gene_sets is None:
             return
@@ -147,7 +147,7 @@ class PairsParams:
             raise ValueError(msg)
         path = self.gene_sets_file()
         if path is not None:
-            from ..tl._genesets import read_gmt
+            from ..tl import read_gmt
 
             read_gmt(path)  # a missing or malformed GMT fails now, naming the file
 
@@ -167,7 +167,7 @@ class PairsParams:
         ``None`` for no scores and for Enrichr libraries (``enrichr:NAME``, fetched by
         gseapy); an unknown name (a typo) is refused here, before any work.
         """
-        from ..tl._genesets import bundled_gmt_path, gene_set_source
+        from ..tl import bundled_gmt_path, gene_set_source
 
         if self.gene_sets is None:
             return None
@@ -218,7 +218,7 @@ class PairsParams:
             if self.gene_sets.lower() not in _bundled_names():
                 d["gene_sets"] = f"file:{gmt.name}"
         if self.tissue_qc == "mask":  # the mask's own settings are code defaults
-            from ..im._tissue import tissue_mask_settings
+            from ..im import tissue_mask_settings
 
             d["tissue_mask_settings"] = tissue_mask_settings()
         return d
@@ -273,7 +273,7 @@ FINGERPRINT_OPTIONAL: dict[str, Any] = {"rarefy_depth": None, "rarefy_draws": 1,
 
 
 def _bundled_names() -> set[str]:
-    from ..tl._genesets import BUNDLED_GENE_SETS
+    from ..tl import BUNDLED_GENE_SETS
 
     return set(BUNDLED_GENE_SETS)
 

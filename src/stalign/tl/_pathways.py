@@ -47,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 #: the values of ``score_pathways(method=...)``
 PATHWAY_METHODS = ("ssgsea", "aucell", "zscore", "ulm", "score_genes")
-METHODS = PATHWAY_METHODS  # the old private name, until pairs/_params.py imports tl.PATHWAY_METHODS
 
 
 def score_pathways(
