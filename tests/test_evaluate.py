@@ -237,6 +237,35 @@ def test_evaluate_errors(small_store, tmp_path, capsys):
         evaluate(Path(tmp_path) / "nowhere", [], out=tmp_path, references=("histogram",))
 
 
+def test_the_streamed_panel_is_the_in_memory_panel(small_store):
+    """evaluate reads the store one sample at a time; its panel is hest_gene_panel's."""
+    from stalign.bench import hest_gene_panel, load_pairs_arrays
+    from stalign.bench._spot_table import OTHER_COUNTS, _spot_table
+
+    data, panel = _spot_table(PairsDataset(small_store), small_store, None)
+    full = load_pairs_arrays(small_store, patches=False)
+    want = [full.gene_names[i] for i in hest_gene_panel(full.counts, full.gene_names)]
+    assert panel == want and len(panel) == 50
+    assert data.gene_names == [*(g for g in full.gene_names if g in set(panel)), OTHER_COUNTS]
+    library = np.asarray(full.counts.sum(axis=1)).ravel()
+    np.testing.assert_array_equal(np.asarray(data.counts.sum(axis=1)).ravel(), library)
+
+
+def test_a_marker_gene_the_store_lacks_fails_before_any_embedding(small_store, tmp_path):
+    from stalign.bench import evaluate
+
+    with pytest.raises(ValueError, match=r"target genes not in gene_names: \['NOT_A_GENE'\]"):
+        evaluate(
+            small_store,
+            [],
+            out=tmp_path,
+            references=("histogram",),
+            marker_genes=["NOT_A_GENE"],
+            progress=False,
+        )
+    assert not list((tmp_path / "cache").rglob("*.h5"))
+
+
 def _all_patches(ds: PairsDataset) -> np.ndarray:
     return np.stack([ds.read_patch(i) for i in range(len(ds))])
 

@@ -47,8 +47,6 @@ SHARED = LAYERS[0]
 #: public name exists already; an entry is removed with the import it describes, and
 #: one that no longer matches an import fails the test (the list stays accurate).
 PENDING_PRIVATE_IMPORTS: dict[str, str] = {
-    # bench/ is being split by another change
-    "stalign/bench/_feature_sources.py: stalign.pairs._store": "pairs.file_sha256",
     # pairs/ parameters and build, being reworked by another change: tl's / im's public names
     "stalign/pairs/_build.py: stalign.tl._pathway_depth": "tl.DEPTH_WARN_ABS_R",
     "stalign/pairs/_params.py: stalign.im._tissue": "im.tissue_mask_settings",

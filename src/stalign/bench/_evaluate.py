@@ -298,6 +298,7 @@ def _run_locked(spec: EvaluationSpec) -> EvaluationResult:
     from ._report import overall_verdict, summary_table
 
     ds, data, panel = _open_store(spec)
+    task = _build_marker_task(data, spec, panel)  # a bad marker gene fails before embedding
     cache = embed_features(spec, ds)
     release_freed_heap()  # the patch chunks of the embedding loop
     ctx = _Context(
@@ -306,7 +307,7 @@ def _run_locked(spec: EvaluationSpec) -> EvaluationResult:
         cache=cache,
         panel=panel,
         compared=_baseline_and_aligned(spec),
-        task=_build_marker_task(data, spec, panel),
+        task=task,
     )
     total = len(spec.feature_sets()) * len(spec.seeds)
     with tqdm(total=total, disable=not spec.progress, desc="evaluate") as bar:

@@ -31,7 +31,7 @@ def _files_digest(path: Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _files_digest_cached(path: str, stats: tuple) -> str:
-    from ..pairs._store import file_sha256
+    from ..pairs import file_sha256
 
     h = hashlib.sha256()
     for name, _, _ in stats:

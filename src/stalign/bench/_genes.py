@@ -2,48 +2,92 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["hest_gene_panel"]
+__all__ = ["HEST_MIN_SPOT_FRACTION", "HEST_N_GENES", "hest_gene_panel", "panel_from_blocks"]
 
 
-_BLOCK_BYTES = 64 * 2**20  # dense float64 columns densified at once from sparse counts
+#: HEST-Benchmark's panel rule (Jaume et al. 2024): genes detected in >= 10 % of the spots,
+#: then the 50 with the largest variance of log1p(counts) across all spots
+HEST_N_GENES = 50
+HEST_MIN_SPOT_FRACTION = 0.1
+_ROWS = 512  # rows densified (float64) at once
 
 
-def _detected_fraction(Y) -> np.ndarray:
-    """Fraction of spots with a count > 0, per gene (sparse input stays sparse)."""
-    if sp.issparse(Y):
-        return np.asarray((Y > 0).sum(axis=0), dtype=np.float64).ravel() / Y.shape[0]
-    return (Y > 0).mean(axis=0)
+def dense_row_blocks(X, rows: int = _ROWS) -> Iterator[np.ndarray]:
+    """Dense float64 row blocks of a (sparse) matrix, ``rows`` at a time."""
+    for start in range(0, X.shape[0], rows):
+        block = X[start : start + rows]
+        yield np.asarray(block.toarray() if hasattr(block, "toarray") else block, np.float64)
 
 
-def _log1p_var(Y, cols: np.ndarray) -> np.ndarray:
-    """Variance over spots of ``log1p`` of the columns ``cols``.
+def _accumulate(total: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """Column sums continued over ``block``'s rows one by one (numpy's order on axis 0)."""
+    return np.add.reduce(np.vstack([total, block]), axis=0)
 
-    Sparse counts are densified a block of columns at a time (at most ``_BLOCK_BYTES``),
-    so memory does not grow with spots × genes; the arithmetic per column is that of
-    the dense path.
+
+def panel_from_blocks(
+    blocks: Callable[[np.ndarray | None], Iterable[Any]],
+    n_spots: int,
+    n_columns: int,
+    *,
+    n_genes: int = HEST_N_GENES,
+    min_spot_fraction: float = HEST_MIN_SPOT_FRACTION,
+    what: str = "counts",
+) -> np.ndarray:
+    """Apply the HEST panel rule to counts read in row blocks: the one implementation.
+
+    ``blocks(cols)`` yields the counts' rows, all ``n_spots`` of them in the same order at
+    every call, as matrices (dense or ``scipy.sparse``) of the columns ``cols`` (``None``:
+    all ``n_columns``). The detection pass counts spots with a count > 0; the mean and the
+    variance of ``log1p`` accumulate row by row, the order numpy's column reductions use,
+    so the panel does not depend on how the rows are blocked (one matrix, samples read one
+    at a time). See `hest_gene_panel` for the rule and the returned indices; ``what``
+    names the counts in errors.
     """
-    if not sp.issparse(Y):
-        return np.log1p(Y[:, cols]).var(axis=0)
-    Y = sp.csc_matrix(Y)
-    step = max(1, _BLOCK_BYTES // (8 * max(Y.shape[0], 1)))
-    parts = [
-        np.log1p(np.asarray(Y[:, cols[i : i + step]].toarray(), dtype=np.float64)).var(axis=0)
-        for i in range(0, cols.size, step)
-    ]
-    return np.concatenate(parts) if parts else np.zeros(0)
+    if not 0.0 <= min_spot_fraction <= 1.0:
+        msg = f"min_spot_fraction must be in [0, 1], got {min_spot_fraction}"
+        raise ValueError(msg)
+    if n_genes < 1:
+        msg = f"n_genes must be >= 1, got {n_genes}"
+        raise ValueError(msg)
+    detected = np.zeros(n_columns)
+    for X in blocks(None):
+        if (X.min() if sp.issparse(X) else np.nanmin(X)) < 0:
+            msg = f"{what} must be non-negative raw counts (found negative values)"
+            raise ValueError(msg)
+        detected += np.asarray((X > 0).sum(axis=0), dtype=np.float64).ravel()
+    keep = np.flatnonzero(detected / n_spots >= min_spot_fraction)
+    if keep.size == 0:
+        msg = (
+            f"no gene is detected in >= {min_spot_fraction:.0%} of the {n_spots} spots in "
+            f"{what} ({n_columns} genes); pass raw counts or lower min_spot_fraction"
+        )
+        raise ValueError(msg)
+    total = np.zeros(keep.size)
+    for X in blocks(keep):
+        for block in dense_row_blocks(X):
+            total = _accumulate(total, np.log1p(block))
+    mean = total / n_spots
+    sq = np.zeros(keep.size)
+    for X in blocks(keep):
+        for block in dense_row_blocks(X):
+            d = np.log1p(block) - mean
+            sq = _accumulate(sq, d * d)
+    order = np.argsort(-(sq / n_spots), kind="stable")
+    return keep[order[:n_genes]]
 
 
 def hest_gene_panel(
     counts,
     gene_names: Sequence[str] | None = None,
     *,
-    n_genes: int = 50,
-    min_spot_fraction: float = 0.1,
+    n_genes: int = HEST_N_GENES,
+    min_spot_fraction: float = HEST_MIN_SPOT_FRACTION,
 ) -> np.ndarray:
     """Pick the HEST-Benchmark gene panel from raw counts.
 
@@ -58,7 +102,7 @@ def hest_gene_panel(
         ``(n_spots, n_genes_total)`` raw counts, dense or sparse, all samples stacked
         (sparse counts are never densified whole).
     gene_names
-        Names of the columns; only used for error messages.
+        Names of the columns (the rule does not need them; accepted as before).
     n_genes
         Panel size (HEST: 50). When fewer genes pass the filter, all of them are kept.
     min_spot_fraction
@@ -73,24 +117,15 @@ def hest_gene_panel(
     if Y.ndim != 2:
         msg = f"counts must be a 2-D (spots × genes) matrix, got shape {Y.shape}"
         raise ValueError(msg)
-    if not 0.0 <= min_spot_fraction <= 1.0:
-        msg = f"min_spot_fraction must be in [0, 1], got {min_spot_fraction}"
-        raise ValueError(msg)
-    if n_genes < 1:
-        msg = f"n_genes must be >= 1, got {n_genes}"
-        raise ValueError(msg)
-    if (Y.min() if sp.issparse(Y) else np.nanmin(Y)) < 0:
-        msg = "counts must be non-negative raw counts (found negative values)"
-        raise ValueError(msg)
-    detected = _detected_fraction(Y)
-    keep = np.flatnonzero(detected >= min_spot_fraction)
-    if keep.size == 0:
-        where = f" among {len(gene_names)} genes" if gene_names is not None else ""
-        msg = (
-            f"no gene is detected in >= {min_spot_fraction:.0%} of the {Y.shape[0]} spots"
-            f"{where}; pass raw counts or lower min_spot_fraction"
-        )
-        raise ValueError(msg)
-    var = _log1p_var(Y, keep)
-    order = np.argsort(-var, kind="stable")
-    return keep[order[:n_genes]]
+
+    def blocks(cols: np.ndarray | None) -> Iterator[Any]:
+        if cols is None:
+            yield Y
+        elif sp.issparse(Y):  # the kept columns only, row-sliceable
+            yield sp.csr_matrix(sp.csc_matrix(Y)[:, cols])
+        else:
+            yield from (Y[s : s + _ROWS, cols] for s in range(0, Y.shape[0], _ROWS))
+
+    return panel_from_blocks(
+        blocks, Y.shape[0], Y.shape[1], n_genes=n_genes, min_spot_fraction=min_spot_fraction
+    )

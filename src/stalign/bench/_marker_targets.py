@@ -12,12 +12,16 @@ from ._tasks import MarkerTask, region_tasks
 logger = logging.getLogger(__name__)
 
 
-def _marker_task(data: PairsArrays, spec: EvaluationSpec, panel: Sequence[str]) -> MarkerTask:
+def _marker_task(
+    data: PairsArrays, spec: EvaluationSpec, panel: Sequence[str]
+) -> MarkerTask | None:
     """Region tasks; default targets are balanced (both classes >= 20 %) in every group.
 
     A group is a patient, or a section with ``split_by="sample"``. A target whose label
     follows the group (a batch effect) cannot be learned across groups and would leave
-    a fold with one class, so it is passed over.
+    a fold with one class, so it is passed over; when no target is left the marker tasks
+    are skipped with a warning (``None``). Anything else wrong (e.g. a marker gene the
+    store lacks) raises.
     """
     marker_genes = spec.marker_genes
     genes = list(marker_genes) if marker_genes is not None else list(panel)
@@ -41,8 +45,11 @@ def _marker_task(data: PairsArrays, spec: EvaluationSpec, panel: Sequence[str]) 
     keep_p = [f"pathway:{q}" for q in pw if ok[f"pathway:{q}"]][: spec.n_marker_pathways]
     cols = keep_g + keep_p
     if not cols:
-        msg = f"no marker target is balanced within every {_UNIT[spec.split_by]}"
-        raise ValueError(msg)
+        logger.warning(
+            "marker tasks skipped: no marker target is balanced within every %s",
+            _UNIT[spec.split_by],
+        )
+        return None
     full.labels = full.labels[cols]
     full.values = full.values[cols]
     full.definition += (
@@ -55,10 +62,7 @@ def _marker_task(data: PairsArrays, spec: EvaluationSpec, panel: Sequence[str]) 
 def _build_marker_task(
     data: PairsArrays, spec: EvaluationSpec, panel: Sequence[str]
 ) -> MarkerTask | None:
+    """Build the marker task; ``None`` when none is asked for or no target is balanced."""
     if spec.marker_genes is None and not spec.n_marker_genes and not spec.n_marker_pathways:
         return None
-    try:
-        return _marker_task(data, spec, panel)
-    except ValueError as e:
-        logger.warning("marker tasks skipped: %s", e)
-        return None
+    return _marker_task(data, spec, panel)

@@ -1,7 +1,7 @@
 """The spot table of a pairs store: counts, pathway scores and spot centres in one row order.
 
 Read sample by sample through the store's files (`stalign.pairs.PairsDataset` gives the
-rows); the HEST gene panel is chosen while streaming (`_streamed_panel`).
+rows); the HEST gene panel is chosen while streaming, by the one rule of `_genes`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from ._genes import panel_from_blocks
 
 __all__ = ["OTHER_COUNTS", "PairsArrays", "load_pairs_arrays"]
 
@@ -39,11 +41,13 @@ def _pairs_table(ds: Any, root: str | os.PathLike, *, patches: bool) -> PairsArr
     import anndata as ad
     import scipy.sparse as sp
 
+    from ..pairs import PAIRS_H5AD
+
     obs = ds.obs[["sample_id", "patient_id", "barcode"]].reset_index(drop=True)
     parts, coords, genes = [], [], None
     index = {s["sample_id"]: s for s in ds.index_json["samples"]}
     for sid in dict.fromkeys(obs["sample_id"]):
-        a = ad.read_h5ad(Path(root) / index[sid]["path"] / "pairs.h5ad")
+        a = ad.read_h5ad(Path(root) / index[sid]["path"] / PAIRS_H5AD)
         bc = obs.loc[obs["sample_id"] == sid, "barcode"].to_numpy()
         a = a[pd.Index(a.obs_names.astype(str)).get_indexer(bc)]
         parts.append(a)
@@ -98,8 +102,10 @@ class _SampleFile:
         import h5py
         from anndata.io import read_elem
 
+        from ..pairs import PAIRS_H5AD
+
         entry = next(s for s in ds.index_json["samples"] if s["sample_id"] == sid)
-        path = Path(root) / entry["path"] / "pairs.h5ad"
+        path = Path(root) / entry["path"] / PAIRS_H5AD
         with h5py.File(path, "r") as f:
             obs_names = read_elem(f["obs"][f["obs"].attrs["_index"]])
             var_names = read_elem(f["var"][f["var"].attrs["_index"]])
@@ -135,46 +141,15 @@ class _SampleFile:
             return np.asarray(read_elem(f["obsm"]["spatial"])[self.rows], dtype=float)
 
 
-def _row_blocks(X, rows: int = 512):
-    """Dense float64 row blocks of a (sparse) matrix."""
-    for start in range(0, X.shape[0], rows):
-        block = X[start : start + rows]
-        yield np.asarray(block.toarray() if hasattr(block, "toarray") else block, np.float64)
+def _streamed_panel(files: Sequence[_SampleFile], genes: list[str], n: int, what: str) -> list[str]:
+    """Choose the HEST panel (`panel_from_blocks`), reading one sample at a time."""
 
+    def blocks(cols: np.ndarray | None):
+        names = genes if cols is None else [genes[i] for i in cols]
+        for file in files:
+            yield file.counts(names)
 
-def _streamed_panel(ds: Any, root: Path, genes: list[str], n_genes: int = 50) -> list[str]:
-    """Choose the HEST panel (`hest_gene_panel`), reading one sample at a time.
-
-    Three passes (detection, mean, variance of ``log1p``) accumulate row by row, which
-    is the order numpy's column reductions use, so the variances, and the panel, are
-    bit-identical to the in-memory rule.
-    """
-    files = [_SampleFile.open(ds, root, sid) for sid in dict.fromkeys(ds.obs["sample_id"])]
-    n = len(ds.obs)
-    detected = np.zeros(len(genes))
-    for file in files:
-        X = file.counts(genes)
-        if (X.min() if hasattr(X, "toarray") else np.nanmin(X)) < 0:
-            msg = f"{file.path}: counts must be non-negative raw counts"
-            raise ValueError(msg)
-        detected += np.asarray((X > 0).sum(axis=0), dtype=np.float64).ravel()
-    keep = np.flatnonzero(detected / n >= 0.1)
-    if keep.size == 0:
-        msg = f"no gene is detected in >= 10% of the {n} spots among {len(genes)} genes"
-        raise ValueError(msg)
-    kept = [genes[i] for i in keep]
-    total = np.zeros(keep.size)
-    for file in files:
-        for block in _row_blocks(file.counts(kept)):
-            total = np.add.reduce(np.vstack([total, np.log1p(block)]), axis=0)
-    mean = total / n
-    sq = np.zeros(keep.size)
-    for file in files:
-        for block in _row_blocks(file.counts(kept)):
-            d = np.log1p(block) - mean
-            sq = np.add.reduce(np.vstack([sq, d * d]), axis=0)
-    order = np.argsort(-(sq / n), kind="stable")
-    return [kept[i] for i in order[:n_genes]]
+    return [genes[i] for i in panel_from_blocks(blocks, n, len(genes), what=what)]
 
 
 def _spot_table(
@@ -199,7 +174,7 @@ def _spot_table(
     if not genes:
         msg = f"the samples of {root} share no gene"
         raise ValueError(msg)
-    panel = _streamed_panel(ds, root, genes)
+    panel = _streamed_panel(files, genes, len(obs), what=f"the counts of {root}")
     wanted = set(panel) | set(marker_genes or ())
     used = [g for g in genes if g in wanted]
     parts, coords = [], []

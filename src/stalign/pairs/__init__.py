@@ -16,6 +16,7 @@ from ._manifest import PLATFORMS, ManifestError, Sample, read_manifest
 from ._params import PairsParams
 from ._report import write_qc_report
 from ._store import (
+    PAIRS_H5AD,
     THUMBNAIL_PNG,
     PatchWriter,
     file_sha256,
@@ -26,6 +27,7 @@ from ._store import (
 )
 
 __all__ = [
+    "PAIRS_H5AD",
     "PLATFORMS",
     "THUMBNAIL_PNG",
     "Augment",
