@@ -5,6 +5,7 @@ ranks) and the batched patch reads it streams with.
 """
 
 import csv
+import dataclasses
 import json
 import os
 import socket
@@ -184,7 +185,57 @@ def test_evaluate_cli_old_spellings_still_parse_with_a_warning(tmp_path, capsys)
     unset = build_parser().parse_args(
         ["evaluate", "--pairs", "p", "--encoder", "a=x", "--out", "o"]
     )
-    assert set(_options(unset)) == {"progress"}  # the EvaluationSpec defaults apply
+    assert _options(unset) == {}  # every flag unset: the EvaluationSpec defaults apply
+
+
+def test_evaluate_flags_are_unset_and_show_the_evaluationspec_defaults():
+    import argparse
+
+    from stalign.bench import EvaluationSpec
+    from stalign.cli import build_parser
+    from stalign.cli._args import format_default
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    fields = {f.name: f.default for f in dataclasses.fields(EvaluationSpec)}
+    flags = [
+        a
+        for a in sub.choices["evaluate"]._actions
+        if a.option_strings and a.help != argparse.SUPPRESS
+    ]
+    shown = 0
+    for action in flags:
+        if action.dest in ("help", "encoders", "out"):
+            continue
+        assert action.default is None, (action.option_strings, action.default)
+        default = fields.get(action.dest, dataclasses.MISSING)
+        if default is not dataclasses.MISSING and default is not None and action.dest != "progress":
+            assert format_default(default) in action.help, (action.dest, action.help)
+            shown += 1
+    assert shown >= 10
+    n_markers = next(a for a in flags if a.dest == "n_markers")
+    want = format_default((fields["n_marker_genes"], fields["n_marker_pathways"]))
+    assert n_markers.help.endswith(want)
+
+
+def test_evaluate_takes_the_settings_object_plus_overrides(tmp_path, monkeypatch):
+    import stalign.bench._evaluate as ev
+    from stalign.bench import EvaluationSpec, evaluate
+
+    ran: list[EvaluationSpec] = []
+    monkeypatch.setattr(ev, "run_evaluation", ran.append)
+    spec = EvaluationSpec(tmp_path, [], tmp_path / "a", references=("histogram",))
+    assert spec.feature_cache_dir == tmp_path / "a" / "cache" and spec.split_level == "patient"
+    evaluate(spec=spec, out=tmp_path / "b", test_samples=["MOB3"], seeds=(4,))
+    evaluate(tmp_path, [], out=tmp_path / "b", references=("histogram",), test_samples=["MOB3"])
+    changed, keywords = ran
+    assert changed.feature_cache_dir == tmp_path / "b" / "cache"  # follows the new out
+    assert changed.split_level == "sample" and changed.test_groups == ["MOB3"]
+    assert changed.seeds == (4,) and spec.seeds == (0, 1, 2)  # the given spec is unchanged
+    assert keywords == dataclasses.replace(changed, seeds=(0, 1, 2))
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['sedes'\]"):
+        evaluate(spec=spec, sedes=(1,))
+    with pytest.raises(TypeError, match="out required"):
+        evaluate(tmp_path, [])
 
 
 def test_an_unknown_encoder_name_is_refused_before_any_work(tmp_path):
@@ -202,12 +253,13 @@ def test_split_level_is_resolved_from_the_fixed_test_set(tmp_path):
     def spec(**kw):
         return EvaluationSpec(tmp_path, [], tmp_path, **kw)
 
-    assert spec().split_by == "patient" and spec().test_groups is None
+    assert spec().split_level == "patient" and spec().test_groups is None
+    assert spec().split_by is None  # as given: the level is derived, so replace() stays right
     assert spec(test_patients=["mouse2"]).test_groups == ["mouse2"]
     by_section = spec(test_samples=["MOB3"])
-    assert by_section.split_by == "sample" and by_section.test_groups == ["MOB3"]
+    assert by_section.split_level == "sample" and by_section.test_groups == ["MOB3"]
     loso = spec(split_by="sample")  # leave one section out
-    assert loso.split_by == "sample" and loso.test_groups is None
+    assert loso.split_level == "sample" and loso.test_groups is None
     with pytest.raises(TypeError, match="list of ids"):
         spec(test_samples="MOB3")
     with pytest.raises(ValueError, match="split_by must be"):

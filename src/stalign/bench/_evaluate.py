@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -31,7 +32,7 @@ from ._marker_targets import _build_marker_task
 from ._memory import release_freed_heap
 from ._outputs import _baseline_and_aligned, _report_params, _write_outputs
 from ._scoring import _Context, _score_grid
-from ._spec import REFERENCES, EvaluationSpec
+from ._spec import EvaluationSpec, evaluation_spec
 from ._spot_table import PairsArrays, _spot_table
 
 __all__ = ["EvaluationResult", "evaluate", "run_evaluation"]
@@ -64,33 +65,11 @@ class EvaluationResult:
 
 
 def evaluate(
-    pairs_dir: str | os.PathLike,
-    encoders: Sequence[str] | Mapping[str, Any],
+    pairs_dir: str | os.PathLike | None = None,
+    encoders: Sequence[Any] | Mapping[str, Any] | None = None,
     *,
-    out: str | os.PathLike,
-    test_patients: Sequence[str] | None = None,
-    test_samples: Sequence[str] | None = None,
-    split_by: str | None = None,
-    references: Sequence[str] = REFERENCES,
-    random_encoder: str | Sequence[str] = "vit_tiny_patch16_224",
-    image_size: int | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
-    probes: Sequence[str] = ("ridge",),
-    protocol: str = "hest_robust",
-    marker_genes: Sequence[str] | None = None,
-    n_marker_genes: int = 2,
-    n_marker_pathways: int = 2,
-    mil_epochs: int = 30,
-    region_window: int = 5,
-    n_maps: int = 3,
-    max_k: int = 50,
-    batch_size: int = 64,
-    device: str = "auto",
-    cache_dir: str | os.PathLike | None = None,
-    chunk_rows: int = 1024,
-    threads: int | None = None,
-    progress: bool = True,
-    allow_patient_overlap: bool = False,
+    spec: EvaluationSpec | None = None,
+    **overrides: Any,
 ) -> EvaluationResult | None:
     """Compare encoders (e.g. a baseline and its aligned export) on one pairs store.
 
@@ -132,81 +111,18 @@ def evaluate(
     Parameters
     ----------
     pairs_dir
-        A pairs store written by ``stalign build-pairs``.
+        A pairs store written by ``stalign build-pairs`` (``EvaluationSpec.pairs_dir``).
     encoders
-        ``"LABEL=SOURCE"`` strings (or a mapping label → source / ``Encoder``). SOURCE
-        is a ``stalign export`` timm directory, a training run, or a registry / timm
-        name created with random weights (``pretrained=False``: nothing is
-        downloaded). A list of sources under one label holds one trained model per
-        seed (seed ``i`` uses source ``i``), so its mean ± sd is over independently
-        trained models. Order matters for the figures: the first is the baseline,
-        the last the aligned model.
-    out
-        Output directory: ``report.md``, ``summary.csv``, ``runs.csv``,
-        ``per_target_*.csv``, ``results.json``, ``figures/*.png``, published as one
-        set with the manifest ``outputs.json`` written last
-        ([`check_evaluation_outputs`][stalign.bench.check_evaluation_outputs] checks
-        it); the run holds the folder's lock (a second evaluate on it is refused).
-    test_patients
-        Fixed test patients (default: leave-one-patient-out over all patients).
-    test_samples
-        Fixed test sections (``sample_id``), instead of ``test_patients``: a split by
-        section. Give one of the two, not both.
-    split_by
-        ``"patient"`` or ``"sample"`` (section): the unit of the folds. Default:
-        ``"sample"`` with ``test_samples``, else ``"patient"``; ``"sample"`` without
-        ``test_samples`` is leave one section out.
-    references
-        Reference feature sets, names of [`REFERENCE_FEATURES`][stalign.bench.REFERENCE_FEATURES]:
-        ``"histogram"``, ``"pixels"``, ``"squidpy"``, ``"library_size"`` (log total
-        counts only: the sequencing-depth floor) and ``"random"`` (``random_encoder``
-        with random weights).
-    random_encoder
-        Registry name(s) of the random-weights reference(s); each is a row named
-        after the architecture (``"random ViT-Tiny"``).
-    image_size
-        Input side (px) for encoders created by name (default: their config's).
-    seeds
-        Seeds of the stochastic parts.
-    probes
-        Spot probes to run: any of ``"ridge"`` (HEST), ``"ridge_cv"``, ``"mlp"``.
-    protocol
-        Feature pipeline of the probes: ``"hest_robust"`` (default: HEST's, but columns
-        constant on the training spots are dropped and test features clipped to their
-        training range) or ``"hest"`` (HEST-Benchmark's exactly, comparable with
-        published HEST numbers); see [`gene_prediction`][stalign.bench.gene_prediction].
-    marker_genes
-        Marker genes of the MIL tasks (default: the ``n_marker_genes`` most variable
-        genes of the HEST panel).
-    n_marker_genes, n_marker_pathways
-        Number of gene / pathway MIL tasks (pathways: largest variance across spots).
-    mil_epochs
-        ABMIL training epochs.
-    region_window
-        Region side in spot pitches for the MIL bags.
-    n_maps
-        Targets shown in the measured-vs-predicted maps.
-    max_k
-        Length of the recall@k curves.
-    batch_size
-        Patches per encoder forward pass.
-    device
-        Where encoders run: ``"auto"`` (CUDA if available; bf16 autocast there),
-        ``"cpu"``, ``"cuda"``... ([`stalign.tl.iter_embeddings`][stalign.tl.iter_embeddings]).
-    cache_dir
-        Feature cache (default ``out/cache``); share it between runs on the same
-        store, or fill it in parallel first with [`embed_features`][stalign.bench.embed_features].
-    chunk_rows
-        Patches read and featurised at once (bounds memory).
-    threads
-        Cap BLAS/OpenMP and torch threads during the run (restored afterwards);
-        ``1`` is several times faster on a small, shared CPU machine where the
-        probes' small matrices oversubscribe the cores. ``None`` leaves them alone.
-    progress
-        Progress bars.
-    allow_patient_overlap
-        Evaluate even when an export records training or validation on a test patient
-        (or, split by section, a test section); refused by default, before any work.
+        Encoders to compare (``EvaluationSpec.encoders``): ``"LABEL=SOURCE"`` strings or
+        a mapping label → source.
+    spec
+        The settings; ``pairs_dir``, ``encoders`` and ``overrides`` replace its fields.
+        Without it they make a new [`EvaluationSpec`][stalign.bench.EvaluationSpec]
+        (``out`` is then required), whose defaults apply to every field not given.
+    **overrides
+        Any field of [`EvaluationSpec`][stalign.bench.EvaluationSpec], e.g. ``out=``,
+        ``test_patients=``, ``seeds=``, ``references=``, ``threads=``; its docstring
+        lists them with their defaults.
 
     Returns
     -------
@@ -215,39 +131,9 @@ def evaluate(
         ``torch.distributed`` run (``torchrun -m stalign evaluate ...``: all ranks embed
         their share of the samples, rank 0 scores).
     """
-    spec = EvaluationSpec(
-        pairs_dir=Path(pairs_dir),
-        encoders=encoders,
-        out=Path(out),
-        test_patients=test_patients,
-        test_samples=test_samples,
-        split_by=split_by,
-        references=references,
-        random_encoder=random_encoder,
-        image_size=image_size,
-        seeds=seeds,
-        probes=probes,
-        protocol=protocol,
-        marker_genes=marker_genes,
-        n_marker_genes=n_marker_genes,
-        n_marker_pathways=n_marker_pathways,
-        mil_epochs=mil_epochs,
-        region_window=region_window,
-        n_maps=n_maps,
-        max_k=max_k,
-        batch_size=batch_size,
-        device=device,
-        cache_dir=Path(cache_dir) if cache_dir is not None else None,
-        chunk_rows=chunk_rows,
-        progress=progress,
-        allow_patient_overlap=allow_patient_overlap,
-    )
-    if threads is None:
-        return run_evaluation(spec)
-    from .._utils import limit_threads
-
-    with limit_threads(threads):
-        return run_evaluation(spec)
+    given = {"pairs_dir": pairs_dir, "encoders": encoders}
+    changes = {k: v for k, v in given.items() if v is not None} | overrides
+    return run_evaluation(evaluation_spec(spec, **changes))
 
 
 def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
@@ -257,18 +143,27 @@ def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
     refused up front) and publishes its outputs as one set (``_publish``): a run
     killed midway never leaves a folder mixing two runs' files. Under ``torchrun``
     every rank embeds its share of the samples and only rank 0 locks, scores and
-    writes the report (the other ranks return ``None``).
+    writes the report (the other ranks return ``None``). ``spec.threads`` caps the
+    threads.
     """
     from .._lock import folder_lock
     from ._publish import LOCK_FILE
 
     spec.out.mkdir(parents=True, exist_ok=True)
-    if _distributed_rank()[0] != 0:
-        ds, _, _ = _open_store(spec)
-        embed_features(spec, ds)
-        return None  # the other ranks embedded their share; rank 0 scores
-    with folder_lock(spec.out / LOCK_FILE, command="stalign evaluate", what=str(spec.out)):
-        return _run_locked(spec)
+    with _thread_cap(spec.threads):
+        if _distributed_rank()[0] != 0:
+            ds, _, _ = _open_store(spec)
+            embed_features(spec, ds)
+            return None  # the other ranks embedded their share; rank 0 scores
+        with folder_lock(spec.out / LOCK_FILE, command="stalign evaluate", what=str(spec.out)):
+            return _run_locked(spec)
+
+
+def _thread_cap(threads: int | None) -> contextlib.AbstractContextManager:
+    """`limit_threads` to ``threads``; nothing when ``None``."""
+    from .._utils import limit_threads
+
+    return contextlib.nullcontext() if threads is None else limit_threads(threads)
 
 
 def _open_store(spec: EvaluationSpec) -> tuple[Any, PairsArrays, list[str]]:

@@ -142,7 +142,7 @@ def embed_features(
     FeatureCache
         The `FeatureCache`.
     """
-    cache = FeatureCache(spec.cache_dir, dataset, chunk_rows=spec.chunk_rows)
+    cache = FeatureCache(spec.feature_cache_dir, dataset, chunk_rows=spec.chunk_rows)
     samples = cache.samples
     rank, world = _distributed_rank()
     if shard is None and world > 1:

@@ -37,7 +37,7 @@ def _marker_task(
         pathways=pw,
         window=spec.region_window,
     )
-    unit = "sample_id" if spec.split_by == "sample" else "patient_id"
+    unit = "sample_id" if spec.split_level == "sample" else "patient_id"
     frac = full.labels.groupby(full.bag_obs[unit].to_numpy()).mean()
     ok = ((frac >= 0.2) & (frac <= 0.8)).all(axis=0)
     keep_g = [f"gene:{g}" for g in genes if marker_genes is not None or ok[f"gene:{g}"]]
@@ -47,14 +47,14 @@ def _marker_task(
     if not cols:
         logger.warning(
             "marker tasks skipped: no marker target is balanced within every %s",
-            _UNIT[spec.split_by],
+            _UNIT[spec.split_level],
         )
         return None
     full.labels = full.labels[cols]
     full.values = full.values[cols]
     full.definition += (
         "; default targets: the most variable panel genes / pathways whose label is "
-        f"balanced (20–80 % positive) within every {_UNIT[spec.split_by]}"
+        f"balanced (20–80 % positive) within every {_UNIT[spec.split_level]}"
     )
     return full
 

@@ -53,7 +53,8 @@ def _report_params(spec: EvaluationSpec, ctx: _Context) -> dict[str, Any]:
     """Describe the run for ``report.md`` and ``results.json``."""
     patients, samples, task = set(ctx.patients), set(ctx.samples), ctx.task
     base, aligned = ctx.compared
-    unit = _UNIT[spec.split_by]
+    level = spec.split_level
+    unit = _UNIT[level]
     test = spec.test_groups
     if test is None:
         split = f"leave one {unit} out"
@@ -66,8 +67,8 @@ def _report_params(spec: EvaluationSpec, ctx: _Context) -> dict[str, Any]:
         "samples": sorted(samples),
         "patients": sorted(patients),
         "split": split,
-        "split_by": spec.split_by,
-        "patients_on_both_sides": _shared_patients(ctx, test) if spec.split_by == "sample" else [],
+        "split_by": level,
+        "patients_on_both_sides": _shared_patients(ctx, test) if level == "sample" else [],
         "seeds": list(spec.seeds),
         "probes": list(spec.probes),
         "protocol": spec.protocol,

@@ -54,7 +54,7 @@ class _Context:
     @property
     def groups(self) -> np.ndarray:
         """The split's unit of each spot: its patient, or its section with split_by='sample'."""
-        return self.samples if self.spec.split_by == "sample" else self.patients
+        return self.samples if self.spec.split_level == "sample" else self.patients
 
     @functools.cached_property
     def log_depth(self) -> np.ndarray:
@@ -189,7 +189,7 @@ def _marker_rows(X: np.ndarray, ctx: _Context, label: str, seed: int) -> list[di
     task = ctx.task
     if task is None:
         return []
-    unit = "sample_id" if ctx.spec.split_by == "sample" else "patient_id"
+    unit = "sample_id" if ctx.spec.split_level == "sample" else "patient_id"
     bags = bags_from_task(X, task)
     rows: list[dict] = []
     for col in task.labels.columns:

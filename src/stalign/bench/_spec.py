@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ __all__ = [
     "FeatureSet",
     "Reference",
     "encoder_specs",
+    "evaluation_spec",
     "parse_encoder_spec",
     "random_encoder_label",
 ]
@@ -111,12 +113,91 @@ def encoder_specs(encoders: Sequence[str] | Mapping[str, Any]) -> list[tuple[str
 
 @dataclass
 class EvaluationSpec:
-    """What [`evaluate`][stalign.bench.evaluate] runs; see its docstring for every field.
+    """Every setting of [`evaluate`][stalign.bench.evaluate], with its default; validated.
 
-    ``encoders`` is a list of ``(label, source)`` (``"LABEL=SOURCE"`` strings and a
-    label → source mapping are converted); a source is an export / training
-    directory, a registry name (random weights), a module, or a list of those (one
-    trained model per seed). Validated on creation.
+    The one source of the defaults: `evaluate` takes this object and/or keyword
+    overrides of its fields, and ``stalign evaluate``'s flags are unset unless given
+    (their help shows these defaults).
+
+    Attributes
+    ----------
+    pairs_dir
+        A pairs store written by ``stalign build-pairs``.
+    encoders
+        ``"LABEL=SOURCE"`` strings (or a mapping label → source / ``Encoder``), kept as
+        a list of ``(label, source)``. SOURCE is a ``stalign export`` timm directory, a
+        training run, or a registry / timm name created with random weights
+        (``pretrained=False``: nothing is downloaded). A list of sources under one label
+        holds one trained model per seed (seed ``i`` uses source ``i``), so its mean ± sd
+        is over independently trained models. Order matters for the figures: the first
+        is the baseline, the last the aligned model.
+    out
+        Output directory: ``report.md``, ``summary.csv``, ``runs.csv``,
+        ``per_target_*.csv``, ``results.json``, ``figures/*.png``, published as one
+        set with the manifest ``outputs.json`` written last
+        ([`check_evaluation_outputs`][stalign.bench.check_evaluation_outputs] checks
+        it); the run holds the folder's lock (a second evaluate on it is refused).
+    test_patients
+        Fixed test patients (``None``: leave one patient out over all patients).
+    test_samples
+        Fixed test sections (``sample_id``), instead of ``test_patients``: a split by
+        section. Give one of the two, not both.
+    split_by
+        ``"patient"`` or ``"sample"`` (section): the unit of the folds. ``None``:
+        ``"sample"`` with ``test_samples``, else ``"patient"`` (the resolved unit is
+        `split_level`); ``"sample"`` without ``test_samples`` is leave one section out.
+    references
+        Reference feature sets, names of [`REFERENCE_FEATURES`][stalign.bench.REFERENCE_FEATURES]:
+        ``"histogram"``, ``"pixels"``, ``"squidpy"``, ``"library_size"`` (log total
+        counts only: the sequencing-depth floor) and ``"random"`` (``random_encoder``
+        with random weights).
+    random_encoder
+        Registry name(s) of the random-weights reference(s), kept as a tuple; each is a
+        row named after the architecture (``"random ViT-Tiny"``).
+    image_size
+        Input side (px) for encoders created by name (``None``: their config's).
+    seeds
+        Seeds of the stochastic parts.
+    probes
+        Spot probes to run: any of ``"ridge"`` (HEST), ``"ridge_cv"``, ``"mlp"``.
+    protocol
+        Feature pipeline of the probes: ``"hest_robust"`` (HEST's, but columns constant
+        on the training spots are dropped and test features clipped to their training
+        range) or ``"hest"`` (HEST-Benchmark's exactly, comparable with published HEST
+        numbers); see [`gene_prediction`][stalign.bench.gene_prediction].
+    marker_genes
+        Marker genes of the MIL tasks (``None``: the ``n_marker_genes`` most variable
+        genes of the HEST panel).
+    n_marker_genes, n_marker_pathways
+        Number of gene / pathway MIL tasks (pathways: largest variance across spots).
+    mil_epochs
+        ABMIL training epochs.
+    region_window
+        Region side in spot pitches for the MIL bags.
+    n_maps
+        Targets shown in the measured-vs-predicted maps.
+    max_k
+        Length of the recall@k curves.
+    batch_size
+        Patches per encoder forward pass.
+    device
+        Where encoders run: ``"auto"`` (CUDA if available; bf16 autocast there),
+        ``"cpu"``, ``"cuda"``... ([`stalign.tl.iter_embeddings`][stalign.tl.iter_embeddings]).
+    cache_dir
+        Feature cache (``None``: ``out/cache``, see `feature_cache_dir`); share it
+        between runs on the same store, or fill it in parallel first with
+        [`embed_features`][stalign.bench.embed_features].
+    chunk_rows
+        Patches read and featurised at once (bounds memory).
+    threads
+        Cap BLAS/OpenMP and torch threads during the run (restored afterwards);
+        ``1`` is several times faster on a small, shared CPU machine where the
+        probes' small matrices oversubscribe the cores. ``None`` leaves them alone.
+    progress
+        Progress bars.
+    allow_patient_overlap
+        Evaluate even when an export records training or validation on a test patient
+        (or, split by section, a test section); refused by default, before any work.
     """
 
     pairs_dir: Path
@@ -142,16 +223,19 @@ class EvaluationSpec:
     device: str = "auto"
     cache_dir: Path | None = None
     chunk_rows: int = 1024
+    threads: int | None = None
     progress: bool = True
     allow_patient_overlap: bool = False
 
     def __post_init__(self) -> None:
+        # only idempotent conversions: dataclasses.replace(spec, ...) gives the same spec
+        # as building it from the changed arguments (derived values are properties)
         self.encoders = encoder_specs(self.encoders)
         if isinstance(self.random_encoder, str):
             self.random_encoder = (self.random_encoder,)
         self.random_encoder = tuple(self.random_encoder)
         self.pairs_dir, self.out = Path(self.pairs_dir), Path(self.out)
-        self.cache_dir = Path(self.cache_dir) if self.cache_dir else self.out / "cache"
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir else None
         unknown = [r for r in self.references if r not in REFERENCE_FEATURES]
         if unknown:
             msg = f"references {unknown} unknown; choose from {REFERENCES}"
@@ -171,24 +255,36 @@ class EvaluationSpec:
                 f"got {list(self.probes)}"
             )
             raise ValueError(msg)
-        self.split_by = _split_by(self.split_by, self.test_patients, self.test_samples)
+        split_level = self.split_level  # checks split_by against the fixed test set
         if self.protocol not in PROTOCOLS:
             msg = f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}"
             raise ValueError(msg)
-        if int(self.batch_size) <= 0:
-            msg = f"batch_size must be a positive integer, got {self.batch_size!r}"
-            raise ValueError(msg)
+        for name in ("batch_size", "threads"):
+            value = getattr(self, name)
+            if value is not None and int(value) <= 0:
+                msg = f"{name} must be a positive integer, got {value!r}"
+                raise ValueError(msg)
         check_no_train_test_overlap(
             dict(self.encoders),
-            split_by=self.split_by,
+            split_by=split_level,
             test_groups=self.test_groups,
             allow_overlap=self.allow_patient_overlap,
         )
 
     @property
+    def split_level(self) -> str:
+        """The unit of the folds: ``"patient"`` or ``"sample"`` (resolved from `split_by`)."""
+        return _split_by(self.split_by, self.test_patients, self.test_samples)
+
+    @property
+    def feature_cache_dir(self) -> Path:
+        """Where the feature cache lives: ``cache_dir``, else ``out/cache``."""
+        return self.cache_dir if self.cache_dir is not None else self.out / "cache"
+
+    @property
     def test_groups(self) -> list[str] | None:
         """The fixed test patients or sections (``None``: leave one group out)."""
-        test = self.test_samples if self.split_by == "sample" else self.test_patients
+        test = self.test_samples if self.split_level == "sample" else self.test_patients
         return None if test is None else [str(t) for t in test]
 
     @property
@@ -215,6 +311,26 @@ class EvaluationSpec:
             else:
                 sets.append(FeatureSet(REFERENCE_FEATURES[r].label, "reference", r))
         return sets
+
+
+def evaluation_spec(spec: EvaluationSpec | None = None, **changes: Any) -> EvaluationSpec:
+    """``spec`` with ``changes`` to its fields, or a new `EvaluationSpec` of ``changes``.
+
+    Unknown names are refused with the list of fields; without ``spec``, ``pairs_dir``,
+    ``encoders`` and ``out`` are required.
+    """
+    fields = [f.name for f in dataclasses.fields(EvaluationSpec)]
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        msg = f"evaluate: unknown setting(s) {unknown}; EvaluationSpec's fields are {fields}"
+        raise TypeError(msg)
+    if spec is not None:
+        return dataclasses.replace(spec, **changes)
+    missing = [k for k in ("pairs_dir", "encoders", "out") if k not in changes]
+    if missing:
+        msg = f"evaluate: {', '.join(missing)} required (or spec=EvaluationSpec(...))"
+        raise TypeError(msg)
+    return EvaluationSpec(**changes)
 
 
 def _check_encoder_names(spec: EvaluationSpec) -> None:
