@@ -574,6 +574,54 @@ def test_two_process_gloo_evaluate_shares_the_embedding(
     assert sorted(rank0["filled"] + rank1["filled"]) == ["MOB1", "MOB3"]
 
 
+TORCHRUN_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+
+import torch
+from stalign import bench
+
+torch.set_num_threads(1)
+store, export, out = sys.argv[1:4]
+settings = json.loads(sys.argv[4])
+res = bench.evaluate(store, [f"tiny={export}"], out=out, **settings)
+record = {"result": res is not None, "group_left": not torch.distributed.is_initialized()}
+Path(out, f"rank{os.environ['RANK']}.json").write_text(json.dumps(record))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # two processes of its own: keep it on one worker
+def test_evaluate_under_torchrun_from_python_gives_the_single_process_numbers(
+    small_store, tiny_export, single_run, tmp_path
+):
+    """bench.evaluate joins torchrun's group itself (nothing initialised by the caller)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run_evaluate.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    out = tmp_path / "torchrun"
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL_RUN.items()}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    args = [str(script), str(small_store), str(tiny_export), str(out), json.dumps(settings)]
+    proc = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # rank 0 alone returned the result; each rank left the group evaluate joined
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks == [{"result": True, "group_left": True}, {"result": False, "group_left": True}]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "runs.csv"),
+        pd.read_csv(single_run.out / "runs.csv"),
+        check_exact=False,
+        rtol=0,
+        atol=1e-6,
+    )
+    cached = sorted(p.name for p in (out / "cache").rglob("*.h5"))
+    assert cached == ["MOB1.h5", "MOB1.h5", "MOB3.h5", "MOB3.h5"]  # both ranks' shares
+
+
 LOCK_NAME = ".stalign-evaluate.lock"
 
 

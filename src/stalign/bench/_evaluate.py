@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from ._feature_sources import _distributed_rank, embed_features
+from ._feature_sources import embed_features
 from ._marker_targets import _build_marker_task
 from ._memory import release_freed_heap
 from ._outputs import _baseline_and_aligned, _report_params, _write_outputs
@@ -108,6 +108,10 @@ def evaluate(
     feature cache (``cache_dir``) that the probes read; a rerun reuses it. Peak
     memory is one chunk of patches plus the ``(n, d)`` feature matrices.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1; from Python or ``torchrun -m stalign
+    evaluate``) the process group is joined here, as `stalign.train.fit` does: every rank
+    embeds its share of the samples and rank 0 scores and writes the report.
+
     Parameters
     ----------
     pairs_dir
@@ -128,8 +132,7 @@ def evaluate(
     -------
     EvaluationResult | None
         [`EvaluationResult`][stalign.bench.EvaluationResult]; ``None`` on ranks other than 0 of a
-        ``torch.distributed`` run (``torchrun -m stalign evaluate ...``: all ranks embed
-        their share of the samples, rank 0 scores).
+        ``torch.distributed`` run (all ranks embed their share of the samples, rank 0 scores).
     """
     given = {"pairs_dir": pairs_dir, "encoders": encoders}
     changes = {k: v for k, v in given.items() if v is not None} | overrides
@@ -142,16 +145,17 @@ def run_evaluation(spec: EvaluationSpec) -> EvaluationResult | None:
     The run holds the lock of ``spec.out`` (a second evaluate on the same folder is
     refused up front) and publishes its outputs as one set (``_publish``): a run
     killed midway never leaves a folder mixing two runs' files. Under ``torchrun``
-    every rank embeds its share of the samples and only rank 0 locks, scores and
-    writes the report (the other ranks return ``None``). ``spec.threads`` caps the
-    threads.
+    it joins the process group (`stalign._distributed.distributed_group`): every rank
+    embeds its share of the samples and only rank 0 locks, scores and writes the
+    report (the other ranks return ``None``). ``spec.threads`` caps the threads.
     """
+    from .._distributed import distributed_group
     from .._lock import folder_lock
     from ._publish import LOCK_FILE
 
     spec.out.mkdir(parents=True, exist_ok=True)
-    with _thread_cap(spec.threads):
-        if _distributed_rank()[0] != 0:
+    with distributed_group() as (rank, _), _thread_cap(spec.threads):
+        if rank != 0:
             ds, _, _ = _open_store(spec)
             embed_features(spec, ds)
             return None  # the other ranks embedded their share; rank 0 scores

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._distributed import rank_and_world
 from ._cache import FeatureCache, FeatureSource
 from ._spec import REFERENCE_FEATURES, EvaluationSpec, FeatureSet
 
@@ -144,7 +145,7 @@ def embed_features(
     """
     cache = FeatureCache(spec.feature_cache_dir, dataset, chunk_rows=spec.chunk_rows)
     samples = cache.samples
-    rank, world = _distributed_rank()
+    rank, world = rank_and_world()
     if shard is None and world > 1:
         shard = (rank, world)
     if shard is not None:
@@ -163,12 +164,3 @@ def embed_features(
 
         dist.barrier()  # every rank's samples are cached before anyone reads them
     return cache
-
-
-def _distributed_rank() -> tuple[int, int]:
-    """``(rank, world size)`` of an initialised ``torch.distributed`` group, else ``(0, 1)``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1

@@ -2,7 +2,7 @@
 
 Every settings flag is unset (``None``) unless given and is then an `EvaluationSpec`
 field of the same name (``--n-markers`` sets two); the defaults, shown in ``--help``, are
-the dataclass's.
+the dataclass's. Under ``torchrun`` the library joins the process group itself.
 """
 
 from __future__ import annotations
@@ -243,24 +243,7 @@ def _run(args: argparse.Namespace) -> int:
         cache = embed_features(spec, PairsDataset(args.pairs), shard=parse_shard(args.shard))
         print(f"shard {args.shard}: features cached in {cache.root}")
         return 0
-    _init_distributed()
     res = evaluate(spec=spec)
     if res is not None:  # None on the ranks > 0 of a torchrun launch
         print(f"report: {res.report}")
     return 0
-
-
-def _init_distributed() -> None:
-    """Under ``torchrun`` (``WORLD_SIZE`` > 1) join the process group: ranks share the embedding."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    import torch
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

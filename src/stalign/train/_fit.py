@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .._distributed import distributed_group
 from .._lock import FolderLockedError, folder_lock
 from .._utils import atomic_path
 from ._checkpoint import (
@@ -124,20 +125,6 @@ class FitResult:
 
 
 # ------------------------------------------------------------------------ helpers
-def _dist_info() -> tuple[int, int, bool]:
-    """(rank, world_size, initialised_here); initialises from torchrun's env if needed."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-        return dist.get_rank(), dist.get_world_size(), True
-    return 0, 1, False
-
-
 def _device(config: TrainConfig, world: int) -> torch.device:
     if config.device != "auto":
         return torch.device(config.device)
@@ -516,7 +503,8 @@ def fit(
     dies with the process, so a crashed run never blocks the next.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised here
-    (NCCL on GPU, gloo on CPU); ``batch_size`` is the global batch, split across ranks,
+    (``stalign._distributed.distributed_group``: NCCL on GPU, gloo on CPU) unless the
+    caller did; ``batch_size`` is the global batch, split across ranks,
     and embeddings are gathered across ranks for the loss, so the result matches a
     single process with the same global batch. Negatives are drawn from each
     ``batch_size`` micro-batch (gradient accumulation does not enlarge them).
@@ -536,15 +524,8 @@ def fit(
     from ..models import get_encoder_config
 
     get_encoder_config(config.encoder)  # an unknown name or missing folder: before any work
-    rank, world, init_here = _dist_info()
-    try:
-        with _output_folder_lock(config, rank, world):
-            return _fit(config, train_dataset, val_dataset, rank, world)
-    finally:
-        if init_here:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+    with distributed_group() as (rank, world), _output_folder_lock(config, rank, world):
+        return _fit(config, train_dataset, val_dataset, rank, world)
 
 
 # ------------------------------------------------------------------------ one run
