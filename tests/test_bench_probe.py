@@ -179,7 +179,7 @@ def test_in_place_reduction_equals_the_copying_form_bit_for_bit():
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
-    from stalign.bench._probe import _informative_columns, _reduce
+    from stalign.bench._probe_fit import _informative_columns, _reduce
 
     rng = np.random.default_rng(0)
     X = (rng.normal(size=(400, 64)) @ rng.normal(size=(64, 64))).astype(np.float32)
