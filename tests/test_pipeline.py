@@ -301,12 +301,10 @@ def test_demo_runs_end_to_end_from_a_local_checkpoint(three_section_manifest, tm
     assert "validated during training on MOB2" in report and "(MOB3)" in report
 
 
-def test_pipeline_config_forwards_to_train_and_pairs_configs(three_section_manifest):
-    """Fields named like TrainConfig's / PairsParams' fields reach them; their rules validate."""
-    import dataclasses
-
+def test_pipeline_config_composes_train_and_pairs_configs(three_section_manifest):
+    """Flat settings reach the TrainConfig / PairsParams that own them; their rules validate."""
     from stalign.pairs import PairsParams
-    from stalign.pipeline import pairs_params, train_config
+    from stalign.pipeline import DEMO_TRAIN, train_config
     from stalign.train import TrainConfig
 
     config = PipelineConfig.example(
@@ -320,15 +318,17 @@ def test_pipeline_config_forwards_to_train_and_pairs_configs(three_section_manif
         size_px=32,
         method="zscore",
     )
+    assert isinstance(config.train, TrainConfig) and isinstance(config.pairs, PairsParams)
+    assert (config.train.lr, config.train.epochs, config.train.pretrained) == (1e-4, 5, False)
+    assert config.train.lora_target_modules == ["attn.qkv"]  # TrainConfig's type
+    assert config.train.normalization == "cohort"  # "auto" resolved: no pretrained weights
     tcfg = train_config(config, seed=3, out=None, early_stopping=False)
-    train_names = {f.name for f in dataclasses.fields(TrainConfig)}
-    for f in dataclasses.fields(PipelineConfig):
-        if f.name in train_names and f.name not in ("normalization", "early_stopping_patience"):
-            want = getattr(config, f.name)
-            got = getattr(tcfg, f.name)
-            assert (list(want) if isinstance(want, tuple) else want) == got, f.name
-    assert (tcfg.seed, tcfg.normalization, tcfg.early_stopping_patience) == (3, "cohort", None)
-    assert pairs_params(config) == PairsParams(mpp=8.8, size_px=32, method="zscore")
+    assert tcfg == config.train.replace(seed=3, progress=False, early_stopping_patience=None)
+    assert config.pairs == PairsParams(mpp=8.8, size_px=32, method="zscore")
+    # every demo training setting reaches TrainConfig (the her2st defaults)
+    default = PipelineConfig().train
+    assert {k: getattr(default, k) for k in DEMO_TRAIN} == DEMO_TRAIN
+    assert default.normalization == "encoder"  # "auto" with pretrained weights
     # the owners' rules apply up front, before any pairs are built
     with pytest.raises(ValueError, match="method"):
         PipelineConfig.example("mob", manifest=str(three_section_manifest), method="not_a_method")
@@ -343,8 +343,9 @@ def test_default_config_is_the_human_example_split_by_section():
     config = PipelineConfig()
     assert config.split_by == "sample"
     assert plan_sections(config) == {"fit": ["C2", "C3"], "val": ["C4"], "test": ["C5", "C6"]}
-    assert (config.batch_size, config.img_size, config.max_steps) == (32, 112, 100)
-    assert config.early_stopping_patience is None  # no early stop before step 100
+    train = config.train
+    assert (train.batch_size, train.img_size, train.max_steps) == (32, 112, 100)
+    assert config.train.early_stopping_patience is None  # no early stop before step 100
     # an explicit split by patient replaces the default sections
     mob = PipelineConfig.example("mob")
     assert (mob.split_by, mob.train_samples, mob.test_samples) == ("patient", None, None)
@@ -375,7 +376,7 @@ def test_demo_flags_override_the_example_settings():
         plan_sections(config)
     args = parser.parse_args(["demo", "--example", "mob", "--lr", "1e-4"])
     config = _config(args)
-    assert (config.test_patients, config.lr, config.mpp) == (("mouse2",), 1e-4, 4.4)
+    assert (config.test_patients, config.train.lr, config.pairs.mpp) == (("mouse2",), 1e-4, 4.4)
     args = parser.parse_args(["demo", "--train-patients", "her2st_C", "--test-patients", "x"])
     config = _config(args)
     assert (config.split_by, config.train_samples) == ("patient", None)

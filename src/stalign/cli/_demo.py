@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from ._args import add_command, add_deprecated_alias, add_list, format_default
 
-#: flags whose value replaces the example's setting of the same PipelineConfig field
+#: flags whose value replaces the example's setting of that name: a PipelineConfig field, or
+#: one of its TrainConfig / PairsParams (given flat, PipelineConfig routes it)
 _FIELDS = (
     "manifest", "train_patients", "test_patients", "train_samples", "test_samples",
     "val_samples", "mpp", "size_px", "encoder", "pretrained", "checkpoint_path",
@@ -18,11 +18,10 @@ _FIELDS = (
 
 
 def _defaults() -> dict[str, dict[str, Any]]:
-    """Each example's settings (without PipelineConfig's validation, which imports torch)."""
-    from ..pipeline import EXAMPLES, PipelineConfig
+    """Each example's settings, flat (without PipelineConfig's validation: no torch)."""
+    from ..pipeline import EXAMPLES, example_settings
 
-    base = {f.name: f.default for f in dataclasses.fields(PipelineConfig)}
-    return {name: base | overrides for name, overrides in EXAMPLES.items()}
+    return {name: example_settings(name) for name in EXAMPLES}
 
 
 def _default(examples: dict[str, dict[str, Any]], field: str, none: str = "none") -> str:

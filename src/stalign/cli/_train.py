@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import warnings
 
 logger = logging.getLogger(__name__)
 
@@ -163,149 +164,48 @@ def build_config(args: argparse.Namespace):
     return TrainConfig.from_dict(base)
 
 
-def _known_patient(patient_id) -> bool:
-    return patient_id is not None and str(patient_id).strip().lower() not in ("", "nan", "none")
+def check_disjoint_split(*args, **kwargs) -> None:
+    """Check a split (deprecated: use `stalign.pairs.check_disjoint_split`)."""
+    warnings.warn(
+        "stalign.cli._train.check_disjoint_split is now stalign.pairs.check_disjoint_split",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from ..pairs import check_disjoint_split as check
 
-
-def check_disjoint_split(
-    patients: dict[str, str],
-    train_samples: list[str],
-    val_samples: list[str],
-    *,
-    allow_patient_overlap: bool = False,
-) -> None:
-    """Refuse a validation set that shares samples (or, by default, patients) with training.
-
-    Parameters
-    ----------
-    patients
-        Sample id → patient id of the store.
-    train_samples, val_samples
-        The chosen samples.
-    allow_patient_overlap
-        Accept shared patients (an inner split by section of the same animal/person).
-
-    Raises
-    ------
-    ValueError
-        Naming the shared samples or patients.
-    """
-    shared = sorted(set(train_samples) & set(val_samples))
-    if shared:
-        msg = (
-            f"--val-samples {shared} are also training samples (--train-samples): "
-            "validation must be held out from training"
-        )
-        raise ValueError(msg)
-    if allow_patient_overlap:
-        return
-    train_p = {patients[s] for s in train_samples if _known_patient(patients.get(s))}
-    val_p = {patients[s] for s in val_samples if _known_patient(patients.get(s))}
-    both = sorted(train_p & val_p)
-    if both:
-        where = {p: sorted(s for s in val_samples if patients.get(s) == p) for p in both}
-        msg = (
-            f"patients {both} are in both training and validation (validation samples "
-            f"{where}): spots of one patient leak between the sets; hold out whole patients "
-            "(--val-patients) or pass --allow-patient-overlap for an inner split by section"
-        )
-        raise ValueError(msg)
-
-
-def _split_by_fraction(args: argparse.Namespace, patients: list[str]):
-    """Hold out ``--val-fraction`` of the store's patients (0: train on all, no validation).
-
-    A split that leaves training or validation without a patient (e.g. a one-patient
-    store) is refused with the options that work instead.
-    """
-    from ..pairs import PairsDataset, split_by_patient
-
-    fraction = args.val_fraction
-    if not 0 <= fraction < 1:
-        msg = f"--val-fraction: expected a number in [0, 1) (0: no validation), got {fraction}"
-        raise ValueError(msg)
-    if fraction == 0:
-        return PairsDataset(args.pairs), None
-    fr = {"train": 1 - fraction, "val": fraction}
-    assignment = split_by_patient(patients, fr, seed=args.split_seed)
-    empty = [name for name in ("train", "val") if not assignment[name]]
-    if empty:
-        unique = sorted(set(map(str, patients)))
-        msg = (
-            f"--val-fraction {fraction} leaves no patient for {empty[0]}: {args.pairs} has "
-            f"{len(unique)} patient(s) ({', '.join(unique[:5])}); choose the sections with "
-            "--train-samples and --val-samples (add --allow-patient-overlap for sections of "
-            "one patient), or pass --val-fraction 0 to train on everything without validation"
-        )
-        raise ValueError(msg)
-    kw = dict(split_fractions=fr, split_seed=args.split_seed)
-    train = PairsDataset(args.pairs, split="train", **kw)
-    return train, PairsDataset(args.pairs, split="val", **kw)
+    check(*args, **kwargs)
 
 
 def _datasets(args: argparse.Namespace):
-    from ..pairs import PairsDataset, read_index
+    """Return the training and validation datasets that `stalign.pairs.plan_split` plans."""
+    from ..pairs import PairsDataset, plan_split, read_index
 
     index = read_index(args.pairs)
-    samples = {s["sample_id"]: s["patient_id"] for s in index["samples"]}
-    if args.train_samples or args.val_samples:
-        train_s = args.train_samples or [s for s in samples if s not in (args.val_samples or [])]
-        val_s = args.val_samples or []
-        check_disjoint_split(
-            samples, train_s, val_s, allow_patient_overlap=args.allow_patient_overlap
-        )
-    elif args.val_patients:
-        val_s = [s for s, p in samples.items() if p in set(args.val_patients)]
-        if not val_s:
-            msg = (
-                f"--val-patients {args.val_patients}: no sample of {args.pairs} has these patients"
-            )
-            raise ValueError(msg)
-        train_s = [s for s in samples if s not in val_s]
-    else:
-        return _split_by_fraction(args, [s["patient_id"] for s in index["samples"]])
-    train = PairsDataset(args.pairs, samples=train_s)
-    val = PairsDataset(args.pairs, samples=val_s, pathways=train.pathway_names) if val_s else None
-    return train, val
-
-
-def _check_output_folder(config, overwrite: bool) -> None:
-    """Refuse an --out that another run is using, or that holds an earlier run.
-
-    An earlier run is only replaced with ``--overwrite`` (``--resume auto`` continues
-    it). [`stalign.train.fit`][stalign.train.fit] takes the folder's lock for real; this early look
-    only gives the right message before any data is read.
-    """
-    from pathlib import Path
-
-    from .._lock import folder_lock
-    from ..train import LOCK_FILE, previous_run_files
-
-    out = Path(config.out)
-    if (out / LOCK_FILE).is_file():  # in use by a live run? (refuses at once if so)
-        with folder_lock(out / LOCK_FILE, command="stalign train", what=f"--out {out}"):
-            pass
-    found = previous_run_files(config.out)  # refuses links out of --out, before any work
-    if config.resume is not None or overwrite:
-        return
-    if found:
-        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
-        msg = (
-            f"--out {config.out!r} already holds a training run ({names}); continue "
-            "it with --resume auto, replace it with --overwrite, or choose another --out"
-        )
-        raise ValueError(msg)
+    plan = plan_split(
+        {s["sample_id"]: s["patient_id"] for s in index["samples"]},
+        train_samples=args.train_samples or None,
+        val_samples=args.val_samples or None,
+        val_patients=args.val_patients or None,
+        val_fraction=args.val_fraction,
+        seed=args.split_seed,
+        allow_patient_overlap=args.allow_patient_overlap,
+        source=str(args.pairs),
+    )
+    train = PairsDataset(args.pairs, samples=plan.fit)
+    if not plan.val:
+        return train, None
+    return train, PairsDataset(args.pairs, samples=plan.val, pathways=train.pathway_names)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``stalign train``."""
-    from ..train import fit
+    from ..train import check_run_folder, fit
 
     config = build_config(args)
     from ..models import get_encoder_config
 
     get_encoder_config(config.encoder)  # an unknown name fails here, before any data is read
-    _check_output_folder(config, args.overwrite)
+    check_run_folder(config.out, resume=config.resume, overwrite=args.overwrite)
     train, val = _datasets(args)
     logger.info("training on %d pairs, validating on %d", len(train), len(val) if val else 0)
     result = fit(config, train, val)

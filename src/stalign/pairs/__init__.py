@@ -4,7 +4,9 @@
 * `build_pairs` — manifest → sharded, resumable store (``stalign build-pairs``).
 * [`merge_pairs`][stalign.pairs.merge_pairs] — finished shards → ``index.json`` + QC report
   (``stalign merge-pairs``).
-* `PairsDataset` — the store as a torch ``Dataset``; `split_by_patient`.
+* `PairsDataset` — the store as a torch ``Dataset``.
+* `plan_split` — which sections train, validate and test, with the patient leak check
+  (`check_disjoint_split`); `split_by_patient`.
 
 The store layout is described in ``docs/architecture.md``.
 """
@@ -15,6 +17,13 @@ from ._codec import decode_jpeg, encode_jpeg, psnr
 from ._manifest import PLATFORMS, ManifestError, Sample, read_manifest
 from ._params import PairsParams
 from ._report import write_qc_report
+from ._split import (
+    SplitPlan,
+    check_disjoint_split,
+    check_split_request,
+    plan_split,
+    split_by_patient,
+)
 from ._store import (
     PAIRS_H5AD,
     THUMBNAIL_PNG,
@@ -37,13 +46,17 @@ __all__ = [
     "PairsParams",
     "PatchWriter",
     "Sample",
+    "SplitPlan",
     "build_pairs",
+    "check_disjoint_split",
+    "check_split_request",
     "decode_jpeg",
     "encode_jpeg",
     "file_sha256",
     "merge_pairs",
     "parse_shard",
     "patches_digest",
+    "plan_split",
     "psnr",
     "read_index",
     "read_manifest",
@@ -54,7 +67,7 @@ __all__ = [
     "write_qc_report",
 ]
 
-_LAZY = {"PairsDataset", "split_by_patient"}  # need torch: imported on first use
+_LAZY = {"PairsDataset"}  # needs torch: imported on first use
 
 
 def __getattr__(name: str):

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset as _TorchDataset  # this module is imported
 
 from .. import _keys as K
 from ._augment import Augment
+from ._split import DEFAULT_SPLIT, assign_patients
 from ._store import (
     PAIRS_H5AD,
     PATCHES_H5,
@@ -23,66 +24,7 @@ from ._store import (
     read_patch,
 )
 
-__all__ = ["PairsDataset", "split_by_patient"]
-
-DEFAULT_SPLIT = {"train": 0.8, "val": 0.2}
-
-
-def split_by_patient(
-    patient_ids: Sequence[str],
-    fractions: Mapping[str, float] | None = None,
-    *,
-    seed: int = 0,
-) -> dict[str, list[str]]:
-    """Assign whole patients to splits, deterministically.
-
-    Patients (not spots or samples) are split so that no individual appears in
-    two splits. The unique ids are sorted, shuffled with ``seed`` and cut by
-    ``fractions`` (largest remainder); every split with a positive fraction gets
-    at least one patient when there are enough patients.
-
-    Parameters
-    ----------
-    patient_ids
-        Patient ids (duplicates allowed, e.g. one per spot).
-    fractions
-        Split name → fraction of patients (normalised to sum 1); default
-        ``{'train': 0.8, 'val': 0.2}``.
-    seed
-        Seed of the shuffle; the same ids and seed always give the same split.
-
-    Returns
-    -------
-    dict[str, list[str]]
-        Split name → sorted patient ids.
-    """
-    fractions = dict(DEFAULT_SPLIT if fractions is None else fractions)
-    if not fractions or any(f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
-        msg = f"fractions must be non-negative with a positive sum, got {fractions}"
-        raise ValueError(msg)
-    patients = sorted({str(p) for p in patient_ids})
-    n = len(patients)
-    names = list(fractions)
-    total = sum(fractions.values())
-    quota = np.array([fractions[k] / total * n for k in names])
-    counts = np.floor(quota).astype(int)
-    order = np.argsort(-(quota - counts), kind="stable")
-    for k in order[: n - counts.sum()]:
-        counts[k] += 1
-    positive = [i for i, k in enumerate(names) if fractions[k] > 0]
-    for i in positive:  # give every non-empty split a patient, taken from the largest
-        if counts[i] == 0 and n >= len(positive):
-            donor = int(np.argmax(counts))
-            if counts[donor] > 1:
-                counts[donor] -= 1
-                counts[i] += 1
-    perm = np.random.default_rng(seed).permutation(n)
-    out: dict[str, list[str]] = {}
-    start = 0
-    for name, c in zip(names, counts, strict=True):
-        out[name] = sorted(patients[j] for j in perm[start : start + c])
-        start += c
-    return out
+__all__ = ["PairsDataset"]
 
 
 class PairsDataset(_TorchDataset):
@@ -105,8 +47,8 @@ class PairsDataset(_TorchDataset):
     patients
         Restrict to these patient ids.
     split
-        Restrict to one split of `split_by_patient` with ``split_fractions``
-        and ``split_seed`` (e.g. ``"train"``).
+        Restrict to one split of [`split_by_patient`][stalign.pairs.split_by_patient] with
+        ``split_fractions`` and ``split_seed`` (e.g. ``"train"``).
     split_fractions, split_seed
         Define the patient split used by ``split``.
     image_size
@@ -177,7 +119,7 @@ class PairsDataset(_TorchDataset):
         self.split_seed = int(split_seed)
         if split is not None:
             all_patients = [s["patient_id"] for s in available.values()]
-            assignment = split_by_patient(all_patients, self.split_fractions, seed=self.split_seed)
+            assignment = assign_patients(all_patients, self.split_fractions, seed=self.split_seed)
             if split not in assignment:
                 msg = f"split {split!r} not in split_fractions {list(self.split_fractions)}"
                 raise ValueError(msg)
@@ -345,7 +287,7 @@ class PairsDataset(_TorchDataset):
         ----------
         fractions
             Split name → fraction of patients (default ``{'train': 0.8, 'val': 0.2}``);
-            see [`split_by_patient`][stalign.pairs._dataset.split_by_patient].
+            see [`split_by_patient`][stalign.pairs.split_by_patient].
         seed
             Seed of the deterministic patient shuffle.
         assignment
@@ -358,16 +300,7 @@ class PairsDataset(_TorchDataset):
             One dataset per non-empty split, with this dataset's settings.
         """
         patients = self.obs["patient_id"].unique().tolist()
-        if assignment is None:
-            assignment = split_by_patient(patients, fractions, seed=seed)
-        else:
-            seen: dict[str, str] = {}
-            for name, ps in assignment.items():
-                for p in ps:
-                    if p in seen:
-                        msg = f"patient {p!r} is in splits {seen[p]!r} and {name!r}"
-                        raise ValueError(msg)
-                    seen[p] = name
+        assignment = assign_patients(patients, fractions, seed=seed, assignment=assignment)
         out: dict[str, PairsDataset] = {}
         for name, ps in assignment.items():
             if not ps:

@@ -25,6 +25,7 @@ from ._fit import LOCK_FILE, FitResult, TrainingDivergedError, fit, validate
 from ._loss import contrastive_loss, gather_features, pathway_soft_targets
 from ._metrics import retrieval_metrics
 from ._model import AlignmentModel, ImageTower, MolecularTower, ProjectionHead
+from ._run_folder import check_run_folder
 from ._targets import TransformedTargets, library_sizes
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "TransformedTargets",
     "augment_batch",
     "build_model",
+    "check_run_folder",
     "collate_pairs",
     "contrastive_loss",
     "crop_batch",
