@@ -16,6 +16,15 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+
+class StalignError(RuntimeError):
+    """A failure stalign detected and explains: a folder in use, a diverged run, a failed sample.
+
+    Its message says what happened and what to do, so the ``stalign`` commands print it
+    as one line (``-vv`` adds the traceback), as they do ``ValueError`` and ``OSError``.
+    Any other ``RuntimeError`` (from torch, CUDA, or a bug) keeps its traceback.
+    """
+
 _SUBMODULES = (
     "io",
     "im",

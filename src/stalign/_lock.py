@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import StalignError
+
 logger = logging.getLogger(__name__)
 
 try:  # POSIX
@@ -30,8 +32,8 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = ["FolderLockedError", "folder_lock", "pid_alive"]
 
 
-class FolderLockedError(RuntimeError):
-    """Another process holds the lock of an output folder."""
+class FolderLockedError(StalignError):
+    """Another process holds the lock of an output folder (a `stalign.StalignError`)."""
 
 
 def _holder_line(command: str) -> str:

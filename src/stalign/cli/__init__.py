@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from .. import __version__
+from .. import StalignError, __version__
 
 # module name (inside stalign.cli) -> registers one or more sub-commands
 _COMMAND_MODULES = (
@@ -46,10 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: errors a user or their environment causes (bad input, a missing or unwritable file,
-#: a full disk, a folder in use): shown as one line, without a traceback (``-vv`` shows it)
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, MemoryError)
+#: a full disk, no memory, and stalign's own explained failures: a folder in use, a
+#: diverged run, a failed sample): shown as one line, without a traceback (``-vv`` shows
+#: it). Any other ``RuntimeError`` (torch, CUDA, a bug) shows its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, StalignError, MemoryError)
 #: subclasses of those that signal a bug in stalign instead: always a traceback
 PROGRAM_ERRORS: tuple[type[BaseException], ...] = (NotImplementedError, RecursionError)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether the CLI shows ``error`` as one line (`USER_ERRORS`, torch's out of memory)."""
+    if isinstance(error, PROGRAM_ERRORS):
+        return False
+    torch = sys.modules.get("torch")  # CUDA out of memory: the environment's limit
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return isinstance(error, USER_ERRORS) or (oom is not None and isinstance(error, oom))
 
 
 #: HDF5's message of a failed system call, e.g. ``Can't close file (file write failed:
@@ -175,17 +186,17 @@ def _run(argv: Sequence[str] | None) -> tuple[int, BaseException | None]:
     sys.unraisablehook, sys.excepthook = _quiet_hdf5_release, _quiet_hdf5_traceback
     try:
         return int(args.func(args) or 0), None
-    except USER_ERRORS as e:
-        # user-facing errors: one clear line, no traceback (use -vv for it)
-        if args.verbose >= 2 or isinstance(e, PROGRAM_ERRORS):
-            raise
-        print(format_error(args.command, e), file=sys.stderr)
-        return 1, e
     except KeyboardInterrupt:
         if args.verbose >= 2:
             raise
         print(f"stalign {args.command}: interrupted", file=sys.stderr)
         return 130, None
+    except Exception as e:
+        # user-facing errors: one clear line, no traceback (use -vv for it)
+        if args.verbose >= 2 or not is_user_error(e):
+            raise
+        print(format_error(args.command, e), file=sys.stderr)
+        return 1, e
     finally:
         sys.unraisablehook, sys.excepthook = hooks
 

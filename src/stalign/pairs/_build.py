@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from .. import StalignError
 from .._lock import folder_lock
 from ._manifest import Sample, read_manifest
 from ._params import PairsParams
@@ -682,7 +683,7 @@ def _run_all(
                 f"sample {sid} failed: {reason}. Finished shards are kept; fix the sample "
                 "(or pass keep_going / --keep-going) and run again to resume"
             )
-            raise RuntimeError(msg)
+            raise StalignError(msg)
 
     def args(s: Sample, slot: int, orphan_check: Callable[[], None] | None = None) -> tuple:
         return (s, params, str(out), fp, inputs[s.sample_id], slot, progress, orphan_check)
@@ -739,7 +740,7 @@ def _run_pool(
                         "were being built; finished shards are kept: run again (with fewer "
                         "--workers if memory is short) to resume"
                     )
-                    raise RuntimeError(msg) from e
+                    raise StalignError(msg) from e
                 record(s, res)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)

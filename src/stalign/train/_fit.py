@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .._distributed import distributed_group
+from .. import StalignError
 from .._lock import FolderLockedError, folder_lock
 from .._utils import atomic_path
 from ._checkpoint import (
@@ -63,7 +64,7 @@ EARLY_STOPPING_METRIC = "val_recall@5"  # higher is better; the only place it is
 LOCK_FILE = ".lock"  # in the run's out folder, held while a run writes there (as in a pairs store)
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(StalignError):
     """Training produced a non-finite loss, embedding or weight (NaN or inf).
 
     The run stops at once: no checkpoint or ``best/`` of the diverged step is written.
