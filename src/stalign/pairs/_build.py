@@ -813,7 +813,7 @@ def merge_pairs(
 
 def _depth_threshold() -> float:
     """Return the median |r| above which a section's scores are flagged as depth-driven."""
-    from ..tl._pathway_depth import DEPTH_WARN_ABS_R
+    from ..tl import DEPTH_WARN_ABS_R
 
     return DEPTH_WARN_ABS_R
 

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .._distributed import distributed_group
 from .. import StalignError
+from .._distributed import distributed_group
 from .._lock import FolderLockedError, folder_lock
 from .._utils import atomic_path
 from ._checkpoint import (
