@@ -63,6 +63,11 @@ def test_pipeline_writes_report_exports_and_summary(pipeline_run):
     # the HTML twin is rewritten after the training section is appended
     training = "Alignment training (joint embedding space, inner validation sections)"
     check_self_contained(r.report.with_suffix(".html"), headings=(training,))
+    # the appended training section, its curves and the HTML are part of the signed set
+    from stalign.bench import check_evaluation_outputs
+
+    signed = check_evaluation_outputs(r.report.parent)["files"]
+    assert {"report.md", "report.html", "figures/curves_aligned_seed0.png"} <= set(signed)
     for name in ("aligned_seed0", "baseline_seed0", "shuffled_seed0"):
         assert (r.exports[name] / "model.safetensors").is_file()
     summary = json.loads((r.out / "pipeline.json").read_text())

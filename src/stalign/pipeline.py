@@ -586,13 +586,13 @@ def _training_summary(result: Any, curves_png: Path | None) -> dict[str, Any]:
 def _append_training_section(
     report: Path, training: dict[str, dict[str, Any]], sections: dict[str, list[str]]
 ) -> None:
-    """Add the joint-space validation numbers of every training run to ``report``."""
-    import shutil
+    """Add the joint-space validation numbers of every training run to ``report``.
 
-    from .bench import write_report_html
+    The evaluation folder stays one signed set: the section, the curves and the HTML
+    twin go in through `bench.amend_evaluation_outputs`, which re-signs ``outputs.json``.
+    """
+    from .bench import amend_evaluation_outputs, markdown_to_html
 
-    figures = report.parent / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
     lines = [
         "",
         "## Alignment training (joint embedding space, inner validation sections)",
@@ -620,14 +620,17 @@ def _append_training_section(
             f"{t['val_chance@5']:.4f} | {t['val_profile_r_last']:.3f} |"
         )
     lines.append("")
+    files: dict[str, str | bytes] = {}
     for name, t in training.items():
         if t.get("curves_png"):
-            target = figures / f"curves_{name}.png"
-            shutil.copyfile(t["curves_png"], target)
-            lines += [f"![{name} training curves](figures/{target.name})", ""]
-    with open(report, "a", encoding="utf-8") as fh:
-        fh.write("\n".join(lines))
-    write_report_html(report)  # report.html follows the markdown it was made from
+            rel = f"figures/curves_{name}.png"
+            files[rel] = Path(t["curves_png"]).read_bytes()
+            lines += [f"![{name} training curves]({rel})", ""]
+    text = report.read_text(encoding="utf-8") + "\n".join(lines)
+    amend_evaluation_outputs(report.parent, {**files, report.name: text}, command="stalign demo")
+    # report.html follows the markdown it was made from (its images are in place now)
+    html = markdown_to_html(text, root=report.parent)
+    amend_evaluation_outputs(report.parent, {report.with_suffix(".html").name: html})
 
 
 def pairs_params(config: PipelineConfig) -> PairsParams:

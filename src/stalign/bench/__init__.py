@@ -27,7 +27,7 @@ from ._positive_control import (
 )
 from ._probe import PROTOCOLS, ProbeResult, gene_prediction, pathway_prediction, pearson_columns
 from ._publish import amend_evaluation_outputs, check_evaluation_outputs
-from ._report_html import write_report_html
+from ._report_html import markdown_to_html, write_report_html
 from ._retrieval import RetrievalResult, retrieval
 from ._spec import REFERENCE_FEATURES, EvaluationSpec, Reference, parse_encoder_spec
 from ._spot_table import load_pairs_arrays
@@ -58,6 +58,7 @@ __all__ = [
     "hest_gene_panel",
     "library_size",
     "load_pairs_arrays",
+    "markdown_to_html",
     "marker_prediction",
     "parse_encoder_spec",
     "partial_pearson",
