@@ -86,49 +86,31 @@ def _draw_spots(fig, ax, adata, xy: np.ndarray, diam: float, *, color, layer, cm
         "offset_transform": ax.transData,
         "linewidths": 0.4,
     }
-    if color is None:
-        coll = EllipseCollection(
-            sizes, sizes, np.zeros(len(xy)), facecolors="none", edgecolors="black", **coll_kw
-        )
-        ax.add_collection(coll)
+    values, kind = _color_values(adata, color, layer) if color is not None else (None, None)
+    if kind is None:
+        style: dict[str, Any] = {"facecolors": "none", "edgecolors": "black"}
+    elif kind == "numeric":
+        style = {"cmap": cmap, "alpha": alpha, "edgecolors": "none"}
     else:
-        values, kind = _color_values(adata, color, layer)
-        if kind == "numeric":
-            coll = EllipseCollection(
-                sizes,
-                sizes,
-                np.zeros(len(xy)),
-                cmap=cmap,
-                alpha=alpha,
-                edgecolors="none",
-                **coll_kw,
-            )
-            coll.set_array(values)
-            ax.add_collection(coll)
-            fig.colorbar(coll, ax=ax, shrink=0.7, label=color)
-        else:
-            cats = sorted(set(values.tolist()))
-            palette = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
-            lut = {c: palette(i % palette.N) for i, c in enumerate(cats)}
-            facecolors = [lut[v] for v in values]
-            coll = EllipseCollection(
-                sizes,
-                sizes,
-                np.zeros(len(xy)),
-                facecolors=facecolors,
-                alpha=alpha,
-                edgecolors="none",
-                **coll_kw,
-            )
-            ax.add_collection(coll)
-            from matplotlib.patches import Patch
+        cats = sorted(set(values.tolist()))
+        palette = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
+        lut = {c: palette(i % palette.N) for i, c in enumerate(cats)}
+        style = {"facecolors": [lut[v] for v in values], "alpha": alpha, "edgecolors": "none"}
+    coll = EllipseCollection(sizes, sizes, np.zeros(len(xy)), **style, **coll_kw)
+    if kind == "numeric":
+        coll.set_array(values)
+    ax.add_collection(coll)
+    if kind == "numeric":
+        fig.colorbar(coll, ax=ax, shrink=0.7, label=color)
+    elif kind is not None:
+        from matplotlib.patches import Patch
 
-            ax.legend(
-                handles=[Patch(color=lut[c], label=f"{c} ({(values == c).sum()})") for c in cats],
-                title=color,
-                loc="upper right",
-                fontsize="small",
-            )
+        ax.legend(
+            handles=[Patch(color=lut[c], label=f"{c} ({(values == c).sum()})") for c in cats],
+            title=color,
+            loc="upper right",
+            fontsize="small",
+        )
 
 
 def spatial_spots(
